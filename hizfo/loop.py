@@ -1,0 +1,216 @@
+"""The one training loop every method runs in: seeded data order, meters, progress, evaluation."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hizfo.errors import TrainingDiverged
+from hizfo.meters import Meters
+from hizfo.methods import Batch, Method, TrainContext
+from hizfo.models import LoadedModel
+from hizfo.tasks.base import Example, Task, check_fits, collate_train, encode_prompts, encode_train
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(choice: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def input_device(model: torch.nn.Module, fallback: torch.device) -> torch.device:
+    """Where a (possibly sharded) model wants its inputs."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return fallback
+
+
+class BatchStream:
+    """Training batches in a seeded order: epoch e uses permutation randperm(n, seed=(seed, e))."""
+
+    def __init__(self, encoded: list[dict[str, list[int]]], batch_size: int, pad_token_id: int, seed: int,
+                 device: torch.device) -> None:
+        self.encoded = encoded
+        self.batch_size = batch_size
+        self.pad_token_id = pad_token_id
+        self.seed = seed
+        self.device = device
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.encoded) / self.batch_size)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of one epoch, from batch index ``start`` on (exact resume)."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.encoded), generator=generator).tolist()
+        for index in range(start, len(self)):
+            rows = [self.encoded[i] for i in order[index * self.batch_size:(index + 1) * self.batch_size]]
+            yield {k: v.to(self.device) for k, v in collate_train(rows, self.pad_token_id).items()}
+
+    def endless(self, salt: int) -> Iterator[Batch]:
+        """An endless stream (for methods that draw extra batches), in its own seeded order."""
+        epoch = 0
+        while True:
+            yield from BatchStream(self.encoded, self.batch_size, self.pad_token_id, self.seed + salt,
+                                   self.device).epoch(epoch)
+            epoch += 1
+
+
+@dataclass
+class LoopState:
+    """Where training stands: enough to resume exactly."""
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def encode_split(task: Task, loaded: LoadedModel, examples: list[Example]) -> list[dict[str, list[int]]]:
+    return [encode_train(e, loaded.tokenizer, task.cfg.max_input_length, task.cfg.max_target_length)
+            for e in examples]
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: list[Example],
+             device: torch.device, desc: str = "eval") -> list[str]:
+    """Batched, left-padded generation with the task's settings; returns the cut continuations."""
+    tokenizer = loaded.tokenizer
+    gen = task.cfg.generation
+    was_training = model.training
+    model.eval()
+    outputs: list[str] = []
+    batch_size = task.cfg.eval_batch_size
+    kwargs: dict[str, Any] = dict(max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams,
+                                  repetition_penalty=gen.repetition_penalty, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if gen.num_beams > 1:
+        kwargs.update(length_penalty=gen.length_penalty, early_stopping=gen.early_stopping)
+    target = input_device(model, device)
+    for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False, dynamic_ncols=True):
+        chunk = examples[start:start + batch_size]
+        batch = {k: v.to(target) for k, v in encode_prompts(chunk, tokenizer, task.cfg.max_input_length).items()}
+        generated = model.generate(**batch, **kwargs)          # [B, N_prompt + N_new]
+        new_tokens = generated[:, batch["input_ids"].shape[1]:]
+        for row in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
+            outputs.append(task.postprocess(row))
+    model.train(was_training)
+    return outputs
+
+
+def evaluate(method: Method, loaded: LoadedModel, task: Task, device: torch.device) -> tuple[dict[str, float], list[str]]:
+    examples = task.examples("eval")
+    predictions = generate(method.eval_model(), loaded, task, examples, device)
+    return task.score(predictions, examples), predictions
+
+
+@dataclass
+class LoopResult:
+    metrics: dict[str, float]
+    predictions: list[str]
+    history: list[dict[str, float]]
+    summary: dict[str, Any]
+    zo_seeds: list[int]
+
+
+def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, task: Task, device: torch.device,
+                       seed: int, meters: Meters, log: Callable[[int, dict[str, float]], None],
+                       checkpoint: Optional[Any] = None, eval_every_epoch: bool = False,
+                       eval_before_training: bool = False) -> LoopResult:
+    """Set the method up, train it for its epochs (or ``max_steps``), then evaluate by generation."""
+    tokenizer = loaded.tokenizer
+    check_fits(task, tokenizer, "train")
+    check_fits(task, tokenizer, "eval")
+    model_device = input_device(loaded.model, device)
+    train_stream = BatchStream(encode_split(task, loaded, task.examples("train")), task.cfg.batch_size,
+                               tokenizer.pad_token_id, seed, model_device)
+    dev_stream = BatchStream(encode_split(task, loaded, task.validation_examples()), task.cfg.batch_size,
+                             tokenizer.pad_token_id, seed + 7, model_device)
+    steps_per_epoch = len(train_stream)
+    total_steps = method_cfg.epochs * steps_per_epoch
+    if method_cfg.max_steps is not None:
+        total_steps = min(total_steps, method_cfg.max_steps)
+    zo_seeds = torch.Generator().manual_seed(seed + 424242)
+    ctx = TrainContext(loaded=loaded, task=task, device=model_device, total_steps=total_steps,
+                       steps_per_epoch=steps_per_epoch, zo_seeds=zo_seeds,
+                       train_batches=lambda: train_stream.endless(salt=101),
+                       dev_batches=lambda: dev_stream.endless(salt=202))
+    history: list[dict[str, float]] = []
+    before: dict[str, float] = {}
+    if eval_before_training:
+        with meters.timing("eval_seconds", device):
+            before, _ = evaluate_model_only(loaded, task, device)
+
+    meters.reset_peak(device)
+    state = LoopState()
+    seeds_used: list[int] = []
+    with meters.timing("train_seconds", device):
+        with meters.timing("setup_seconds", device):
+            method.setup(ctx)
+        if checkpoint is not None:
+            restored = checkpoint.restore(method, state, meters, zo_seeds)
+            if restored:
+                tqdm.write(f"resumed from {checkpoint.path} at step {state.step}")
+        loaded.model.train(bool(method_cfg.dropout))
+        bar = tqdm(total=total_steps, initial=state.step, desc="train", dynamic_ncols=True)
+        while state.step < total_steps:
+            if state.batch_in_epoch == 0:
+                method.on_epoch_start(state.epoch)
+            for batch in train_stream.epoch(state.epoch, start=state.batch_in_epoch):
+                result = method.train_step(batch)
+                if not math.isfinite(result.loss):
+                    raise TrainingDiverged(state.step, result.loss)
+                state.step += 1
+                state.batch_in_epoch += 1
+                meters.steps = state.step
+                meters.n_forward += result.n_forward
+                meters.n_backward += result.n_backward
+                if "zo_seed" in result.logs:
+                    seeds_used.append(int(result.logs["zo_seed"]))
+                row = {"train/loss": result.loss, "train/lr": method.current_lr(), "train/epoch": state.epoch,
+                       **{f"train/{k}": v for k, v in result.logs.items() if k != "zo_seed"}}
+                history.append(row)
+                log(state.step, row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{result.loss:.4f}", epoch=state.epoch)
+                if checkpoint is not None:
+                    checkpoint.maybe_save(method, state, meters, zo_seeds)
+                if state.step >= total_steps:
+                    break
+            else:
+                if eval_every_epoch:
+                    meters.read_peak(device)
+                    with meters.timing("eval_seconds", device):
+                        epoch_metrics, _ = evaluate(method, loaded, task, device)
+                    log(state.step, {f"eval/{k}": v for k, v in epoch_metrics.items()})
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                continue
+            break
+        bar.close()
+        meters.read_peak(device)
+    with meters.timing("eval_seconds", device):
+        metrics, predictions = evaluate(method, loaded, task, device)
+    if before:
+        metrics.update({f"before_{k}": v for k, v in before.items()})
+    return LoopResult(metrics=metrics, predictions=predictions, history=history, summary=method.summary(),
+                      zo_seeds=seeds_used)
+
+
+def evaluate_model_only(loaded: LoadedModel, task: Task, device: torch.device) -> tuple[dict[str, float], list[str]]:
+    """Score the model as it is (used for the untrained baseline)."""
+    examples = task.examples("eval")
+    predictions = generate(loaded.model, loaded, task, examples, device, desc="eval (before)")
+    return task.score(predictions, examples), predictions

@@ -1,0 +1,84 @@
+"""Meters: wall-clock, peak memory (CUDA allocator, or peak resident memory on CPU), passes counted."""
+from __future__ import annotations
+
+import resource
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class Meters:
+    """Costs of one run. ``train_seconds`` includes set-up (profiling, selection); evaluation is apart."""
+    train_seconds: float = 0.0
+    setup_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    n_forward: int = 0
+    n_backward: int = 0
+    steps: int = 0
+    peak_memory_bytes: int = 0
+    memory_kind: str = ""
+
+    def reset_peak(self, device: torch.device) -> None:
+        """Start a fresh peak: CUDA's allocator counter, or Linux's VmHWM (echo 5 > clear_refs)."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self.memory_kind = "cuda_max_allocated"
+            return
+        try:
+            _CLEAR_REFS.write_text("5")
+            self.memory_kind = "cpu_peak_rss"
+        except OSError:
+            self.memory_kind = "cpu_peak_rss_since_process_start"
+
+    def read_peak(self, device: torch.device) -> int:
+        """The peak since ``reset_peak`` (kept as the maximum over repeated readings)."""
+        if device.type == "cuda":
+            value = torch.cuda.max_memory_allocated(device)
+        else:
+            value = _vm_hwm_bytes() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.peak_memory_bytes = max(self.peak_memory_bytes, int(value))
+        return self.peak_memory_bytes
+
+    @contextmanager
+    def timing(self, field_name: str, device: torch.device) -> Iterator[None]:
+        """Add the wall-clock of the block to ``field_name`` (CUDA is synchronised at both ends)."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            setattr(self, field_name, getattr(self, field_name) + time.perf_counter() - start)
+
+    def as_costs(self) -> dict[str, float | int | str]:
+        return {"peak_memory_gb": self.peak_memory_bytes / 2**30, "memory_kind": self.memory_kind,
+                "train_seconds": self.train_seconds, "setup_seconds": self.setup_seconds,
+                "eval_seconds": self.eval_seconds, "n_forward": self.n_forward, "n_backward": self.n_backward,
+                "steps": self.steps}
+
+    def state_dict(self) -> dict[str, float | int | str]:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)

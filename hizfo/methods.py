@@ -1,0 +1,163 @@
+"""How a method plugs into the shared loop: a small Protocol, plus plain functions the methods share."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from hizfo.errors import ConfigError
+from hizfo.models import LoadedModel
+from hizfo.tasks.base import Task
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class StepResult:
+    """What one update step reports: its training loss and what it spent."""
+    loss: float
+    n_forward: int
+    n_backward: int
+    logs: dict[str, float] = field(default_factory=dict)  # extra per-step scalars for W&B
+
+
+@dataclass
+class TrainContext:
+    """Everything a method may need at set-up."""
+    loaded: LoadedModel
+    task: Task
+    device: torch.device
+    total_steps: int
+    steps_per_epoch: int
+    zo_seeds: torch.Generator           # the run's generator for ZO step seeds (checkpointed)
+    train_batches: Callable[[], Iterator[Batch]]  # an endless, seeded stream of training batches
+    dev_batches: Callable[[], Iterator[Batch]]    # an endless, seeded stream of dev batches
+
+
+@runtime_checkable
+class Method(Protocol):
+    """The interface every method meets; the loop never asks which method it drives."""
+
+    def setup(self, ctx: TrainContext) -> None:
+        """Profiling, partitioning, optimizers: counted in training time."""
+
+    def train_step(self, batch: Batch) -> StepResult:
+        """One update on one batch."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for methods that act per epoch (GreenTrainer re-selects every ``interval`` epochs)."""
+
+    def eval_model(self) -> nn.Module:
+        """The model to generate with (an adapted peft model for LoRA / prefix)."""
+
+    def summary(self) -> dict[str, Any]:
+        """Trainable parameter count and, where it applies, the FO/ZO/frozen partition."""
+
+    def current_lr(self) -> float:
+        """The learning rate the next step will use."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer/scheduler/method state for checkpoints (parameters are saved by the loop)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# shared pieces
+
+
+def causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean token cross-entropy on the target tokens (labels are -100 elsewhere)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+def check_lr(key: str, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{key}: must be a finite number >= 0, got {value}")
+
+
+def check_common(cfg: Any) -> None:
+    """Checks every method shares: learning rate, epochs, max_steps, schedule."""
+    check_lr("method.lr", cfg.lr)
+    if cfg.epochs < 1:
+        raise ConfigError(f"method.epochs: must be >= 1, got {cfg.epochs}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ConfigError(f"method.max_steps: must be >= 1 or null, got {cfg.max_steps}")
+    if cfg.schedule not in ("linear", "constant"):
+        raise ConfigError(f"method.schedule: '{cfg.schedule}' is not one of linear, constant")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"method.weight_decay: must be >= 0, got {cfg.weight_decay}")
+
+
+def no_decay(name: str, param: torch.Tensor) -> bool:
+    """Biases and norm weights get no weight decay (as in MeZO's and HF's trainers)."""
+    lowered = name.lower()
+    return param.ndim < 2 or "norm" in lowered or "bias" in lowered
+
+
+def adamw(named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with decay kept off biases and norms; state exists only for the tensors passed in."""
+    decay, plain = [], []
+    for name, p in named_params:
+        (plain if no_decay(name, p) else decay).append(p)
+    groups = [g for g in ({"params": decay, "weight_decay": weight_decay},
+                          {"params": plain, "weight_decay": 0.0}) if g["params"]]
+    if not groups:
+        raise ConfigError("method: no trainable tensors were selected")
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear decay to 0 with no warm-up (GreenTrainer, paper A.2), or constant (MeZO)."""
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(1, total_steps)))
+
+
+def unique_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Named parameters with tied weights listed once (OPT's lm_head is embed_tokens)."""
+    return list(model.named_parameters(remove_duplicate=True))
+
+
+def set_trainable(model: nn.Module, names: set[str]) -> None:
+    """requires_grad on exactly the named tensors."""
+    for name, p in unique_named_parameters(model):
+        p.requires_grad_(name in names)
+
+
+def count_params(params: Iterable[torch.Tensor]) -> int:
+    return sum(p.numel() for p in params)
+
+
+class FirstOrderTrainer:
+    """AdamW + schedule over a fixed set of tensors: the FO half that several methods share."""
+
+    def __init__(self, model: nn.Module, names: set[str], lr: float, weight_decay: float, schedule: str,
+                 total_steps: int, grad_clip: Optional[float] = None) -> None:
+        self.model = model
+        named = [(n, p) for n, p in unique_named_parameters(model) if n in names]
+        self.params = [p for _, p in named]
+        self.optimizer = adamw(named, lr, weight_decay)
+        self.scheduler = lr_schedule(self.optimizer, schedule, total_steps)
+        self.grad_clip = grad_clip
+
+    def step(self) -> None:
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

