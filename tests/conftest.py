@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny models built from config, composed configs, offline W&B."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def compose(overrides: list[str] | None = None):
+    """The composed run config, exactly as run.py sees it."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hizfo.config import register_schemas
+    register_schemas()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides or [])
+
+
+def tiny(name: str = "tiny-opt", seed: int = 0):
+    """A tiny model from conf/model/<name>.yaml (random init, no download)."""
+    from omegaconf import OmegaConf
+    from hizfo.models import load_model
+    cfg = compose([f"model={name}"])
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    kwargs.pop("_target_")
+    return load_model(**kwargs, seed=seed)
+
+
+@pytest.fixture
+def tiny_opt():
+    return tiny("tiny-opt")
