@@ -121,4 +121,4 @@ def register_schemas() -> None:
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
     # importing the method modules registers their schemas
     import baselines  # noqa: F401
-    import hizfo.methods  # noqa: F401  (hizfo.hybrid registers Hi-ZFO once it exists)
+    import hizfo.hybrid  # noqa: F401

@@ -156,6 +156,7 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
     meters.reset_peak(device)
     state = LoopState()
     seeds_used: list[int] = []
+    loaded.model.train(bool(method_cfg.dropout))
     with meters.timing("train_seconds", device):
         with meters.timing("setup_seconds", device):
             method.setup(ctx)
@@ -163,7 +164,6 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
             restored = checkpoint.restore(method, state, meters, zo_seeds)
             if restored:
                 tqdm.write(f"resumed from {checkpoint.path} at step {state.step}")
-        loaded.model.train(bool(method_cfg.dropout))
         bar = tqdm(total=total_steps, initial=state.step, desc="train", dynamic_ncols=True)
         while state.step < total_steps:
             if state.batch_in_epoch == 0:

@@ -1,0 +1,101 @@
+"""GreenTrainer GT-ρ (Huang et al., ICLR 2024): FO on the selected tensors, the rest frozen, re-selected
+every ``interval`` epochs (epochs 0, 2, 4 of 5; IMPLEMENTATION_NOTES §4, §6). Shares Hi-ZFO's stage one."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from torch import nn
+
+from hizfo.config import MethodConfig, register_method_schema
+from hizfo.errors import ConfigError
+from hizfo.methods import (Batch, FirstOrderTrainer, StepResult, TrainContext, causal_lm_loss, check_common,
+                           set_trainable, unique_named_parameters)
+from hizfo.partition import Partition, check_rho, partition_model
+
+
+@register_method_schema("greentrainer")
+@dataclass
+class GreenTrainerConfig(MethodConfig):
+    _target_: str = "baselines.greentrainer.GreenTrainer"
+    name: str = "greentrainer"
+    rho: float = 0.7          # GT-0.7 (paper Tables 1–3)
+    interval: int = 2         # re-select every 2 epochs
+    buckets: int = 1000       # Tq
+    dropout: bool = True
+
+
+class GreenTrainer:
+    """One AdamW over every candidate tensor; only the selected ones get gradients, so only they get state."""
+
+    def __init__(self, **cfg: Any) -> None:
+        self.cfg = GreenTrainerConfig(**cfg)
+        check_common(self.cfg)
+        check_rho(self.cfg.rho)
+        if self.cfg.interval < 1:
+            raise ConfigError(f"method.interval: must be >= 1, got {self.cfg.interval}")
+        self.partition: Optional[Partition] = None
+        self.selections: list[dict[str, Any]] = []
+        self.pending_forward = self.pending_backward = 0
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.model: nn.Module = ctx.loaded.model
+        self.candidates = {name for name, _ in unique_named_parameters(self.model)}
+        set_trainable(self.model, self.candidates)
+        self.trainer = FirstOrderTrainer(self.model, self.candidates, self.cfg.lr, self.cfg.weight_decay,
+                                         self.cfg.schedule, ctx.total_steps, self.cfg.grad_clip)
+        self.profile_batches = ctx.train_batches()
+        self.profiling_seconds = self.selection_seconds = 0.0
+
+    def _select(self, epoch: int) -> None:
+        set_trainable(self.model, self.candidates)
+        part = partition_model(self.model, next(self.profile_batches), self.cfg.rho, self.cfg.lr,
+                               self.cfg.weight_decay, zo_scope="all", buckets=self.cfg.buckets)
+        part.frozen, part.zo = part.zo, []                         # GreenTrainer freezes what it leaves out
+        set_trainable(self.model, set(part.fo))
+        self.partition = part
+        self.profiling_seconds += part.profiling_seconds
+        self.selection_seconds += part.selection_seconds
+        self.selections.append({"epoch": epoch, "fo_tensors": len(part.fo),
+                                "backward_flops_share": part.backward_flops_share})
+        self.pending_forward += 2
+        self.pending_backward += 2
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if epoch % self.cfg.interval == 0:
+            self._select(epoch)
+
+    def train_step(self, batch: Batch) -> StepResult:
+        loss = causal_lm_loss(self.model, batch)
+        loss.backward()
+        self.trainer.step()
+        result = StepResult(loss=float(loss.detach()), n_forward=1 + self.pending_forward,
+                            n_backward=1 + self.pending_backward)
+        self.pending_forward = self.pending_backward = 0
+        return result
+
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def summary(self) -> dict[str, Any]:
+        block = self.partition.summary()
+        block["selections"] = self.selections
+        return {**block, "trainable_params": block["fo_params"],
+                "total_params": block["fo_params"] + block["frozen_params"],
+                "profiling_seconds": self.profiling_seconds, "selection_seconds": self.selection_seconds}
+
+    def current_lr(self) -> float:
+        return self.trainer.lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"trainer": self.trainer.state_dict(), "partition": asdict(self.partition) if self.partition else None,
+                "selections": self.selections, "profiling_seconds": self.profiling_seconds,
+                "selection_seconds": self.selection_seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(state["trainer"])
+        self.partition = Partition(**state["partition"]) if state["partition"] else None
+        self.selections = state["selections"]
+        self.profiling_seconds, self.selection_seconds = state["profiling_seconds"], state["selection_seconds"]
+        if self.partition is not None:
+            set_trainable(self.model, set(self.partition.fo))

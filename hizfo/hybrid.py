@@ -1,0 +1,185 @@
+"""Hi-ZFO (paper §3, Algorithm 1): FO updates for the selected tensors, seeded in-place ZO for the rest.
+
+One step, in the memory-lean order of IMPLEMENTATION_NOTES §5 (never two autograd graphs alive):
+  1. L_FO = L(x; Θ_FO, Θ_ZO) with autograd for Θ_FO only; backward; the graph is freed.   (Alg. 1 line 5)
+  2. seed s from the run's generator; Θ_ZO += ε·u(s) in place.                             (line 6)
+  3. L_ZO = L(x; Θ_FO, Θ_ZO + εu); backward(α·L_ZO); freed.                               (lines 7, 10)
+  4. Θ_ZO −= (ε + η_ZO·(L_ZO − L_FO)/ε)·u(s): restore and update in one pass.             (lines 8, 13–14; eqs. 2–3)
+  5. AdamW on Θ_FO with ∇(L_FO + α·L_ZO).                                                  (line 11; eq. 1)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from hizfo.config import MethodConfig, register_method_schema
+from hizfo.errors import ConfigError
+from hizfo.methods import (Batch, FirstOrderTrainer, StepResult, TrainContext, causal_lm_loss, check_common,
+                           check_lr, set_trainable)
+from hizfo.partition import Partition, check_rho, params_of, partition_model, same_rng_streams
+from hizfo.zo import draw_seed, perturb_
+
+ZO_OPTIMIZERS = ("sgd", "adamw")
+
+
+@register_method_schema("hizfo")
+@dataclass
+class HiZFOConfig(MethodConfig):
+    _target_: str = "hizfo.hybrid.HiZFO"
+    name: str = "hizfo"
+    lr: float = 2e-5                  # η_FO (§4.2)
+    epochs: int = 3                   # Hi-ZFO stops at 3 epochs (A.2)
+    lr_ratio: float = 0.1             # r = η_ZO / η_FO (§5.3, Fig. 3)
+    zo_lr: Optional[float] = None     # η_ZO explicitly; wins over lr_ratio
+    eps: float = 1e-3                 # ε (§4.2)
+    alpha: float = 0.1                # α in L_total = L_FO + α·L_ZO (§3.4, Table 5)
+    rho: float = 0.6                  # FLOPs budget ρ (§5.2, Table 4)
+    zo_optimizer: str = "sgd"         # sgd: eq. 3, no extra memory; adamw: +3×|Θ_ZO| memory
+    zo_scope: str = "all"             # all: every unselected tensor is ZO; below: only those under Θ_FO
+    buckets: int = 1000               # Tq, cost quantisation (GreenTrainer)
+
+
+def schedule_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The multiplier the lr schedule applies at ``step`` (linear decay, no warm-up; or constant)."""
+    if schedule == "constant":
+        return 1.0
+    return max(0.0, 1.0 - step / max(1, total_steps))
+
+
+class HiZFO:
+    """The Hi-ZFO method: partition once before training (the paper's stated limitation), then dual streams."""
+
+    def __init__(self, **cfg: Any) -> None:
+        self.cfg = HiZFOConfig(**cfg)
+        check_common(self.cfg)
+        check_rho(self.cfg.rho)
+        check_lr("method.lr_ratio", self.cfg.lr_ratio)
+        if self.cfg.zo_lr is not None:
+            check_lr("method.zo_lr", self.cfg.zo_lr)
+        if not self.cfg.eps > 0:
+            raise ConfigError(f"method.eps: must be > 0, got {self.cfg.eps}")
+        if not self.cfg.alpha >= 0:
+            raise ConfigError(f"method.alpha: must be >= 0, got {self.cfg.alpha}")
+        if self.cfg.zo_optimizer not in ZO_OPTIMIZERS:
+            raise ConfigError(f"method.zo_optimizer: '{self.cfg.zo_optimizer}' is not one of {', '.join(ZO_OPTIMIZERS)}")
+        self.zo_lr = self.cfg.zo_lr if self.cfg.zo_lr is not None else self.cfg.lr_ratio * self.cfg.lr
+        self.partition: Optional[Partition] = None
+        self.step_count = 0
+        self.pending_forward = 0
+        self.pending_backward = 0
+
+    # -- set-up: Algorithm 1 lines 1–2 ------------------------------------------------------------------
+    def setup(self, ctx: TrainContext) -> None:
+        self.model: nn.Module = ctx.loaded.model
+        self.device = ctx.device
+        self.total_steps = ctx.total_steps
+        self.zo_seeds = ctx.zo_seeds
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        profile_batch = next(ctx.train_batches())
+        self.partition = partition_model(self.model, profile_batch, self.cfg.rho, self.cfg.lr,
+                                         self.cfg.weight_decay, self.cfg.zo_scope, self.cfg.buckets)
+        self.pending_forward, self.pending_backward = 2, 2         # profiling's two passes
+        self._apply_partition()
+
+    def _apply_partition(self) -> None:
+        part = self.partition
+        set_trainable(self.model, set(part.fo))                    # autograd only for Θ_FO
+        self.fo_trainer = (FirstOrderTrainer(self.model, set(part.fo), self.cfg.lr, self.cfg.weight_decay,
+                                             self.cfg.schedule, self.total_steps, self.cfg.grad_clip)
+                           if part.fo else None)
+        self.zo_params = params_of(self.model, part.zo)            # fixed order: u regenerates exactly
+        self.zo_optimizer = None
+        if self.cfg.zo_optimizer == "adamw" and self.zo_params:
+            self.zo_optimizer = torch.optim.AdamW(self.zo_params, lr=self.zo_lr, weight_decay=0.0)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    # -- one step ---------------------------------------------------------------------------------------
+    def train_step(self, batch: Batch) -> StepResult:
+        cfg = self.cfg
+        has_fo = self.fo_trainer is not None
+        restore_rng = same_rng_streams(self.device) if self.model.training else None
+        # 1. clean stream: L_FO, backward for Θ_FO, graph freed
+        with torch.set_grad_enabled(has_fo):
+            loss_fo = causal_lm_loss(self.model, batch)
+            if has_fo:
+                loss_fo.backward()
+        l_fo = float(loss_fo.detach())
+        del loss_fo
+        # 2. perturb Θ_ZO in place with u(s)
+        seed = draw_seed(self.zo_seeds)
+        perturb_(self.zo_params, seed, cfg.eps)
+        if restore_rng is not None:
+            restore_rng()                                          # same dropout masks in both streams
+        # 3. perturbed stream: L_ZO; α·L_ZO joins L_total for Θ_FO (eq. 1)
+        backward_zo = has_fo and cfg.alpha > 0
+        with torch.set_grad_enabled(backward_zo):
+            loss_zo = causal_lm_loss(self.model, batch)
+            if backward_zo:
+                (cfg.alpha * loss_zo).backward()
+        l_zo = float(loss_zo.detach())
+        del loss_zo
+        # 4. restore + ZO update in one pass (eqs. 2–3): ĝ = (L_ZO − L_FO)/ε · u
+        projected = (l_zo - l_fo) / cfg.eps
+        zo_lr = self.zo_lr * schedule_factor(cfg.schedule, self.step_count, self.total_steps)
+        if self.zo_optimizer is None:
+            perturb_(self.zo_params, seed, -(cfg.eps + zo_lr * projected))
+        else:
+            self._zo_adamw_step(seed, projected, zo_lr)
+        # 5. AdamW on Θ_FO
+        if has_fo:
+            self.fo_trainer.step()
+        self.step_count += 1
+        n_forward, n_backward = 2 + self.pending_forward, int(has_fo) + int(backward_zo) + self.pending_backward
+        self.pending_forward = self.pending_backward = 0
+        return StepResult(loss=l_fo, n_forward=n_forward, n_backward=n_backward,
+                          logs={"zo_loss": l_zo, "zo_projected_grad": projected, "zo_lr": zo_lr, "zo_seed": seed})
+
+    def _zo_adamw_step(self, seed: int, projected: float, zo_lr: float) -> None:
+        """Optional ZO-AdamW (§4.2's wording): restore, materialise ĝ per tensor as .grad, AdamW step."""
+        perturb_(self.zo_params, seed, -self.cfg.eps)
+        grads = [torch.zeros_like(p) for p in self.zo_params]
+        perturb_(grads, seed, projected)                           # ĝ = proj · u(s)
+        for p, g in zip(self.zo_params, grads):
+            p.grad = g
+        for group in self.zo_optimizer.param_groups:
+            group["lr"] = zo_lr
+        self.zo_optimizer.step()
+        for p in self.zo_params:
+            p.grad = None
+
+    # -- reporting and checkpoints ----------------------------------------------------------------------
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def summary(self) -> dict[str, Any]:
+        part = self.partition
+        block = part.summary()
+        return {**block, "trainable_params": block["fo_params"] + block["zo_params"],
+                "total_params": block["fo_params"] + block["zo_params"] + block["frozen_params"],
+                "profiling_seconds": part.profiling_seconds, "selection_seconds": part.selection_seconds,
+                "zo_lr": self.zo_lr}
+
+    def current_lr(self) -> float:
+        return self.fo_trainer.lr() if self.fo_trainer is not None else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fo": self.fo_trainer.state_dict() if self.fo_trainer else None,
+                "zo": self.zo_optimizer.state_dict() if self.zo_optimizer else None,
+                "fo_names": list(self.partition.fo), "zo_names": list(self.partition.zo),
+                "step_count": self.step_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["fo_names"] != self.partition.fo or state["zo_names"] != self.partition.zo:
+            raise ConfigError("checkpoint: its FO/ZO partition differs from this run's; it cannot be resumed")
+        if self.fo_trainer is not None and state["fo"] is not None:
+            self.fo_trainer.load_state_dict(state["fo"])
+        if self.zo_optimizer is not None and state["zo"] is not None:
+            self.zo_optimizer.load_state_dict(state["zo"])
+        self.step_count = state["step_count"]
+        self.pending_forward = self.pending_backward = 0

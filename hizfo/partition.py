@@ -1,0 +1,129 @@
+"""Stage one of Hi-ZFO and GreenTrainer (Algorithm 1, lines 1–2): profile, cost, select, partition."""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hizfo.costs import backward_budget, quantize_costs, tensor_costs
+from hizfo.errors import ConfigError
+from hizfo.methods import Batch, count_params, unique_named_parameters
+from hizfo.profiling import tensor_importance
+from hizfo.selection import select_tensors
+
+ZO_SCOPES = ("all", "below")
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+@dataclass
+class Partition:
+    """Which tensors get first-order updates (Θ_FO), zeroth-order ones (Θ_ZO), or none (frozen)."""
+    fo: list[str]
+    zo: list[str]
+    frozen: list[str]
+    order: list[str]                        # every trainable tensor, nearest the output first
+    numel: dict[str, int]
+    importance: dict[str, float]
+    budget: int
+    spent: int
+    total_backward: int
+    backward_flops_share: float             # backward MACs the selection spends / full backward MACs
+    profiling_seconds: float
+    selection_seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The record's ``partition`` block: counts, names, and each tensor's set, input side first."""
+        sets = {**{n: "fo" for n in self.fo}, **{n: "zo" for n in self.zo}, **{n: "frozen" for n in self.frozen}}
+        tensor_sets = []
+        for name in reversed(self.order):
+            match = _LAYER.search(name)
+            tensor_sets.append({"name": name, "set": sets[name], "numel": self.numel[name],
+                                "layer": int(match.group(1)) if match else None,
+                                "importance": self.importance.get(name)})
+        return {"fo_tensors": len(self.fo), "zo_tensors": len(self.zo), "frozen_tensors": len(self.frozen),
+                "fo_params": sum(self.numel[n] for n in self.fo), "zo_params": sum(self.numel[n] for n in self.zo),
+                "frozen_params": sum(self.numel[n] for n in self.frozen), "fo_names": list(self.fo),
+                "budget_buckets": self.budget, "spent_buckets": self.spent,
+                "backward_flops_share": self.backward_flops_share, "tensor_sets": tensor_sets,
+                "selections": self.history}
+
+
+def check_rho(rho: float) -> None:
+    if not 0 < rho <= 1:
+        raise ConfigError(f"method.rho: must be in (0, 1], got {rho}")
+
+
+def partition_model(model: nn.Module, batch: Batch, rho: float, lr: float, weight_decay: float,
+                    zo_scope: str = "all", buckets: int = 1000) -> Partition:
+    """Profile importance on ``batch``, solve the exact selection within ρ, and split the tensors."""
+    check_rho(rho)
+    if zo_scope not in ZO_SCOPES:
+        raise ConfigError(f"method.zo_scope: '{zo_scope}' is not one of {', '.join(ZO_SCOPES)}")
+    named = [(n, p) for n, p in unique_named_parameters(model) if p.requires_grad]
+    batch_size, seq_len = batch["input_ids"].shape                      # [B, N]
+    costs = tensor_costs(model, batch_size, seq_len)                    # nearest the output first
+    by_name = dict(named)
+    costs = [c for c in costs if c.name in by_name]
+    if len(costs) != len(named):
+        missing = sorted(set(by_name) - {c.name for c in costs})
+        raise ConfigError(f"model: the cost model has no entry for {missing[:3]}")
+    order = [c.name for c in costs]
+
+    start = time.perf_counter()
+    importance = tensor_importance(model, [(n, by_name[n]) for n in order], batch, lr, weight_decay)
+    profiling_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    t_dw = np.array([c.t_dw for c in costs], dtype=np.float64)
+    t_dy = np.array([c.t_dy for c in costs], dtype=np.float64)
+    t_fp = float(sum(c.t_fp for c in costs))
+    q_dw, q_dy = quantize_costs(t_dw, t_dy, buckets)
+    rho_bp = backward_budget(rho, t_fp, float(t_dw.sum() + t_dy.sum()))
+    budget = int(rho_bp * (q_dw.sum() + q_dy.sum()))
+    mask = select_tensors(importance, q_dw, q_dy, budget)
+    selection_seconds = time.perf_counter() - start
+
+    selected = np.flatnonzero(mask)
+    deepest = int(selected.max()) if selected.size else -1
+    spent = int(q_dw[mask].sum() + q_dy[: deepest + 1].sum())
+    true_spent = float(t_dw[mask].sum() + t_dy[: deepest + 1].sum())
+    fo = [order[k] for k in selected]
+    rest = [order[k] for k in range(len(order)) if not mask[k]]
+    if zo_scope == "below":
+        zo = [n for k, n in enumerate(order) if not mask[k] and k > deepest]
+        frozen = [n for k, n in enumerate(order) if not mask[k] and k <= deepest]
+    else:
+        zo, frozen = rest, []
+    return Partition(fo=fo, zo=zo, frozen=frozen, order=order, numel={n: by_name[n].numel() for n in order},
+                     importance={n: float(i) for n, i in zip(order, importance)}, budget=budget, spent=spent,
+                     total_backward=int(q_dw.sum() + q_dy.sum()),
+                     backward_flops_share=true_spent / float(t_dw.sum() + t_dy.sum()),
+                     profiling_seconds=profiling_seconds, selection_seconds=selection_seconds)
+
+
+def params_of(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
+    """The tensors named, in the order given (a fixed order keeps ZO noise regeneration exact)."""
+    lookup = dict(unique_named_parameters(model))
+    return [lookup[n] for n in names]
+
+
+def param_count(model: nn.Module, names: list[str]) -> int:
+    return count_params(params_of(model, names))
+
+
+def same_rng_streams(device: torch.device):
+    """Snapshot / restore of the RNG that dropout draws from, so both Hi-ZFO streams see the same masks."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def restore() -> None:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+    return restore
