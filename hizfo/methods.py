@@ -85,8 +85,8 @@ def check_common(cfg: Any) -> None:
     check_lr("method.lr", cfg.lr)
     if cfg.epochs < 1:
         raise ConfigError(f"method.epochs: must be >= 1, got {cfg.epochs}")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise ConfigError(f"method.max_steps: must be >= 1 or null, got {cfg.max_steps}")
+    if cfg.max_steps is not None and cfg.max_steps < 0:
+        raise ConfigError(f"method.max_steps: must be >= 0 (0: evaluation only) or null, got {cfg.max_steps}")
     if cfg.schedule not in ("linear", "constant"):
         raise ConfigError(f"method.schedule: '{cfg.schedule}' is not one of linear, constant")
     if cfg.weight_decay < 0:
