@@ -10,11 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hizfo.costs import backward_budget, quantize_costs, tensor_costs
 from hizfo.errors import ConfigError
 from hizfo.methods import Batch, count_params, unique_named_parameters
 from hizfo.profiling import tensor_importance
-from hizfo.selection import select_tensors
 
 ZO_SCOPES = ("all", "below")
 _LAYER = re.compile(r"\.(\d+)\.")
@@ -62,6 +60,8 @@ def check_rho(rho: float) -> None:
 def partition_model(model: nn.Module, batch: Batch, rho: float, lr: float, weight_decay: float,
                     zo_scope: str = "all", buckets: int = 1000) -> Partition:
     """Profile importance on ``batch``, solve the exact selection within ρ, and split the tensors."""
+    from hizfo.costs import backward_budget, quantize_costs, tensor_costs
+    from hizfo.selection import select_tensors
     check_rho(rho)
     if zo_scope not in ZO_SCOPES:
         raise ConfigError(f"method.zo_scope: '{zo_scope}' is not one of {', '.join(ZO_SCOPES)}")
