@@ -1,0 +1,211 @@
+"""Read a results directory into one pandas row per record, skipping bad files loudly, and settle cells.
+
+A *cell* is what a table shows in one place: (model label, task, method, ρ, α, r). Several records may
+claim it: seeds (averaged), the same config run twice under two variant names (counted once), or two
+different configs (a conflict: the newest config is used, the others are named and set aside).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from analysis.specs import SWEPT_DEFAULTS, SWEPT_KEYS
+
+CELL_KEYS: tuple[str, ...] = ("model", "task", "method", "rho", "alpha", "lr_ratio")
+# config keys that say where or how a run was reported, not what it computed (records.py's list, plus
+# seed and variant, which tell seeds and names apart inside one cell, and paths that differ per cluster)
+_REPORTING_TOP = ("seed", "variant", "experiment", "results_dir", "logger", "overwrite", "checkpoint_dir",
+                  "checkpoint_every", "eval_every_epoch", "eval_before_training", "device")
+_REPORTING_NESTED = {"model": ("path", "device_map"), "task": ("data_dir", "data_files", "allow_code_execution")}
+# variant overrides of these model keys change where weights come from, not which model it is
+_MODEL_LABEL_SKIP = ("model.path", "model.device_map")
+_OVERRIDE_SPLIT = re.compile(r",(?=[+~]?[A-Za-z_][\w.]*=)")
+
+
+@dataclass
+class Report:
+    """Warnings and notes met while reading; each is printed once, on one line, as it happens."""
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    quiet: bool = False
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if not self.quiet:
+            print(f"warning: {message}", file=sys.stderr)
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        if not self.quiet:
+            print(f"note: {message}", file=sys.stderr)
+
+
+def split_variant(variant: Optional[str]) -> list[tuple[str, str]]:
+    """``"method.rho=0.2,model.arch.hidden_size=64"`` -> [("method.rho", "0.2"), ...] (commas in lists kept)."""
+    if not variant or variant == "default":
+        return []
+    pairs = []
+    for part in _OVERRIDE_SPLIT.split(variant):
+        key, sep, value = part.partition("=")
+        if sep:
+            pairs.append((key.lstrip("+~"), value))
+    return pairs
+
+
+def model_label(model_name: str, variant: Optional[str]) -> str:
+    """The model's name, plus the ``model.*`` overrides the run's variant carries (a sweep over widths)."""
+    extra = [f"{key[len('model.'):]}={value}" for key, value in split_variant(variant)
+             if key.startswith("model.") and key not in _MODEL_LABEL_SKIP]
+    return f"{model_name} ({', '.join(sorted(extra))})" if extra else model_name
+
+
+def semantic_key(config: dict[str, Any]) -> str:
+    """A short hash of what a run computed, with seed, variant name and reporting-only keys left out."""
+    kept = {k: v for k, v in config.items() if k not in _REPORTING_TOP}
+    for group, keys in _REPORTING_NESTED.items():
+        if isinstance(kept.get(group), dict):
+            kept[group] = {k: v for k, v in kept[group].items() if k not in keys}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def swept_values(method: str, method_cfg: dict[str, Any]) -> dict[str, Optional[float]]:
+    """The record's ρ / α / r where the method has them (r = zo_lr / lr when zo_lr is set), else None."""
+    applicable = SWEPT_DEFAULTS.get(method, {})
+    values: dict[str, Optional[float]] = {key: None for key in SWEPT_KEYS}
+    for key in applicable:
+        value = _number(method_cfg.get(key))
+        if key == "lr_ratio" and _number(method_cfg.get("zo_lr")) is not None and _number(method_cfg.get("lr")):
+            value = _number(method_cfg["zo_lr"]) / _number(method_cfg["lr"])
+        values[key] = round(value, 6) if value is not None else None
+    return values
+
+
+def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """One flat row from a record (raises KeyError / TypeError when the layout is not a record's)."""
+    config = record["config"]
+    model_name, task, method = config["model"]["name"], config["task"]["name"], config["method"]["name"]
+    variant = config.get("variant") or "default"
+    costs = record.get("costs") or {}
+    seconds = _number(costs.get("train_seconds"))
+    provenance = record.get("provenance") or {}
+    created = provenance.get("created") or pd.Timestamp(path.stat().st_mtime, unit="s", tz="UTC").isoformat()
+    row: dict[str, Any] = {
+        "path": str(path), "status": record["status"], "error": record.get("error"),
+        "model": model_label(model_name, variant), "model_name": model_name, "task": task, "method": method,
+        **swept_values(method, config["method"]), "seed": config.get("seed", 0), "variant": variant,
+        "experiment": config.get("experiment"), "semantic_key": semantic_key(config),
+        "config_hash": record.get("config_hash"), "created": str(created),
+        "source": provenance.get("source", "run"),
+        "memory_kind": costs.get("memory_kind") or None, "mem_gb": _number(costs.get("peak_memory_gb")),
+        "train_seconds": seconds, "time_h": seconds / 3600 if seconds is not None else None,
+        "partition": record.get("partition") or {},
+    }
+    for key, value in (record.get("metrics") or {}).items():
+        number = _number(value)
+        if number is not None:
+            row[f"metric.{key}"] = number
+    return row
+
+
+def load_records(results_dir: str | Path, report: Optional[Report] = None) -> pd.DataFrame:
+    """Every readable record under ``results_dir`` as one row each; bad files are skipped with a warning."""
+    report = report or Report()
+    root = Path(results_dir)
+    if not root.is_dir():
+        report.warn(f"{root}: no such directory")
+        return pd.DataFrame()
+    rows = []
+    for path in sorted(root.rglob("*.json")):
+        if path.name.startswith("."):          # a writer's temp file (records.write_json_atomic)
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except ValueError as exc:
+            report.warn(f"skipping {path}: not valid JSON, corrupt or half-written ({exc})")
+            continue
+        except OSError as exc:
+            report.warn(f"skipping {path}: cannot be read ({exc.strerror or exc})")
+            continue
+        try:
+            if record["status"] not in ("ok", "failed"):
+                raise ValueError(f"status '{record['status']}'")
+            rows.append(_row(path, record))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            report.warn(f"skipping {path}: not a results record (missing or bad {exc})")
+    return pd.DataFrame(rows)
+
+
+def settle_cells(frame: pd.DataFrame, report: Optional[Report] = None) -> pd.DataFrame:
+    """The ok records to aggregate: one config per cell (the newest if several), one record per seed."""
+    report = report or Report()
+    if frame.empty:
+        return frame
+    failed = frame[frame["status"] == "failed"]
+    for _, row in failed.iterrows():
+        report.note(f"failed run left out: {row['path']} ({row['error'] or 'no error recorded'})")
+    ok = frame[frame["status"] == "ok"]
+    kept = []
+    for cell, group in ok.groupby(list(CELL_KEYS), dropna=False, sort=False):
+        configs = group.groupby("semantic_key", sort=False)
+        if configs.ngroups > 1:
+            newest = max(configs, key=lambda item: item[1]["created"].max())[0]
+            listing = "; ".join(f"config {key} (config_hash {', '.join(sorted(set(map(str, g['config_hash']))))}): "
+                                f"{', '.join(g['path'])}" for key, g in configs)
+            report.warn(f"cell {describe_cell(cell)} is claimed by {configs.ngroups} different configs: {listing}; "
+                        f"using the newest, config {newest}, and leaving the others out")
+            group = group[group["semantic_key"] == newest]
+        group = group.sort_values("created")
+        duplicated = group[group.duplicated("seed", keep="last")]
+        if not duplicated.empty:
+            report.note(f"cell {describe_cell(cell)}: the same config and seed appear in several records; counted "
+                        f"once (kept the newest): {', '.join(group[group['seed'].isin(duplicated['seed'])]['path'])}")
+        kept.append(group.drop_duplicates("seed", keep="last"))
+    return pd.concat(kept, ignore_index=True) if kept else ok.iloc[0:0]
+
+
+def describe_cell(cell: tuple[Any, ...]) -> str:
+    """``opt-2.7b/dialogsum/hizfo (rho=0.6, alpha=0.1, lr_ratio=0.1)``."""
+    model, task, method, *swept = cell
+    extra = ", ".join(f"{k}={v:g}" for k, v in zip(SWEPT_KEYS, swept) if v is not None and not pd.isna(v))
+    return f"{model}/{task}/{method}" + (f" ({extra})" if extra else "")
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The numeric columns to average over seeds: costs and every metric."""
+    return ["mem_gb", "time_h", "train_seconds"] + sorted(c for c in frame.columns if c.startswith("metric."))
+
+
+def aggregate(settled: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std and count over seeds for each cell (one row per cell)."""
+    if settled.empty:
+        return pd.DataFrame(columns=list(CELL_KEYS))
+    numeric = metric_columns(settled)
+    frame = settled.copy()
+    for column in numeric:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    grouped = frame.groupby(list(CELL_KEYS), dropna=False, sort=False)
+    means = grouped[numeric].mean().add_suffix(":mean")
+    stds = grouped[numeric].std(ddof=1).add_suffix(":std")
+    counts = grouped[numeric].count().add_suffix(":n")
+    extra = grouped.agg(n_seeds=("seed", "nunique"), files=("path", list),
+                        memory_kinds=("memory_kind", lambda s: sorted({k for k in s if isinstance(k, str)})),
+                        partition=("partition", "first"), sources=("source", lambda s: sorted(set(s))))
+    return pd.concat([means, stds, counts, extra], axis=1).reset_index()

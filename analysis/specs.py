@@ -1,0 +1,164 @@
+"""What each paper table and figure holds: its grid (paper scale and CPU twin), display names, metrics.
+
+This module is the one place that names the grids. ``conf/experiment/<name>.yaml`` and ``<name>_cpu.yaml``
+launch exactly these grids, and ``tests/unit/test_presets.py`` checks that they agree.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+# ---------------------------------------------------------------------------------------------------
+# display names: config name -> the paper's spelling (one mapping; aliases for the paper's other spellings)
+
+MODEL_DISPLAY: dict[str, str] = {
+    "opt-350m": "OPT-350M", "opt-1.3b": "OPT-1.3B", "opt-2.7b": "OPT-2.7B", "opt-6.7b": "OPT-6.7B",
+    "opt-13b": "OPT-13B", "bloomz-3b": "BLOOMZ-3B", "qwen2.5-3b-instruct": "Qwen2.5-3B-Instruct",
+    "qwen2-7b": "Qwen2-7B", "smollm2-135m": "SmolLM2-135M", "tiny-opt": "tiny-OPT", "tiny-bloom": "tiny-BLOOM",
+    "tiny-qwen2": "tiny-Qwen2",
+}
+# the paper writes both "BLOOMZ-3B" (Tables 1, 3) and "BLOOM-3B" (Table 5) for the same model
+MODEL_ALIASES: dict[str, str] = {**{v: k for k, v in MODEL_DISPLAY.items()}, "BLOOM-3B": "bloomz-3b"}
+
+METHOD_DISPLAY: dict[str, str] = {
+    "zero_shot": "Zero-shot", "full_ft": "Full FT", "ft_top2": "FT-Top2", "prefix": "Prefix-T", "lora": "LoRA",
+    "mezo": "MeZO", "bilevel_zofo": "Bilevel-ZOFO", "greentrainer": "GT-0.7", "hizfo": "Hi-ZFO",
+}
+# "Bieval-ZOFO" is the paper's typo for Bilevel-ZOFO; Table 2 writes "FT (Full Fine-Tuning)"
+METHOD_ALIASES: dict[str, str] = {**{v: k for k, v in METHOD_DISPLAY.items()}, "Bieval-ZOFO": "bilevel_zofo",
+                                  "FT (Full Fine-Tuning)": "full_ft", "FT": "full_ft", "w/o ZO-Loss": "hizfo"}
+
+TASK_DISPLAY: dict[str, str] = {
+    "scitldr": "SciTLDR", "dialogsum": "DialogSum", "webquestions": "WebQuestion", "gsm8k": "GSM8K",
+    "math500": "Math500", "humaneval": "HumanEval", "toy": "Toy",
+}
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """How a task's score is read from ``record["metrics"]`` and shown."""
+    keys: tuple[str, ...]     # metric keys in the record (percentages, ×100, as hizfo.metrics writes them)
+    header: str               # column header, as in the paper
+    fraction: bool = False    # the paper shows it as a fraction (Table 2: 0.810), records hold percent
+    decimals: int = 1
+
+
+ROUGE = TaskScore(("rouge1", "rouge2", "rougeL"), "R1/R2/RL")
+TASK_SCORES: dict[str, TaskScore] = {
+    "scitldr": ROUGE, "dialogsum": ROUGE, "toy": ROUGE,
+    "webquestions": TaskScore(("exact_match",), "Acc."),          # EM on the first answer (GreenTrainer)
+    "gsm8k": TaskScore(("accuracy",), "Acc", fraction=True, decimals=3),
+    "math500": TaskScore(("accuracy",), "Acc", fraction=True, decimals=3),
+    "humaneval": TaskScore(("pass_at_1",), "pass@1", fraction=True, decimals=3),
+}
+
+# Hyperparameters that tell the cells of the sweeps apart, with the paper's defaults (§4.2, A.2).
+# A record counts for a cell only when each of these equals the cell's value (the default unless swept).
+SWEPT_DEFAULTS: dict[str, dict[str, float]] = {
+    "hizfo": {"rho": 0.6, "alpha": 0.1, "lr_ratio": 0.1},
+    "greentrainer": {"rho": 0.7},
+}
+SWEPT_KEYS: tuple[str, ...] = ("rho", "alpha", "lr_ratio")
+SWEEP_SYMBOL: dict[str, str] = {"rho": "ρ", "alpha": "α", "lr_ratio": "r = η_ZO/η_FO"}
+
+
+def model_display(label: str) -> str:
+    """``tiny-opt (arch.hidden_size=64)`` -> ``tiny-OPT (hidden_size=64)``; ``opt-2.7b`` -> ``OPT-2.7B``."""
+    name, _, rest = label.partition(" (")
+    shown = MODEL_DISPLAY.get(name, name)
+    return f"{shown} ({rest.replace('arch.', '')}" if rest else shown
+
+
+def method_display(method: str, rho: Optional[float] = None) -> str:
+    """The paper's method name; GreenTrainer carries its ρ (GT-0.7)."""
+    if method == "greentrainer" and rho is not None and round(rho, 6) != 0.7:
+        return f"GT-{rho:g}"
+    return METHOD_DISPLAY.get(method, method)
+
+
+# ---------------------------------------------------------------------------------------------------
+# grids
+
+
+@dataclass(frozen=True)
+class Grid:
+    """models × tasks × methods × (one swept hyperparameter's values); model entries are model labels."""
+    models: tuple[str, ...]
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...]
+    sweep_key: Optional[str] = None
+    sweep_values: tuple[float, ...] = ()
+
+    def cells(self) -> Iterator[tuple[str, str, str, Optional[float]]]:
+        """Every (model, task, method, swept value or None) the grid runs."""
+        values: tuple[Optional[float], ...] = self.sweep_values if self.sweep_key else (None,)
+        yield from itertools.product(self.models, self.tasks, self.methods, values)
+
+    def __len__(self) -> int:
+        return len(self.models) * len(self.tasks) * len(self.methods) * max(1, len(self.sweep_values))
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """One paper table or figure: its paper-scale grid and its CPU twin's grid."""
+    name: str
+    title: str
+    paper: Grid
+    cpu: Grid
+    kind: str = "table"                  # table | figure
+
+    def grids(self) -> tuple[Grid, Grid]:
+        return (self.paper, self.cpu)
+
+
+NLP_TASKS = ("scitldr", "dialogsum", "webquestions")
+REASONING_TASKS = ("gsm8k", "math500", "humaneval")
+TABLE1_METHODS = ("full_ft", "ft_top2", "prefix", "lora", "mezo", "bilevel_zofo", "greentrainer", "hizfo")
+TABLE2_METHODS = ("zero_shot", "full_ft", "lora", "greentrainer", "mezo", "bilevel_zofo", "hizfo")
+TABLE3_METHODS = ("full_ft", "lora", "greentrainer", "hizfo")
+RHO_VALUES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+TABLE5_ALPHAS = (0.1, 0.0)
+LR_RATIOS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+# the CPU twin of Table 3's size ladder: tiny OPTs of growing width (a stand-in for 350M … 13B)
+TINY_OPT_WIDTHS = (32, 64, 128, 256, 512)
+
+
+def tiny_opt(width: int) -> str:
+    """The model label of a tiny OPT whose width a sweep overrode."""
+    return f"tiny-opt (arch.hidden_size={width})"
+
+
+EXPERIMENTS: dict[str, ExperimentSpec] = {spec.name: spec for spec in (
+    ExperimentSpec("table1", "Table 1: performance and cost on SciTLDR, DialogSum and WebQuestions",
+                   Grid(("opt-2.7b", "bloomz-3b", "qwen2.5-3b-instruct"), NLP_TASKS, TABLE1_METHODS),
+                   Grid(("tiny-opt", "tiny-bloom", "tiny-qwen2"), ("toy",), TABLE1_METHODS)),
+    ExperimentSpec("table2", "Table 2: Qwen2-7B on mathematical and coding tasks",
+                   Grid(("qwen2-7b",), REASONING_TASKS, TABLE2_METHODS),
+                   Grid(("tiny-qwen2",), ("toy",), TABLE2_METHODS)),
+    ExperimentSpec("table3", "Table 3: impact of the model size (OPT family)",
+                   Grid(("opt-350m", "opt-1.3b", "opt-2.7b", "opt-6.7b", "opt-13b"), NLP_TASKS, TABLE3_METHODS),
+                   Grid(tuple(tiny_opt(w) for w in TINY_OPT_WIDTHS), ("toy",), TABLE3_METHODS)),
+    ExperimentSpec("table4", "Table 4: the FLOPs-based update ratio ρ on DialogSum",
+                   Grid(("opt-1.3b", "opt-2.7b"), ("dialogsum",), ("hizfo",), "rho", RHO_VALUES),
+                   Grid((tiny_opt(64), tiny_opt(128)), ("toy",), ("hizfo",), "rho", RHO_VALUES)),
+    ExperimentSpec("table5", "Table 5: the ZO-loss weight α (α = 0 is 'w/o ZO-Loss')",
+                   Grid(("opt-2.7b", "bloomz-3b"), NLP_TASKS, ("hizfo",), "alpha", TABLE5_ALPHAS),
+                   Grid(("tiny-opt", "tiny-bloom"), ("toy",), ("hizfo",), "alpha", TABLE5_ALPHAS)),
+    ExperimentSpec("fig3", "Figure 3: the learning-rate ratio r = η_ZO/η_FO",
+                   Grid(("opt-2.7b",), ("dialogsum",), ("hizfo",), "lr_ratio", LR_RATIOS),
+                   Grid(("tiny-opt",), ("toy",), ("hizfo",), "lr_ratio", LR_RATIOS), kind="figure"),
+    ExperimentSpec("fig4", "Figure 4: the ZO-loss weight α on DialogSum",
+                   Grid(("opt-2.7b",), ("dialogsum",), ("hizfo",), "alpha", ALPHAS),
+                   Grid(("tiny-opt",), ("toy",), ("hizfo",), "alpha", ALPHAS), kind="figure"),
+)}
+TABLES = tuple(name for name, spec in EXPERIMENTS.items() if spec.kind == "table")
+
+
+def cell_hparams(method: str, sweep_key: Optional[str], value: Optional[float]) -> dict[str, Optional[float]]:
+    """The swept hyperparameters a cell of ``method`` requires: the paper's defaults, the swept one replaced."""
+    wanted: dict[str, Optional[float]] = dict(SWEPT_DEFAULTS.get(method, {}))
+    if sweep_key is not None and sweep_key in wanted:
+        wanted[sweep_key] = value
+    return {key: wanted.get(key) for key in SWEPT_KEYS}
