@@ -76,6 +76,7 @@ class LoopState:
     batch_in_epoch: int = 0
     step: int = 0
     losses: list[float] = field(default_factory=list)
+    zo_seeds_used: list[int] = field(default_factory=list)
 
 
 def encode_split(task: Task, loaded: LoadedModel, examples: list[Example]) -> list[dict[str, list[int]]]:
@@ -123,6 +124,7 @@ class LoopResult:
     history: list[dict[str, float]]
     summary: dict[str, Any]
     zo_seeds: list[int]
+    losses: list[float] = field(default_factory=list)                  # every step's, resumed runs included
 
 
 def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, task: Task, device: torch.device,
@@ -155,7 +157,7 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
 
     meters.reset_peak(device)
     state = LoopState()
-    seeds_used: list[int] = []
+    seeds_used = state.zo_seeds_used                              # checkpointed with the loop position
     loaded.model.train(bool(method_cfg.dropout))
     with meters.timing("train_seconds", device):
         with meters.timing("setup_seconds", device):
@@ -174,6 +176,7 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
                     raise TrainingDiverged(state.step, result.loss)
                 state.step += 1
                 state.batch_in_epoch += 1
+                state.losses.append(result.loss)
                 meters.steps = state.step
                 meters.n_forward += result.n_forward
                 meters.n_backward += result.n_backward
@@ -200,13 +203,15 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
                 continue
             break
         bar.close()
+        if checkpoint is not None:
+            checkpoint.training_finished(method, state, meters, zo_seeds)   # signals now answered at once
         meters.read_peak(device)
     with meters.timing("eval_seconds", device):
         metrics, predictions = evaluate(method, loaded, task, device)
     if before:
         metrics.update({f"before_{k}": v for k, v in before.items()})
     return LoopResult(metrics=metrics, predictions=predictions, history=history, summary=method.summary(),
-                      zo_seeds=seeds_used)
+                      zo_seeds=seeds_used, losses=state.losses)
 
 
 def evaluate_model_only(loaded: LoadedModel, task: Task, device: torch.device) -> tuple[dict[str, float], list[str]]:
