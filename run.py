@@ -49,7 +49,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from hizfo.meters import Meters
     from hizfo.records import build_record, check_writable, provenance, read_record, record_path, write_json_atomic
     from hizfo.tracking import Tracker
-    from hizfo.checkpoint import Checkpointer
+    from hizfo.checkpoint import Checkpointer, params_sha256
 
     hydra_cfg = HydraConfig.get()
     variant = cfg.variant or derive_variant(list(hydra_cfg.overrides.task))
@@ -88,6 +88,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result = train_and_evaluate(method, cfg.method, loaded, task, device, cfg.seed, meters, tracker.log,
                                     checkpoint=checkpointer, eval_every_epoch=cfg.eval_every_epoch,
                                     eval_before_training=cfg.eval_before_training)
+    except ConfigError:
+        tracker.finish(failed=True)
+        raise
     except (TrainingDiverged, RuntimeError, ValueError) as exc:
         failed_at = getattr(exc, "step", None)
         costs = {**meters.as_costs(), "trainable_params": None}
@@ -96,6 +99,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_json_atomic(path, record)
         tracker.finish(failed=True)
         print(f"failed: {_one_line(exc)}; record at {path}", file=sys.stderr)
+        exc.reported = True
         raise
     summary = dict(result.summary)
     costs = {**meters.as_costs(), "trainable_params": summary.pop("trainable_params", None),
@@ -104,7 +108,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              "selection_seconds": summary.pop("selection_seconds", None)}
     record = build_record("ok", config, result.metrics, costs, summary, prov,
                           extra={"zo_seeds": result.zo_seeds,
-                                 "final_train_loss": result.history[-1]["train/loss"] if result.history else None,
+                                 "final_train_loss": result.losses[-1] if result.losses else None,
+                                 "final_params_sha256": params_sha256(method.eval_model()),
                                  "samples": [{"prediction": p} for p in result.predictions[:5]]})
     tracker.log_final(meters.steps, {**{f"eval/{k}": v for k, v in result.metrics.items()},
                                      **{f"costs/{k}": v for k, v in costs.items() if v is not None}})
@@ -123,20 +128,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+def _config_error(exc: BaseException):
+    """The ConfigError behind ``exc``, looking through Hydra's InstantiationException wrapper."""
+    from hizfo.errors import ConfigError
+    while exc is not None:
+        if isinstance(exc, ConfigError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from hizfo.errors import ConfigError
     try:
         run(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        config_error = _config_error(exc)
+        if config_error is not None:
+            print(f"error: {config_error}", file=sys.stderr)
+        elif not getattr(exc, "reported", False):
+            traceback.print_exc()
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
-        sys.exit(2)
-    except Exception:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        sys.exit(1)
+        sys.exit(2 if config_error is not None else 1)
 
 
 if __name__ == "__main__":

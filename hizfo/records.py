@@ -27,7 +27,7 @@ _REPO = Path(__file__).resolve().parent.parent
 
 
 def _safe(part: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", part) or "_"
+    return re.sub(r"[^A-Za-z0-9._=+,-]+", "_", part) or "_"
 
 
 def record_path(results_dir: str | Path, model: str, task: str, method: str, variant: str, seed: int) -> Path:

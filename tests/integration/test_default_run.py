@@ -1,0 +1,61 @@
+"""End to end: the offline default `python run.py`, what it logged to W&B, and two-method multiruns."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_default_run_learns_the_toy_task_and_logs_to_wandb(tmp_path):
+    from hizfo.tracking import read_offline_run
+    start = time.perf_counter()
+    proc = _run(f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out")
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert elapsed < 120, f"the default run took {elapsed:.0f} s"
+    (path,) = (tmp_path / "results").rglob("seed0.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "ok" and record["config"]["method"]["name"] == "hizfo"
+    metrics = record["metrics"]
+    assert metrics["rouge1"] >= metrics["before_rouge1"] + 20, metrics
+    assert f"record: {path}" in proc.stdout
+    wandb_line = next(line for line in proc.stdout.splitlines() if line.startswith("wandb: "))
+    run_dir = wandb_line.split("wandb: ", 1)[1].strip()
+    assert run_dir.startswith(str(tmp_path / "out"))
+    logged = read_offline_run(run_dir)
+    losses = [row["train/loss"] for row in logged["history"] if "train/loss" in row]
+    assert len(losses) == record["costs"]["steps"]
+    assert len(record["zo_seeds"]) == record["costs"]["steps"] == len(set(record["zo_seeds"]))
+    assert all("train/lr" in row for row in logged["history"] if "train/loss" in row)
+    assert logged["summary"]["eval/rouge1"] == pytest.approx(metrics["rouge1"])
+    assert logged["summary"]["costs/peak_memory_gb"] == pytest.approx(record["costs"]["peak_memory_gb"])
+    assert logged["summary"]["costs/train_seconds"] == pytest.approx(record["costs"]["train_seconds"])
+    assert logged["config"]["method"]["name"] == "hizfo"
+
+
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_two_method_multirun_writes_two_records(tmp_path, launcher):
+    args = ["-m", "method=full_ft,ft_top2", "logger=none", f"results_dir={tmp_path}/results",
+            "task.options.n_train=64", "task.options.n_eval=8", "method.max_steps=5",
+            f"hydra.sweep.dir={tmp_path}/multirun"]
+    if launcher == "submitit_local":
+        args += ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
+    proc = _run(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = sorted((tmp_path / "results").rglob("seed0.json"))
+    assert [p.parts[-3] for p in records] == ["ft_top2", "full_ft"]
+    assert all(json.loads(p.read_text())["status"] == "ok" for p in records)
