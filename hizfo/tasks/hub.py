@@ -1,0 +1,165 @@
+"""Loading a task's rows: from the Hugging Face hub, or from a local copy in the same schema (offline clusters).
+
+Where a split comes from, first match wins:
+  1. ``task.data_files.<split>`` (``train`` / ``eval``, or the hub's own split name): one json, jsonl, csv or
+     parquet file with the hub dataset's columns;
+  2. ``task.data_dir``: a local copy of the hub repository (``git clone`` / ``huggingface-cli download``), or a
+     folder of ``train.*`` / ``test.*`` files, loaded with ``datasets.load_dataset(data_dir, config)``;
+  3. the hub: ``datasets.load_dataset(dataset, config, split=..., revision=...)`` (``task.options.hub.<split>``
+     overrides the task's defaults).
+Every failure is a one-line :class:`ConfigError` that names the file, the column or the dataset.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from hizfo.errors import ConfigError
+from hizfo.tasks.base import Example, Task
+
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+PARQUET_EXPORT = "refs/convert/parquet"   # the hub's Parquet export of a script-only dataset
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Where one split lives on the Hugging Face hub."""
+    dataset: str
+    config: Optional[str] = None
+    split: str = "train"
+    revision: Optional[str] = None
+
+    def describe(self) -> str:
+        config = f", config {self.config}" if self.config else ""
+        return f"hub dataset {self.dataset} ({'split ' + self.split}{config})"
+
+
+def as_list(value: Any) -> list:
+    """A list-valued cell as a list: CSV holds lists as JSON text, so ``'["a", "b"]'`` becomes ``['a', 'b']``."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError:
+                return [value]
+            return list(parsed) if isinstance(parsed, list) else [parsed]
+        return [value]
+    return list(value)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+def _check_rows(dataset, where: str, columns: tuple[str, ...], task_name: str, split: str,
+                schema_of: str) -> list[dict[str, Any]]:
+    """The rows as dicts, after checking the columns are there and the split is not empty."""
+    present = list(dataset.column_names)
+    for column in columns:
+        if column not in present:
+            raise ConfigError(f"task {task_name}: {where} has no column '{column}' (it has: {', '.join(present)}); "
+                              f"the {split} split needs the columns of {schema_of}: {', '.join(columns)}")
+    if len(dataset) == 0:
+        raise ConfigError(f"task {task_name}: the {split} split from {where} is empty")
+    return dataset.to_list()
+
+
+def load_local_file(path: str, *, columns: tuple[str, ...], task_name: str, split: str,
+                    schema_of: str) -> list[dict[str, Any]]:
+    """Rows of one local json / jsonl / csv / parquet file, checked against the columns the task needs."""
+    import datasets
+    file = Path(os.path.expanduser(path))
+    if not file.is_file():
+        raise ConfigError(f"task {task_name}: data file for the {split} split not found: {file}")
+    builder = LOCAL_FORMATS.get(file.suffix.lower())
+    if builder is None:
+        raise ConfigError(f"task {task_name}: {file} is not a json, jsonl, csv or parquet file")
+    if file.stat().st_size == 0:
+        raise ConfigError(f"task {task_name}: the {split} split from {file} is empty")
+    try:
+        dataset = datasets.load_dataset(builder, data_files=str(file.resolve()), split="train")
+    except Exception as exc:   # datasets raises many types for a malformed file
+        raise ConfigError(f"task {task_name}: could not read {file} as {builder}: {_one_line(exc)}") from exc
+    return _check_rows(dataset, str(file), columns, task_name, split, schema_of)
+
+
+def load_hub_split(source: HubSource, *, columns: tuple[str, ...], task_name: str, split: str,
+                   data_dir: Optional[str] = None) -> list[dict[str, Any]]:
+    """Rows of one split from the hub (or a local copy of its repository), checked against the columns."""
+    import datasets
+    path = source.dataset
+    where = source.describe()
+    if data_dir:
+        folder = Path(os.path.expanduser(data_dir))
+        if not folder.is_dir():
+            raise ConfigError(f"task {task_name}: task.data_dir not found: {folder}")
+        path, where = str(folder), f"{folder} (split {source.split})"
+    try:
+        dataset = datasets.load_dataset(path, source.config, split=source.split, revision=source.revision)
+    except Exception as exc:   # offline, missing, renamed, or script-only: all end the same way for the user
+        if "scripts are no longer supported" in str(exc) and source.revision is None and not data_dir:
+            return load_hub_split(replace(source, revision=PARQUET_EXPORT), columns=columns,
+                                  task_name=task_name, split=split)
+        hint = (f"pass task.data_files={{{split}: PATH}} (json, jsonl, csv or parquet with the columns "
+                f"{', '.join(columns)}) or task.data_dir=DIR")
+        raise ConfigError(f"task {task_name}: could not load the {split} split from {where}: {_one_line(exc)}; "
+                          f"offline? download it and {hint}") from exc
+    return _check_rows(dataset, where, columns, task_name, split, source.dataset)
+
+
+class HubTask(Task):
+    """A task whose splits load from the hub or a local copy; subclasses turn a row into an :class:`Example`."""
+
+    sources: dict[str, HubSource] = {}
+    columns: dict[str, tuple[str, ...]] = {}
+
+    def source(self, split: str) -> HubSource:
+        """The split's hub source: the class default, updated by ``task.options.hub.<split>``."""
+        if split not in self.sources:
+            raise ConfigError(f"task {self.name}: no split '{split}' (it has: {', '.join(self.sources)})")
+        overrides = dict((self.cfg.options.get("hub") or {}).get(split) or {})
+        unknown = set(overrides) - {"dataset", "config", "split", "revision"}
+        if unknown:
+            raise ConfigError(f"task.options.hub.{split}: unknown keys {sorted(unknown)} "
+                              f"(allowed: dataset, config, split, revision)")
+        return replace(self.sources[split], **overrides)
+
+    def local_file(self, split: str) -> Optional[str]:
+        """``task.data_files`` entry for this split (by our name, or by the hub's split name)."""
+        files = self.cfg.data_files or {}
+        return files.get(split) or files.get(self.source(split).split)
+
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        """The raw rows of ``train`` or ``eval``, from the first place that has them (module docstring)."""
+        source = self.source(split)
+        columns = self.columns[split]
+        local = self.local_file(split)
+        if local:
+            return load_local_file(local, columns=columns, task_name=self.name, split=split,
+                                   schema_of=source.dataset)
+        return load_hub_split(source, columns=columns, task_name=self.name, split=split,
+                              data_dir=self.cfg.data_dir)
+
+    def to_example(self, row: dict[str, Any], split: str) -> Optional[Example]:
+        """One row in the paper's template (A.3); None skips a row that cannot be used."""
+        raise NotImplementedError
+
+    def load_split(self, split: str) -> list[Example]:
+        examples, skipped = [], 0
+        for row in self.rows(split):
+            example = self.to_example(row, split)
+            if example is None:
+                skipped += 1
+            else:
+                examples.append(example)
+        if skipped:
+            warnings.warn(f"task {self.name}: skipped {skipped} {split} rows without a usable target", stacklevel=2)
+        return examples
