@@ -150,6 +150,18 @@ def _module_slots(name: str, module: nn.Module, tokens: int, seq_len: int, atten
                       f"parameter(s) {', '.join(f'{name}.{p}' for p in own)}")
 
 
+def _check_readable(model: nn.Module) -> None:
+    """Every module that owns a parameter is one the cost model knows (raises ConfigError naming it)."""
+    conv1d = _conv1d_type()
+    for name, module in model.named_modules():
+        own = dict(module.named_parameters(recurse=False))
+        if not own or isinstance(module, (nn.Linear, nn.Embedding)) or \
+                (conv1d is not None and isinstance(module, conv1d)) or _is_norm(name, module):
+            continue
+        raise ConfigError(f"cost model: cannot read module '{name}' ({type(module).__name__}) that owns "
+                          f"parameter(s) {', '.join(f'{name}.{p}' for p in own)}")
+
+
 def _attention_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Name → module of each attention block that has a recognised v projection or fused qkv."""
     conv1d = _conv1d_type()
@@ -218,6 +230,7 @@ def tensor_costs(model: nn.Module, batch_size: int, seq_len: int, trainable_only
     tokens = batch_size * seq_len
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=True)}
     owners = [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    _check_readable(model)  # before the trace, so that even a module the forward skips is reported
     attention = _attention_modules(model)
     config = getattr(model, "config", None)
     modules = dict(model.named_modules())
