@@ -1,0 +1,154 @@
+"""LoRA (Hu et al., 2022) through peft: AdamW on the low-rank adapters only; the backbone stays frozen.
+
+Defaults follow GreenTrainer's LoRA baseline, which the paper's baselines follow (paper A.2; IMPLEMENTATION_NOTES §6):
+r = 8, α = 32, dropout 0.1, AdamW 2e-5 with linear decay, 5 epochs. Target modules come from the model's config
+(``model.lora_target_modules``: q_proj,v_proj for OPT and Qwen, query_key_value for BLOOM) unless
+``method.target_modules`` overrides them.
+
+``PeftAdapterMethod`` is the shared shape of every peft-adapter baseline (LoRA here, Prefix-Tuning in
+baselines/prefix.py): wrap the model once with ``get_peft_model``, train the adapter tensors with the shared
+``FirstOrderTrainer``, and evaluate by generating through the peft model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from torch import nn
+
+from baselines.full_ft import cfg_object
+from hizfo.config import MethodConfig, register_method_schema
+from hizfo.errors import ConfigError
+from hizfo.methods import (Batch, FirstOrderTrainer, StepResult, TrainContext, causal_lm_loss, check_common,
+                           unique_named_parameters)
+from hizfo.models import LoadedModel
+
+
+@register_method_schema("lora")
+@dataclass
+class LoRAConfig(MethodConfig):
+    _target_: str = "baselines.lora.LoRA"
+    name: str = "lora"
+    rank: int = 8                                  # r
+    alpha: float = 32.0                            # lora_alpha; the update is scaled by alpha / r
+    lora_dropout: float = 0.1                      # active only when method.dropout is true (train mode)
+    target_modules: Optional[list[str]] = None     # None: the model's lora_target_modules
+
+
+def peft_module_matches(module_name: str, target: str) -> bool:
+    """peft's rule for a plain-string target: the full module name, or its dotted suffix."""
+    return module_name == target or module_name.endswith("." + target)
+
+
+def check_target_modules(model: nn.Module, targets: list[str], key: str) -> None:
+    """Every target names at least one module of ``model`` (peft would only say that none matched)."""
+    if not targets:
+        raise ConfigError(f"{key}: no LoRA target modules given")
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(peft_module_matches(name, t) for name in names)]
+    if missing:
+        leaves = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ConfigError(f"{key}: {', '.join(missing)} matches no module of {type(model).__name__} "
+                          f"(its linear layers: {', '.join(leaves)})")
+
+
+class PeftAdapterMethod:
+    """A peft adapter trained with AdamW; subclasses say which peft config to build and check their values."""
+
+    config_class: type = MethodConfig
+
+    def __init__(self, **cfg: Any) -> None:
+        self.cfg = cfg_object(self.config_class(), cfg)
+        check_common(self.cfg)
+        self.check_values()
+        self.peft_model: Optional[nn.Module] = None
+        self.trainer: Optional[FirstOrderTrainer] = None
+
+    def check_values(self) -> None:
+        """Pure value checks, run at construction (before any model is built)."""
+
+    def peft_config(self, loaded: LoadedModel) -> Any:
+        raise NotImplementedError
+
+    def setup(self, ctx: TrainContext) -> None:
+        from peft import get_peft_model
+        config = self.peft_config(ctx.loaded)
+        try:
+            # injects the adapters into ctx.loaded.model in place and freezes every other tensor
+            self.peft_model = get_peft_model(ctx.loaded.model, config)
+        except ValueError as exc:
+            raise ConfigError(f"method: peft refused the adapter config: {exc}".splitlines()[0]) from exc
+        names = {n for n, p in unique_named_parameters(self.peft_model) if p.requires_grad}
+        self.trainer = FirstOrderTrainer(self.peft_model, names, self.cfg.lr, self.cfg.weight_decay,
+                                         self.cfg.schedule, ctx.total_steps, self.cfg.grad_clip)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def train_step(self, batch: Batch) -> StepResult:
+        loss = causal_lm_loss(self.peft_model, batch)
+        loss.backward()                      # reaches only the adapters; the frozen backbone gets no .grad
+        self.trainer.step()
+        return StepResult(loss=float(loss.detach()), n_forward=1, n_backward=1)
+
+    def eval_model(self) -> nn.Module:
+        return self.peft_model
+
+    def summary(self) -> dict[str, Any]:
+        trainable, total = self.peft_model.get_nb_trainable_parameters()   # peft's own count
+        adapter_tensors = sum(1 for _, p in unique_named_parameters(self.peft_model) if p.requires_grad)
+        all_tensors = len(unique_named_parameters(self.peft_model))
+        return {"trainable_params": trainable, "total_params": total, "fo_tensors": adapter_tensors,
+                "fo_params": trainable, "zo_tensors": 0, "zo_params": 0,
+                "frozen_tensors": all_tensors - adapter_tensors, "frozen_params": total - trainable}
+
+    def current_lr(self) -> float:
+        return self.trainer.lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        # the adapter weights travel with the optimizer state: a prefix encoder lives outside loaded.model
+        from peft import get_peft_model_state_dict
+        return {**self.trainer.state_dict(),
+                "adapter": {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft_model).items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from peft import set_peft_model_state_dict
+        self.trainer.load_state_dict(state)
+        if "adapter" in state:
+            set_peft_model_state_dict(self.peft_model, state["adapter"])
+
+
+def lora_config(cfg: LoRAConfig, loaded: LoadedModel) -> Any:
+    """peft's LoraConfig from the method values and the model's default targets (checked to exist)."""
+    from peft import LoraConfig
+    if cfg.target_modules is not None:
+        targets, key = list(cfg.target_modules), "method.target_modules"
+    else:
+        targets, key = list(loaded.lora_target_modules), "model.lora_target_modules"
+    check_target_modules(loaded.model, targets, key)
+    return LoraConfig(task_type="CAUSAL_LM", r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, bias="none")
+
+
+def check_lora_values(cfg: LoRAConfig) -> None:
+    """Rank, alpha and dropout in range (the target modules are checked against the model in setup)."""
+    if cfg.rank < 1:
+        raise ConfigError(f"method.rank: must be >= 1, got {cfg.rank}")
+    if not cfg.alpha > 0:
+        raise ConfigError(f"method.alpha: must be > 0, got {cfg.alpha}")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise ConfigError(f"method.lora_dropout: must be in [0, 1), got {cfg.lora_dropout}")
+    if cfg.target_modules is not None and not cfg.target_modules:
+        raise ConfigError("method.target_modules: empty list (use null for the model's defaults)")
+
+
+class LoRA(PeftAdapterMethod):
+    """LoRA adapters on the model's attention projections, trained with AdamW."""
+
+    config_class = LoRAConfig
+
+    def check_values(self) -> None:
+        check_lora_values(self.cfg)
+
+    def peft_config(self, loaded: LoadedModel) -> Any:
+        return lora_config(self.cfg, loaded)

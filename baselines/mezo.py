@@ -1,0 +1,122 @@
+"""MeZO (Malladi et al., NeurIPS 2023): two-sided SPSA with ZO-SGD on every trainable tensor, in place.
+
+One step (MeZO Algorithm 1, with the restore fused into the update; IMPLEMENTATION_NOTES §6):
+
+    s  = draw_seed(run generator)                      recorded in the run's record, so the run replays
+    θ ← θ + ε·z(s)          ; L+ = L(θ + εz)           pass 1 (noise draw 1)
+    θ ← θ − 2ε·z(s)         ; L− = L(θ − εz)           pass 2 (noise draw 2)
+    g = (L+ − L−) / (2ε)                               projected gradient (a scalar)
+    θ ← θ + (ε − η·g)·z(s)                              pass 3 (noise draw 3): restore and ZO-SGD step at once
+    θ_d ← (1 − η·λ)·θ_d     on the decayed group only   decoupled weight decay, kept off biases and norms
+
+MeZO's reference code restores (θ += εz) and then updates θ −= η(g·z + λ·θ), drawing z four times. Here a
+step draws z three times, every pass is in place through ``hizfo.zo.perturb_`` (no full-size temporary).
+Decay is applied after the fused pass, so θ1 = (1 − ηλ)(θ0 − ηgz) = θ0 − η(gz + λθ0) + η²λ·g·z: MeZO's update
+up to the O(η²) term η²λgz (λ defaults to 0, where the two agree exactly up to rounding).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from baselines.full_ft import cfg_object
+from hizfo.config import MethodConfig, register_method_schema
+from hizfo.errors import ConfigError
+from hizfo.methods import (Batch, StepResult, TrainContext, causal_lm_loss, check_common, count_params, no_decay,
+                           unique_named_parameters)
+from hizfo.zo import decay_, draw_seed, perturb_
+
+
+@register_method_schema("mezo")
+@dataclass
+class MeZOConfig(MethodConfig):
+    _target_: str = "baselines.mezo.MeZO"
+    name: str = "mezo"
+    lr: float = 1e-6                     # MeZO's full-parameter range is 1e-6 … 1e-7
+    eps: float = 1e-3                    # ε, the perturbation scale
+    schedule: str = "constant"           # MeZO uses a constant learning rate
+
+
+def zo_sgd_lr(base_lr: float, schedule: str, step: int, total_steps: int) -> float:
+    """The ZO-SGD learning rate at ``step``: constant, or linear decay to 0 (same shape as ``lr_schedule``)."""
+    if schedule == "constant":
+        return base_lr
+    return base_lr * max(0.0, 1.0 - step / max(1, total_steps))
+
+
+class MeZO:
+    """Memory-efficient ZO-SGD: two forwards per step, no backward, no optimizer state."""
+
+    config_class = MeZOConfig
+
+    def __init__(self, **cfg: Any) -> None:
+        self.cfg = cfg_object(self.config_class(), cfg)
+        check_common(self.cfg)
+        if not self.cfg.eps > 0:
+            raise ConfigError(f"method.eps: must be > 0, got {self.cfg.eps}")
+        if self.cfg.dropout:
+            # L+ − L− must measure the perturbation, not two different dropout masks (MeZO runs in eval mode)
+            raise ConfigError("method.dropout: MeZO's forwards run in eval mode; dropout must be false")
+        self.model: Optional[nn.Module] = None
+        self.params: list[torch.Tensor] = []        # Θ in a fixed order: z(s) regenerates tensor by tensor
+        self.decayed: list[torch.Tensor] = []       # the subset that gets weight decay (not biases / norms)
+        self.zo_seeds: Optional[torch.Generator] = None
+        self.total_steps = 0
+        self.step_index = 0
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.model = ctx.loaded.model
+        named = [(n, p) for n, p in unique_named_parameters(self.model) if p.requires_grad]
+        if not named:
+            raise ConfigError("method: MeZO found no trainable tensors")
+        self.params = [p for _, p in named]
+        self.decayed = [p for n, p in named if not no_decay(n, p)]
+        self.zo_seeds = ctx.zo_seeds
+        self.total_steps = ctx.total_steps
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    @torch.inference_mode()
+    def _loss(self, batch: Batch) -> float:
+        return float(causal_lm_loss(self.model, batch))
+
+    def train_step(self, batch: Batch) -> StepResult:
+        eps, lr = self.cfg.eps, self.current_lr()
+        self.model.eval()
+        seed = draw_seed(self.zo_seeds)
+        perturb_(self.params, seed, eps)                  # θ + εz
+        loss_plus = self._loss(batch)
+        perturb_(self.params, seed, -2.0 * eps)           # θ − εz
+        loss_minus = self._loss(batch)
+        projected_grad = (loss_plus - loss_minus) / (2.0 * eps)   # MeZO's g: directional derivative along z
+        perturb_(self.params, seed, eps - lr * projected_grad)   # restore (+εz) and SGD step (−ηgz), fused
+        if self.cfg.weight_decay:
+            decay_(self.decayed, 1.0 - lr * self.cfg.weight_decay)
+        self.step_index += 1
+        # (L+ + L−)/2 estimates L(θ) to second order in ε: the loss the step started from
+        return StepResult(loss=0.5 * (loss_plus + loss_minus), n_forward=2, n_backward=0,
+                          logs={"zo_seed": seed, "projected_grad": projected_grad})
+
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def summary(self) -> dict[str, Any]:
+        everything = unique_named_parameters(self.model)
+        total = count_params(p for _, p in everything)
+        zo = count_params(self.params)
+        return {"trainable_params": zo, "total_params": total, "fo_tensors": 0, "fo_params": 0,
+                "zo_tensors": len(self.params), "zo_params": zo,
+                "frozen_tensors": len(everything) - len(self.params), "frozen_params": total - zo}
+
+    def current_lr(self) -> float:
+        return zo_sgd_lr(self.cfg.lr, self.cfg.schedule, self.step_index, self.total_steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step_index": self.step_index}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_index = int(state["step_index"])

@@ -1,0 +1,66 @@
+"""Zero-shot: the model evaluated as loaded, with no update step (paper Table 2's first row).
+
+The schema fixes ``max_steps: 0``; the shared loop then runs set-up and evaluation only, so the record has the
+same shape as every other method's (training time ≈ 0, no forwards or backwards counted).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from torch import nn
+
+from baselines.full_ft import cfg_object
+from hizfo.config import MethodConfig, register_method_schema
+from hizfo.errors import ConfigError
+from hizfo.methods import Batch, StepResult, TrainContext, check_common, count_params, unique_named_parameters
+
+
+@register_method_schema("zero_shot")
+@dataclass
+class ZeroShotConfig(MethodConfig):
+    _target_: str = "baselines.zero_shot.ZeroShot"
+    name: str = "zero_shot"
+    lr: float = 0.0
+    epochs: int = 1
+    max_steps: Optional[int] = 0         # no update step: the loop goes straight to evaluation
+
+
+class ZeroShot:
+    """Trains nothing; evaluation generates with the model as loaded."""
+
+    config_class = ZeroShotConfig
+
+    def __init__(self, **cfg: Any) -> None:
+        self.cfg = cfg_object(self.config_class(), cfg)
+        check_common(self.cfg)
+        if self.cfg.max_steps != 0:
+            raise ConfigError(f"method.max_steps: zero_shot trains nothing and needs 0, got {self.cfg.max_steps}")
+        self.model: Optional[nn.Module] = None
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.model = ctx.loaded.model
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def train_step(self, batch: Batch) -> StepResult:
+        raise RuntimeError("zero_shot has no update step (the loop runs none when method.max_steps is 0)")
+
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def summary(self) -> dict[str, Any]:
+        everything = unique_named_parameters(self.model)
+        total = count_params(p for _, p in everything)
+        return {"trainable_params": 0, "total_params": total, "fo_tensors": 0, "fo_params": 0,
+                "zo_tensors": 0, "zo_params": 0, "frozen_tensors": len(everything), "frozen_params": total}
+
+    def current_lr(self) -> float:
+        return 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
