@@ -170,3 +170,47 @@ def test_unknown_module_is_a_config_error_naming_it() -> None:
 def test_bad_batch_shape_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         tensor_costs(tiny("tiny-opt").model, 0, 8)
+
+
+def test_post_layer_norm_opt_on_meta_device() -> None:
+    # OPT-350M's layout (post-LN, project_in/out, no final norm), built on the meta device: no memory used
+    from transformers import AutoModelForCausalLM, OPTConfig
+    config = OPTConfig(hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4, vocab_size=100,
+                       word_embed_proj_dim=32, do_layer_norm_before=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = [c.name for c in tensor_costs(model, 4, 16)]
+    assert len(names) == 2 * 16 + 4 and names[0] == "model.decoder.project_out.weight"
+    block = "model.decoder.layers.1."
+    # post-LN: fc2 → final_layer_norm and out_proj → self_attn_layer_norm
+    assert names[1:3] == [block + "final_layer_norm.bias", block + "final_layer_norm.weight"]
+    assert names.index(block + "self_attn_layer_norm.weight") < names.index(block + "self_attn.out_proj.bias")
+    assert set(names[-3:]) == {"model.decoder.project_in.weight", "model.decoder.embed_positions.weight",
+                               "model.decoder.embed_tokens.weight"}
+
+
+def test_costing_leaves_the_model_and_rng_untouched() -> None:
+    model = tiny("tiny-opt").model.train()
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    tensor_costs(model, 2, 8)
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.equal(rng, torch.get_rng_state())
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[n], after[n]) and type(after[n]) is torch.Tensor for n in before)
+
+
+def test_gpt2_conv1d_and_fused_qkv() -> None:
+    # a family the project does not ship, read from module types alone (HF Conv1D, fused c_attn)
+    from transformers import AutoModelForCausalLM, GPT2Config
+    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=128)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    costs = tensor_costs(model, B, N)
+    fp, _, _ = cost_arrays(costs)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(input_ids=torch.randint(0, 100, (B, N)), use_cache=False)
+    assert abs(2 * int(fp.sum()) / counter.get_total_flops() - 1) < 0.02
+    by_name = {c.name: c for c in costs}
+    assert by_name["transformer.h.0.attn.c_attn.bias"].t_dy == 4 * B * N * N * 64
+    assert costs[-1].name == "transformer.wte.weight"  # tied to lm_head, first used at the input
