@@ -103,6 +103,8 @@ def math_equivalent(prediction: str, gold: str) -> bool:
     parse_timeout = 5 if in_main else None
     gold_parsed = parse(gold, parsing_timeout=parse_timeout)
     guess_parsed = parse(prediction, parsing_timeout=parse_timeout)
+    if not guess_parsed and "$" not in prediction:      # bare LaTeX such as (3, \frac{\pi}{2}) needs delimiters
+        guess_parsed = parse(f"${prediction}$", parsing_timeout=parse_timeout)
     if not gold_parsed or not guess_parsed:
         return False
     return bool(verify(gold_parsed, guess_parsed, timeout_seconds=5 if in_main else None))

@@ -72,6 +72,15 @@ def _check_rows(dataset, where: str, columns: tuple[str, ...], task_name: str, s
     return dataset.to_list()
 
 
+def _has_no_rows(file: Path) -> bool:
+    """An empty text file, or a CSV with only its header line."""
+    if file.suffix.lower() == ".parquet":
+        return False
+    with open(file, "rb") as handle:
+        lines = [line for line in handle.read(1 << 16).splitlines() if line.strip()]
+    return len(lines) <= (1 if file.suffix.lower() == ".csv" else 0)
+
+
 def load_local_file(path: str, *, columns: tuple[str, ...], task_name: str, split: str,
                     schema_of: str) -> list[dict[str, Any]]:
     """Rows of one local json / jsonl / csv / parquet file, checked against the columns the task needs."""
@@ -82,11 +91,11 @@ def load_local_file(path: str, *, columns: tuple[str, ...], task_name: str, spli
     builder = LOCAL_FORMATS.get(file.suffix.lower())
     if builder is None:
         raise ConfigError(f"task {task_name}: {file} is not a json, jsonl, csv or parquet file")
-    if file.stat().st_size == 0:
-        raise ConfigError(f"task {task_name}: the {split} split from {file} is empty")
     try:
         dataset = datasets.load_dataset(builder, data_files=str(file.resolve()), split="train")
     except Exception as exc:   # datasets raises many types for a malformed file
+        if _has_no_rows(file):
+            raise ConfigError(f"task {task_name}: the {split} split from {file} is empty") from exc
         raise ConfigError(f"task {task_name}: could not read {file} as {builder}: {_one_line(exc)}") from exc
     return _check_rows(dataset, str(file), columns, task_name, split, schema_of)
 
