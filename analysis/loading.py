@@ -133,7 +133,10 @@ def load_records(results_dir: str | Path, report: Optional[Report] = None) -> pd
         report.warn(f"{root}: no such directory")
         return pd.DataFrame()
     rows = []
-    for path in sorted(root.rglob("*.json")):
+    paths = sorted(root.rglob("*.json"))
+    if not paths:
+        report.warn(f"{root}: no results records here (no *.json files at any depth)")
+    for path in paths:
         if path.name.startswith("."):          # a writer's temp file (records.write_json_atomic)
             continue
         try:

@@ -2,7 +2,7 @@
 
     python -m analysis.paper_reference [--source ../shared/paper] [--out results/paper]
 
-One record per cell, in the layout of hizfo.records, with status "ok" and provenance {"source": "paper"}.
+It also copies the CSVs to results/paper/source/. One record per cell, in the layout of hizfo.records, with status "ok" and provenance {"source": "paper"}.
 A cell the paper reports in several places (Table 1's OPT-2.7B rows are Table 3's; Table 4's ρ = 0.6 and
 Table 5's α = 0.1 are the default Hi-ZFO run) becomes one record, and the script fails if the copies
 disagree. The generated files are committed, so analysis never reads ../shared.
@@ -23,6 +23,8 @@ from analysis.specs import METHOD_ALIASES, MODEL_ALIASES, SWEPT_DEFAULTS, SWEPT_
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE = REPO.parent / "shared" / "paper"
 DEFAULT_OUT = REPO / "results" / "paper"
+COMMITTED_SOURCE = DEFAULT_OUT / "source"     # the copies this script keeps; --source results/paper/source works
+SOURCE_FILES = ("table1.csv", "table2.csv", "table3.csv", "table4.csv", "table5.csv", "figures.csv")
 PAPER = "Jin & Tan, Hi-ZFO, Findings of ACL 2026 (arXiv 2601.05501)"
 MEMORY_KIND = "paper_reported"      # the paper's Mem. (GB): GPU memory on H100s, measured how it does not say
 _SCORES_PERCENT = {"rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL"}
@@ -147,6 +149,10 @@ def write_paper_records(source_dir: Path, out_dir: Path) -> list[Path]:
     for folder in sorted((p for p in out_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
         if not any(folder.iterdir()):
             folder.rmdir()
+    copies = out_dir / "source"
+    copies.mkdir(parents=True, exist_ok=True)
+    for name in SOURCE_FILES:                       # the CSVs themselves, so the repo holds its own reference
+        (copies / name).write_bytes((source_dir / name).read_bytes())
     written = []
     for cell in cells.cells.values():
         path = record_path(out_dir, cell.model, cell.task, cell.method, variant_of(cell), 0)

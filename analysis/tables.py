@@ -1,0 +1,365 @@
+"""Tables 1–5 from results records, in the paper's layout, as Markdown and LaTeX, with a view against the paper.
+
+    python -m analysis.tables --results results/runs --out results/tables [--paper results/paper]
+
+Each table is written for every grid it has records for: the paper-scale grid and/or the CPU twin's grid
+(analysis/specs.py). Cells are mean ± sample std over seeds; a cell without a record shows "–".
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from analysis.loading import CELL_KEYS, Report, aggregate, load_records, settle_cells
+from analysis.render import MISSING, DisplayTable, to_latex, to_markdown
+from analysis.specs import (EXPERIMENTS, SWEEP_SYMBOL, SWEPT_KEYS, TABLES, TASK_DISPLAY, TASK_SCORES, ROUGE,
+                            ExperimentSpec, Grid, TaskScore, cell_hparams, method_display, model_display)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_PAPER = REPO / "results" / "paper"
+CellKey = tuple[Any, ...]
+GPU_KINDS = {"cuda_max_allocated", "paper_reported"}
+# below this many hours in a whole table, times are shown in seconds (CPU-scale runs take seconds)
+SECONDS_BELOW_HOURS = 0.1
+
+
+# ---------------------------------------------------------------------------------------------------
+# cells
+
+
+def _key_part(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(float(value), 6) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def cell_lookup(aggregated: pd.DataFrame) -> dict[CellKey, pd.Series]:
+    """Aggregated rows by cell key (model, task, method, ρ, α, r), with NaN read as 'not applicable'."""
+    return {tuple(_key_part(row[k]) for k in CELL_KEYS): row for _, row in aggregated.iterrows()}
+
+
+def grid_key(model: str, task: str, method: str, sweep_key: Optional[str], value: Optional[float]) -> CellKey:
+    """The cell key a grid point requires (swept hyperparameters at the paper's defaults unless swept)."""
+    wanted = cell_hparams(method, sweep_key, value)
+    return (model, task, method, *(_key_part(wanted[k]) for k in SWEPT_KEYS))
+
+
+def grid_has_records(grid: Grid, lookup: dict[CellKey, pd.Series]) -> bool:
+    return any(grid_key(m, t, meth, grid.sweep_key, v) in lookup for m, t, meth, v in grid.cells())
+
+
+def task_score(task: str) -> TaskScore:
+    return TASK_SCORES.get(task, ROUGE)
+
+
+# ---------------------------------------------------------------------------------------------------
+# formatting
+
+
+@dataclass
+class Units:
+    """How one grid's costs are shown: time in hours or seconds, and what kind of memory was measured."""
+    seconds: bool
+    memory_header: str
+    memory_note: Optional[str]
+
+    @property
+    def time_header(self) -> str:
+        return "Time (s)" if self.seconds else "Time (h)"
+
+
+def choose_units(rows: list[pd.Series], memory_header: str = "Mem. (GB)") -> Units:
+    """Seconds when every time is tiny (CPU scale); the memory header says CPU peak RSS when that is what it is."""
+    hours = [r["time_h:mean"] for r in rows if not pd.isna(r.get("time_h:mean"))]
+    seconds = bool(hours) and max(hours) < SECONDS_BELOW_HOURS
+    kinds = sorted({k for r in rows for k in (r.get("memory_kinds") or [])})
+    if kinds and all(k.startswith("cpu_peak_rss") for k in kinds):
+        return Units(seconds, "Peak RSS (GB)", "Memory is the training process's CPU peak resident set size "
+                     "(Linux VmHWM), not GPU memory: these runs had no accelerator.")
+    if kinds and not set(kinds) <= GPU_KINDS:
+        return Units(seconds, memory_header + "*", f"*Memory mixes kinds across cells ({', '.join(kinds)}): "
+                     "CUDA peak allocated for GPU runs, peak RSS for CPU runs; compare with care.")
+    return Units(seconds, memory_header, None)
+
+
+def fmt_number(row: Optional[pd.Series], column: str, decimals: int, scale: float = 1.0) -> str:
+    """``mean`` or ``mean±std`` (std only with several seeds); "–" when missing."""
+    if row is None or pd.isna(row.get(f"{column}:mean")):
+        return MISSING
+    mean = row[f"{column}:mean"] * scale
+    std = row.get(f"{column}:std")
+    if row.get(f"{column}:n", 1) > 1 and not pd.isna(std):
+        return f"{mean:.{decimals}f}±{std * scale:.{decimals}f}"
+    return f"{mean:.{decimals}f}"
+
+
+def fmt_score(row: Optional[pd.Series], task: str) -> str:
+    """R1/R2/RL joined by "/", or one accuracy (a fraction for Table 2's tasks, as the paper prints it)."""
+    score = task_score(task)
+    scale = 0.01 if score.fraction else 1.0
+    return "/".join(fmt_number(row, f"metric.{key}", score.decimals, scale) for key in score.keys)
+
+
+def fmt_time(row: Optional[pd.Series], units: Units) -> str:
+    if units.seconds:
+        return fmt_number(row, "train_seconds", 1)
+    return fmt_number(row, "time_h", 2)
+
+
+def fmt_memory(row: Optional[pd.Series]) -> str:
+    return fmt_number(row, "mem_gb", 1 if row is None or pd.isna(row.get("mem_gb:mean")) or row["mem_gb:mean"] >= 10 else 2)
+
+
+def score_header(task: str, with_task: bool = False) -> str:
+    header = task_score(task).header
+    return f"{TASK_DISPLAY.get(task, task)} {header}" if with_task else header
+
+
+# ---------------------------------------------------------------------------------------------------
+# layouts
+
+
+def layout_methods_by_task(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Series],
+                           with_costs: bool) -> DisplayTable:
+    """Tables 1–3: a section per model, a row per method; per task Mem., Time and the score (or the score only)."""
+    found = [lookup.get(grid_key(*cell[:3], None, None)) for cell in grid.cells()]
+    units = choose_units([r for r in found if r is not None])
+    columns: list[tuple[str, str]] = []
+    for task in grid.tasks:
+        group = TASK_DISPLAY.get(task, task)
+        if with_costs:
+            columns += [(group, units.memory_header), (group, units.time_header), (group, score_header(task))]
+        else:
+            columns.append((group, task_score(task).header))
+    rows, labels, sections = [], [], {}
+    for model in grid.models:
+        sections[len(rows)] = model_display(model)
+        for method in grid.methods:
+            cells: list[str] = []
+            for task in grid.tasks:
+                row = lookup.get(grid_key(model, task, method, None, None))
+                cells += [fmt_memory(row), fmt_time(row, units), fmt_score(row, task)] if with_costs else [fmt_score(row, task)]
+            rows.append(cells)
+            labels.append(method_display(method))
+    body = pd.DataFrame(rows, index=labels, columns=pd.MultiIndex.from_tuples(columns))
+    notes = [units.memory_note] if with_costs and units.memory_note else []
+    return DisplayTable(spec.title, "Model & Method", body, sections, notes)
+
+
+def _sweep_label(spec: ExperimentSpec, key: str, value: float) -> str:
+    if spec.name == "table5":
+        return "Hi-ZFO" if value else "w/o ZO-Loss"
+    return f"{SWEEP_SYMBOL.get(key, key)} = {value:g}"
+
+
+def layout_sweep_rows(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Series]) -> DisplayTable:
+    """Table 4: a row per ρ; per model Time, Mem and R1/R2/RL on the one task."""
+    task = grid.tasks[0]
+    method = grid.methods[0]
+    found = [lookup.get(grid_key(m, t, meth, grid.sweep_key, v)) for m, t, meth, v in grid.cells()]
+    units = choose_units([r for r in found if r is not None], memory_header="Mem (GB)")
+    columns = []
+    for model in grid.models:
+        columns += [(model_display(model), units.time_header), (model_display(model), units.memory_header),
+                    (model_display(model), score_header(task))]
+    rows, labels = [], []
+    for value in grid.sweep_values:
+        cells = []
+        for model in grid.models:
+            row = lookup.get(grid_key(model, task, method, grid.sweep_key, value))
+            cells += [fmt_time(row, units), fmt_memory(row), fmt_score(row, task)]
+        rows.append(cells)
+        labels.append(_sweep_label(spec, grid.sweep_key or "", value))
+    body = pd.DataFrame(rows, index=labels, columns=pd.MultiIndex.from_tuples(columns))
+    notes = [f"Task: {TASK_DISPLAY.get(task, task)}."] + ([units.memory_note] if units.memory_note else [])
+    return DisplayTable(spec.title, "Method", body, {}, notes)
+
+
+def layout_sweep_by_model_task(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Series]) -> DisplayTable:
+    """Table 5: a row per α; per model, a score column per task."""
+    method = grid.methods[0]
+    columns = [(model_display(model), score_header(task, with_task=True)) for model in grid.models for task in grid.tasks]
+    rows, labels = [], []
+    for value in grid.sweep_values:
+        rows.append([fmt_score(lookup.get(grid_key(model, task, method, grid.sweep_key, value)), task)
+                     for model in grid.models for task in grid.tasks])
+        labels.append(_sweep_label(spec, grid.sweep_key or "", value))
+    body = pd.DataFrame(rows, index=labels, columns=pd.MultiIndex.from_tuples(columns))
+    return DisplayTable(spec.title, "Method (α)", body, {}, ['"w/o ZO-Loss" is α = 0; "Hi-ZFO" is α = 0.1.'])
+
+
+def layout_table(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Series]) -> DisplayTable:
+    """The paper's layout for ``spec`` filled from ``lookup``."""
+    if spec.name in ("table1", "table3"):
+        return layout_methods_by_task(spec, grid, lookup, with_costs=True)
+    if spec.name == "table2":
+        return layout_methods_by_task(spec, grid, lookup, with_costs=False)
+    if spec.name == "table4":
+        return layout_sweep_rows(spec, grid, lookup)
+    if spec.name == "table5":
+        return layout_sweep_by_model_task(spec, grid, lookup)
+    raise ValueError(f"no table layout for {spec.name}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# long form and the view against the paper
+
+QUANTITIES = ("mem_gb", "time_h")
+
+
+def long_form(spec: ExperimentSpec, grid: Grid, scale: str, lookup: dict[CellKey, pd.Series]) -> pd.DataFrame:
+    """One row per (grid cell, quantity): mean, std and seeds; missing cells kept with NaN."""
+    rows = []
+    for model, task, method, value in grid.cells():
+        row = lookup.get(grid_key(model, task, method, grid.sweep_key, value))
+        for quantity in QUANTITIES + tuple(f"metric.{k}" for k in task_score(task).keys):
+            present = row is not None and not pd.isna(row.get(f"{quantity}:mean"))
+            rows.append({"table": spec.name, "scale": scale, "model": model, "task": task, "method": method,
+                         "sweep_key": grid.sweep_key, "sweep_value": value,
+                         "quantity": quantity.removeprefix("metric."),
+                         "mean": row[f"{quantity}:mean"] if present else float("nan"),
+                         "std": row.get(f"{quantity}:std") if present else float("nan"),
+                         "n": int(row.get(f"{quantity}:n", 0)) if present else 0,
+                         "memory_kind": ",".join(row["memory_kinds"]) if row is not None else ""})
+    return pd.DataFrame(rows)
+
+
+def against_paper(measured: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Cells present in both: measured mean, the paper's number and the difference."""
+    keys = ["model", "task", "method", "sweep_key", "sweep_value", "quantity"]
+    both = measured.dropna(subset=["mean"]).merge(paper.dropna(subset=["mean"])[keys + ["mean"]], on=keys,
+                                                  how="inner", suffixes=("", "_paper"))
+    both["delta"] = both["mean"] - both["mean_paper"]
+    return both
+
+
+def comparison_markdown(spec: ExperimentSpec, both: pd.DataFrame) -> str:
+    """The side-by-side view as Markdown: one line per cell and quantity."""
+    head = f"# {spec.title}: measured vs. the paper\n\n"
+    if both.empty:
+        return head + ("No cell of these results is one the paper reports (same model, task, method and "
+                       "hyperparameters), so there is nothing to set side by side. CPU-scale twins use "
+                       "stand-in models and the toy task; compare their trends, not their numbers.\n")
+    lines = ["| Model | Setting | Task | Quantity | Measured | Paper | Δ |", "|---|---|---|---|---|---|---|"]
+    for _, r in both.iterrows():
+        setting = method_display(r["method"])
+        if r["sweep_key"]:
+            setting += f" ({SWEEP_SYMBOL.get(r['sweep_key'], r['sweep_key'])} = {r['sweep_value']:g})"
+        scale = 0.01 if r["quantity"] not in QUANTITIES and task_score(r["task"]).fraction else 1.0
+        measured = f"{r['mean'] * scale:.3f}" + (f"±{r['std'] * scale:.3f}" if r["n"] > 1 else "")
+        lines.append(f"| {model_display(r['model'])} | {setting} | {TASK_DISPLAY.get(r['task'], r['task'])} | "
+                     f"{r['quantity']} | {measured} | {r['mean_paper'] * scale:.3f} | {r['delta'] * scale:+.3f} |")
+    return head + "\n".join(lines) + "\n\nmem_gb in GB, time_h in hours; scores as the paper prints them.\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+# driver
+
+
+def load_cells(results_dir: Path, report: Report) -> tuple[dict[CellKey, pd.Series], int, dict[CellKey, list[str]]]:
+    """The aggregated cells of a results directory, how many ok records fed them, and failed runs by cell."""
+    frame = load_records(results_dir, report)
+    settled = settle_cells(frame, report)
+    failed: dict[CellKey, list[str]] = {}
+    if not frame.empty:
+        for _, row in frame[frame["status"] == "failed"].iterrows():
+            key = tuple(_key_part(row[k]) for k in CELL_KEYS)
+            failed.setdefault(key, []).append(f"{row['error'] or 'failed'} ({row['path']})")
+    return cell_lookup(aggregate(settled)), len(settled), failed
+
+
+def write_tables(results_dir: Path, out_dir: Path, paper_dir: Optional[Path] = DEFAULT_PAPER,
+                 report: Optional[Report] = None) -> dict[str, list[Path]]:
+    """Write every table with records to ``out_dir``; returns the files written per table."""
+    report = report or Report()
+    lookup, n_usable, failed = load_cells(results_dir, report)
+    paper_lookup: dict[CellKey, pd.Series] = {}
+    if paper_dir is not None and paper_dir.is_dir() and paper_dir.resolve() != results_dir.resolve():
+        paper_lookup, _, _ = load_cells(paper_dir, Report(quiet=True))
+    if n_usable == 0:
+        report.warn(f"no usable (status ok) records under {results_dir}")
+        return {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, list[Path]] = {}
+    for name in TABLES:
+        spec = EXPERIMENTS[name]
+        markdown, latex, longs, comparisons = [f"# {spec.title}\n"], [], [], []
+        for scale, grid in (("paper", spec.paper), ("cpu", spec.cpu)):
+            if not grid_has_records(grid, lookup):
+                continue
+            table = layout_table(spec, grid, lookup)
+            heading = "Paper-scale grid" if scale == "paper" else "CPU-scale twin (stand-in models, toy task)"
+            markdown += [f"\n## {heading}\n\n", to_markdown(table)]
+            notes = table.notes + _common_notes(spec, grid, lookup, results_dir, failed)
+            markdown += ["\n" + "\n".join(f"- {n}" for n in notes) + "\n"]
+            if scale == "cpu":
+                table.title += " (CPU-scale twin)"
+            latex.append(to_latex(table, f"tab:{name}_{scale}"))
+            measured = long_form(spec, grid, scale, lookup)
+            longs.append(measured)
+            if paper_lookup:
+                comparisons.append(against_paper(measured, long_form(spec, grid, scale, paper_lookup)))
+        if not longs:
+            report.note(f"{name}: no records for its cells under {results_dir}; not written")
+            continue
+        files = [out_dir / f"{name}.md", out_dir / f"{name}.tex", out_dir / f"{name}.csv"]
+        files[0].write_text("".join(markdown))
+        files[1].write_text("\n".join(latex))
+        pd.concat(longs, ignore_index=True).to_csv(files[2], index=False)
+        if paper_lookup:
+            files.append(out_dir / f"{name}_vs_paper.md")
+            files[-1].write_text(comparison_markdown(spec, pd.concat(comparisons, ignore_index=True)))
+        written[name] = files
+    return written
+
+
+def _common_notes(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Series], results_dir: Path,
+                  failed: dict[CellKey, list[str]]) -> list[str]:
+    keys = [grid_key(m, t, meth, grid.sweep_key, v) for m, t, meth, v in grid.cells()]
+    found = [lookup[k] for k in keys if k in lookup]
+    seeds = sorted({int(r["n_seeds"]) for r in found})
+    sources = sorted({s for r in found for s in r["sources"]})
+    notes = [f"{len(found)} of {len(grid)} cells have records (from {results_dir}; source: {', '.join(sources)}); "
+             f"'{MISSING}' marks a cell without one."]
+    for key in keys:
+        if key in failed and key not in lookup:
+            model, task, method = key[:3]
+            notes.append(f"Failed, shown as '{MISSING}': {model_display(model)} / {method_display(method)} / "
+                         f"{TASK_DISPLAY.get(task, task)}: {'; '.join(failed[key])}.")
+    if seeds and seeds != [1]:
+        notes.append(f"Cells are mean ± sample std over seeds (seeds per cell: {', '.join(map(str, seeds))}).")
+    if spec.name in ("table1", "table3", "table4"):
+        notes.append("Time is training wall-clock including importance profiling and selection, evaluation "
+                     "excluded.")
+    if spec.name == "table2":
+        notes.append("Accuracy and pass@1 as fractions, as the paper prints them.")
+    return notes
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, required=True, help="a results directory (records, any depth)")
+    parser.add_argument("--out", type=Path, required=True, help="where the tables go")
+    parser.add_argument("--paper", type=Path, default=DEFAULT_PAPER,
+                        help="the paper's reference records (default results/paper); 'none' to leave them out")
+    args = parser.parse_args(argv)
+    paper = None if str(args.paper).lower() == "none" else args.paper
+    report = Report()
+    written = write_tables(args.results, args.out, paper, report)
+    if not written:
+        print(f"error: nothing to tabulate: no usable record under {args.results} belongs to a cell of Tables 1–5",
+              file=sys.stderr)
+        return 1
+    for name, files in written.items():
+        print(f"{name}: {', '.join(str(f) for f in files)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
