@@ -111,34 +111,40 @@ class HiZFO:
                 loss_fo.backward()
         l_fo = float(loss_fo.detach())
         del loss_fo
-        # 2. perturb Θ_ZO in place with u(s)
-        seed = draw_seed(self.zo_seeds)
-        perturb_(self.zo_params, seed, cfg.eps)
-        if restore_rng is not None:
-            restore_rng()                                          # same dropout masks in both streams
-        # 3. perturbed stream: L_ZO; α·L_ZO joins L_total for Θ_FO (eq. 1)
-        backward_zo = has_fo and cfg.alpha > 0
-        with torch.set_grad_enabled(backward_zo):
-            loss_zo = causal_lm_loss(self.model, batch)
-            if backward_zo:
-                (cfg.alpha * loss_zo).backward()
-        l_zo = float(loss_zo.detach())
-        del loss_zo
-        # 4. restore + ZO update in one pass (eqs. 2–3): ĝ = (L_ZO − L_FO)/ε · u
-        projected = (l_zo - l_fo) / cfg.eps
         zo_lr = self.zo_lr * schedule_factor(cfg.schedule, self.step_count, self.total_steps)
-        if self.zo_optimizer is None:
-            perturb_(self.zo_params, seed, -(cfg.eps + zo_lr * projected))
+        backward_zo = has_fo and cfg.alpha > 0
+        logs: dict[str, float] = {"zo_lr": zo_lr}
+        # the perturbed stream is skipped only when it can change nothing (α = 0 and η_ZO = 0 or Θ_ZO empty)
+        if backward_zo or (zo_lr != 0 and self.zo_params):
+            # 2. perturb Θ_ZO in place with u(s)
+            seed = draw_seed(self.zo_seeds)
+            perturb_(self.zo_params, seed, cfg.eps)
+            if restore_rng is not None:
+                restore_rng()                                      # same dropout masks in both streams
+            # 3. perturbed stream: L_ZO; α·L_ZO joins L_total for Θ_FO (eq. 1)
+            with torch.set_grad_enabled(backward_zo):
+                loss_zo = causal_lm_loss(self.model, batch)
+                if backward_zo:
+                    (cfg.alpha * loss_zo).backward()
+            l_zo = float(loss_zo.detach())
+            del loss_zo
+            # 4. restore + ZO update in one pass (eqs. 2–3): ĝ = (L_ZO − L_FO)/ε · u
+            projected = (l_zo - l_fo) / cfg.eps
+            if self.zo_optimizer is None:
+                perturb_(self.zo_params, seed, -(cfg.eps + zo_lr * projected))
+            else:
+                self._zo_adamw_step(seed, projected, zo_lr)
+            logs.update(zo_loss=l_zo, zo_projected_grad=projected, zo_seed=seed)
+            streams = 2
         else:
-            self._zo_adamw_step(seed, projected, zo_lr)
+            streams = 1
         # 5. AdamW on Θ_FO
         if has_fo:
             self.fo_trainer.step()
         self.step_count += 1
-        n_forward, n_backward = 2 + self.pending_forward, int(has_fo) + int(backward_zo) + self.pending_backward
+        n_forward, n_backward = streams + self.pending_forward, int(has_fo) + int(backward_zo) + self.pending_backward
         self.pending_forward = self.pending_backward = 0
-        return StepResult(loss=l_fo, n_forward=n_forward, n_backward=n_backward,
-                          logs={"zo_loss": l_zo, "zo_projected_grad": projected, "zo_lr": zo_lr, "zo_seed": seed})
+        return StepResult(loss=l_fo, n_forward=n_forward, n_backward=n_backward, logs=logs)
 
     def _zo_adamw_step(self, seed: int, projected: float, zo_lr: float) -> None:
         """Optional ZO-AdamW (§4.2's wording): restore, materialise ĝ per tensor as .grad, AdamW step."""
