@@ -1,0 +1,305 @@
+"""Checkpoints: exact resume for every method, atomic writes, safe loading, refusal of another config's checkpoint,
+signals answered at a step boundary, and the checks run before a Slurm submission."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hizfo.checkpoint import (Checkpointer, capture_rng, check_partition, check_timeout, checkpoint_folder,
+                              params_sha256, restore_rng)
+from hizfo.errors import ConfigError
+from tests.conftest import ROOT, compose
+
+# 16 examples / batch 4 = 4 steps an epoch; 6 steps cross one epoch boundary
+TOTAL_STEPS = 6
+SMALL = ["logger=none", "task.options.n_train=16", "task.batch_size=4", "task.options.n_eval=4",
+         "task.generation.max_new_tokens=3", f"method.max_steps={TOTAL_STEPS}", "eval_before_training=false"]
+# here: FO with dropout (mid-epoch and at the epoch boundary), pure ZO, and the hybrid; every other method
+# is checked the same way in tests/integration/test_resume.py
+RESUME_CASES = [("full_ft", 2), ("full_ft", 4), ("mezo", 3), ("hizfo", 3)]
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs."""
+
+
+class KilledAfter(Checkpointer):
+    """A checkpointer whose process 'dies' right after step ``stop_at`` was checkpointed."""
+
+    def __init__(self, *args, stop_at: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_at = stop_at
+
+    def maybe_save(self, method, state, meters, zo_seeds):
+        written = super().maybe_save(method, state, meters, zo_seeds)
+        if state.step == self.stop_at:
+            raise Killed
+        return written
+
+
+def build(method_name: str, extra: tuple[str, ...] = ()):
+    """The pieces run.py builds, from a fresh seed (as a relaunched process would)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from hizfo.loop import seed_everything
+    from hizfo.models import load_model
+    cfg = compose([f"method={method_name}", *SMALL, *extra])
+    seed_everything(cfg.seed)
+    method = instantiate(cfg.method, _convert_="all")
+    task = instantiate(cfg.task, _convert_="all")
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    kwargs.pop("_target_")
+    loaded = load_model(**kwargs, seed=cfg.seed)
+    return cfg, method, task, loaded
+
+
+def train(method_name: str, checkpointer=None, extra: tuple[str, ...] = ()):
+    """One run in this process; returns (loop result, sha256 of the final parameters, meters)."""
+    from hizfo.loop import train_and_evaluate
+    from hizfo.meters import Meters
+    cfg, method, task, loaded = build(method_name, extra)
+    meters = Meters()
+    result = train_and_evaluate(method, cfg.method, loaded, task, torch.device("cpu"), cfg.seed, meters,
+                                lambda step, row: None, checkpoint=checkpointer)
+    return result, params_sha256(method.eval_model()), meters
+
+
+@pytest.fixture
+def closing():
+    """Checkpointers made in a test give their signal handlers back at the end."""
+    made: list[Checkpointer] = []
+    yield made.append
+    for item in made:
+        item.close()
+
+
+_uninterrupted: dict[str, tuple] = {}
+
+
+def uninterrupted(method_name: str) -> tuple:
+    """The reference run of a method (once per session)."""
+    if method_name not in _uninterrupted:
+        _uninterrupted[method_name] = train(method_name)
+    return _uninterrupted[method_name]
+
+
+def check_resume_is_exact(method_name: str, stop_at: int, tmp_path: Path, closing) -> None:
+    """Kill a run right after step ``stop_at`` was checkpointed, relaunch it: same everything as uninterrupted."""
+    reference, reference_sha, reference_meters = uninterrupted(method_name)
+
+    killed = KilledAfter(tmp_path / "ckpt", "hash-a", every_steps=1, stop_at=stop_at)
+    closing(killed)
+    with pytest.raises(Killed):
+        train(method_name, killed)
+    assert killed.latest().name == f"step-{stop_at:08d}"
+
+    resumed_ckpt = Checkpointer(tmp_path / "ckpt", "hash-a", every_steps=1)
+    closing(resumed_ckpt)
+    resumed, resumed_sha, resumed_meters = train(method_name, resumed_ckpt)
+
+    assert resumed_ckpt.restored_from is not None and resumed_ckpt.restored_from.name == f"step-{stop_at:08d}"
+    assert len(resumed.history) == TOTAL_STEPS - stop_at                # it trained only the steps after the checkpoint
+    assert resumed_sha == reference_sha
+    assert resumed.metrics == reference.metrics
+    assert resumed.predictions == reference.predictions
+    assert resumed.losses == reference.losses                   # every step's, the first from the checkpoint
+    assert resumed.zo_seeds == reference.zo_seeds
+    assert (resumed_meters.n_forward, resumed_meters.n_backward, resumed_meters.steps) == \
+        (reference_meters.n_forward, reference_meters.n_backward, reference_meters.steps)
+
+
+@pytest.mark.parametrize("method_name,stop_at", RESUME_CASES)
+def test_a_killed_run_resumes_to_the_same_parameters_and_metrics(method_name, stop_at, tmp_path, closing):
+    check_resume_is_exact(method_name, stop_at, tmp_path, closing)
+
+
+def test_a_checkpoint_from_another_config_is_refused_and_nothing_is_loaded(tmp_path, closing):
+    first = Checkpointer(tmp_path / "ckpt", "hash-a", every_steps=2)
+    closing(first)
+    train("full_ft", first, extra=("method.max_steps=4",))       # leaves step-4 behind (no record discards it)
+    assert first.latest() is not None
+
+    other = Checkpointer(tmp_path / "ckpt", "hash-b", every_steps=2)
+    closing(other)
+    cfg, method, task, loaded = build("full_ft")
+    before = params_sha256(loaded.model)
+    from hizfo.loop import LoopState
+    from hizfo.meters import Meters
+    method.setup(_context(cfg, loaded, task))
+    with pytest.raises(ConfigError, match="hash-a.*this run's is hash-b.*will not be resumed"):
+        other.restore(method, LoopState(), Meters(), torch.Generator())
+    assert params_sha256(loaded.model) == before
+
+
+def _context(cfg, loaded, task):
+    from hizfo.methods import TrainContext
+    return TrainContext(loaded=loaded, task=task, device=torch.device("cpu"), total_steps=10, steps_per_epoch=6,
+                        zo_seeds=torch.Generator().manual_seed(1), train_batches=lambda: iter(()),
+                        dev_batches=lambda: iter(()))
+
+
+def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch, closing):
+    ckpt = KilledAfter(tmp_path / "ckpt", "hash-a", every_steps=2, stop_at=4)
+    closing(ckpt)
+    with pytest.raises(Killed):
+        train("full_ft", ckpt)
+    assert ckpt.latest().name == "step-00000004"
+
+    real_save = torch.save
+
+    def dies_on_rng(obj, path, *args, **kwargs):
+        if str(path).endswith("rng.pt"):
+            raise Killed                                       # the process dies while writing step 6
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dies_on_rng)
+    again = Checkpointer(tmp_path / "ckpt", "hash-a", every_steps=2)
+    closing(again)
+    with pytest.raises(Killed):
+        train("full_ft", again)
+    monkeypatch.setattr(torch, "save", real_save)
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert names == ["step-00000004"], names                   # no step-6, no temp directory
+    assert again.latest().name == "step-00000004"
+
+
+def test_method_state_is_loaded_with_weights_only(tmp_path, closing):
+    """A method.pt holding an arbitrary object is refused: checkpoints are never unpickled without limits."""
+    ckpt = KilledAfter(tmp_path / "ckpt", "hash-a", every_steps=2, stop_at=2)
+    closing(ckpt)
+    with pytest.raises(Killed):
+        train("full_ft", ckpt)
+    torch.save({"payload": _Evil()}, ckpt.latest() / "method.pt")
+    again = Checkpointer(tmp_path / "ckpt", "hash-a", every_steps=2)
+    closing(again)
+    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+        train("full_ft", again)
+    assert not _Evil.called
+
+
+class _Evil:
+    called = False
+
+    def __reduce__(self):
+        return (_Evil._mark, ())
+
+    @staticmethod
+    def _mark():
+        _Evil.called = True
+        return None
+
+
+def test_rng_states_round_trip():
+    zo = torch.Generator().manual_seed(5)
+    tensors, scalars = capture_rng(zo)
+    tensors, scalars = json_round_trip(tensors, scalars)
+    first = (random.random(), np.random.rand(), torch.rand(1).item(), torch.randint(0, 2**62, (1,), generator=zo).item())
+    restore_rng(tensors, scalars, zo)
+    second = (random.random(), np.random.rand(), torch.rand(1).item(), torch.randint(0, 2**62, (1,), generator=zo).item())
+    assert first == second
+
+
+def json_round_trip(tensors, scalars):
+    import io
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True), json.loads(json.dumps(scalars))
+
+
+def test_a_signal_during_a_step_checkpoints_after_the_step_then_reaches_the_previous_handler(tmp_path, closing):
+    """SIGUSR2 (submitit's time-limit warning) mid-step: the step finishes, step k is saved, then the handler
+    that was there before (submitit's requeue, here a stand-in) runs once, after the save."""
+    seen: list[tuple[int, list[str]]] = []
+    folder = tmp_path / "ckpt"
+
+    def submitit_like(signum, frame):
+        seen.append((signum, sorted(p.name for p in folder.iterdir())))
+        raise Killed                                            # submitit requeues, then exits
+
+    previous = signal.signal(signal.SIGUSR2, submitit_like)
+    try:
+        ckpt = Checkpointer(folder, "hash-a", every_steps=0)
+        closing(ckpt)
+        from hizfo.loop import train_and_evaluate
+        from hizfo.meters import Meters
+        cfg, method, task, loaded = build("full_ft")
+        real_step = method.train_step
+        calls = {"n": 0}
+
+        def step_with_signal(batch):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                os.kill(os.getpid(), signal.SIGUSR2)            # arrives in the middle of step 3
+            return real_step(batch)
+
+        method.train_step = step_with_signal
+        with pytest.raises(Killed):
+            train_and_evaluate(method, cfg.method, loaded, task, torch.device("cpu"), cfg.seed, Meters(),
+                               lambda s, r: None, checkpoint=ckpt)
+        assert seen == [(signal.SIGUSR2, ["step-00000003"])]
+        info = json.loads((folder / "step-00000003" / "state.json").read_text())
+        assert info["reason"] == "SIGUSR2" and info["loop"]["step"] == 3
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_handlers_are_given_back_when_the_run_is_done(tmp_path):
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    ckpt = Checkpointer(tmp_path / "ckpt", "hash-a", every_steps=0)
+    train("full_ft", ckpt, extra=("method.max_steps=2",))
+    assert signal.getsignal(signal.SIGTERM) not in (before[signal.SIGTERM],)
+    ckpt.discard()
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_checkpoint_folder_mirrors_the_record_path(tmp_path):
+    record = tmp_path / "results" / "runs" / "opt-13b" / "scitldr" / "hizfo" / "default" / "seed0.json"
+    assert checkpoint_folder(record, tmp_path / "results" / "runs", None) == \
+        tmp_path / "results" / "checkpoints" / "opt-13b" / "scitldr" / "hizfo" / "default" / "seed0"
+    assert checkpoint_folder(record, tmp_path / "results" / "runs", tmp_path / "scratch") == \
+        tmp_path / "scratch" / "opt-13b" / "scitldr" / "hizfo" / "default" / "seed0"
+
+
+def test_checkpointer_refuses_bad_intervals(tmp_path):
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        Checkpointer(tmp_path, "h", every_steps=-1)
+    with pytest.raises(ConfigError, match="checkpoint_minutes"):
+        Checkpointer(tmp_path, "h", every_minutes=0)
+
+
+def test_timeout_shorter_than_the_checkpoint_interval_is_refused():
+    check_timeout(60, 120, 30)                                  # 58 min before the signal >= 30
+    with pytest.raises(ConfigError, match="timeout_min=20 leaves 18.0 min.*checkpoint_minutes=30"):
+        check_timeout(20, 120, 30)
+    with pytest.raises(ConfigError, match="signal_delay_s"):
+        check_timeout(2, 120, None)
+    with pytest.raises(ConfigError, match="must be > 0"):
+        check_timeout(0, 120, None)
+
+
+def test_a_partition_that_does_not_exist_is_refused_before_submission(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "sinfo"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nprintf 'debug\\ngpu\\n'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    check_partition("gpu")
+    check_partition(None)
+    with pytest.raises(ConfigError, match="'nope' does not exist on this cluster; partitions: debug, gpu"):
+        check_partition("nope")
+
+
+def test_no_sinfo_means_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match="not a Slurm login node"):
+        check_partition("gpu")
