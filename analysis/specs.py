@@ -37,20 +37,21 @@ TASK_DISPLAY: dict[str, str] = {
 
 @dataclass(frozen=True)
 class TaskScore:
-    """How a task's score is read from ``record["metrics"]`` and shown."""
-    keys: tuple[str, ...]     # metric keys in the record (percentages, ×100, as hizfo.metrics writes them)
+    """How a task's score is read from ``record["metrics"]`` and shown (in the record's own scale)."""
+    keys: tuple[str, ...]     # metric keys in the record
     header: str               # column header, as in the paper
-    fraction: bool = False    # the paper shows it as a fraction (Table 2: 0.810), records hold percent
     decimals: int = 1
 
 
+# Scales follow hizfo.metrics, and match how the paper prints each: ROUGE ×100 and WebQuestions exact
+# match in percent (Tables 1, 3-5); GSM8K / MATH500 accuracy and HumanEval pass@1 as fractions (Table 2).
 ROUGE = TaskScore(("rouge1", "rouge2", "rougeL"), "R1/R2/RL")
 TASK_SCORES: dict[str, TaskScore] = {
     "scitldr": ROUGE, "dialogsum": ROUGE, "toy": ROUGE,
     "webquestions": TaskScore(("exact_match",), "Acc."),          # EM on the first answer (GreenTrainer)
-    "gsm8k": TaskScore(("accuracy",), "Acc", fraction=True, decimals=3),
-    "math500": TaskScore(("accuracy",), "Acc", fraction=True, decimals=3),
-    "humaneval": TaskScore(("pass_at_1",), "pass@1", fraction=True, decimals=3),
+    "gsm8k": TaskScore(("accuracy",), "Acc", decimals=3),
+    "math500": TaskScore(("accuracy",), "Acc", decimals=3),
+    "humaneval": TaskScore(("pass@1",), "pass@1", decimals=3),
 }
 
 # Hyperparameters that tell the cells of the sweeps apart, with the paper's defaults (§4.2, A.2).

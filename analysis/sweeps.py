@@ -166,8 +166,8 @@ def plot_partition(record_row: pd.Series, out_dir: Path, stem: str) -> list[Path
             left.add_patch(Rectangle((x, y), 0.92, 0.85, color=SET_COLOURS.get(entry["set"], "white")))
             if not label.startswith("layer"):            # tensors outside the blocks: name them in place
                 parts = entry["name"].split(".")
-                left.text(x + 0.46, y + 0.42, parts[-2] + ("" if parts[-1] == "weight" else f".{parts[-1]}"),
-                          ha="center", va="center", fontsize=5, rotation=90, clip_on=True)
+                text = parts[-2][-14:] + ("" if parts[-1] == "weight" else f"\n.{parts[-1]}")
+                left.text(x + 0.46, y + 0.42, text, ha="center", va="center", fontsize=5, clip_on=True)
         start = 0.0
         for name in SET_COLOURS:
             value = sum(e["numel"] for e in entries if e["set"] == name) / 1e6

@@ -100,10 +100,9 @@ def fmt_number(row: Optional[pd.Series], column: str, decimals: int, scale: floa
 
 
 def fmt_score(row: Optional[pd.Series], task: str) -> str:
-    """R1/R2/RL joined by "/", or one accuracy (a fraction for Table 2's tasks, as the paper prints it)."""
+    """R1/R2/RL joined by "/", or one accuracy (Table 2's as fractions: records and the paper both hold them so)."""
     score = task_score(task)
-    scale = 0.01 if score.fraction else 1.0
-    return "/".join(fmt_number(row, f"metric.{key}", score.decimals, scale) for key in score.keys)
+    return "/".join(fmt_number(row, f"metric.{key}", score.decimals) for key in score.keys)
 
 
 def fmt_time(row: Optional[pd.Series], units: Units) -> str:
@@ -251,11 +250,10 @@ def comparison_markdown(spec: ExperimentSpec, both: pd.DataFrame) -> str:
         setting = method_display(r["method"])
         if r["sweep_key"]:
             setting += f" ({SWEEP_SYMBOL.get(r['sweep_key'], r['sweep_key'])} = {r['sweep_value']:g})"
-        scale = 0.01 if r["quantity"] not in QUANTITIES and task_score(r["task"]).fraction else 1.0
-        measured = f"{r['mean'] * scale:.3f}" + (f"±{r['std'] * scale:.3f}" if r["n"] > 1 else "")
+        measured = f"{r['mean']:.3f}" + (f"±{r['std']:.3f}" if r["n"] > 1 else "")
         lines.append(f"| {model_display(r['model'])} | {setting} | {TASK_DISPLAY.get(r['task'], r['task'])} | "
-                     f"{r['quantity']} | {measured} | {r['mean_paper'] * scale:.3f} | {r['delta'] * scale:+.3f} |")
-    return head + "\n".join(lines) + "\n\nmem_gb in GB, time_h in hours; scores as the paper prints them.\n"
+                     f"{r['quantity']} | {measured} | {r['mean_paper']:.3f} | {r['delta']:+.3f} |")
+    return head + "\n".join(lines) + "\n\nmem_gb in GB, time_h in hours; scores in the records' scale, which is the paper's.\n"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -338,7 +336,7 @@ def _common_notes(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Ser
         notes.append("Time is training wall-clock including importance profiling and selection, evaluation "
                      "excluded.")
     if spec.name == "table2":
-        notes.append("Accuracy and pass@1 as fractions, as the paper prints them.")
+        notes.append("Accuracy and pass@1 as fractions, as hizfo.metrics records them and the paper prints them.")
     return notes
 
 
