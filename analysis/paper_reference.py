@@ -2,7 +2,8 @@
 
     python -m analysis.paper_reference [--source ../shared/paper] [--out results/paper]
 
-It also copies the CSVs to results/paper/source/. One record per cell, in the layout of hizfo.records, with status "ok" and provenance {"source": "paper"}.
+It also copies the CSVs to results/paper/source/. One record per cell, in the layout of hizfo.records,
+with status "ok" and provenance {"source": "paper"}.
 A cell the paper reports in several places (Table 1's OPT-2.7B rows are Table 3's; Table 4's ρ = 0.6 and
 Table 5's α = 0.1 are the default Hi-ZFO run) becomes one record, and the script fails if the copies
 disagree. The generated files are committed, so analysis never reads ../shared.

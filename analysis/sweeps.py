@@ -190,7 +190,8 @@ def plot_partition(record_row: pd.Series, out_dir: Path, stem: str) -> list[Path
                   fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.93), ncol=3, frameon=False)
     share = partition.get("backward_flops_share")
     rho = record_row.get("rho")
-    figure.suptitle(f"{model_display(record_row['model'])} · {TASK_DISPLAY.get(record_row['task'], record_row['task'])}"
+    task = TASK_DISPLAY.get(record_row["task"], record_row["task"])
+    figure.suptitle(f"{model_display(record_row['model'])} · {task}"
                     f" · {record_row['method']}" + (f" ρ={rho:g}" if rho is not None and not pd.isna(rho) else "")
                     + (f" · backward FLOPs spent: {100 * share:.0f}% of full" if share is not None else "")
                     + f" · {record_row['path']}", fontsize=8)

@@ -112,7 +112,8 @@ def fmt_time(row: Optional[pd.Series], units: Units) -> str:
 
 
 def fmt_memory(row: Optional[pd.Series]) -> str:
-    return fmt_number(row, "mem_gb", 1 if row is None or pd.isna(row.get("mem_gb:mean")) or row["mem_gb:mean"] >= 10 else 2)
+    small = row is not None and not pd.isna(row.get("mem_gb:mean")) and row["mem_gb:mean"] < 10
+    return fmt_number(row, "mem_gb", 2 if small else 1)
 
 
 def score_header(task: str, with_task: bool = False) -> str:
@@ -143,7 +144,8 @@ def layout_methods_by_task(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKe
             cells: list[str] = []
             for task in grid.tasks:
                 row = lookup.get(grid_key(model, task, method, None, None))
-                cells += [fmt_memory(row), fmt_time(row, units), fmt_score(row, task)] if with_costs else [fmt_score(row, task)]
+                cells += [fmt_memory(row), fmt_time(row, units)] if with_costs else []
+                cells.append(fmt_score(row, task))
             rows.append(cells)
             labels.append(method_display(method))
     body = pd.DataFrame(rows, index=labels, columns=pd.MultiIndex.from_tuples(columns))
@@ -183,7 +185,8 @@ def layout_sweep_rows(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd
 def layout_sweep_by_model_task(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Series]) -> DisplayTable:
     """Table 5: a row per α; per model, a score column per task."""
     method = grid.methods[0]
-    columns = [(model_display(model), score_header(task, with_task=True)) for model in grid.models for task in grid.tasks]
+    columns = [(model_display(model), score_header(task, with_task=True))
+               for model in grid.models for task in grid.tasks]
     rows, labels = [], []
     for value in grid.sweep_values:
         rows.append([fmt_score(lookup.get(grid_key(model, task, method, grid.sweep_key, value)), task)
@@ -253,7 +256,8 @@ def comparison_markdown(spec: ExperimentSpec, both: pd.DataFrame) -> str:
         measured = f"{r['mean']:.3f}" + (f"±{r['std']:.3f}" if r["n"] > 1 else "")
         lines.append(f"| {model_display(r['model'])} | {setting} | {TASK_DISPLAY.get(r['task'], r['task'])} | "
                      f"{r['quantity']} | {measured} | {r['mean_paper']:.3f} | {r['delta']:+.3f} |")
-    return head + "\n".join(lines) + "\n\nmem_gb in GB, time_h in hours; scores in the records' scale, which is the paper's.\n"
+    units = "mem_gb in GB, time_h in hours; scores in the records' scale, which is the paper's."
+    return head + "\n".join(lines) + f"\n\n{units}\n"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def is_number(value: object) -> bool:
 
 def expected_cells(csv_dir: Path) -> dict[str, list[tuple[tuple, float]]]:
     """Every number of the paper's CSVs with the (section, row, group, sub-column) it must appear in."""
-    out: dict[str, list[tuple[tuple, float]]] = {name: [] for name in ("table1", "table2", "table3", "table4", "table5")}
+    out: dict[str, list[tuple[tuple, float]]] = {f"table{i}": [] for i in range(1, 6)}
     show_model = lambda name: model_display(MODEL_ALIASES[name])          # noqa: E731
     show_method = lambda name: METHOD_DISPLAY[METHOD_ALIASES[name]]       # noqa: E731
     for name in ("table1", "table3"):
@@ -296,7 +296,7 @@ def test_corrupt_half_written_and_conflicting_records(tmp_path: Path, capsys: py
     assert "tiny-opt/toy/full_ft/method.epochs=5/seed0.json" in conflict
     shown = parse_markdown_tables((tmp_path / "table1.md").read_text())["CPU-scale twin (stand-in models, toy task)"]
     assert shown[("tiny-OPT", "Full FT", "Toy", "R1/R2/RL")] == "25.0/10.0/20.0"   # the newer config, not 22.5
-    assert shown[("tiny-OPT", "Hi-ZFO", "Toy", "R1/R2/RL")] == "–/–/–"             # the half-written one is skipped
+    assert shown[("tiny-OPT", "Hi-ZFO", "Toy", "R1/R2/RL")] == "–/–/–"             # the half-written one: skipped
     assert shown[("tiny-OPT", "LoRA", "Toy", "R1/R2/RL")] == "30.0/12.0/24.0"
 
 

@@ -144,8 +144,10 @@ HIZFO_OPT = ["model=opt-2.7b", "task=dialogsum", "method=hizfo"]
 HIZFO_TINY = ["model=tiny-opt", "task=toy", "method=hizfo"]
 LADDER_64 = ["model=tiny-opt", "model.arch.hidden_size=64", "task=toy", "method=hizfo"]
 SHARED_CELLS = {
-    "opt-2.7b default Hi-ZFO": [("table1", HIZFO_OPT), ("table3", HIZFO_OPT), ("table4", HIZFO_OPT + ["method.rho=0.6"]),
-                                ("table5", HIZFO_OPT + ["method.alpha=0.1"]), ("fig3", HIZFO_OPT + ["method.lr_ratio=0.1"]),
+    "opt-2.7b default Hi-ZFO": [("table1", HIZFO_OPT), ("table3", HIZFO_OPT),
+                                ("table4", HIZFO_OPT + ["method.rho=0.6"]),
+                                ("table5", HIZFO_OPT + ["method.alpha=0.1"]),
+                                ("fig3", HIZFO_OPT + ["method.lr_ratio=0.1"]),
                                 ("fig4", HIZFO_OPT + ["method.alpha=0.1"])],
     "tiny-opt default Hi-ZFO": [("table1_cpu", HIZFO_TINY), ("table5_cpu", HIZFO_TINY + ["method.alpha=0.1"]),
                                 ("fig3_cpu", HIZFO_TINY + ["method.lr_ratio=0.1"]),
