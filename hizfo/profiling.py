@@ -3,6 +3,8 @@
 One batch; a *temporary* AdamW takes one step (Δw = w1 − w0); the gradient g1 is taken at w1; then w0 is
 restored bit-exactly and the temporary optimizer is thrown away, so nothing leaks into training
 (GreenTrainer reuses its real optimizer here and its state leaks: IMPLEMENTATION_NOTES §3).
+Peak memory: the parameters, one gradient per tensor, and the saved w0 (kept on the CPU): 3× the weights,
+below Full FT's 4× (weights, gradients, two AdamW moments).
 """
 from __future__ import annotations
 
@@ -29,10 +31,13 @@ def tensor_importance(model: nn.Module, named_params: Sequence[tuple[str, nn.Par
     try:
         loss = causal_lm_loss(model, batch)
         loss.backward()                                   # g0 at w0
-        optimizer = adamw(named_params, lr, weight_decay)
-        optimizer.step()                                  # w1 = w0 + Δw
-        del optimizer
-        for p in params:
+        del loss
+        # w1 = w0 + Δw: AdamW's first step, taken tensor by tensor so the temporary state is never
+        # larger than one tensor's (a whole-model optimizer here would out-weigh Full FT's own state)
+        for name, p in named_params:
+            optimizer = adamw([(name, p)], lr, weight_decay)
+            optimizer.step()
+            del optimizer
             p.grad = None
         loss = causal_lm_loss(model, batch)
         loss.backward()                                   # g1 at w1

@@ -165,7 +165,7 @@ def test_hizfo_lowers_the_loss_on_toy():
     method = instantiate(cfg.method, _convert_="all")
     result = train_and_evaluate(method, cfg.method, loaded, task, CPU, 0, Meters(), lambda *_: None)
     losses = [row["train/loss"] for row in result.history]
-    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
+    assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10])   # FO on the top block only at ρ = 0.6
     assert all(math.isfinite(row["train/zo_loss"]) for row in result.history)
 
 
