@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from analysis.loading import model_label, semantic_key
@@ -117,7 +118,7 @@ def test_cpu_twins_stay_small_and_offline(hydra_conf: None, name: str) -> None:
 
 @pytest.mark.parametrize("name,scale", PRESETS)
 def test_every_sweep_value_composes(hydra_conf: None, name: str, scale: str) -> None:
-    """Each model, task, method and swept value of the preset composes against the typed schemas."""
+    """Each model, task, method and swept value composes against the typed schemas and passes the method's checks."""
     preset = preset_name(name, scale)
     params = OmegaConf.to_container(compose_preset(preset, hydra_config=True).hydra.sweeper.params)
     missing = []
@@ -127,6 +128,7 @@ def test_every_sweep_value_composes(hydra_conf: None, name: str, scale: str) -> 
         except MissingConfigException as exc:           # a method or task another change has yet to add
             missing.append(str(exc).splitlines()[0])
             continue
+        instantiate(cfg.method, _convert_="all")        # the method's own checks on its values, as run.py does
         if scale == "paper" and cfg.method.name != "zero_shot":
             assert cfg.method.epochs == (3 if cfg.method.name == "hizfo" else 5), job   # paper A.2
     if missing:
