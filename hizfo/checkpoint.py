@@ -482,16 +482,23 @@ def slurm_partitions() -> list[str]:
     return sorted({line.strip() for line in out.stdout.splitlines() if line.strip()})
 
 
-def check_partition(partition: Optional[str]) -> None:
-    """A named partition (or each of a comma-separated list) must exist: sbatch would refuse it later."""
+def check_partition(partition: Optional[str], gpus_per_node: Optional[int] = None) -> None:
+    """A named partition (or each of a comma-separated list) must exist, and have GPUs when GPUs are asked for:
+    sbatch would refuse the job array later, with a less helpful message."""
     available = slurm_partitions()
-    if partition is None:
-        return
-    unknown = [p for p in str(partition).split(",") if p.strip() not in available]
+    names = [p.strip() for p in str(partition).split(",")] if partition is not None else []
+    unknown = [p for p in names if p not in available]
     if unknown:
         raise ConfigError(f"hydra.launcher.partition: '{','.join(unknown)}' does not exist on this cluster; "
                           f"partitions: {', '.join(available) or '(none)'}. Set it in conf/launcher/site.yaml "
                           f"or on the command line (hydra.launcher.partition=NAME)")
+    if gpus_per_node:
+        query = ["sinfo", "-h", "-o", "%G"] + (["-p", ",".join(names)] if names else [])
+        gres = subprocess.run(query, capture_output=True, text=True, timeout=60).stdout.split()
+        if gres and all("gpu" not in g for g in gres):
+            raise ConfigError(f"hydra.launcher.gpus_per_node={gpus_per_node}: partition "
+                              f"'{partition or 'default'}' has no GPUs (sinfo %G: {' '.join(sorted(set(gres)))}); "
+                              f"pick a GPU partition or set hydra.launcher.gpus_per_node=null")
 
 
 def check_timeout(timeout_min: float, signal_delay_s: float, checkpoint_minutes: Optional[float]) -> None:
@@ -501,14 +508,14 @@ def check_timeout(timeout_min: float, signal_delay_s: float, checkpoint_minutes:
         raise ConfigError(f"hydra.launcher.timeout_min: must be > 0, got {timeout_min}")
     usable_s = timeout_min * 60 - signal_delay_s
     if usable_s <= 0:
-        raise ConfigError(f"hydra.launcher.timeout_min={timeout_min} is not longer than "
-                          f"hydra.launcher.signal_delay_s={signal_delay_s} s: the time-limit signal would come "
+        raise ConfigError(f"hydra.launcher.timeout_min={timeout_min:g} is not longer than "
+                          f"hydra.launcher.signal_delay_s={signal_delay_s:g} s: the time-limit signal would come "
                           f"before the job starts")
     if checkpoint_minutes is not None and checkpoint_minutes * 60 > usable_s:
         raise ConfigError(
-            f"hydra.launcher.timeout_min={timeout_min} leaves {usable_s / 60:.1f} min before Slurm's time-limit "
-            f"signal (signal_delay_s={signal_delay_s}), shorter than the checkpoint interval "
-            f"hydra.callbacks.slurm_preflight.checkpoint_minutes={checkpoint_minutes}: a job could end before "
+            f"hydra.launcher.timeout_min={timeout_min:g} leaves {usable_s / 60:.1f} min before Slurm's time-limit "
+            f"signal (signal_delay_s={signal_delay_s:g}), shorter than the checkpoint interval "
+            f"hydra.callbacks.slurm_preflight.checkpoint_minutes={checkpoint_minutes:g}: a job could end before "
             f"its first checkpoint and every requeue would start from the same place. Raise timeout_min or "
             f"lower checkpoint_minutes")
 
@@ -533,6 +540,11 @@ class SlurmPreflight(_HydraCallback):
         launcher = config.hydra.launcher
         if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
             return
-        check_timeout(float(launcher.timeout_min), float(launcher.get("signal_delay_s", 0) or 0),
-                      self.checkpoint_minutes)
-        check_partition(launcher.get("partition"))
+        try:
+            check_timeout(float(launcher.timeout_min), float(launcher.get("signal_delay_s", 0) or 0),
+                          self.checkpoint_minutes)
+            check_partition(launcher.get("partition"), launcher.get("gpus_per_node"))
+        except ConfigError as exc:
+            # Hydra turns a callback's Exception into a warning and submits anyway: stop the sweep here
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from exc

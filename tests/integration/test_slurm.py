@@ -1,0 +1,152 @@
+"""A real one-node Slurm: launcher=slurm submits a job array that writes ok records; a relaunched sweep trains
+nothing; SIGUSR1 mid-run checkpoints, requeues through submitit and the requeued job resumes; bad partitions
+and too short time limits are refused before sbatch.
+
+Uses the cluster that scripts/ci_slurm.sh started (HIZFO_SLURM_DIR / SLURM_CONF in the environment), else starts
+one with scripts/slurm/start_local_slurm.sh (root; installs slurm-wlm and munge with apt-get) and stops every
+daemon it started, by PID, at the end. Skips, saying why, where neither is possible.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+SCRIPTS = ROOT / "scripts" / "slurm"
+SMALL = ["logger=none", "device=cpu", "task.options.n_train=32", "task.batch_size=4", "task.options.n_eval=8",
+         "task.generation.max_new_tokens=4", "eval_before_training=false"]
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, value = line[len("export "):].split("=", 1)
+            out[key] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory) -> dict[str, str]:
+    """The environment (SLURM_CONF, partition) of a running one-node cluster."""
+    existing = os.environ.get("HIZFO_SLURM_DIR")
+    if existing and (Path(existing) / "env").exists():
+        yield {**_read_env(Path(existing) / "env")}
+        return
+    if os.geteuid() != 0:
+        pytest.skip("a local Slurm needs root (apt-get install slurm-wlm munge, munged, slurmd); "
+                    "run scripts/ci_slurm.sh as root")
+    state_dir = tmp_path_factory.mktemp("slurm")
+    started = subprocess.run(["bash", str(SCRIPTS / "start_local_slurm.sh"), str(state_dir)], capture_output=True,
+                             text=True, timeout=900)
+    if started.returncode == 77:
+        pytest.skip(f"cannot start a local Slurm here: {started.stderr.strip().splitlines()[-1]}")
+    try:
+        assert started.returncode == 0, f"start_local_slurm.sh failed:\n{started.stderr[-4000:]}"
+        yield _read_env(state_dir / "env")
+    finally:
+        subprocess.run(["bash", str(SCRIPTS / "stop_local_slurm.sh"), str(state_dir)], timeout=120)
+
+
+def slurm_env(slurm: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, **slurm, "TQDM_DISABLE": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def launcher_args(slurm: dict[str, str], sweep_dir: Path) -> list[str]:
+    """launcher=slurm sized for the test node: no GPUs, one CPU a job, no memory request."""
+    return ["launcher=slurm", f"hydra.launcher.partition={slurm['HIZFO_SLURM_PARTITION']}",
+            "hydra.launcher.gpus_per_node=null", "hydra.launcher.mem_gb=null", "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.timeout_min=30", "hydra.callbacks.slurm_preflight.checkpoint_minutes=5",
+            f"hydra.sweep.dir={sweep_dir}"]
+
+
+def run_sweep(slurm: dict[str, str], *overrides: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", "-m", *overrides], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=slurm_env(slurm))
+
+
+def job_logs(sweep_dir: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted((sweep_dir / ".submitit").rglob("*_log.*")))
+
+
+def test_a_two_method_sweep_runs_as_a_job_array_and_a_relaunch_trains_nothing(slurm, tmp_path):
+    results = tmp_path / "runs"
+    sweep_dir = tmp_path / "multirun"
+    args = [*launcher_args(slurm, sweep_dir), "method=full_ft,ft_top2", *SMALL, "method.max_steps=3",
+            f"results_dir={results}"]
+    first = run_sweep(slurm, *args)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:] + job_logs(sweep_dir)[-4000:]
+    records = {p: json.loads(p.read_text()) for p in results.rglob("*.json")}
+    assert sorted(r["config"]["method"]["name"] for r in records.values()) == ["ft_top2", "full_ft"]
+    assert all(r["status"] == "ok" and r["costs"]["steps"] == 3 for r in records.values())
+    array_tasks = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if "_" in p.name)
+    assert len(array_tasks) == 2 and len({name.split("_")[0] for name in array_tasks}) == 1, array_tasks  # one array
+    stamps = {p: p.stat().st_mtime_ns for p in records}
+
+    relaunch_dir = tmp_path / "multirun-again"
+    again = run_sweep(slurm, *[a if not a.startswith("hydra.sweep.dir=") else f"hydra.sweep.dir={relaunch_dir}"
+                               for a in args])
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert job_logs(relaunch_dir).count("skip: ok record exists") == 2
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json")} == stamps
+
+
+def test_sigusr1_mid_run_checkpoints_requeues_and_the_requeued_job_resumes(slurm, tmp_path):
+    results = tmp_path / "runs"
+    sweep_dir = tmp_path / "multirun"
+    env = slurm_env(slurm)
+    proc = subprocess.Popen([sys.executable, "run.py", "-m", *launcher_args(slurm, sweep_dir), "method=full_ft",
+                             *SMALL, "method.max_steps=40", "checkpoint_every=2", f"results_dir={results}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        checkpoints = tmp_path / "checkpoints"
+        deadline = time.time() + 600
+        while not list(checkpoints.rglob("step-*")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert list(checkpoints.rglob("step-*")), "no checkpoint appeared"
+        job_ids = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=env).stdout.split()
+        assert len(job_ids) == 1, job_ids
+        subprocess.run(["scancel", "--signal=USR1", job_ids[0]], check=True, env=env)
+        output, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logs = job_logs(sweep_dir)
+    assert proc.returncode == 0, output[-4000:] + logs[-6000:]
+    assert "SIGUSR1 received" in logs and "passing the signal on" in logs, logs[-6000:]
+    assert "Requeued job" in logs, logs[-6000:]
+    assert "resumed from" in logs, logs[-6000:]
+    record = json.loads(next(results.rglob("*.json")).read_text())
+    assert record["status"] == "ok" and record["costs"]["steps"] == 40
+    assert not checkpoints.exists() or not list(checkpoints.rglob("step-*"))
+
+
+def test_a_partition_that_does_not_exist_is_refused_before_sbatch(slurm, tmp_path):
+    sweep_dir = tmp_path / "multirun"
+    args = [a if not a.startswith("hydra.launcher.partition=") else "hydra.launcher.partition=no-such-partition"
+            for a in launcher_args(slurm, sweep_dir)]
+    done = run_sweep(slurm, *args, "method=full_ft", *SMALL, f"results_dir={tmp_path / 'runs'}", timeout=300)
+    assert done.returncode != 0
+    assert "'no-such-partition' does not exist on this cluster; partitions: " \
+           f"{slurm['HIZFO_SLURM_PARTITION']}" in done.stderr, done.stderr[-3000:]
+    assert not (sweep_dir / ".submitit").exists()                # nothing was submitted
+
+
+def test_a_time_limit_shorter_than_the_checkpoint_interval_is_refused_before_sbatch(slurm, tmp_path):
+    sweep_dir = tmp_path / "multirun"
+    done = run_sweep(slurm, *launcher_args(slurm, sweep_dir), "hydra.launcher.timeout_min=10",
+                     "hydra.callbacks.slurm_preflight.checkpoint_minutes=30", "method=full_ft", *SMALL,
+                     f"results_dir={tmp_path / 'runs'}", timeout=300)
+    assert done.returncode != 0
+    assert "timeout_min=10 leaves 8.0 min before Slurm's time-limit signal" in done.stderr, done.stderr[-3000:]
+    assert not (sweep_dir / ".submitit").exists()
