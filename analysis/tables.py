@@ -339,7 +339,7 @@ def _common_notes(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Ser
     if spec.name in ("table1", "table3", "table4"):
         notes.append("Time is training wall-clock including importance profiling and selection, evaluation "
                      "excluded.")
-    if spec.name == "table2":
+    if any(task_score(task).decimals == 3 for task in grid.tasks):
         notes.append("Accuracy and pass@1 as fractions, as hizfo.metrics records them and the paper prints them.")
     return notes
 
