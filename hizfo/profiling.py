@@ -45,7 +45,8 @@ def tensor_importance(model: nn.Module, named_params: Sequence[tuple[str, nn.Par
             importance = np.empty(len(params), dtype=np.float64)
             for k, (p, before) in enumerate(zip(params, w0)):
                 delta = p.detach() - before.to(p.device)  # Δw_k: one tensor's temporary at a time
-                importance[k] = -float((delta.double() * p.grad.double()).sum())   # eq. 7
+                importance[k] = -float(torch.dot(delta.view(-1), p.grad.view(-1)))   # eq. 7
+                del delta
     finally:
         with torch.no_grad():
             for p, before, flag, grad in zip(params, w0, flags, saved_grads):

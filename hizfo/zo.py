@@ -3,8 +3,9 @@
     perturb_(params, seed, +eps)                 # θ ← θ + ε·u(s)               (paper eq. 2's θ')
     perturb_(params, seed, -(eps + lr * g))      # θ ← θ − ε·u − η·ĝ·u          (eqs. 2–3 fused: restore + update)
 
-u(s) is never held whole. Every tensor is cut into fixed chunks; chunk c of tensor k draws its noise from its
-own generator seeded by (s, k, c), into a small reused buffer, and is added in place. The noise is therefore the
+u(s) is never held whole. The tensors, laid end to end, are cut into fixed chunks; chunk c draws its noise from
+its own generator seeded by (s, c), into a small reused buffer, and is added in place (one fused foreach add
+where a chunk spans several small tensors). The noise is therefore the
 same however the chunks are scheduled, so on CPU the chunks run on all cores in parallel, and a pass costs one
 Gaussian fill of Θ plus one fused add, with no full-size temporary.
 """
@@ -61,26 +62,56 @@ def _generator(device: torch.device) -> torch.Generator:
     return gen
 
 
-def _apply_chunk(flat: torch.Tensor, start: int, stop: int, seed: int, scale: float) -> None:
-    noise = _buffer(stop - start, flat.dtype, flat.device)
-    noise.normal_(generator=_generator(flat.device).manual_seed(seed))   # u chunk ~ N(0, I)
-    flat[start:stop].add_(noise, alpha=scale)
+def _plan(params: Sequence[torch.Tensor]) -> list[tuple[int, list[tuple[torch.Tensor, int, int]]]]:
+    """Chunks over the virtual concatenation of the tensors (one run per device and dtype).
+
+    Returns ``[(chunk_seed_index, [(param_slice, buf_start, buf_stop), ...]), ...]``: a chunk may span many
+    small tensors, so a pass is a few large noise fills instead of one per tensor.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for p in params:
+        groups.setdefault((p.device, p.dtype), []).append(p.data.view(-1))
+    plan = []
+    for g, ((device, _), flats) in enumerate(groups.items()):
+        step = CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU
+        chunk, pieces, filled = 0, [], 0
+        for flat in flats:
+            offset = 0
+            while offset < flat.numel():
+                take = min(step - filled, flat.numel() - offset)
+                pieces.append((flat[offset:offset + take], filled, filled + take))
+                offset += take
+                filled += take
+                if filled == step:
+                    plan.append(((g << 32) | chunk, pieces))
+                    chunk, pieces, filled = chunk + 1, [], 0
+        if pieces:
+            plan.append(((g << 32) | chunk, pieces))
+    return plan
+
+
+def _apply_chunk(pieces: list[tuple[torch.Tensor, int, int]], seed: int, scale: float) -> None:
+    first = pieces[0][0]
+    noise = _buffer(pieces[-1][2], first.dtype, first.device)
+    noise.normal_(generator=_generator(first.device).manual_seed(seed))   # u chunk ~ N(0, I)
+    if len(pieces) == 1:
+        first.add_(noise, alpha=scale)
+    else:
+        torch._foreach_add_([t for t, _, _ in pieces], [noise[a:b] for _, a, b in pieces], alpha=scale)
 
 
 @torch.no_grad()
 def perturb_(params: Sequence[torch.Tensor], seed: int, scale: float) -> None:
-    """θ_k ← θ_k + scale·u_k(seed) for every tensor, in place; u regenerates bit-identically from ``seed``."""
-    jobs = []
-    for k, p in enumerate(params):
-        flat = p.data.view(-1)
-        step = CHUNK_CUDA if flat.is_cuda else CHUNK_CPU
-        for c, start in enumerate(range(0, flat.numel(), step)):
-            jobs.append((flat, start, min(start + step, flat.numel()), chunk_seed(seed, k, c)))
-    if not jobs:
+    """θ ← θ + scale·u(seed) for every tensor, in place; u regenerates bit-identically from ``seed``
+
+    as long as the same tensors are passed in the same order (same shapes, dtypes and devices).
+    """
+    plan = [(pieces, chunk_seed(seed, index >> 32, index & 0xFFFFFFFF)) for index, pieces in _plan(params)]
+    if not plan:
         return
-    if jobs[0][0].is_cuda or len(jobs) == 1:
-        for flat, start, stop, s in jobs:
-            _apply_chunk(flat, start, stop, s, scale)
+    if plan[0][0][0][0].is_cuda or len(plan) == 1:
+        for pieces, s in plan:
+            _apply_chunk(pieces, s, scale)
         return
     # CPU: one thread per core, each running single-threaded kernels on its own chunks
     previous = torch.get_num_threads()
@@ -88,7 +119,7 @@ def perturb_(params: Sequence[torch.Tensor], seed: int, scale: float) -> None:
     try:
         if workers > 1:
             torch.set_num_threads(1)
-        list(_executor().map(lambda job: _apply_chunk(job[0], job[1], job[2], job[3], scale), jobs))
+        list(_executor().map(lambda job: _apply_chunk(job[0], job[1], scale), plan))
     finally:
         torch.set_num_threads(previous)
 
