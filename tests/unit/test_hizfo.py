@@ -189,3 +189,19 @@ def test_greentrainer_reselects_every_interval_and_freezes_the_rest():
 def test_bad_hizfo_values_fail_before_training_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=f"method.{key}"):
         HiZFO(**{key: value})
+
+
+def test_alpha_reaches_the_fo_update():
+    """α·L_ZO is part of L_total (eq. 1): the FO tensors move differently with α = 0.1 than with α = 0."""
+    finals = []
+    for alpha in (0.0, 0.1):
+        _, loaded, task, stream = toy_setup()
+        method = hizfo(alpha=alpha)
+        method.setup(context(loaded, task, stream))
+        batches = stream.epoch(0)
+        for _ in range(3):
+            method.train_step(next(batches))
+        finals.append({n: p.detach().clone() for n, p in unique_named_parameters(loaded.model)
+                       if n in method.partition.fo})
+    assert finals[0].keys() == finals[1].keys()
+    assert any(not torch.equal(finals[0][n], finals[1][n]) for n in finals[0])
