@@ -265,8 +265,11 @@ def _namespaces_work() -> bool:
         return False
     try:
         result = _run_once("pass", SandboxLimits(timeout=10.0), guard=False, level="namespaces")
-    except OSError:
-        return False
+    except OSError as exc:
+        result = ProgramResult(False, f"could not start: {exc}", None, "", "", 0.0)
+    if not result.passed:
+        warnings.warn(f"hizfo.sandbox: the namespaces level does not work here ({result.status}: "
+                      f"{result.stderr.strip()[-300:]}); falling back to the process level", stacklevel=3)
     return result.passed
 
 
