@@ -30,4 +30,7 @@ export HIZFO_SLURM_DIR=$state_dir
 # shellcheck disable=SC1091
 source "$state_dir/env"
 export TQDM_DISABLE=1 WANDB_MODE=offline HF_HUB_OFFLINE=1
-python -m pytest -q -m slow tests/integration/test_slurm.py "$@"
+# the project's venv when scripts/setup.sh made one (Slurm jobs run the submitting interpreter)
+python=${PYTHON:-python}
+[[ -z ${PYTHON:-} && -x .venv/bin/python ]] && python=.venv/bin/python
+"$python" -m pytest -q -m slow tests/integration/test_slurm.py "$@"

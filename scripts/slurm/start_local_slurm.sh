@@ -7,8 +7,8 @@
 #   scripts/slurm/stop_local_slurm.sh "$dir"          # stops exactly the daemons this script started
 #
 # Needs root (apt-get, munged as user munge, slurmd). Installs Debian's slurm-wlm and munge when missing.
-# Everything it writes (slurm.conf, munge socket and seed, state, spool, logs, PIDs) lives in one temp directory,
-# on ports chosen free at start, so it does not collide with a site Slurm or another test cluster.
+# Everything it writes (slurm.conf, state, spool, logs, PIDs) lives in one temp directory, munged's socket and seed
+# in /tmp/hizfo-munge.*, on ports chosen free at start: it does not collide with a site Slurm or another test cluster.
 # Exit status 77 means "cannot run here" (not root, no apt-get): callers treat it as a skip.
 set -euo pipefail
 
@@ -20,7 +20,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 STATE_DIR=${1:-$(mktemp -d /tmp/hizfo-slurm.XXXXXX)}
-mkdir -p "$STATE_DIR"/{state,spool,log,munge}
+mkdir -p "$STATE_DIR"/{state,spool,log}
 chmod 755 "$STATE_DIR"
 : > "$STATE_DIR/pids"
 
@@ -57,11 +57,15 @@ chown munge:munge /etc/munge/munge.key
 chmod 400 /etc/munge/munge.key
 mkdir -p /run/munge /var/log/munge /var/lib/munge
 chown munge:munge /run/munge /var/log/munge /var/lib/munge
-chown munge:munge "$STATE_DIR/munge"
-chmod 755 "$STATE_DIR/munge"   # munged wants the socket directory searchable by all
-MUNGE_SOCKET=$STATE_DIR/munge/munge.socket
-setpriv --reuid=munge --regid=munge --init-groups munged -F --socket="$MUNGE_SOCKET" --pid-file="$STATE_DIR/munge/munged.pid" \
-  --log-file="$STATE_DIR/munge/munged.log" --seed-file="$STATE_DIR/munge/munged.seed" \
+# munged's own folder sits directly in /tmp: user munge must reach it (STATE_DIR may be under a 0700 folder,
+# e.g. pytest's), and a unix socket path must stay under 108 bytes
+MUNGE_DIR=$(mktemp -d /tmp/hizfo-munge.XXXXXX)
+echo "$MUNGE_DIR" > "$STATE_DIR/munge_dir"
+chown munge:munge "$MUNGE_DIR"
+chmod 755 "$MUNGE_DIR"            # munged wants the socket directory searchable by all
+MUNGE_SOCKET=$MUNGE_DIR/munge.socket
+setpriv --reuid=munge --regid=munge --init-groups munged -F --socket="$MUNGE_SOCKET" --pid-file="$MUNGE_DIR/munged.pid" \
+  --log-file="$MUNGE_DIR/munged.log" --seed-file="$MUNGE_DIR/munged.seed" \
   --key-file=/etc/munge/munge.key >"$STATE_DIR/log/munged.log" 2>&1 &
 echo "munged $!" >> "$STATE_DIR/pids"
 for _ in $(seq 100); do [[ -S $MUNGE_SOCKET ]] && break; sleep 0.1; done

@@ -31,4 +31,8 @@ tac "$STATE_DIR/pids" | while read -r name pid; do
   log "stopped $name ($pid)"
 done
 : > "$STATE_DIR/pids"
+if [[ -f $STATE_DIR/munge_dir ]]; then
+  munge_dir=$(cat "$STATE_DIR/munge_dir")
+  [[ $munge_dir == /tmp/hizfo-munge.* ]] && rm -rf "$munge_dir"
+fi
 if [[ $KEEP != --keep ]]; then rm -rf "$STATE_DIR"; fi

@@ -212,3 +212,11 @@ def test_every_other_method_resumes_exactly_in_process(method_name, tmp_path, cl
     if not (ROOT / "conf" / "method" / f"{method_name}.yaml").exists():
         pytest.skip(f"method {method_name} is not in conf/method yet")
     check_resume_is_exact(method_name, 3, tmp_path, closing)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "GreenTrainer re-selects from an iterator made in setup (ctx.train_batches()); a resumed run restarts it, so a "
+    "re-selection after the resume point profiles another batch. Fix in baselines/greentrainer.py load_state_dict: "
+    "advance self.profile_batches by len(self.selections) batches (checked to make this test pass)"))
+def test_greentrainer_resumes_exactly_across_a_reselection(tmp_path, closing):  # noqa: F811
+    check_resume_is_exact("greentrainer", 3, tmp_path, closing, extra=("method.interval=1",))

@@ -81,29 +81,30 @@ def closing():
         item.close()
 
 
-_uninterrupted: dict[str, tuple] = {}
+_uninterrupted: dict[tuple, tuple] = {}
 
 
-def uninterrupted(method_name: str) -> tuple:
+def uninterrupted(method_name: str, extra: tuple[str, ...] = ()) -> tuple:
     """The reference run of a method (once per session)."""
-    if method_name not in _uninterrupted:
-        _uninterrupted[method_name] = train(method_name)
-    return _uninterrupted[method_name]
+    if (method_name, extra) not in _uninterrupted:
+        _uninterrupted[method_name, extra] = train(method_name, extra=extra)
+    return _uninterrupted[method_name, extra]
 
 
-def check_resume_is_exact(method_name: str, stop_at: int, tmp_path: Path, closing) -> None:
+def check_resume_is_exact(method_name: str, stop_at: int, tmp_path: Path, closing,
+                          extra: tuple[str, ...] = ()) -> None:
     """Kill a run right after step ``stop_at`` was checkpointed, relaunch it: same everything as uninterrupted."""
-    reference, reference_sha, reference_meters = uninterrupted(method_name)
+    reference, reference_sha, reference_meters = uninterrupted(method_name, extra)
 
     killed = KilledAfter(tmp_path / "ckpt", "hash-a", every_steps=1, stop_at=stop_at)
     closing(killed)
     with pytest.raises(Killed):
-        train(method_name, killed)
+        train(method_name, killed, extra=extra)
     assert killed.latest().name == f"step-{stop_at:08d}"
 
     resumed_ckpt = Checkpointer(tmp_path / "ckpt", "hash-a", every_steps=1)
     closing(resumed_ckpt)
-    resumed, resumed_sha, resumed_meters = train(method_name, resumed_ckpt)
+    resumed, resumed_sha, resumed_meters = train(method_name, resumed_ckpt, extra=extra)
 
     assert resumed_ckpt.restored_from is not None and resumed_ckpt.restored_from.name == f"step-{stop_at:08d}"
     assert len(resumed.history) == TOTAL_STEPS - stop_at                # it trained only the steps after the checkpoint
