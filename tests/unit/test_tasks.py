@@ -211,6 +211,17 @@ def test_humaneval_answer_becomes_a_completion():
     assert completion_from_answer("return x + y", "add") == "    return x + y\n"
 
 
+def test_generations_are_cut_at_stop_sequences():
+    from hizfo.tasks.humaneval import completion_from_answer
+    humaneval = make_task("humaneval")
+    raw = " \n    def f(x):\n        return x\n\nAnswer:\ndef f(x):\n    return 0"
+    cut = humaneval.postprocess(raw)
+    assert cut == "\n    def f(x):\n        return x"                 # indentation kept for the code
+    assert completion_from_answer(cut, "f") == "\ndef f(x):\n    return x\n"
+    gsm8k = make_task("gsm8k")
+    assert gsm8k.postprocess(" 2 + 2 = 4\n#### 4\nQuestion: next one") == "2 + 2 = 4\n#### 4"
+
+
 def test_humaneval_task_scores_right_and_wrong_answers():
     task = make_task("humaneval", "task.limit=3")
     examples = task.examples("eval")
