@@ -99,3 +99,5 @@ class GreenTrainer:
         self.profiling_seconds, self.selection_seconds = state["profiling_seconds"], state["selection_seconds"]
         if self.partition is not None:
             set_trainable(self.model, set(self.partition.fo))
+        for _ in self.selections:          # the profiling stream resumes where it was, so re-selection replays
+            next(self.profile_batches)

@@ -99,6 +99,8 @@ def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: 
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     if gen.num_beams > 1:
         kwargs.update(length_penalty=gen.length_penalty, early_stopping=gen.early_stopping)
+    if gen.stop:                                     # stop early; postprocess() still cuts at the stop string
+        kwargs.update(stop_strings=[s for s in gen.stop if s], tokenizer=tokenizer)
     target = input_device(model, device)
     for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False, dynamic_ncols=True):
         chunk = examples[start:start + batch_size]
@@ -133,17 +135,21 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
                        eval_before_training: bool = False) -> LoopResult:
     """Set the method up, train it for its epochs (or ``max_steps``), then evaluate by generation."""
     tokenizer = loaded.tokenizer
-    check_fits(task, tokenizer, "train")
+    trains = method_cfg.max_steps != 0                               # max_steps 0: evaluation only
     check_fits(task, tokenizer, "eval")
     model_device = input_device(loaded.model, device)
-    train_stream = BatchStream(encode_split(task, loaded, task.examples("train")), task.cfg.batch_size,
-                               tokenizer.pad_token_id, seed, model_device)
-    dev_stream = BatchStream(encode_split(task, loaded, task.validation_examples()), task.cfg.batch_size,
-                             tokenizer.pad_token_id, seed + 7, model_device)
-    steps_per_epoch = len(train_stream)
-    total_steps = method_cfg.epochs * steps_per_epoch
-    if method_cfg.max_steps is not None:
-        total_steps = min(total_steps, method_cfg.max_steps)
+    train_stream = dev_stream = None
+    steps_per_epoch = total_steps = 0
+    if trains:                                                       # zero-shot needs no training data
+        check_fits(task, tokenizer, "train")
+        train_stream = BatchStream(encode_split(task, loaded, task.examples("train")), task.cfg.batch_size,
+                                   tokenizer.pad_token_id, seed, model_device)
+        dev_stream = BatchStream(encode_split(task, loaded, task.validation_examples()), task.cfg.batch_size,
+                                 tokenizer.pad_token_id, seed + 7, model_device)
+        steps_per_epoch = len(train_stream)
+        total_steps = method_cfg.epochs * steps_per_epoch
+        if method_cfg.max_steps is not None:
+            total_steps = min(total_steps, method_cfg.max_steps)
     zo_seeds = torch.Generator().manual_seed(seed + 424242)
     ctx = TrainContext(loaded=loaded, task=task, device=model_device, total_steps=total_steps,
                        steps_per_epoch=steps_per_epoch, zo_seeds=zo_seeds,

@@ -144,6 +144,8 @@ def _dispatch(model: nn.Module, device_map: str) -> nn.Module:
     if device_map != "auto":
         raise ConfigError(f"model.device_map: '{device_map}' is not supported (use auto or leave it unset)")
     placement = infer_auto_device_map(model, no_split_module_classes=getattr(model, "_no_split_modules", None))
+    if set(placement.values()) <= {"cpu"}:
+        return model                      # nothing to shard (a CPU-only machine): leave the model plain
     return dispatch_model(model, device_map=placement)
 
 
