@@ -155,9 +155,10 @@ def mezo_reference_step(model, params: list[tuple[str, torch.Tensor]], batch, se
 # one row, in this process
 
 
-def measure(row: str, device: torch.device, dtype: torch.dtype, scale: int = 1) -> dict[str, Any]:
+def measure(row: str, device: torch.device, dtype: torch.dtype, scale: int = 1, batch_size: int = 4,
+            tokens: int = 128) -> dict[str, Any]:
     model = opt_125m_shaped(device, dtype)
-    batch = fixed_batch(device)
+    batch = fixed_batch(device, batch_size, tokens)
     warm, timed = (n * scale for n in STEPS[row])
     step: Callable[[], Any]
     n_fwd = n_bwd = 0
@@ -203,9 +204,45 @@ def measure(row: str, device: torch.device, dtype: torch.dtype, scale: int = 1) 
             "n_forward": n_fwd, "n_backward": n_bwd, "device": str(device), "threads": torch.get_num_threads()}
 
 
-def run_row_in_subprocess(row: str, device: str, dtype: str, scale: int) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--one", row, "--device", device, "--dtype", dtype,
-                          "--scale", str(scale)],
+def interleaved_mezo_timing(device: torch.device, dtype: torch.dtype, rounds: int, batch_size: int = 4,
+                            tokens: int = 128) -> dict[str, list[float]]:
+    """Forward, reference step and our MeZO step timed round-robin on one model in this process.
+
+    On a shared box the load drifts over minutes; alternating the three (rotating their order every round)
+    exposes them to the same load, so their ratios hold even when the absolute times do not.
+    """
+    model = opt_125m_shaped(device, dtype)
+    batch = fixed_batch(device, batch_size, tokens)
+    method = build_method("mezo")
+    method.setup(context(model, batch, device))
+    from hizfo.methods import unique_named_parameters
+    params = [(n, p) for n, p in unique_named_parameters(model)]
+    seeds = iter(range(10**6))
+    model.eval()
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(**batch)
+
+    steps = {"forward": forward,
+             "mezo_reference": lambda: mezo_reference_step(model, params, batch, next(seeds), MEZO_LR, MEZO_EPS),
+             "mezo": lambda: method.train_step(batch)}
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds + 1):                      # round 0 warms up
+        for name in names[r % 3:] + names[:r % 3]:
+            sync(device)
+            start = time.perf_counter()
+            steps[name]()
+            sync(device)
+            if r:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def run_row_in_subprocess(row: str, args: argparse.Namespace) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--one", row, "--device", args.device, "--dtype", args.dtype,
+                          "--scale", str(args.scale), "--batch", str(args.batch), "--tokens", str(args.tokens)],
                          capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if out.returncode != 0:
         raise RuntimeError(f"row {row} failed:\n{out.stderr[-3000:]}")
@@ -248,19 +285,26 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--scale", type=int, default=1, help="multiply every row's warm-up and timed steps")
+    parser.add_argument("--batch", type=int, default=4, help="sequences per batch")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per sequence")
+    parser.add_argument("--interleave", type=int, default=0,
+                        help="also time forward / reference / MeZO round-robin in this process for N rounds")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the raw numbers to this file")
     args = parser.parse_args()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     if args.one:
-        print(json.dumps(measure(args.one, torch.device(args.device), dtype, args.scale)))
+        print(json.dumps(measure(args.one, torch.device(args.device), dtype, args.scale, args.batch, args.tokens)))
         return
     results = {}
-    for row in args.rows.split(","):
-        results[row] = run_row_in_subprocess(row, args.device, args.dtype, args.scale)
+    for row in [r for r in args.rows.split(",") if r]:
+        results[row] = run_row_in_subprocess(row, args)
         print(f"{row}: {results[row]['step_s']:.3f} s/step, peak {results[row]['peak_bytes'] / 2**30:.2f} GiB",
               flush=True)
-    print(f"\nOPT-125M-shaped random model, batch 4 x 128, {args.device} ({args.dtype}); {machine()}\n")
+    if not results:
+        print("no subprocess rows requested")
+    print(f"\nOPT-125M-shaped random model, batch {args.batch} x {args.tokens}, {args.device} ({args.dtype}); "
+          f"{machine()}\n")
     print(table(results))
     if "mezo" in results and "mezo_reference" in results:
         print(f"\nMeZO step / reference pattern's step: {results['mezo']['step_s'] / results['mezo_reference']['step_s']:.2f}"
@@ -272,8 +316,20 @@ def main() -> None:
     if "mezo_reference" in results and "forward" in results:
         print(f"reference step / its two forwards: "
               f"{results['mezo_reference']['step_s'] / (2 * results['forward']['step_s']):.2f}")
+    interleaved = {}
+    if args.interleave:
+        interleaved = interleaved_mezo_timing(torch.device(args.device), dtype, args.interleave, args.batch,
+                                              args.tokens)
+        med = {k: statistics.median(v) for k, v in interleaved.items()}
+        print(f"\ninterleaved, {args.interleave} rounds (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in med.items()))
+        ratios = [m / r for m, r in zip(interleaved["mezo"], interleaved["mezo_reference"])]
+        print(f"  MeZO / reference: {med['mezo'] / med['mezo_reference']:.2f} (per round: "
+              f"{', '.join(f'{x:.2f}' for x in ratios)})")
+        print(f"  MeZO / its two forwards: {med['mezo'] / (2 * med['forward']):.2f}; "
+              f"reference / its two forwards: {med['mezo_reference'] / (2 * med['forward']):.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args), "results": results,
+                                               "interleaved": interleaved}, indent=2))
 
 
 if __name__ == "__main__":
