@@ -26,7 +26,7 @@ from baselines.full_ft import cfg_object
 from hizfo.config import MethodConfig, register_method_schema
 from hizfo.errors import ConfigError
 from hizfo.methods import (Batch, StepResult, TrainContext, causal_lm_loss, check_common, count_params, no_decay,
-                           unique_named_parameters)
+                           schedule_factor, unique_named_parameters)
 from hizfo.zo import decay_, draw_seed, perturb_
 
 
@@ -38,13 +38,6 @@ class MeZOConfig(MethodConfig):
     lr: float = 1e-6                     # MeZO's full-parameter range is 1e-6 … 1e-7
     eps: float = 1e-3                    # ε, the perturbation scale
     schedule: str = "constant"           # MeZO uses a constant learning rate
-
-
-def zo_sgd_lr(base_lr: float, schedule: str, step: int, total_steps: int) -> float:
-    """The ZO-SGD learning rate at ``step``: constant, or linear decay to 0 (same shape as ``lr_schedule``)."""
-    if schedule == "constant":
-        return base_lr
-    return base_lr * max(0.0, 1.0 - step / max(1, total_steps))
 
 
 class MeZO:
@@ -113,7 +106,7 @@ class MeZO:
                 "frozen_tensors": len(everything) - len(self.params), "frozen_params": total - zo}
 
     def current_lr(self) -> float:
-        return zo_sgd_lr(self.cfg.lr, self.cfg.schedule, self.step_index, self.total_steps)
+        return self.cfg.lr * schedule_factor(self.cfg.schedule, self.step_index, self.total_steps)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step_index": self.step_index}

@@ -66,7 +66,7 @@ class MethodConfig:
     lr: float = 2e-5
     weight_decay: float = 0.0
     epochs: int = 5
-    max_steps: Optional[int] = None      # stop after this many update steps (None: run all epochs)
+    max_steps: Optional[int] = None      # stop after this many update steps (None: all epochs; 0: evaluation only)
     schedule: str = "linear"             # linear (decay to 0, no warm-up) | constant
     grad_clip: Optional[float] = None
     dropout: bool = False                # False: dropout off in training (as MeZO); keeps ZO streams comparable

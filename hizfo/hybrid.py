@@ -18,7 +18,7 @@ from torch import nn
 from hizfo.config import MethodConfig, register_method_schema
 from hizfo.errors import ConfigError
 from hizfo.methods import (Batch, FirstOrderTrainer, StepResult, TrainContext, causal_lm_loss, check_common,
-                           check_lr, set_trainable)
+                           check_lr, schedule_factor, set_trainable)
 from hizfo.partition import Partition, check_rho, params_of, partition_model, same_rng_streams
 from hizfo.zo import draw_seed, perturb_
 
@@ -40,13 +40,6 @@ class HiZFOConfig(MethodConfig):
     zo_optimizer: str = "sgd"         # sgd: eq. 3, no extra memory; adamw: +3×|Θ_ZO| memory
     zo_scope: str = "all"             # all: every unselected tensor is ZO; below: only those under Θ_FO
     buckets: int = 1000               # Tq, cost quantisation (GreenTrainer)
-
-
-def schedule_factor(schedule: str, step: int, total_steps: int) -> float:
-    """The multiplier the lr schedule applies at ``step`` (linear decay, no warm-up; or constant)."""
-    if schedule == "constant":
-        return 1.0
-    return max(0.0, 1.0 - step / max(1, total_steps))
 
 
 class HiZFO:

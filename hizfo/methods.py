@@ -111,11 +111,16 @@ def adamw(named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_de
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear decay to 0 with no warm-up (GreenTrainer, paper A.2), or constant (MeZO)."""
+def schedule_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The lr multiplier at ``step``: linear decay to 0 with no warm-up (GreenTrainer, paper A.2), or constant."""
     if schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(1, total_steps)))
+        return 1.0
+    return max(0.0, 1.0 - step / max(1, total_steps))
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """``schedule_factor`` as a torch scheduler (the FO optimizers); ZO-SGD rates call it directly."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(schedule, step, total_steps))
 
 
 def unique_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
