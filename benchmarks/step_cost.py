@@ -95,8 +95,25 @@ def forward_seconds(device, dtype, batch, steps) -> float:
     return statistics.median(times)
 
 
-def predicted_ratio(partition, model, batch_size, seq_len, alpha: float) -> float:
-    """Cost-model step ratio Hi-ZFO / Full FT in MACs: 2 forwards + (1 + [α>0]) selected backwards."""
+def adamw_seconds(params: list[torch.Tensor], device: torch.device, steps: int) -> float:
+    """Median time of one AdamW step over ``params`` (a memory-bound pass that MAC counts do not see)."""
+    if not params:
+        return 0.0
+    copies = [torch.zeros_like(p, requires_grad=True) for p in params]
+    for c in copies:
+        c.grad = torch.zeros_like(c)
+    optimizer = torch.optim.AdamW(copies, lr=1e-5)
+    optimizer.step()                                    # creates the state
+    seconds = statistics.median(timed(optimizer.step, steps, device))
+    del optimizer, copies
+    return seconds
+
+
+def predicted_ratio(partition, model, batch_size, seq_len, alpha: float, fwd: float, noise: float,
+                    adam_full: float, adam_fo: float) -> tuple[float, float]:
+    """Cost-model step ratio Hi-ZFO / Full FT: MACs (2 forwards + (1 + [α>0]) selected backwards vs one forward
+    + the full backward), turned into seconds with the measured forward, plus the measured memory-bound passes
+    (AdamW over all tensors vs over Θ_FO; the two noise passes over Θ_ZO). Also returns the MAC-only ratio."""
     from hizfo.costs import tensor_costs
     for p in model.parameters():
         p.requires_grad_(True)
@@ -107,7 +124,10 @@ def predicted_ratio(partition, model, batch_size, seq_len, alpha: float) -> floa
     selected = [order.index(n) for n in partition.fo]
     deepest = max(selected) if selected else -1
     sel_bp = sum(costs[k].t_dw for k in selected) + sum(c.t_dy for c in costs[: deepest + 1])
-    return (2 * t_fp + (1 + (alpha > 0)) * sel_bp) / (t_fp + t_bp)
+    hizfo_macs = 2 * t_fp + (1 + (alpha > 0)) * sel_bp
+    per_mac = fwd / t_fp
+    predicted = (hizfo_macs * per_mac + adam_fo + noise) / ((t_fp + t_bp) * per_mac + adam_full)
+    return predicted, hizfo_macs / (t_fp + t_bp)
 
 
 def main() -> None:
@@ -134,12 +154,17 @@ def main() -> None:
     hz = measure("hizfo (ρ 0.6, α 0.1)", lambda: HiZFO(lr=2e-5, rho=0.6, alpha=0.1), device, dtype, batch, args.steps)
     # the measured cost of the two noise passes over Θ_ZO
     noise = statistics.median(timed(lambda: perturb_(hz["zo_params"], 7, 0.0), args.steps, device)) * 2
-    hz["predicted"] = predicted_ratio(hz["partition"], hz["model"], args.batch, args.tokens, 0.1) + noise / full_step
+    named = dict(unique_named_parameters(hz["model"]))
+    adam_full = adamw_seconds(list(named.values()), device, args.steps)
+    adam_fo = adamw_seconds([named[n] for n in hz["partition"].fo], device, args.steps)
+    hz["predicted"], macs_only = predicted_ratio(hz["partition"], hz["model"], args.batch, args.tokens, 0.1, fwd,
+                                                 noise, adam_full, adam_fo)
     rows.append(hz)
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU × {torch.get_num_threads()} threads"
     print(f"\nOPT-125M-shaped, batch {args.batch}×{args.tokens}, {args.dtype}, {device_name}")
-    print(f"two plain forwards: {2 * fwd:.3f} s; Full FT step {full_step:.3f} s; noise passes over Θ_ZO {noise:.3f} s")
+    print(f"two plain forwards: {2 * fwd:.3f} s; Full FT step {full_step:.3f} s; noise passes over Θ_ZO {noise:.3f} s; "
+          f"AdamW step over all tensors {adam_full:.3f} s, over Θ_FO {adam_fo:.3f} s")
     print(f"{'method':24} {'step s':>8} {'× Full FT':>10} {'× 2 fwd':>8} {'predicted':>10} {'peak GB':>8} {'mem × FT':>9}")
     for row in rows:
         pred = f"{row['predicted']:.2f}" if "predicted" in row else "1.00"
@@ -148,7 +173,8 @@ def main() -> None:
     if "partition" in hz:
         part = hz["partition"]
         print(f"Hi-ZFO partition: {len(part.fo)} FO / {len(part.zo)} ZO tensors, "
-              f"backward share {part.backward_flops_share:.2f}")
+              f"backward share {part.backward_flops_share:.2f}; MAC-only predicted ratio {macs_only:.2f}; "
+              f"measured / predicted {hz['step'] / full_step / hz['predicted']:.2f}")
 
 
 if __name__ == "__main__":
