@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 @lru_cache(maxsize=2)
 def _rouge_scorer(use_stemmer: bool):
+    import logging
     from rouge_score import rouge_scorer
+    logging.getLogger("absl").setLevel(logging.WARNING)   # rouge-score logs "Using default tokenizer" at INFO
     return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=use_stemmer)
 
 
