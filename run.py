@@ -44,7 +44,7 @@ def _one_line(exc: BaseException) -> str:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One run: validate, build, train, evaluate, record. Returns the record written."""
-    from hizfo.errors import ConfigError, TrainingDiverged
+    from hizfo.errors import ConfigError
     from hizfo.loop import pick_device, seed_everything, train_and_evaluate
     from hizfo.meters import Meters
     from hizfo.records import build_record, check_writable, provenance, read_record, record_path, write_json_atomic
@@ -91,7 +91,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     except ConfigError:
         tracker.finish(failed=True)
         raise
-    except (TrainingDiverged, RuntimeError, ValueError) as exc:
+    except Exception as exc:                                  # any failure leaves a failed record
         failed_at = getattr(exc, "step", None)
         costs = {**meters.as_costs(), "trainable_params": None}
         record = build_record("failed", config, {}, costs, {}, prov, error=_one_line(exc),

@@ -50,7 +50,11 @@ def only_record(results_dir: Path) -> dict:
 
 
 def newest_step(folder: Path) -> int:
-    steps = [int(p.name.split("-")[1]) for p in folder.rglob("step-*") if p.is_dir()]
+    """The newest finished checkpoint's step (-1 for none); temp folders vanish mid-scan as they are renamed."""
+    try:
+        steps = [int(p.name.split("-")[1]) for p in folder.rglob("step-*") if p.is_dir()]
+    except FileNotFoundError:
+        return -1
     return max(steps, default=-1)
 
 

@@ -111,7 +111,7 @@ def test_cpu_twins_stay_small_and_offline(hydra_conf: None, name: str) -> None:
     cfg = compose_preset(f"{name}_cpu", hydra_config=True)
     assert cfg.results_dir == "results/cpu/runs"
     assert cfg.logger.kind == "none"
-    assert cfg.task.train_limit is not None and cfg.task.train_limit <= 128
+    assert cfg.task.train_limit is not None and cfg.task.train_limit <= 256
     assert cfg.task.limit is not None and cfg.task.limit <= 64
     assert EXPERIMENTS[name].cpu.tasks == ("toy",)
 
