@@ -7,7 +7,6 @@ went to the first-order set, the zeroth-order set or stayed frozen (record["part
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import pandas as pd  # noqa: E402
 from analysis.loading import Report, aggregate, load_records, settle_cells  # noqa: E402
 from analysis.specs import (EXPERIMENTS, SWEEP_SYMBOL, SWEPT_DEFAULTS, TASK_DISPLAY, ExperimentSpec, Grid,  # noqa: E402
                             model_display)
-from analysis.tables import (DEFAULT_PAPER, CellKey, cell_lookup, grid_has_records, grid_key,  # noqa: E402
+from analysis.tables import (DEFAULT_PAPER, CellKey, parse_cli, cell_lookup, grid_has_records, grid_key,  # noqa: E402
                              task_score)
 
 SET_COLOURS = {"fo": "#d62728", "zo": "#1f77b4", "frozen": "#c7c7c7"}
@@ -253,16 +252,10 @@ def write_sweeps(results_dir: Path, out_dir: Path, paper_dir: Optional[Path] = D
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, required=True, help="a results directory (records, any depth)")
-    parser.add_argument("--out", type=Path, required=True, help="where the plots go")
-    parser.add_argument("--paper", type=Path, default=DEFAULT_PAPER,
-                        help="the paper's reference records (default results/paper); 'none' to leave them out")
-    args = parser.parse_args(argv)
-    paper = None if str(args.paper).lower() == "none" else args.paper
-    written = write_sweeps(args.results, args.out, paper, Report())
+    results, out, paper = parse_cli(__doc__.splitlines()[0], "where the plots go", argv)
+    written = write_sweeps(results, out, paper, Report())
     if not written:
-        print(f"error: nothing to plot: no usable record under {args.results} belongs to a sweep or has a "
+        print(f"error: nothing to plot: no usable record under {results} belongs to a sweep or has a "
               f"partition map", file=sys.stderr)
         return 1
     for path in written:

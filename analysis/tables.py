@@ -344,18 +344,22 @@ def _common_notes(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Ser
     return notes
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_cli(description: str, out_help: str, argv: Optional[list[str]]) -> tuple[Path, Path, Optional[Path]]:
+    """``--results DIR --out DIR [--paper DIR|none]``, shared by analysis.tables and analysis.sweeps."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--results", type=Path, required=True, help="a results directory (records, any depth)")
-    parser.add_argument("--out", type=Path, required=True, help="where the tables go")
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
     parser.add_argument("--paper", type=Path, default=DEFAULT_PAPER,
                         help="the paper's reference records (default results/paper); 'none' to leave them out")
     args = parser.parse_args(argv)
-    paper = None if str(args.paper).lower() == "none" else args.paper
-    report = Report()
-    written = write_tables(args.results, args.out, paper, report)
+    return args.results, args.out, None if str(args.paper).lower() == "none" else args.paper
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    results, out, paper = parse_cli(__doc__.splitlines()[0], "where the tables go", argv)
+    written = write_tables(results, out, paper, Report())
     if not written:
-        print(f"error: nothing to tabulate: no usable record under {args.results} belongs to a cell of Tables 1–5",
+        print(f"error: nothing to tabulate: no usable record under {results} belongs to a cell of Tables 1–5",
               file=sys.stderr)
         return 1
     for name, files in written.items():
