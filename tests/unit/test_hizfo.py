@@ -205,3 +205,20 @@ def test_alpha_reaches_the_fo_update():
                        if n in method.partition.fo})
     assert finals[0].keys() == finals[1].keys()
     assert any(not torch.equal(finals[0][n], finals[1][n]) for n in finals[0])
+
+
+def test_with_dropout_on_both_streams_see_the_same_masks():
+    """L_ZO − L_FO must measure the perturbation, not two dropout masks (IMPLEMENTATION_NOTES §5)."""
+    from hizfo.partition import same_rng_streams
+    _, loaded, _, stream = toy_setup()
+    model = loaded.model
+    model.train(True)                                          # tiny-opt has dropout 0.1
+    batch = next(stream.epoch(0))
+    with torch.no_grad():
+        restore = same_rng_streams(CPU)
+        first = causal_lm_loss(model, batch)
+        restore()                                              # what the Hi-ZFO step does before stream 2
+        replayed = causal_lm_loss(model, batch)
+        fresh = causal_lm_loss(model, batch)                   # control: new masks
+    assert torch.equal(first, replayed)
+    assert not torch.equal(first, fresh)
