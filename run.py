@@ -110,7 +110,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                           extra={"zo_seeds": result.zo_seeds,
                                  "final_train_loss": result.losses[-1] if result.losses else None,
                                  "final_params_sha256": params_sha256(method.eval_model()),
-                                 "samples": [{"prediction": p} for p in result.predictions[:5]]})
+                                 "samples": [{"prompt": e.prompt[-300:], "prediction": p, "references": e.references}
+                                             for e, p in zip(task.examples("eval"), result.predictions[:5])]})
     tracker.log_final(meters.steps, {**{f"eval/{k}": v for k, v in result.metrics.items()},
                                      **{f"costs/{k}": v for k, v in costs.items() if v is not None}})
     write_json_atomic(path, record)
