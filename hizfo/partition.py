@@ -10,9 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from hizfo.costs import backward_budget, integer_budget, quantize_costs, tensor_costs
 from hizfo.errors import ConfigError
-from hizfo.methods import Batch, count_params, unique_named_parameters
+from hizfo.methods import Batch, unique_named_parameters
 from hizfo.profiling import tensor_importance
+from hizfo.selection import select_tensors, selection_cost
 
 ZO_SCOPES = ("all", "below")
 _LAYER = re.compile(r"\.(\d+)\.")
@@ -60,8 +62,6 @@ def check_rho(rho: float) -> None:
 def partition_model(model: nn.Module, batch: Batch, rho: float, lr: float, weight_decay: float,
                     zo_scope: str = "all", buckets: int = 1000) -> Partition:
     """Profile importance on ``batch``, solve the exact selection within ρ, and split the tensors."""
-    from hizfo.costs import backward_budget, quantize_costs, tensor_costs
-    from hizfo.selection import select_tensors
     check_rho(rho)
     if zo_scope not in ZO_SCOPES:
         raise ConfigError(f"method.zo_scope: '{zo_scope}' is not one of {', '.join(ZO_SCOPES)}")
@@ -85,14 +85,14 @@ def partition_model(model: nn.Module, batch: Batch, rho: float, lr: float, weigh
     t_fp = float(sum(c.t_fp for c in costs))
     q_dw, q_dy = quantize_costs(t_dw, t_dy, buckets)
     rho_bp = backward_budget(rho, t_fp, float(t_dw.sum() + t_dy.sum()))
-    budget = int(rho_bp * (q_dw.sum() + q_dy.sum()))
+    budget = integer_budget(rho_bp, q_dw, q_dy)
     mask = select_tensors(importance, q_dw, q_dy, budget)
     selection_seconds = time.perf_counter() - start
 
     selected = np.flatnonzero(mask)
     deepest = int(selected.max()) if selected.size else -1
-    spent = int(q_dw[mask].sum() + q_dy[: deepest + 1].sum())
-    true_spent = float(t_dw[mask].sum() + t_dy[: deepest + 1].sum())
+    spent = int(selection_cost(mask, q_dw, q_dy))
+    true_spent = float(selection_cost(mask, t_dw, t_dy))
     fo = [order[k] for k in selected]
     rest = [order[k] for k in range(len(order)) if not mask[k]]
     if zo_scope == "below":
@@ -111,10 +111,6 @@ def params_of(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
     """The tensors named, in the order given (a fixed order keeps ZO noise regeneration exact)."""
     lookup = dict(unique_named_parameters(model))
     return [lookup[n] for n in names]
-
-
-def param_count(model: nn.Module, names: list[str]) -> int:
-    return count_params(params_of(model, names))
 
 
 def same_rng_streams(device: torch.device):
