@@ -424,6 +424,7 @@ def main_for(script: str, doc: str, rows: tuple[str, ...],
     if unknown:
         parser.error(f"--rows: unknown {unknown}; choose from {', '.join(rows)}")
     results = run(script, args, selected)
+    write_json(args.json, args, results)           # before the extras: they may fail where the rows did not
     print(f"\n{describe(args)}\n")
     print(table(results))
     lines = notes(results)
@@ -432,4 +433,3 @@ def main_for(script: str, doc: str, rows: tuple[str, ...],
     print()
     for line in lines:
         print(line)
-    write_json(args.json, args, results)

@@ -12,6 +12,7 @@ How time and peak are measured: benchmarks/harness.py.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -38,11 +39,11 @@ def _timed(fn, steps: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def adamw_seconds(params: list[torch.Tensor], device: torch.device, steps: int) -> float:
-    """One AdamW step over tensors shaped like ``params`` (a memory-bound pass that MAC counts do not see)."""
-    if not params:
+def adamw_seconds(shapes: list[torch.Size], device: torch.device, steps: int) -> float:
+    """One AdamW step over fp32 tensors of these shapes (a memory-bound pass that MAC counts do not see)."""
+    if not shapes:
         return 0.0
-    copies = [torch.zeros_like(p, dtype=torch.float32, requires_grad=True) for p in params]
+    copies = [torch.zeros(shape, dtype=torch.float32, device=device, requires_grad=True) for shape in shapes]
     for c in copies:
         c.grad = torch.zeros_like(c)
     optimizer = torch.optim.AdamW(copies, lr=1e-5)
@@ -83,8 +84,11 @@ def prediction(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> 
     zo_params = [p for n, p in named.items() if n not in fo]
     with torch.no_grad():
         noise = 2 * _timed(lambda: perturb_(zo_params, 7, 0.0), max(2, args.steps), device)
-    adam_all = adamw_seconds(list(named.values()), device, max(2, args.steps))
-    adam_fo = adamw_seconds([named[n] for n in fo], device, max(2, args.steps))
+    all_shapes, fo_shapes = [p.shape for p in named.values()], [named[n].shape for n in fo]
+    del model, named, zo_params          # AdamW over every tensor needs Full FT's memory: not the model on top
+    gc.collect()
+    adam_all = adamw_seconds(all_shapes, device, max(2, args.steps))
+    adam_fo = adamw_seconds(fo_shapes, device, max(2, args.steps))
     per_mac = fwd["step_s"] / t_fp
     predicted = (macs * per_mac + adam_fo + noise) / ((t_fp + t_bp) * per_mac + adam_all)
     measured = hz["step_s"] / ft["step_s"]

@@ -123,20 +123,26 @@ def test_virtual_perturbation_matches_an_in_place_one_in_losses_and_backprop(nam
     assert abs(unperturbed - float(loss_virtual)) > 1e-4  # the perturbation did change the loss
 
 
+def train_in_bf16(loaded, overrides: list[str]):
+    """Train the method ``overrides`` compose on the toy task in precision=bf16: (method, result, logged rows)."""
+    task, _ = toy(loaded)
+    cfg = compose(overrides).method
+    method = instantiate(cfg, _convert_="all")
+    rows = []
+    with use_precision("bf16"):
+        result = train_and_evaluate(method, cfg, loaded, task, CPU, 0, Meters(), lambda step, row: rows.append(row))
+    return method, result, rows
+
+
 def test_mezo_with_lr_0_for_20_steps_in_bf16_leaves_the_weights_untrained():
     loaded = load(precision="bf16")
-    task, _ = toy(loaded)
     before = snapshot(loaded.model)
-    cfg = compose(["method=mezo", "method.lr=0.0", "method.max_steps=20", "method.weight_decay=0.1"]).method
-    method = instantiate(cfg, _convert_="all")
-    with use_precision("bf16"):
-        result = train_and_evaluate(method, cfg, loaded, task, CPU, 0, Meters(), lambda *_: None)
+    _, result, _ = train_in_bf16(loaded, ["method=mezo", "method.lr=0.0", "method.max_steps=20",
+                                          "method.weight_decay=0.1"])
     assert len(result.zo_seeds) == 20
     assert bit_identical(before, snapshot(loaded.model))
     # and with a learning rate the (stochastically rounded) ZO updates do move bf16 weights
-    cfg = compose(["method=mezo", "method.lr=1e-4", "method.max_steps=3"]).method
-    with use_precision("bf16"):
-        train_and_evaluate(instantiate(cfg, _convert_="all"), cfg, loaded, task, CPU, 0, Meters(), lambda *_: None)
+    train_in_bf16(loaded, ["method=mezo", "method.lr=1e-4", "method.max_steps=3"])
     assert not bit_identical(before, snapshot(loaded.model))
 
 
@@ -234,13 +240,9 @@ def test_bf16_mixed_zo_estimate_agrees_with_autograd_in_direction():
 
 def test_hizfo_trains_in_bf16_and_logs_how_much_of_theta_fo_moved():
     loaded = load(precision="bf16")
-    task, _ = toy(loaded)
     before = snapshot(loaded.model)
-    cfg = compose(["method=hizfo", "method.max_steps=4", "method.lr=2e-5", "method.alpha_mode=loss"]).method
-    method = instantiate(cfg, _convert_="all")
-    rows = []
-    with use_precision("bf16"):
-        train_and_evaluate(method, cfg, loaded, task, CPU, 0, Meters(), lambda step, row: rows.append(row))
+    method, _, rows = train_in_bf16(loaded, ["method=hizfo", "method.max_steps=4", "method.lr=2e-5",
+                                             "method.alpha_mode=loss"])
     assert method.zo.virtual and method.fo_trainer.masters is not None
     moved = [row["train/fo_changed_fraction"] for row in rows if "train/fo_changed_fraction" in row]
     assert len(moved) == 4 and min(moved) > 0.9, moved
