@@ -134,12 +134,18 @@ def test_sigusr1_mid_run_checkpoints_requeues_and_the_requeued_job_resumes(slurm
 
 
 def skip_requeue_delay(job_id: str, env: dict[str, str], timeout: float = 300) -> None:
-    """Slurm holds a requeued job about two minutes (Reason=BeginTime); release it at once to keep the test short."""
+    """Slurm holds a requeued job about two minutes (Reason=BeginTime); release it early to keep the test short.
+
+    Not at once: slurmd refuses a job credential created in the same second as the previous run's revocation
+    (``ctime <= revoked``: "Killing non-startable batch JobId=…: Job credential revoked", and the sweep then waits
+    on a job that will never write its result), so the release waits 2 s past the requeue.
+    """
     deadline = time.time() + timeout
     while time.time() < deadline:
         state = subprocess.run(["squeue", "-h", "-j", job_id.split("_")[0], "-o", "%T %r"], capture_output=True,
                                text=True, env=env).stdout.split()
         if state[:2] == ["PENDING", "BeginTime"]:
+            time.sleep(2.0)
             subprocess.run(["scontrol", "update", f"JobId={job_id.split('_')[0]}", "StartTime=now"], env=env)
             return
         if not state:
