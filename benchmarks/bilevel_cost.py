@@ -1,30 +1,62 @@
-"""Bilevel-ZOFO's cost per training batch against a Full FT step, in one process (OPT-125M shape, 4 x 128, fp32).
+"""Bilevel-ZOFO's cost per training batch against a Full FT step, in one process.
 
-    python benchmarks/bilevel_cost.py
+    python benchmarks/bilevel_cost.py [--shape opt-125m|...] [--precision ...] [--batch 4] [--tokens 128]
+                                      [--steps 2]
 
-Since the reference's loop (one lower step a batch, an upper step every K batches) the batches of a K-cycle cost
-different amounts, so a median step (step_cost_baselines.py) would show only the lower step: this times whole
-K = 10 cycles and reports the mean per batch, interleaved with Full FT steps so load drift hits both.
-Measured 2026-11-23 on the 2-core CPU (load ~5): Full FT 18.4 s/step, Bilevel-ZOFO 20.5 s/batch, ratio 1.11,
-1.6 forwards and 1.2 backwards per batch (1 + 6/K, 1 + 2/K). Before the change (K lower steps every batch): 9.09.
+Under the reference's loop (one lower step a batch, an upper step every K batches) the batches of a K-cycle cost
+different amounts, so a median step (step_cost_baselines.py) shows only the lower step. This times whole K-cycles
+(K = ``BilevelZOFOConfig.lower_steps``, the method's default) and reports the mean per batch, each cycle between
+two Full FT steps so load drift hits both alike.
+Measured 2026-11-23 on the 2-core CPU (OPT-125M shape, 4 x 128, fp32, load ~5): Full FT 18.4 s a step,
+Bilevel-ZOFO 20.5 s a batch, ratio 1.11; 1.6 forwards and 1.2 backwards per batch (1 + 6/K, 1 + 2/K).
+Before the reference loop (K lower steps every batch): 9.09.
 """
-import argparse, statistics, sys, time
-sys.path.insert(0, "benchmarks")
-import torch
-import harness
-parser = argparse.ArgumentParser(); harness.add_arguments(parser, ("full_ft", "bilevel_zofo"))
-args = parser.parse_args([])
-torch.set_num_threads(2)
-step_ft, _ = harness.prepare("full_ft", args)
-step_bl, _ = harness.prepare("bilevel_zofo", args)
-step_ft(); [step_bl() for _ in range(10)]                 # warm-up (AdamW state; one full K cycle)
-ft, bl, passes = [], [], [0, 0]
-for r in range(2):
-    t = time.perf_counter(); step_ft(); ft.append(time.perf_counter() - t)
-    t = time.perf_counter()
-    for _ in range(10):
-        f, b = step_bl(); passes[0] += f; passes[1] += b
-    bl.append((time.perf_counter() - t) / 10)
-    t = time.perf_counter(); step_ft(); ft.append(time.perf_counter() - t)
-print(f"full_ft step {statistics.median(ft):.3f} s; bilevel per batch (mean over K=10) {statistics.mean(bl):.3f} s; "
-      f"ratio {statistics.mean(bl) / statistics.median(ft):.2f}; passes per batch {passes[0] / 20:.1f} fwd / {passes[1] / 20:.1f} bwd")
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from baselines.bilevel_zofo import BilevelZOFOConfig  # noqa: E402
+from benchmarks.harness import add_arguments, describe, prepare  # noqa: E402
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser, ("full_ft", "bilevel_zofo"))
+    args = parser.parse_args()
+    k = BilevelZOFOConfig().lower_steps
+    step_ft, _ = prepare("full_ft", args)
+    step_bl, _ = prepare("bilevel_zofo", args)
+    passes = [0, 0]                                       # forwards, backwards
+
+    def cycle() -> None:                                  # K batches: K lower steps and one upper step
+        for _ in range(k):
+            f, b = step_bl()
+            passes[0], passes[1] = passes[0] + f, passes[1] + b
+
+    step_ft()
+    cycle()                                               # warm-up: AdamW state, one whole K-cycle
+    passes[:] = [0, 0]
+    ft, bl = [seconds(step_ft)], []
+    for _ in range(args.steps):                           # Full FT, cycle, Full FT, cycle, ..., Full FT
+        bl.append(seconds(cycle) / k)
+        ft.append(seconds(step_ft))
+    batches = k * args.steps
+    print(describe(args))
+    print(f"full_ft step {statistics.median(ft):.3f} s; bilevel_zofo per batch (mean over K = {k}) "
+          f"{statistics.mean(bl):.3f} s; ratio {statistics.mean(bl) / statistics.median(ft):.2f}; "
+          f"passes per batch {passes[0] / batches:.1f} forward / {passes[1] / batches:.1f} backward")
+
+if __name__ == "__main__":
+    main()

@@ -203,7 +203,7 @@ def prepare(row: str, args: argparse.Namespace, meters: Optional[Meters] = None)
             return 1, 0
     elif row == "profiling":                 # Hi-ZFO's stage-one profiling alone (it restores the weights: repeatable)
         from hizfo.profiling import tensor_importance
-        named = [(n, p) for n, p in unique_named_parameters(model)]
+        named = list(unique_named_parameters(model))
 
         def step() -> tuple:
             tensor_importance(model, named, batch, 2e-5, 0.0)
@@ -348,8 +348,8 @@ def one_row_main(args: argparse.Namespace) -> None:
     print(json.dumps(measure(args.one, args, peak=True)))
 
 
-LABELS = {"profiling": "Hi-ZFO profiling (eq. 7), alone", "forward": "forward (inference only)", "full_ft": "Full FT (AdamW)", "hizfo": "Hi-ZFO (rho 0.6, alpha 0.1)",
-          "mezo": "MeZO (ours)", "mezo_reference": "MeZO reference pattern", "ft_top2": "FT-Top2",
+LABELS = {"forward": "forward (inference only)", "full_ft": "Full FT (AdamW)", "hizfo": "Hi-ZFO (rho 0.6, alpha 0.1)",
+          "profiling": "Hi-ZFO profiling (eq. 7), alone", "mezo": "MeZO (ours)", "mezo_reference": "MeZO reference pattern", "ft_top2": "FT-Top2",
           "greentrainer": "GreenTrainer GT-0.7", "lora": "LoRA (r 8, q/v)", "prefix": "Prefix (20 tokens)",
           "bilevel_zofo": "Bilevel-ZOFO (K = 10)"}
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import main_for  # noqa: E402
 
-ROWS = ("forward", "full_ft", "hizfo", "profiling", "ft_top2", "greentrainer", "lora", "prefix", "mezo", "mezo_reference",
-        "bilevel_zofo")
+ROWS = ("forward", "full_ft", "hizfo", "profiling", "ft_top2", "greentrainer", "lora", "prefix", "mezo",
+        "mezo_reference", "bilevel_zofo")
 
 if __name__ == "__main__":
     main_for(__file__, __doc__, ROWS)

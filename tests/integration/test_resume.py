@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 TOTAL_STEPS = 16
 # 64 examples / batch 4 = 16 steps an epoch: the runs cross an epoch boundary.
-# One torch thread: with two, about one fresh run in 30 of this command on the 2-core box profiles Hi-ZFO's
+# One torch thread: with two, 2 of 42 fresh runs of this command on the 2-core box profiled Hi-ZFO's
 # importances ~1e-5 (relative) differently, which flips a ~1e-14 importance's sign and the partition with it
 # (an open nondeterminism, not a resume defect: README, "Bitwise replay"); 40 one-thread runs were bit-identical.
 CLI_SMALL = ["logger=none", "device=cpu", "task.options.n_train=64", "task.batch_size=4", "task.options.n_eval=8",
