@@ -1,7 +1,7 @@
 """Bilevel-ZOFO's cost per training batch against a Full FT step, in one process.
 
     python benchmarks/bilevel_cost.py [--shape opt-125m|...] [--precision ...] [--batch 4] [--tokens 128]
-                                      [--steps 2]
+                                      [--steps 3]
 
 Under the reference's loop (one lower step a batch, an upper step every K batches) the batches of a K-cycle cost
 different amounts, so a median step (step_cost_baselines.py) shows only the lower step. This times whole K-cycles
