@@ -108,7 +108,7 @@ def _row(path: Path, record: RunRecord) -> dict[str, Any]:
         **swept_values(method, config["method"]), "seed": config.get("seed", 0), "variant": variant,
         "experiment": config.get("experiment"), "semantic_key": semantic_key(config),
         "config_hash": record.config_hash, "created": str(created),
-        "source": provenance.get("source", "run"),
+        "source": provenance.get("source", "run"), "environment": environment_label(provenance),
         "memory_kind": costs.memory_kind or None, "mem_gb": _number(costs.peak_memory_gb),
         "train_seconds": seconds, "time_h": seconds / 3600 if seconds is not None else None,
         "partition": record.partition, "curve": record.curve, "segments": costs.segments,
@@ -118,6 +118,29 @@ def _row(path: Path, record: RunRecord) -> dict[str, Any]:
         if number is not None:
             row[f"metric.{key}"] = number
     return row
+
+
+def environment_label(provenance: dict[str, Any]) -> Optional[str]:
+    """Which software environment a record ran in: the lock's hash (and whether the install differed from it), or,
+    for records written before the lock existed, the versions of torch, transformers and peft."""
+    if provenance.get("source", "run") != "run":
+        return None
+    if provenance.get("lock_sha256"):
+        differs = provenance.get("env_matches_lock") is False
+        return f"lock {provenance['lock_sha256']}" + (" (installed versions differed)" if differs else "")
+    packages = provenance.get("packages") or {}
+    return "unlocked: " + ", ".join(f"{name} {packages.get(name)}" for name in ("torch", "transformers", "peft"))
+
+
+def warn_mixed_environments(frame: pd.DataFrame, report: Report, what: str) -> None:
+    """One warning when the records that feed ``what`` come from more than one software environment."""
+    if frame.empty or "environment" not in frame:
+        return
+    counts = frame["environment"].dropna().value_counts()
+    if len(counts) > 1:
+        listing = "; ".join(f"{label}: {n} records" for label, n in counts.items())
+        report.warn(f"{what} mixes records from {len(counts)} software environments ({listing}); library versions "
+                    f"can move scores, so compare within one environment or re-run the others")
 
 
 def load_records(results_dir: str | Path, report: Optional[Report] = None) -> pd.DataFrame:
@@ -176,7 +199,9 @@ def settle_cells(frame: pd.DataFrame, report: Optional[Report] = None) -> pd.Dat
             report.note(f"cell {describe_cell(cell)}: the same config and seed appear in several records; counted "
                         f"once (kept the newest): {', '.join(group[group['seed'].isin(duplicated['seed'])]['path'])}")
         kept.append(group.drop_duplicates("seed", keep="last"))
-    return pd.concat(kept, ignore_index=True) if kept else ok.iloc[0:0]
+    settled = pd.concat(kept, ignore_index=True) if kept else ok.iloc[0:0]
+    warn_mixed_environments(settled, report, "the table's records")
+    return settled
 
 
 def describe_cell(cell: tuple[Any, ...]) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import torch
 
+from hizfo.lockfile import environment_status
 from hizfo.methods import MethodSummary
 
 SCHEMA_VERSION = 2          # 2: typed RunRecord (method_summary, curve, resumes); 1: the untyped dict before it
@@ -97,7 +98,7 @@ def git_state(repo: Path = _REPO) -> dict[str, Any]:
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
-    """Git state, package versions and the device a run used."""
+    """Git state, package versions, whether they are the lock's (hizfo.lockfile) and the device a run used."""
     versions = {}
     for name in _PACKAGES:
         try:
@@ -105,7 +106,8 @@ def provenance(device: torch.device) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    return {**git_state(), "python": platform.python_version(), "packages": versions,
+    # lock_sha256, env_matches_lock (None without a lock), lock_differences: was this the locked environment?
+    return {**git_state(), "python": platform.python_version(), "packages": versions, **environment_status(),
             "device": str(device), "device_name": device_name, "cuda": torch.version.cuda,
             "hostname": socket.gethostname(), "cpu_count": os.cpu_count(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

