@@ -99,6 +99,7 @@ class RunConfig:
     checkpoint_dir: Optional[str] = None  # None: <results_dir>/../checkpoints
     checkpoint_every: int = 0            # steps between checkpoints; 0: only on a preemption signal
     experiment: Optional[str] = None     # the preset that launched this run, if any
+    study_seeds: Optional[int] = None    # a study arm's number of seeds (scripts/run_study.py); reports only
     curve_every: int = 10                # the record's training-loss curve: one mean per this many steps
     eval_loss_every_epoch: bool = True   # the curve's epoch-end eval loss (teacher-forced, not timed as training)
     train_dropout: bool = False          # one dropout setting for every method: off (eval-mode training forwards,

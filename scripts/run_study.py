@@ -1,0 +1,152 @@
+"""Run a study preset to completion in resumable slices: every arm at its own number of seeds, N runs side by side.
+
+    python scripts/run_study.py smollm2_study_cpu --hours 2          # one slice of at most ~2 h, two workers
+    python scripts/run_study.py smollm2_study_cpu --dry-run          # the plan: what is done, what is left
+
+The arms are the preset's ``+study_arm`` sweep list; each arm's seed count is its ``study_seeds`` (a reporting key
+set in the arm's yaml; the preset's default otherwise). Runs go seed by seed, so a stopped study has whole seeds of
+every arm first. A run whose ok record exists with today's config hash is skipped before any process starts (the
+record path and hash come from hizfo.runspec.RunSpec, as run.py computes them). Each run is one
+``python run.py experiment=P +study_arm=A seed=S num_threads=T`` process with its log under
+``<results_dir>/../logs/``. At the deadline no run is started; runs still going get ``--grace`` minutes, then
+SIGTERM, which makes run.py checkpoint and exit, so the next slice resumes them from their checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+@dataclass
+class PlannedRun:
+    arm: str
+    seed: int
+    path: Path
+    done: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}/seed{self.seed}"
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    import baselines  # noqa: F401  (method schemas, as run.py)
+    import hizfo.hybrid  # noqa: F401
+    from hizfo.config import register_schemas
+    register_schemas()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def arms_of(preset: str) -> list[str]:
+    """The preset's ``+study_arm`` sweep list, in its order."""
+    from omegaconf import OmegaConf
+    raw = OmegaConf.load(REPO / "conf" / "experiment" / f"{preset}.yaml")
+    listed = OmegaConf.select(raw, "hydra.sweeper.params", default={}) or {}
+    arms = listed.get("+study_arm")
+    if not arms:
+        raise SystemExit(f"experiment={preset}: its hydra.sweeper.params has no '+study_arm' list")
+    return [a.strip() for a in str(arms).split(",") if a.strip()]
+
+
+def plan(preset: str, only: Optional[set[str]] = None) -> list[PlannedRun]:
+    """Every run of the study, seeds slowest, with whether its ok record (today's hash) exists."""
+    from hizfo.records import RunRecord
+    from hizfo.runspec import RunSpec, config_hash
+    per_arm: dict[str, int] = {}
+    for arm in arms_of(preset):
+        if only and arm not in only:
+            continue
+        config = _compose([f"experiment={preset}", f"+study_arm={arm}"])
+        per_arm[arm] = int(config.get("study_seeds") or 1)
+    runs = []
+    for seed in range(max(per_arm.values(), default=0)):
+        for arm, n in per_arm.items():
+            if seed >= n:
+                continue
+            overrides = [f"experiment={preset}", f"+study_arm={arm}", f"seed={seed}"]
+            spec = RunSpec.build(_compose(overrides), overrides)
+            record = RunRecord.read(spec.path)
+            done = bool(record and record.status == "ok" and spec.same_run(config_hash(record.config)))
+            runs.append(PlannedRun(arm, seed, spec.path, done))
+    return runs
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("preset", help="an experiment preset with a '+study_arm' sweep (e.g. smollm2_study_cpu)")
+    parser.add_argument("--hours", type=float, default=2.0, help="start no run after this many hours (default 2)")
+    parser.add_argument("--grace", type=float, default=20.0,
+                        help="minutes a run still going at the deadline may finish before SIGTERM (default 20)")
+    parser.add_argument("--workers", type=int, default=2, help="runs side by side (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    parser.add_argument("--only", default="", help="comma-separated arms to run (default: all)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.threads < 1 or args.hours <= 0:
+        parser.error("--workers and --threads must be >= 1 and --hours > 0")
+    if not (REPO / "conf" / "experiment" / f"{args.preset}.yaml").is_file():
+        print(f"experiment={args.preset}: no such preset under conf/experiment/", file=sys.stderr)
+        return 2
+    runs = plan(args.preset, {a for a in args.only.split(",") if a} or None)
+    todo = [r for r in runs if not r.done]
+    print(f"{args.preset}: {len(runs)} runs planned, {len(runs) - len(todo)} done, {len(todo)} to run")
+    if args.dry_run:
+        for run in runs:
+            print(f"  {'done' if run.done else 'todo'}  {run.name}  {run.path.relative_to(REPO) if run.path.is_relative_to(REPO) else run.path}")
+        return 0
+    if not todo:
+        return 0
+    logs = todo[0].path.parents[5] / "logs" if len(todo[0].path.parents) > 5 else REPO / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + args.hours * 3600
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    running: dict[subprocess.Popen, tuple[PlannedRun, float]] = {}
+    failures = 0
+    queue = list(todo)
+    stopping_at: Optional[float] = None
+    while queue or running:
+        now = time.monotonic()
+        while queue and len(running) < args.workers and now < deadline:
+            run = queue.pop(0)
+            log = open(logs / f"{run.arm}_seed{run.seed}.log", "a")
+            cmd = [sys.executable, str(REPO / "run.py"), f"experiment={args.preset}", f"+study_arm={run.arm}",
+                   f"seed={run.seed}", f"num_threads={args.threads}"]
+            print(f"start {run.name}", flush=True)
+            running[subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)] = (run, now)
+        if now >= deadline and queue:
+            print(f"deadline: {len(queue)} runs left for the next slice", flush=True)
+            queue.clear()
+        if now >= deadline and running and stopping_at is None:
+            stopping_at = now + args.grace * 60
+        if stopping_at is not None and now >= stopping_at:
+            for proc in running:
+                proc.send_signal(signal.SIGTERM)          # run.py checkpoints and exits; the next slice resumes
+            stopping_at = float("inf")
+        for proc in [p for p in running if p.poll() is not None]:
+            run, started = running.pop(proc)
+            failures += proc.returncode != 0
+            print(f"{'done' if proc.returncode == 0 else f'exit {proc.returncode}'} {run.name} "
+                  f"({(time.monotonic() - started) / 60:.1f} min)", flush=True)
+        time.sleep(2)
+    left = sum(not r.done for r in plan(args.preset, {a for a in args.only.split(",") if a} or None))
+    print(f"{args.preset}: slice over; {left} runs left, {failures} exited non-zero (their logs: {logs})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
