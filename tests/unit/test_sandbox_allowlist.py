@@ -244,10 +244,13 @@ def test_the_namespaces_view_has_no_path_to_anything_but_the_runtime():
     repo = Path(hizfo.__file__).resolve().parents[1]
     import sys
     stdlib = os.path.dirname(os.path.realpath(os.__file__))
-    absent = [str(answer_key()), str(answer_key().parent.parent), str(repo), sys.prefix, "/work", "/home",
-              "/etc/passwd", "/usr/bin", "/usr/share", "/var", "/sys", "/run", os.path.join(stdlib, "site-packages", "pip")]
+    key_paths = [str(answer_key()), str(answer_key().parent.parent), str(repo), sys.prefix]
+    others = ["/work", "/home", "/etc/passwd", "/usr/bin", "/usr/share", "/var", "/sys", "/run",
+              os.path.join(stdlib, "site-packages")]
+    absent = key_paths + [os.path.join(path, name) for path in others if os.path.isdir(path)
+                          for name in sorted(os.listdir(path))[:3]] + [p for p in others if os.path.isfile(p)]
     present = [os.path.realpath(sys.executable), os.path.join(stdlib, "json", "__init__.py"), "/tmp", "/proc/self"]
-    assert all(os.path.exists(path) for path in absent + present)   # all of them exist on the host
+    assert all(os.path.exists(path) for path in key_paths + present)   # the evaluator sees them
     code = (f"import os\nprint([p for p in {absent!r} if os.path.lexists(p)], "
             f"[p for p in {present!r} if not os.path.exists(p)])\n")
     result = run_program(code, isolation="namespaces")
@@ -286,3 +289,35 @@ def test_ioctl_beyond_the_safe_set_is_refused_and_scores_zero(level):
     assert (score, status) == (0.0, "failed")
     assert refused == {name: errno.EPERM for name in steps}  # os.set_inheritable's FIOCLEX/FIONCLEX is allowed
     assert inode_state(target) == before
+
+
+# -- levels: a level that cannot contain code is refused before anything runs ---------------------------------------
+def test_a_level_that_cannot_work_here_is_refused_in_one_line(monkeypatch):
+    import hizfo.sandbox as sandbox
+    from hizfo.errors import ConfigError
+    from hizfo.tasks.humaneval import HumanEvalTask
+    from tests.unit.test_tasks import FIXTURES, OmegaConf, compose
+    monkeypatch.setattr(sandbox, "namespaces_unavailable_reason", lambda: "bubblewrap (bwrap) is not installed")
+    monkeypatch.setattr(sandbox, "process_unavailable_reason", lambda: "sandbox: SetupError: Landlock is not available")
+    with pytest.raises(ConfigError, match=r"isolation=namespaces does not work here \(bubblewrap") as refused:
+        sandbox.isolation_level("namespaces")
+    assert "\n" not in str(refused.value)
+    cfg = compose(["task=humaneval", f"task.data_files.train={FIXTURES / 'humaneval/mbpp_train.jsonl'}",
+                   "task.allow_code_execution=true"]).task
+    with pytest.raises(ConfigError, match=r"isolation=process does not work here: it needs seccomp and Landlock"):
+        HumanEvalTask(**OmegaConf.to_container(cfg, resolve=True))     # when the task is built, before training
+
+
+@pytest.mark.skipif(NO_PROCESS is not None, reason=str(NO_PROCESS))
+def test_the_process_level_warns_once_naming_what_it_does_not_isolate(monkeypatch):
+    import warnings
+    import hizfo.sandbox as sandbox
+    monkeypatch.setattr(sandbox, "namespaces_unavailable_reason", lambda: "bubblewrap (bwrap) is not installed")
+    sandbox._warn_process_level.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert sandbox.isolation_level("auto") == "process"
+        assert sandbox.isolation_level("auto") == "process"
+    messages = [str(w.message) for w in caught if "hizfo.sandbox" in str(w.message)]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert all(word in messages[0] for word in ("bubblewrap", "IPC", "network", "PID", "UTS", "mount"))
