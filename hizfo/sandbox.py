@@ -255,8 +255,9 @@ def _symlink_chain(path: str, links: dict[str, str]) -> str:
 
 def _shared_libraries(files: list[str]) -> list[str]:
     """The shared libraries (and the dynamic loader) that ``files`` load, as ldd resolves them."""
+    ldd = shutil.which("ldd", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/bin"])) or "ldd"
     try:
-        listing = subprocess.run(["ldd", *files], capture_output=True, text=True, timeout=60).stdout
+        listing = subprocess.run([ldd, *files], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise ConfigError(f"hizfo.sandbox: cannot list the interpreter's shared libraries with ldd ({exc})") \
             from None
