@@ -126,8 +126,8 @@ def humaneval_program(problem: dict, completion: str) -> str:
 
 
 def humaneval_results(completions: dict[str, str], *, timeout: float = 3.0, problems: Optional[dict] = None,
-                      workers: Optional[int] = None, memory_mb: int = 1024, isolation: str = "auto",
-                      guard: bool = True) -> dict[str, "ProgramResult"]:
+                      workers: Optional[int] = None, memory_mb: int = 1024, isolation: str = "auto"
+                      ) -> dict[str, "ProgramResult"]:
     """Run each completion against its problem's tests in the sandbox; one result per task id.
 
     The harness's program (:func:`humaneval_program`) is split: prompt + completion run untrusted and serve the
@@ -143,7 +143,7 @@ def humaneval_results(completions: dict[str, str], *, timeout: float = 3.0, prob
     programs = [CheckedProgram(code=problems[t]["prompt"] + completions[t], entry_point=problems[t]["entry_point"],
                                tests=f"{problems[t]['prompt']}\n\n{problems[t]['test']}\n") for t in task_ids]
     results = run_checks(programs, SandboxLimits(timeout=timeout, memory_mb=memory_mb), workers=workers,
-                         guard=guard, isolation=isolation)
+                         isolation=isolation)
     return dict(zip(task_ids, results))
 
 

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from hizfo.errors import ConfigError
 from hizfo.metrics import humaneval_results, pass_at_1
 from hizfo.stopping import cut_at, find_stop
-from hizfo.sandbox import ISOLATION_LEVELS, SandboxLimits, require_opt_in
+from hizfo.sandbox import ISOLATION_LEVELS, SandboxLimits, isolation_level, require_opt_in
 from hizfo.tasks.base import Example
 from hizfo.tasks.hub import HubSource, HubTask, as_list
 from hizfo.tasks.templates import reasoning_example
@@ -58,6 +58,7 @@ class HumanEvalTask(HubTask):
         if self.isolation not in ISOLATION_LEVELS:
             raise ConfigError(f"task.options.sandbox_isolation: must be one of {ISOLATION_LEVELS}, "
                               f"got {self.isolation!r}")
+        isolation_level(self.isolation)   # a level that cannot contain code here is refused now, not after training
         self.code_stops = tuple(str(stop) for stop in opts.get("code_stops", CODE_STOPS))
         self.eval_source = str(opts.get("eval_source", "package"))
         if self.eval_source not in ("package", "hub"):

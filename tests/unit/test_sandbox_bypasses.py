@@ -1,7 +1,7 @@
-"""Issue 14: the bypasses a reviewer found in the sandbox, each run at every isolation level this machine has.
+"""The bypasses an earlier review found in the sandbox, each run at every isolation level this machine has.
 
 Each hostile completion is a *correct* HumanEval/0 solution followed by the attack, so a score of 0 means the
-sandbox failed it because of the attack. The guard (Python audit hook) is off: these check the kernel layers.
+sandbox failed it because of the attack. There is no Python-level guard: these check the kernel layers.
 """
 from __future__ import annotations
 
@@ -16,18 +16,18 @@ from pathlib import Path
 import pytest
 
 from hizfo.metrics import humaneval_results, pass_at_1
-from hizfo.sandbox import (CheckedProgram, SandboxLimits, isolation_level, run_checks, run_program,
-                           seccomp_unavailable_reason)
+from hizfo.sandbox import (CheckedProgram, SandboxLimits, namespaces_unavailable_reason, process_unavailable_reason,
+                           run_checks, run_program)
 
-NO_SECCOMP = seccomp_unavailable_reason()
-HAS_NAMESPACES = isolation_level() == "namespaces"
+NO_NAMESPACES = namespaces_unavailable_reason()
+NO_PROCESS = process_unavailable_reason()
+HAS_NAMESPACES = NO_NAMESPACES is None
 LIMITS = SandboxLimits(timeout=2.0, startup_grace=5.0)
 PROCESS = pytest.param("process", marks=pytest.mark.skipif(
-    NO_SECCOMP is not None, reason=f"the process level contains these only with seccomp: {NO_SECCOMP}"))
+    NO_PROCESS is not None, reason=f"the process level does not work here: {NO_PROCESS}"))
 NAMESPACES = pytest.param("namespaces", marks=pytest.mark.skipif(
-    not HAS_NAMESPACES, reason="the namespaces level needs root and a working unshare"))
+    NO_NAMESPACES is not None, reason=f"the namespaces level does not work here: {NO_NAMESPACES}"))
 LEVELS = [PROCESS, NAMESPACES]
-NEEDS_SECCOMP = pytest.mark.skipif(NO_SECCOMP is not None, reason=f"refused only by seccomp: {NO_SECCOMP}")
 
 
 def canonical(task_id: str = "HumanEval/0") -> str:
@@ -37,8 +37,8 @@ def canonical(task_id: str = "HumanEval/0") -> str:
 
 def score_hostile(attack: str, level: str) -> tuple[float, str]:
     """pass@1 and status of a correct HumanEval/0 solution followed by ``attack`` at module level."""
-    result = humaneval_results({"HumanEval/0": canonical() + "\n" + attack}, timeout=2.0, isolation=level,
-                               guard=False)["HumanEval/0"]
+    result = humaneval_results({"HumanEval/0": canonical() + "\n" + attack}, timeout=2.0,
+                               isolation=level)["HumanEval/0"]
     return pass_at_1([result.passed]), result.status
 
 
@@ -75,13 +75,14 @@ def test_the_kernel_layers_are_active_at_every_level():
             " status['CapBnd'].strip(), status['Uid'].split()[0])\n")
     levels = ["process"] + (["namespaces"] if HAS_NAMESPACES else [])
     for level in levels:
-        result = run_program(code, LIMITS, guard=False, isolation=level)
+        result = run_program(code, LIMITS, isolation=level)
         seccomp, no_new_privs, effective, bounding, uid = result.stdout.split()
-        assert (seccomp, no_new_privs) == ("2" if NO_SECCOMP is None else "0", "1"), level
-        if os.geteuid() == 0:                              # root's capabilities are dropped at both levels
-            assert int(effective, 16) == 0 and int(bounding, 16) == 0, level
+        assert (seccomp, no_new_privs) == ("2", "1"), level
+        assert int(effective, 16) == 0, level              # no capability at either level, even for root
+        if os.geteuid() == 0 and level == "process":       # root's bounding set is emptied too
+            assert int(bounding, 16) == 0
         if level == "namespaces":
-            assert int(uid) >= 1_000_000
+            assert int(uid) == 65534                       # nobody, in its own user namespace
 
 
 # -- writes outside the temporary directory, through any path ----------------------------------------------------
@@ -115,12 +116,15 @@ def test_no_write_path_reaches_a_host_file(level, host_dir):
         "unlink": "os.unlink('existing.txt', dir_fd=fd)",
         "mkfifo": "os.mkfifo('h', dir_fd=fd)",
     }
-    code = (f"import os\nfd = os.open({str(host_dir)!r}, os.O_RDONLY)\n"
+    # neither level lets it open the host directory (Landlock; not in the view): then the same attempts go
+    # through a descriptor of its own working directory (seccomp refuses them there too)
+    code = (f"import os\ntry:\n    fd = os.open({str(host_dir)!r}, os.O_RDONLY)\n"
+            f"except OSError:\n    fd = os.open('.', os.O_RDONLY)\n"
             f"join = lambda name: os.path.join({str(host_dir)!r}, name)\nworked = []\n")
     for name, attempt in attempts.items():
         code += f"try:\n    {attempt}\n    worked.append({name!r})\nexcept OSError:\n    pass\n"
     code += "print(worked)\n"
-    result = run_program(code, LIMITS, guard=False, isolation=level)
+    result = run_program(code, LIMITS, isolation=level)
     assert result.passed, result.stderr
     assert result.stdout.strip() == "[]"
     assert sorted(p.name for p in host_dir.iterdir()) == ["existing.txt"]
@@ -157,7 +161,7 @@ def test_no_signal_or_other_reach_into_an_outside_process(level, victim):
     for name, attempt in attempts.items():
         code += f"try:\n    {attempt}\n    worked.append({name!r})\nexcept (OSError, ValueError):\n    pass\n"
     code += "print(worked)\n"
-    result = run_program(code, LIMITS, guard=False, isolation=level)
+    result = run_program(code, LIMITS, isolation=level)
     time.sleep(0.1)
     assert result.passed, result.stderr
     assert result.stdout.strip() == "[]"
@@ -196,8 +200,7 @@ def test_setsid_child_from_fork_exec_is_contained_and_scores_zero(level, listene
               "[sys.executable.encode()], True, (), None, None, -1, -1, -1, -1, -1, -1, r, w, True, True, -1, "
               "None, None, None, -1, None, False)\n")
     score, status = score_hostile(attack, level)
-    if NO_SECCOMP is None:                                 # without seccomp, the namespace still holds the child
-        assert (score, status) == (0.0, "failed")
+    assert (score, status) == (0.0, "failed")
     assert not connected(listener)                         # nothing survived to connect after the call
     left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and marker.encode() in _cmdline(p)]
     assert left == []
@@ -210,7 +213,6 @@ def _cmdline(proc_dir: Path) -> bytes:
         return b""
 
 
-@NEEDS_SECCOMP
 @pytest.mark.parametrize("level", LEVELS)
 def test_no_child_process_and_no_socket(level, listener):
     port = listener.getsockname()[1]
@@ -226,7 +228,7 @@ def test_no_child_process_and_no_socket(level, listener):
     for name, attempt in attempts.items():
         code += f"try:\n    {attempt}\n    worked.append({name!r})\nexcept OSError:\n    pass\n"
     code += "print(worked)\n"
-    result = run_program(code, LIMITS, guard=False, isolation=level)
+    result = run_program(code, LIMITS, isolation=level)
     assert result.passed, result.stderr
     assert result.stdout.strip() == "[]"
     assert not connected(listener)
@@ -244,7 +246,7 @@ def test_a_file_of_another_uid_cannot_be_read_and_scores_zero(level, host_dir):
     assert (score, status) == (0.0, "failed")
 
 
-@pytest.mark.skipif(not HAS_NAMESPACES, reason="the namespaces level needs root and a working unshare")
+@pytest.mark.skipif(not HAS_NAMESPACES, reason=f"the namespaces level does not work here: {NO_NAMESPACES}")
 @pytest.mark.skipif(not os.path.exists("/etc/shadow") or os.stat("/etc/shadow").st_mode & 0o004,
                     reason="needs a root-only /etc/shadow")
 def test_root_only_files_cannot_be_read_at_the_namespaces_level():
@@ -285,7 +287,7 @@ FORGE = ("import os, re, sys\nfound = set()\nframe = sys._getframe()\nwhile fram
 def test_the_checked_verdict_cannot_be_forged(level):
     # run_program's token lives in the program's own process: a program that searches for it can fake success
     # (the documented limit of run_program) ...
-    assert run_program(FORGE, LIMITS, guard=False, isolation=level).status == "passed"
+    assert run_program(FORGE, LIMITS, isolation=level).status == "passed"
     # ... the checked mode has no token: the verdict is the supervisor's exit status after check() returned
     score, status = score_hostile(FORGE, level)
     assert (score, status) == (0.0, "failed")
@@ -304,6 +306,6 @@ def test_the_untrusted_side_never_holds_the_tests(level):
              "        if isinstance(s, str) and re.search('[h]izfo-tests-[0-9a-f]{16}', s)]\n"
              "def answer(x):\n    return [left, reach, seen]\n")
     tests = f"# {marker}\ndef check(candidate):\n    assert candidate(1) == [b'', [], []], candidate(1)\n"
-    result = run_checks([CheckedProgram(code=probe, entry_point="answer", tests=tests)], LIMITS, guard=False,
+    result = run_checks([CheckedProgram(code=probe, entry_point="answer", tests=tests)], LIMITS,
                         isolation=level)[0]
     assert result.passed, result.stderr
