@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser, rows: tuple[str, ...]) -> Non
     parser.add_argument("--layers", type=int, help="override the shape's number of blocks")
     parser.add_argument("--hidden", type=int, help="override the shape's hidden size")
     parser.add_argument("--ffn", type=int, help="override the shape's feed-forward size")
+    parser.add_argument("--vocab", type=int, help="override the shape's vocabulary size")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--batch", type=int, default=4, help="sequences per batch")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per sequence (the second half carries the loss)")
@@ -62,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser, rows: tuple[str, ...]) -> Non
 
 def shape_of(args: argparse.Namespace) -> dict[str, Any]:
     shape = dict(SHAPES[args.shape])
-    for key in ("layers", "hidden", "ffn"):
-        if getattr(args, key) is not None:
+    for key in ("layers", "hidden", "ffn", "vocab"):
+        if getattr(args, key, None) is not None:
             shape[key] = getattr(args, key)
     if args.hidden is not None and shape["hidden"] % shape["heads"]:
         shape["heads"] = max(h for h in range(1, 65) if shape["hidden"] % h == 0 and shape["hidden"] // h >= 32)
@@ -248,15 +249,20 @@ def timed_step(step: Callable[[], tuple], device: torch.device) -> tuple[float, 
     return time.perf_counter() - start, counts
 
 
-def measure(row: str, args: argparse.Namespace, peak: bool) -> dict[str, Any]:
+def measure(row: str, args: argparse.Namespace, peak: bool, timed: Optional[int] = None) -> dict[str, Any]:
     """One row on a fresh model: median step seconds (one warm-up step: AdamW creates its state there), and
-    (``peak``) the peak memory from set-up on."""
+    (``peak``) the peak memory from set-up on.
+
+    ``timed``: how many steps to time after the warm-up; by default ``args.steps``, or 1 with ``peak`` (on CPU the
+    peak subprocess's fixed mmap threshold slows the steps; CUDA's allocator counter has no such cost, so a CUDA
+    caller may time and read the peak in one go: benchmarks/gpu_check.py)."""
     device = torch.device(args.device)
     meters = Meters() if peak else None
+    n_timed = timed if timed is not None else (1 if peak else args.steps)
     with use_precision(args.precision):
         step, out = prepare(row, args, meters)
         times = []
-        for i in range(1 + (1 if peak else args.steps)):
+        for i in range(1 + n_timed):
             seconds, counts = timed_step(step, device)
             if i:
                 times.append(seconds)
@@ -296,8 +302,8 @@ def _trim() -> None:
 def _argv(args: argparse.Namespace, row: str) -> list[str]:
     argv = ["--one", row, "--shape", args.shape, "--precision", args.precision, "--batch", str(args.batch),
             "--tokens", str(args.tokens), "--steps", str(args.steps), "--device", args.device]
-    for key in ("layers", "hidden", "ffn"):
-        if getattr(args, key) is not None:
+    for key in ("layers", "hidden", "ffn", "vocab"):
+        if getattr(args, key, None) is not None:
             argv += [f"--{key}", str(getattr(args, key))]
     return argv
 
