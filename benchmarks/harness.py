@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hizfo.meters import Meters  # noqa: E402
+from hizfo.meters import Meters, synchronize  # noqa: E402
 from hizfo.precision import PRECISIONS, check_precision, use_precision, weight_dtype  # noqa: E402
 
 # the real models' shapes (random init: the benchmarks measure cost, not quality)
@@ -177,9 +177,7 @@ def mezo_reference_step(model, params, batch, seed: int, lr: float, eps: float) 
         p.data = p.data - lr * projected_grad * z
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+sync = synchronize            # hizfo.meters: wait for CUDA's queued work around every timer
 
 
 def prepare(row: str, args: argparse.Namespace, meters: Optional[Meters] = None) -> tuple[Callable[[], tuple], dict]:
