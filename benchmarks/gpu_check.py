@@ -60,7 +60,8 @@ NEEDED = {"hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-pyt
 class Scale:
     """Where the check runs and at what size; the seconds are the planning estimates --minutes divides."""
     device: str
-    model: list[str]                # run.py overrides choosing the model
+    model: str                      # conf/model/<model>.yaml: the shape, built once (random init) and saved
+    threads: list[str]              # run.py overrides for the CPU threads
     harness: list[str]              # benchmarks/harness.py arguments for the measurements
     timed_steps: int                # harness steps timed per row, after one warm-up
     cell_s: float                   # estimated seconds per cell (model build + 10 steps + evaluation)
@@ -68,12 +69,13 @@ class Scale:
     start_s: float                  # imports, CUDA context
 
 
-# GPU estimates: OPT-1.3B-shaped random init is built on the CPU (~5-8 s with 16 cores) then moved; not yet
-# measured on a GPU, so the plan is conservative and the run also stops starting cells at the deadline
-GPU = Scale(device="cuda", model=["model=opt-1.3b-shape"],
+# GPU estimates, not yet measured on a GPU (the run also stops starting cells at the deadline): a cell loads the
+# saved random-init weights (5.2 GB fp32) and moves them to the GPU, 10 steps, 8 short generations; the start builds
+# the weights once on the CPU (~10 s for 1.3 G normal draws) and saves them; the harness builds on the GPU
+GPU = Scale(device="cuda", model="opt-1.3b-shape", threads=[],
             harness=["--shape", "opt-1.3b", "--batch", "8", "--tokens", "128"], timed_steps=5,
-            cell_s=12.0, measure_s=45.0, start_s=20.0)
-CPU_SMOKE = Scale(device="cpu", model=["model=tiny-opt", "num_threads=1"],
+            cell_s=8.0, measure_s=25.0, start_s=45.0)
+CPU_SMOKE = Scale(device="cpu", model="tiny-opt", threads=["num_threads=1"],
                   harness=["--shape", "opt-125m", "--layers", "2", "--hidden", "128", "--ffn", "512", "--vocab", "2048",
                            "--batch", "2", "--tokens", "32"], timed_steps=2, cell_s=1.0, measure_s=3.0, start_s=8.0)
 # every cell: the toy task, small, no tuning file (the methods' schema defaults: the paper's rates), no W&B
@@ -197,12 +199,39 @@ def install_missing(wheelhouse: Path) -> list[str]:
 # step 2-3: the cells, through run.run
 
 
-def run_cell(cell: Cell, scale: Scale, out: Path) -> dict[str, Any]:
+def compose_run(overrides: list[str]):
+    """The run config ``python run.py <overrides>`` composes, with its Hydra part (``HydraConfig``) kept."""
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def save_random_weights(scale: Scale, out: Path) -> list[str]:
+    """Build conf/model/<scale.model>.yaml's random-init model once (run.py's own load_model, seed 0, fp32) and save
+    it with its tokenizer; every cell then loads it (model.arch=null model.path=DIR), which takes a second where
+    the CPU's random init of OPT-1.3B's shape takes ~10 s. Returns the run.py overrides that select it."""
+    from omegaconf import OmegaConf
+
+    from hizfo.models import load_model
+    from hizfo.runspec import hash_of
+    kwargs = OmegaConf.to_container(compose_run([f"model={scale.model}"]).model, resolve=True)
+    kwargs.pop("_target_")
+    folder = out / "weights" / f"{scale.model}-{hash_of(kwargs, 8)}"      # a changed yaml builds anew
+    if not (folder / "config.json").exists():
+        loaded = load_model(**kwargs, seed=0, precision="fp32")
+        tmp = folder.with_name(folder.name + ".tmp")
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        tmp.rename(folder)
+        del loaded
+    return [f"model={scale.model}", "model.arch=null", f"model.path={folder}"]
+
+
+def run_cell(cell: Cell, scale: Scale, out: Path, model: list[str]) -> dict[str, Any]:
     """``run.run`` on the config ``python run.py <overrides>`` composes (tests/unit/test_paper_tasks_on_tiny_models.py
     does the same): the record it wrote, or the failed record, or a dict with the error."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
     import run as entry
     from hizfo.cli import config_error_in
@@ -210,15 +239,14 @@ def run_cell(cell: Cell, scale: Scale, out: Path) -> dict[str, Any]:
     from hizfo.records import read_record
     from hizfo.runspec import RunSpec
 
-    overrides = [*COMMON, *scale.model, f"device={scale.device}", f"results_dir={out / 'runs'}", *cell.overrides]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    overrides = [*COMMON, *model, *scale.threads, f"device={scale.device}", f"results_dir={out / 'runs'}",
+                 *cell.overrides]
+    cfg = compose_run(overrides)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(out / "hydra" / cell.name.replace("/", "_"))
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
-    from omegaconf import OmegaConf
     path = RunSpec.build(OmegaConf.to_container(cfg, resolve=True), overrides).path
     cell.record = str(path)
     try:
@@ -443,6 +471,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         cells, measured_precisions, dropped = plan(build_cells(methods, args.inject_failure), scale, args.minutes)
         if args.no_measure:
             measured_precisions = []
+        if importlib.util.find_spec("torch") is None:
+            raise BadInput(f"torch is not installed for {sys.executable} (the check expects a PyTorch image; "
+                           f"set PYTHON= to the interpreter that has it)")
         import torch
         if not args.cpu_smoke and not torch.cuda.is_available():
             raise BadInput("no CUDA device on this machine (torch.cuda.is_available() is False); "
@@ -475,13 +506,14 @@ def run_all(args: argparse.Namespace, scale: Scale, cells: list[Cell], measured_
     if args.cpu_smoke:
         torch.set_num_threads(1)
     records: dict[str, dict] = {}
+    model = save_random_weights(scale, out)
     for cell in cells:
         if time.monotonic() > deadline:
             cell.status = "skipped"
             say(verdict(cell))
             continue
         start = time.monotonic()
-        record = run_cell(cell, scale, out)
+        record = run_cell(cell, scale, out, model)
         cell.seconds = time.monotonic() - start
         records[cell.name] = record
         judge(cell, record, records)
@@ -503,7 +535,7 @@ def run_all(args: argparse.Namespace, scale: Scale, cells: list[Cell], measured_
     from benchmarks import harness
     report = {"started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": device_name(scale.device), "device": scale.device, "cpu_smoke": args.cpu_smoke,
-              "shape": " ".join(scale.model), "minutes": args.minutes, "steps_per_cell": STEPS,
+              "shape": f"model={scale.model} (random init, saved once)", "minutes": args.minutes, "steps_per_cell": STEPS,
               "measure_shape": harness.describe(harness_args(scale, "fp32")).replace("precision=fp32, ", ""),
               "cells": [asdict(c) for c in cells], "ratios": ratio_rows, "measurements": raw,
               "dropped": dropped, "summary": summary,
