@@ -9,7 +9,8 @@ What it does, in one process:
   2. runs every training method and both controls (every conf/method/*.yaml but zero_shot) x precision in
      {fp32, bf16-mixed, bf16} through ``run.run`` (what ``python run.py`` calls, so the same validation, loop,
      meters and record), 10 steps each on ``task=toy`` with random-init weights at OPT-1.3B shape
-     (conf/model/opt-1.3b-shape.yaml; --cpu-smoke: tiny-opt), zero-shot once per precision, and bf16 MeZO at lr 0;
+     (conf/model/opt-1.3b-shape.yaml, built once by run.py's load_model and saved, then loaded by every cell;
+     --cpu-smoke: tiny-opt), zero-shot once per precision, and bf16 MeZO at lr 0;
   3. checks each cell's record: ``ok``; the training loss finite; bf16 MeZO at lr 0 leaves the weights
      bit-identical (its final_params_sha256 equals the untouched bf16 zero-shot model's); bf16 and bf16-mixed
      Hi-ZFO (and its controls) change >= 99 % of Θ_FO in every one of the 10 steps (fo_changed_fraction_min);
@@ -281,11 +282,14 @@ def judge(cell: Cell, record: dict[str, Any], records: dict[str, dict]) -> None:
                 cell.problems.append(f"ran {costs.get('steps')} steps")
             if costs.get("steps") and costs.get("train_seconds") is not None:
                 cell.facts["step_s"] = (costs["train_seconds"] - (costs.get("setup_seconds") or 0)) / costs["steps"]
-        moved = (record.get("method_summary") or {}).get("fo_changed_fraction_min")
+        summary = record.get("method_summary") or {}
+        moved = summary.get("fo_changed_fraction_min")
         if moved is not None:
             cell.facts["fo_changed_min"] = moved
             if cell.precision != "fp32" and moved < MOVED_MIN:
                 cell.problems.append(f"a step changed only {moved:.3f} of Θ_FO (< {MOVED_MIN})")
+        elif "fo_changed_fraction_min" in summary and cell.precision != "fp32":   # Hi-ZFO with an empty Θ_FO
+            cell.problems.append("no Θ_FO step to check (the selection chose no first-order tensor)")
         if cell.name == "mezo/bf16+lr0":
             reference = records.get("zero_shot/bf16", {})
             if reference.get("status") != "ok":
