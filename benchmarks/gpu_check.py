@@ -27,6 +27,7 @@ loop's divergence check fails the run); it is the check's own self-test and is m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib.util
 import json
@@ -35,6 +36,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,6 +98,7 @@ class Cell:
     problems: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     record: Optional[str] = None
+    log: Optional[str] = None               # what run.py printed for the cell (the console keeps the verdicts)
     seconds: Optional[float] = None
 
     @property
@@ -250,14 +253,19 @@ def run_cell(cell: Cell, scale: Scale, out: Path, model: list[str]) -> dict[str,
         del cfg["hydra"]
     path = RunSpec.build(OmegaConf.to_container(cfg, resolve=True), overrides).path
     cell.record = str(path)
-    try:
-        return entry.run(cfg)
-    except Exception as exc:                      # run.run wrote a failed record where it got that far
-        config_error = config_error_in(exc)
-        record = read_record(path) or {}
-        if record.get("status") != "failed":
-            record = {"status": "failed", "error": one_line(config_error or exc)}
-        return record
+    log = out / "logs" / f"{cell.name.replace('/', '_')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cell.log = str(log)
+    with open(log, "w") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+        try:
+            return entry.run(cfg)
+        except Exception as exc:                  # run.run wrote a failed record where it got that far
+            traceback.print_exc()
+            config_error = config_error_in(exc)
+            record = read_record(path) or {}
+            if record.get("status") != "failed":
+                record = {"status": "failed", "error": one_line(config_error or exc)}
+            return record
 
 
 def finite(value: Any) -> bool:
