@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hizfo.meters import Meters  # noqa: E402
+from hizfo.meters import Meters, synchronize  # noqa: E402
 from hizfo.precision import PRECISIONS, check_precision, use_precision, weight_dtype  # noqa: E402
 
 # the real models' shapes (random init: the benchmarks measure cost, not quality)
@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser, rows: tuple[str, ...]) -> Non
     parser.add_argument("--layers", type=int, help="override the shape's number of blocks")
     parser.add_argument("--hidden", type=int, help="override the shape's hidden size")
     parser.add_argument("--ffn", type=int, help="override the shape's feed-forward size")
+    parser.add_argument("--vocab", type=int, help="override the shape's vocabulary size")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--batch", type=int, default=4, help="sequences per batch")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per sequence (the second half carries the loss)")
@@ -62,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser, rows: tuple[str, ...]) -> Non
 
 def shape_of(args: argparse.Namespace) -> dict[str, Any]:
     shape = dict(SHAPES[args.shape])
-    for key in ("layers", "hidden", "ffn"):
-        if getattr(args, key) is not None:
+    for key in ("layers", "hidden", "ffn", "vocab"):
+        if getattr(args, key, None) is not None:
             shape[key] = getattr(args, key)
     if args.hidden is not None and shape["hidden"] % shape["heads"]:
         shape["heads"] = max(h for h in range(1, 65) if shape["hidden"] % h == 0 and shape["hidden"] // h >= 32)
@@ -92,24 +93,31 @@ def device_name(device: str) -> str:
 
 
 def build_model(args: argparse.Namespace):
-    """A random-init model of the shape, in the precision's weight dtype, on the device."""
+    """A random-init model of the shape, in the precision's weight dtype, on the device.
+
+    Built on the device itself (``torch.device`` as the default): a CPU initialises OPT-1.3B's 1.3 G weights in
+    ~10 s, a GPU in well under one; the values differ between devices, which a cost measurement does not mind."""
     s = shape_of(args)
     torch.manual_seed(0)
+    with torch.device(args.device):
+        model = _random_model(s)
+    model.config.pad_token_id = 1
+    return model.to(dtype=weight_dtype(args.precision)).eval()
+
+
+def _random_model(s: dict[str, Any]):
     if s["family"] == "opt":
         from transformers import OPTConfig, OPTForCausalLM
         config = OPTConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], num_hidden_layers=s["layers"],
                            ffn_dim=s["ffn"], num_attention_heads=s["heads"], word_embed_proj_dim=s["hidden"],
                            max_position_embeddings=2048, dropout=0.0, attention_dropout=0.0)
-        model = OPTForCausalLM(config)
-    else:
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-        config = Qwen2Config(vocab_size=s["vocab"], hidden_size=s["hidden"], num_hidden_layers=s["layers"],
-                             intermediate_size=s["ffn"], num_attention_heads=s["heads"],
-                             num_key_value_heads=s.get("kv_heads", s["heads"]), tie_word_embeddings=True,
-                             max_position_embeddings=4096)
-        model = Qwen2ForCausalLM(config)
-    model.config.pad_token_id = 1
-    return model.to(device=torch.device(args.device), dtype=weight_dtype(args.precision)).eval()
+        return OPTForCausalLM(config)
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    config = Qwen2Config(vocab_size=s["vocab"], hidden_size=s["hidden"], num_hidden_layers=s["layers"],
+                         intermediate_size=s["ffn"], num_attention_heads=s["heads"],
+                         num_key_value_heads=s.get("kv_heads", s["heads"]), tie_word_embeddings=True,
+                         max_position_embeddings=4096)
+    return Qwen2ForCausalLM(config)
 
 
 def make_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
@@ -176,9 +184,7 @@ def mezo_reference_step(model, params, batch, seed: int, lr: float, eps: float) 
         p.data = p.data - lr * projected_grad * z
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+sync = synchronize            # hizfo.meters: wait for CUDA's queued work around every timer
 
 
 def prepare(row: str, args: argparse.Namespace, meters: Optional[Meters] = None) -> tuple[Callable[[], tuple], dict]:
@@ -248,15 +254,20 @@ def timed_step(step: Callable[[], tuple], device: torch.device) -> tuple[float, 
     return time.perf_counter() - start, counts
 
 
-def measure(row: str, args: argparse.Namespace, peak: bool) -> dict[str, Any]:
+def measure(row: str, args: argparse.Namespace, peak: bool, timed: Optional[int] = None) -> dict[str, Any]:
     """One row on a fresh model: median step seconds (one warm-up step: AdamW creates its state there), and
-    (``peak``) the peak memory from set-up on."""
+    (``peak``) the peak memory from set-up on.
+
+    ``timed``: how many steps to time after the warm-up; by default ``args.steps``, or 1 with ``peak`` (on CPU the
+    peak subprocess's fixed mmap threshold slows the steps; CUDA's allocator counter has no such cost, so a CUDA
+    caller may time and read the peak in one go: benchmarks/gpu_check.py)."""
     device = torch.device(args.device)
     meters = Meters() if peak else None
+    n_timed = timed if timed is not None else (1 if peak else args.steps)
     with use_precision(args.precision):
         step, out = prepare(row, args, meters)
         times = []
-        for i in range(1 + (1 if peak else args.steps)):
+        for i in range(1 + n_timed):
             seconds, counts = timed_step(step, device)
             if i:
                 times.append(seconds)
@@ -296,8 +307,8 @@ def _trim() -> None:
 def _argv(args: argparse.Namespace, row: str) -> list[str]:
     argv = ["--one", row, "--shape", args.shape, "--precision", args.precision, "--batch", str(args.batch),
             "--tokens", str(args.tokens), "--steps", str(args.steps), "--device", args.device]
-    for key in ("layers", "hidden", "ffn"):
-        if getattr(args, key) is not None:
+    for key in ("layers", "hidden", "ffn", "vocab"):
+        if getattr(args, key, None) is not None:
             argv += [f"--{key}", str(getattr(args, key))]
     return argv
 

@@ -87,6 +87,7 @@ class HiZFO:
             self.zo_lr = 0.0                      # the ZO-off control: η_ZO = 0, as its record says
         self.partition: Optional[Partition] = None
         self.step_count = 0
+        self.fo_changed_min: Optional[float] = None   # the least share of Θ_FO one step changed (record: summary)
 
     # -- set-up: Algorithm 1 lines 1–2 ------------------------------------------------------------------
     def setup(self, ctx: TrainContext) -> None:
@@ -166,8 +167,10 @@ class HiZFO:
         # 5. AdamW on Θ_FO
         if has_fo:
             self.fo_trainer.step()
-            if self.fo_trainer.changed_fraction is not None:   # an update lost to rounding would show here
-                logs["fo_changed_fraction"] = self.fo_trainer.changed_fraction
+            moved = self.fo_trainer.changed_fraction
+            if moved is not None:                  # an update lost to rounding would show here
+                logs["fo_changed_fraction"] = moved
+                self.fo_changed_min = moved if self.fo_changed_min is None else min(self.fo_changed_min, moved)
         self.step_count += 1
         n_backward = int(has_fo) + int(backward_zo and streams == 2)
         return StepResult(loss=l_fo, n_forward=streams, n_backward=n_backward, logs=logs)
@@ -196,7 +199,8 @@ class HiZFO:
                              total_params=block["fo_params"] + block["zo_params"] + block["frozen_params"],
                              partition=block, profiling_seconds=part.profiling_seconds,
                              selection_seconds=part.selection_seconds, profilings=1, setup_forwards=2,
-                             setup_backwards=2, details={"zo_lr": self.zo_lr})   # profiling: 2 forwards, 2 backwards
+                             setup_backwards=2,   # profiling: 2 forwards, 2 backwards
+                             details={"zo_lr": self.zo_lr, "fo_changed_fraction_min": self.fo_changed_min})
 
     def current_lr(self) -> float:
         return self.fo_trainer.lr() if self.fo_trainer is not None else 0.0
@@ -205,7 +209,7 @@ class HiZFO:
         return {"fo": self.fo_trainer.state_dict() if self.fo_trainer else None,
                 "zo": self.zo_optimizer.state_dict() if self.zo_optimizer else None,
                 "fo_names": list(self.partition.fo), "zo_names": list(self.partition.zo),
-                "step_count": self.step_count}
+                "step_count": self.step_count, "fo_changed_min": self.fo_changed_min}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["fo_names"] != self.partition.fo or state["zo_names"] != self.partition.zo:
@@ -215,3 +219,4 @@ class HiZFO:
         if self.zo_optimizer is not None and state["zo"] is not None:
             self.zo_optimizer.load_state_dict(state["zo"])
         self.step_count = state["step_count"]
+        self.fo_changed_min = state.get("fo_changed_min")          # absent in checkpoints written before it

@@ -24,6 +24,12 @@ def _vm_hwm_bytes() -> int | None:
     return None
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a wall-clock timer around GPU work needs this at both ends."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @dataclass
 class Meters:
     """Costs of one run. ``train_seconds`` includes set-up (profiling, selection); evaluation is apart."""
@@ -65,15 +71,13 @@ class Meters:
     @contextmanager
     def timing(self, field_name: str, device: torch.device) -> Iterator[None]:
         """Add the wall-clock of the block to ``field_name`` (CUDA is synchronised at both ends)."""
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         self._open[field_name] = start
         try:
             yield
         finally:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             del self._open[field_name]
             setattr(self, field_name, getattr(self, field_name) + time.perf_counter() - start)
 

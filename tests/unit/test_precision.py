@@ -17,7 +17,7 @@ from hizfo.loop import BatchStream, encode_split, train_and_evaluate
 from hizfo.meters import Meters
 from hizfo.methods import FirstOrderTrainer, causal_lm_loss, unique_named_parameters
 from hizfo.models import load_model
-from hizfo.precision import check_precision, stochastic_round, use_precision
+from hizfo.precision import ChangeMonitor, check_precision, stochastic_round, use_precision
 from hizfo.zo import ZOParams, draw_seed, perturb_
 from tests.conftest import compose
 
@@ -301,3 +301,17 @@ def test_bf16_fo_masters_resume_exactly_from_their_state_dict():
     assert "masters" in state
     assert bit_identical(snapshot(model), snapshot(resumed_model))
     assert all(torch.equal(a, b) for a, b in zip(trainer.masters.masters, resumed.masters.masters))
+
+
+def test_change_monitor_weights_each_tensor_by_its_size():
+    """ChangeMonitor.after: the changed share of all elements, each tensor's sampled share weighted by its size."""
+    small, large = torch.zeros(10), torch.zeros(100)
+    monitor = ChangeMonitor(sample=20)                   # small: every element; large: 20 sampled positions
+    monitor.before([small, large])
+    small[:3] = 1.0                                      # 3 of 10 changed
+    large += 1.0                                         # all 100 changed
+    assert monitor.after([small, large]) == pytest.approx((3 + 100) / 110)
+    monitor.before([small, large])
+    assert monitor.after([small, large]) == 0.0          # nothing moved
+    monitor.before([torch.zeros(0)])
+    assert monitor.after([torch.zeros(0)]) is None       # nothing to measure
