@@ -138,3 +138,24 @@ def test_the_callback_refuses_the_launchers_defaults_on_a_two_cpu_node_before_sb
                    "(sinfo); lower hydra.launcher.cpus_per_task or pick another partition"]
     config.hydra.launcher.partition = "gpu"                     # the defaults fit a GPU node: no exit
     SlurmPreflight(checkpoint_minutes=30).on_multirun_start(config)
+
+
+def test_run_py_with_the_launchers_defaults_on_a_two_cpu_node_stops_before_sbatch(tmp_path, monkeypatch):
+    """``python run.py -m launcher=slurm`` as a user types it, on the recorded cluster: one line, exit 2, and the
+    `sbatch` on PATH is never called."""
+    import subprocess
+    import sys
+    fake_sinfo(tmp_path, monkeypatch)
+    called = tmp_path / "sbatch-called"
+    sbatch = tmp_path / "bin" / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\ntouch {called}\nexit 1\n")
+    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
+    proc = subprocess.run([sys.executable, "run.py", "-m", "launcher=slurm", "logger=none",
+                           f"results_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        "error: hydra.launcher.cpus_per_task=8: the default partition 'debug' has at most 2 CPUs a node (sinfo); "
+        "lower hydra.launcher.cpus_per_task or pick another partition"]
+    assert not called.exists() and not (tmp_path / "sweep").exists()
