@@ -70,10 +70,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _locked_run(cfg: DictConfig, spec: Any, method: Any, task: Any, checkpointer: Any,
                 finished: Callable[[], Any]) -> dict[str, Any]:
     """The part of ``run`` that holds the checkpoint folder's lock: load, train, evaluate, record."""
+    from hizfo.checkpoint import params_sha256
     from hizfo.errors import ConfigError, one_line
     from hizfo.loop import divergence_watch, pick_device, train_and_evaluate
     from hizfo.meters import Meters
-    from hizfo.checkpoint import params_sha256
     from hizfo.models import load_model
     from hizfo.precision import use_precision
     from hizfo.predictions import prediction_rows, predictions_path, write_jsonl_atomic

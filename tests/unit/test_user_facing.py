@@ -138,3 +138,24 @@ def test_evaluation_only_writes_an_ok_record_for_every_method(tmp_path):
     for name in ("hizfo", "hizfo_random_dir", "hizfo_zo_off"):   # the partition is still profiled and recorded
         assert records[name]["partition"]["fo_params"] > 0 and records[name]["costs"]["n_backward"] == 2, name
     assert not list(tmp_path.rglob(".lock*"))
+
+
+def test_a_failed_overwrite_keeps_the_ok_record_and_says_so(tmp_path):
+    """overwrite=true reruns a finished run; when the rerun fails, the ok record stays and the message says that,
+    instead of pointing at a failed record that was never written. Both runs in one process (tests/run_many.py)."""
+    common = ["logger=none", f"results_dir={tmp_path}/runs", f"hydra.run.dir={tmp_path}/out", "method=full_ft",
+              "method.max_steps=2", "task.options.n_train=8", "task.options.n_eval=2", "num_threads=1",
+              "variant=v"]
+    failing = [*common, "overwrite=true", "divergence_factor=1e-9", "divergence_patience=1"]   # stops at step 1
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "run_many.py")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, input=f"{json.dumps(common)}\n{json.dumps(failing)}\n",
+                          env={**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"})
+    first, second = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert first["status"] == 0, first["stderr"][-2000:]
+    (record,) = (tmp_path / "runs").rglob("seed0.json")
+    assert second["status"] == 1
+    failed = [line for line in second["stderr"].splitlines() if line.startswith("failed:")]
+    assert len(failed) == 1 and failed[0].endswith(f"; the ok record at {record} was kept (overwrite=true: no failed "
+                                                   f"record replaces it)"), second["stderr"][-2000:]
+    assert json.loads(record.read_text())["status"] == "ok"
+    assert not list(tmp_path.rglob(".lock*"))
