@@ -209,3 +209,18 @@ def test_distinct_long_variants_stay_distinct():
     assert a != b and len(a.encode()) == len(b.encode()) == MAX_VARIANT_CHARS
     assert short_variant("method.rho=0.2") == "method.rho=0.2"
     assert len(short_variant("é" * 200).encode()) <= MAX_VARIANT_CHARS              # cut on a character boundary
+
+
+def test_a_lock_planted_as_a_symbolic_link_in_the_checkpoint_folder_ends_in_one_line(tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    folder = tmp_path / "checkpoints" / "tiny-opt" / "toy" / "hizfo" / "default" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / ".lock").symlink_to(target)
+    proc = run_cli(f"results_dir={tmp_path / 'runs'}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert error_line(proc) == (f"error: checkpoint: {folder}: cannot take the lock {folder / '.lock'}: it is a "
+                                f"symbolic link, which is never followed; remove it")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert target.read_text() == "keep me\n" and not (folder / ".lock.owner").exists()
+    assert not list(tmp_path.rglob("*.json"))                                      # no record
