@@ -118,6 +118,7 @@ def test_hydra_errors_exit_2_in_one_line(override, expected, tmp_path):
 # -- unclean inputs through run.py: one line, exit 2, before the model loads, no record, no lock left -------------
 
 LONG_VARIANT = "v" * 300                                   # over NAME_MAX (255 bytes) as one folder name
+PLANTED_LOCK = "(a .lock planted as a symbolic link)"
 UNCLEAN = [                                                # (override(s), the start of the one error line)
     ("+bogus_key=1", "bogus_key: no such config key; the keys are: model, task, method, "),
     ("+method.rhoo=0.2", "method.rhoo: no such config key; the keys of method are: name, lr, "),
@@ -153,9 +154,15 @@ def unclean_runs(tmp_path_factory):
     for index, (override, _) in enumerate(UNCLEAN + AFTER_THE_LOCK):
         cases[override] = tmp / f"case{index}"
     cases[f"variant={LONG_VARIANT}"] = tmp / "long"
+    cases[PLANTED_LOCK] = tmp / "planted"                  # the default run, its folder's .lock a planted link
+    planted = cases[PLANTED_LOCK] / "checkpoints" / "tiny-opt" / "toy" / "hizfo" / "default" / "seed0"
+    planted.mkdir(parents=True)
+    (planted / ".lock").symlink_to(cases[PLANTED_LOCK] / "precious")
+    (cases[PLANTED_LOCK] / "precious").write_text("keep me\n")
     lines = []
     for override, where in cases.items():
         extra = ["method=zero_shot", "task.options.n_eval=2"] if override.startswith(f"variant={LONG_VARIANT}") else []
+        override = "" if override == PLANTED_LOCK else override
         lines.append(json.dumps(["logger=none", f"results_dir={where}/runs", f"hydra.run.dir={where}/out", "num_threads=1",
                                  *extra, *override.split()]))
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
@@ -211,16 +218,13 @@ def test_distinct_long_variants_stay_distinct():
     assert len(short_variant("é" * 200).encode()) <= MAX_VARIANT_CHARS              # cut on a character boundary
 
 
-def test_a_lock_planted_as_a_symbolic_link_in_the_checkpoint_folder_ends_in_one_line(tmp_path):
-    target = tmp_path / "precious"
-    target.write_text("keep me\n")
-    folder = tmp_path / "checkpoints" / "tiny-opt" / "toy" / "hizfo" / "default" / "seed0"
-    folder.mkdir(parents=True)
-    (folder / ".lock").symlink_to(target)
-    proc = run_cli(f"results_dir={tmp_path / 'runs'}", f"hydra.run.dir={tmp_path / 'out'}")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert error_line(proc) == (f"error: checkpoint: {folder}: cannot take the lock {folder / '.lock'}: it is a "
-                                f"symbolic link, which is never followed; remove it")
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert target.read_text() == "keep me\n" and not (folder / ".lock.owner").exists()
-    assert not list(tmp_path.rglob("*.json"))                                      # no record
+def test_a_lock_planted_as_a_symbolic_link_in_the_checkpoint_folder_ends_in_one_line(unclean_runs):
+    result, where = unclean_runs[PLANTED_LOCK]
+    folder = where / "checkpoints" / "tiny-opt" / "toy" / "hizfo" / "default" / "seed0"
+    assert result["status"] == 2, result["stderr"][-2000:]
+    assert result["stderr"].strip().splitlines() == [
+        f"error: checkpoint: {folder}: cannot take the lock {folder / '.lock'}: it is a symbolic link, which is "
+        f"never followed; remove it"]
+    assert not result["model_loaded"]
+    assert (where / "precious").read_text() == "keep me\n" and not (folder / ".lock.owner").exists()
+    assert not list(where.rglob("*.json"))                                         # no record
