@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -26,24 +26,23 @@ register_schemas()
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One run: validate, build, train, evaluate, record. Returns the record written (as JSON)."""
-    from hizfo.checkpoint import Checkpointer, params_sha256
-    from hizfo.errors import ConfigError, one_line
-    from hizfo.loop import divergence_watch, pick_device, seed_everything, train_and_evaluate
-    from hizfo.meters import Meters
-    from hizfo.models import load_model
-    from hizfo.precision import check_precision, use_precision
-    from hizfo.predictions import prediction_rows, predictions_path, write_jsonl_atomic
-    from hizfo.records import Costs, Curve, RunRecord, check_writable, provenance
+    from hizfo.checkpoint import Checkpointer
+    from hizfo.errors import ConfigError
+    from hizfo.loop import pick_device, seed_everything
+    from hizfo.precision import check_precision
+    from hizfo.records import RunRecord, check_writable
     from hizfo.runspec import RunSpec, config_hash
-    from hizfo.threads import apply_num_threads
-    from hizfo.tracking import Tracker
-    from hizfo.validation import check_model_positions, validate_run_config
+    from hizfo.validation import validate_run_config
 
     validate_run_config(cfg)                                # config-only checks, one line each (ConfigError)
     check_precision(cfg.precision, pick_device(cfg.device))   # a value or a device without bf16: before any load
     hydra_cfg = HydraConfig.get()
     spec = RunSpec.build(OmegaConf.to_container(cfg, resolve=True), hydra_cfg.overrides.task)
-    config, path = spec.config, spec.path
+    seed_everything(cfg.seed)
+    method = instantiate(cfg.method, _convert_="all")       # validates the method's values (before any lock)
+    task = instantiate(cfg.task, _convert_="all")           # validates the task's values (data loads later)
+    path = spec.path
+
     def finished() -> Optional[RunRecord]:
         """The ok record of this very run, if one exists (a different config's is refused)."""
         existing = RunRecord.read(path)
@@ -62,6 +61,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # one writer per run: locks the run's checkpoint folder, so a duplicate launch stops here, before the model
     # loads; then look again, in case the other launch finished the run between the first look and the lock
     checkpointer = Checkpointer.for_run(cfg, spec.config_hash, path)
+    try:                    # every way out frees the lock (its files go; checkpoints stay for a resume)
+        return _locked_run(cfg, spec, method, task, checkpointer, finished)
+    finally:
+        checkpointer.close()
+
+
+def _locked_run(cfg: DictConfig, spec: Any, method: Any, task: Any, checkpointer: Any,
+                finished: Callable[[], Any]) -> dict[str, Any]:
+    """The part of ``run`` that holds the checkpoint folder's lock: load, train, evaluate, record."""
+    from hizfo.checkpoint import params_sha256
+    from hizfo.errors import ConfigError, one_line
+    from hizfo.loop import divergence_watch, pick_device, train_and_evaluate
+    from hizfo.meters import Meters
+    from hizfo.models import load_model
+    from hizfo.precision import use_precision
+    from hizfo.predictions import prediction_rows, predictions_path, write_jsonl_atomic
+    from hizfo.records import Costs, Curve, RunRecord, provenance
+    from hizfo.threads import apply_num_threads
+    from hizfo.tracking import Tracker
+    from hizfo.validation import check_model_positions
+
+    hydra_cfg = HydraConfig.get()
+    config, path = spec.config, spec.path
     done = finished()
     if done is not None:
         checkpointer.discard()
@@ -69,9 +91,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     divergence = divergence_watch(cfg.divergence_factor, cfg.divergence_patience)
     device = pick_device(cfg.device)
-    seed_everything(cfg.seed)
-    method = instantiate(cfg.method, _convert_="all")       # validates the method's values
-    task = instantiate(cfg.task, _convert_="all")           # validates the task's values
     model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     model_kwargs.pop("_target_")
     num_threads = apply_num_threads(cfg.num_threads)       # before the model loads (null: the CPUs we may use)
@@ -101,10 +120,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                            costs=Costs.from_meters(meters), provenance=prov, error=one_line(exc),
                            failed_step=getattr(exc, "step", None), traceback=traceback.format_exc())
         current = RunRecord.read(path)
-        if current is None or current.status != "ok":        # ... but never in place of an ok one
+        kept_ok = current is not None and current.status == "ok"
+        if not kept_ok:                                        # ... but never in place of an ok one
             record.write(path)
         tracker.finish(failed=True)
-        print(f"failed: {one_line(exc)}; record at {path}", file=sys.stderr)
+        where = (f"the ok record at {path} was kept (overwrite=true: no failed record replaces it)" if kept_ok
+                 else f"record at {path}")
+        print(f"failed: {one_line(exc)}; {where}", file=sys.stderr)
         exc.reported = True
         raise
     summary = result.summary
@@ -122,8 +144,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)}})
     write_jsonl_atomic(predictions_path(path), prediction_rows(task.examples("eval"), result.predictions))
     record.write(path)
-    if checkpointer is not None:
-        checkpointer.discard()
+    checkpointer.discard()
     where = tracker.location or "not logged (logger=none)"
     tracker.finish()
     metrics = ", ".join(f"{k}={v:.2f}" for k, v in result.metrics.items() if isinstance(v, (int, float)))

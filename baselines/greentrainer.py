@@ -10,8 +10,8 @@ from torch import nn
 from hizfo.config import MethodConfig, register_method_schema
 from hizfo.errors import ConfigError
 from hizfo.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                           check_common, set_trainable, unique_named_parameters)
-from hizfo.partition import Partition, check_rho, partition_model
+                           check_common, set_trainable, simple_summary, unique_named_parameters)
+from hizfo.partition import Partition, check_partition_settings, check_rho, partition_model
 
 
 @register_method_schema("greentrainer")
@@ -31,6 +31,7 @@ class GreenTrainer:
         self.cfg = GreenTrainerConfig(**cfg)
         check_common(self.cfg)
         check_rho(self.cfg.rho)
+        check_partition_settings("all", self.cfg.buckets)
         if self.cfg.interval < 1:
             raise ConfigError(f"method.interval: must be >= 1, got {self.cfg.interval}")
         self.partition: Optional[Partition] = None
@@ -71,6 +72,10 @@ class GreenTrainer:
         return self.model
 
     def summary(self) -> MethodSummary:
+        if self.partition is None:          # evaluation only (max_steps 0): no epoch started, nothing selected
+            summary = simple_summary(self.model, [])
+            summary.details = {"selections": []}
+            return summary
         block = self.partition.summary()
         n = len(self.selections)                          # each selection profiled once: 2 forwards, 2 backwards
         return MethodSummary(trainable_params=block["fo_params"], total_params=block["fo_params"] + block["frozen_params"],

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -54,6 +55,7 @@ MANIFEST_FORMAT = 1
 CHECKPOINT_FILES = ("params.safetensors", "method.pt", "rng.pt", "state.json")
 LOCK_NAME = ".lock"
 _STEP_PREFIX = "step-"
+_STEP_NAME = re.compile(r"step-(\d+)")      # a checkpoint folder's whole name; anything else in the folder is ignored
 _TMP_PREFIX = ".tmp-"
 _HASH_CHUNK = 8 << 20
 
@@ -230,9 +232,16 @@ def verify_checkpoint(path: Path) -> Optional[str]:
     missing = [name for name in CHECKPOINT_FILES if name not in files]
     if missing:
         return f"{path / MANIFEST} lists no {', '.join(missing)}: the checkpoint is incomplete"
+    for name, expected in files.items():     # every entry {"bytes": int, "sha256": str}, of a file it should have
+        if (name not in CHECKPOINT_FILES or not isinstance(expected, dict)
+                or not isinstance(expected.get("bytes"), int) or not isinstance(expected.get("sha256"), str)):
+            return (f"{path / MANIFEST} is malformed (its entry {name!r} is not one of "
+                    f"{', '.join(CHECKPOINT_FILES)} with bytes and sha256): the checkpoint is damaged")
     for name, expected in files.items():
         item = path / name
         try:
+            if item.is_symlink():
+                return f"{item} is a symbolic link, not a file this code wrote"
             size = item.stat().st_size
         except FileNotFoundError:
             return f"{item} is missing"
@@ -256,7 +265,7 @@ def _remove(checkpoint: Path) -> None:
 
 
 def _step_of(path: Path) -> int:
-    return int(path.name[len(_STEP_PREFIX):])
+    return int(_STEP_NAME.fullmatch(path.name).group(1))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -307,10 +316,12 @@ class Checkpointer:
         return self.restored_from or self.folder
 
     def checkpoints(self) -> list[Path]:
-        """Every ``step-<N>/`` folder, newest first (whole or not: see ``verify_checkpoint``)."""
+        """Every ``step-<digits>/`` folder, newest first (whole or not: see ``verify_checkpoint``). Whatever else
+        is there (``step-old``, ``step-00000600.bak``, a file, a symbolic link) is not a checkpoint: ignored."""
         if not self.folder.is_dir():
             return []
-        found = [p for p in self.folder.iterdir() if p.is_dir() and p.name.startswith(_STEP_PREFIX)]
+        found = [p for p in self.folder.iterdir()
+                 if _STEP_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
         return sorted(found, key=_step_of, reverse=True)
 
     def latest(self) -> Optional[Path]:
@@ -439,18 +450,31 @@ class Checkpointer:
                     item.unlink(missing_ok=True)
         self._lock.release(unlink=True)
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._prune_empty_parents()
+
+    def close(self) -> None:
+        """Stop answering signals for this run and free its folder: the lock files go (a failed or bad run leaves
+        no ``.lock`` behind), checkpoints stay for a resume, and a folder left empty is removed. Idempotent; run.py
+        calls it on every way out of a run. A signal still waiting is passed on now."""
+        held = self._lock.held
+        self._lock.release(unlink=True)
+        self._stop_signals()
+        if held:
+            try:
+                self.folder.rmdir()             # only if empty: no checkpoint was written
+            except OSError:
+                return
+            self._prune_empty_parents()
+
+    def _prune_empty_parents(self) -> None:
+        """Remove the empty <variant>/<method>/<task>/<model> folders above the run's (never the root above them)."""
         parent = self.folder.parent
-        for _ in range(4):              # prune empty <variant>/<method>/... folders left behind
+        for _ in range(4):
             try:
                 parent.rmdir()
             except OSError:
                 break
             parent = parent.parent
-
-    def close(self) -> None:
-        """Stop answering signals for this run and free its folder; a signal still waiting is passed on now."""
-        self._lock.release()
-        self._stop_signals()
 
     # -- internals ----------------------------------------------------------------------------------------
     def _stop_signals(self) -> None:

@@ -31,7 +31,7 @@ from hizfo.config import MethodConfig, register_method_schema
 from hizfo.errors import ConfigError
 from hizfo.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                            check_common, check_lr, replay_rng_if_training, schedule_factor, set_trainable)
-from hizfo.partition import Partition, check_rho, params_of, partition_model
+from hizfo.partition import Partition, check_partition_settings, check_rho, params_of, partition_model
 from hizfo.zo import ZOParams, chunk_seed, draw_seed
 
 ZO_OPTIMIZERS = ("sgd", "adamw")
@@ -80,6 +80,7 @@ class HiZFO:
         for key, allowed in (("alpha_mode", ALPHA_MODES), ("zo_update", ZO_UPDATES)):
             if getattr(self.cfg, key) not in allowed:
                 raise ConfigError(f"method.{key}: '{getattr(self.cfg, key)}' is not one of {', '.join(allowed)}")
+        check_partition_settings(self.cfg.zo_scope, self.cfg.buckets)   # before the model loads, not at profiling
         if self.cfg.zo_optimizer not in ZO_OPTIMIZERS:
             raise ConfigError(f"method.zo_optimizer: '{self.cfg.zo_optimizer}' is not one of {', '.join(ZO_OPTIMIZERS)}")
         self.zo_lr = self.cfg.zo_lr if self.cfg.zo_lr is not None else self.cfg.lr_ratio * self.cfg.lr

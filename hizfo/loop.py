@@ -203,23 +203,31 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
     trains = method_cfg.max_steps != 0                               # max_steps 0: evaluation only
     check_fits(task, tokenizer, "eval")
     model_device = input_device(loaded.model, device)
-    train_stream = dev_stream = None
+    streams: dict[str, BatchStream] = {}
+
+    def stream(split: str) -> BatchStream:
+        """The train or dev batches, encoded on first use: an evaluation-only run (max_steps 0) reads training
+        data only if its method's set-up asks for it (Hi-ZFO's and GreenTrainer's profiling batch, Bilevel-ZOFO's
+        streams), so zero-shot needs none."""
+        if split not in streams:
+            check_fits(task, tokenizer, "train")
+            examples = task.examples("train") if split == "train" else task.validation_examples()
+            streams[split] = BatchStream(encode_split(task, loaded, examples), task.cfg.batch_size,
+                                         tokenizer.pad_token_id, seed if split == "train" else seed + 7, model_device)
+        return streams[split]
+
     steps_per_epoch = total_steps = 0
-    if trains:                                                       # zero-shot needs no training data
-        check_fits(task, tokenizer, "train")
-        train_stream = BatchStream(encode_split(task, loaded, task.examples("train")), task.cfg.batch_size,
-                                   tokenizer.pad_token_id, seed, model_device)
-        dev_stream = BatchStream(encode_split(task, loaded, task.validation_examples()), task.cfg.batch_size,
-                                 tokenizer.pad_token_id, seed + 7, model_device)
-        steps_per_epoch = len(train_stream)
+    if trains:
+        steps_per_epoch = len(stream("train"))
+        stream("dev")
         total_steps = method_cfg.epochs * steps_per_epoch
         if method_cfg.max_steps is not None:
             total_steps = min(total_steps, method_cfg.max_steps)
     zo_seeds = torch.Generator().manual_seed(seed + 424242)
     ctx = TrainContext(loaded=loaded, task=task, device=model_device, total_steps=total_steps,
                        steps_per_epoch=steps_per_epoch, zo_seeds=zo_seeds,
-                       train_batches=lambda: train_stream.endless(salt=101),
-                       dev_batches=lambda: dev_stream.endless(salt=202), train_dropout=train_dropout)
+                       train_batches=lambda: stream("train").endless(salt=101),
+                       dev_batches=lambda: stream("dev").endless(salt=202), train_dropout=train_dropout)
     divergence = divergence or DivergenceWatch()
     history: list[dict[str, float]] = []
     before: dict[str, float] = {}
@@ -263,7 +271,7 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
             if state.batch_in_epoch == 0:
                 with meters.timing("setup_seconds", device):       # GreenTrainer re-selects here
                     method.on_epoch_start(state.epoch)
-            for batch in train_stream.epoch(state.epoch, start=state.batch_in_epoch):
+            for batch in stream("train").epoch(state.epoch, start=state.batch_in_epoch):
                 result = method.train_step(batch)
                 divergence.check(state.step, result.loss)
                 state.step += 1

@@ -154,6 +154,10 @@ def check_common(cfg: Any) -> None:
         raise ConfigError(f"method.schedule: '{cfg.schedule}' is not one of linear, constant")
     if cfg.weight_decay < 0:
         raise ConfigError(f"method.weight_decay: must be >= 0, got {cfg.weight_decay}")
+    # a clip norm below 0 flips the gradients' sign (torch scales by max_norm / norm); 0 would zero them
+    if cfg.grad_clip is not None and not (cfg.grad_clip > 0 and math.isfinite(cfg.grad_clip)):
+        raise ConfigError(f"method.grad_clip: must be a finite number > 0 (the gradient-norm cap) or null "
+                          f"(no clipping), got {cfg.grad_clip}")
 
 
 def no_decay(name: str, param: torch.Tensor) -> bool:

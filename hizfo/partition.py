@@ -67,12 +67,20 @@ def check_rho(rho: float) -> None:
         raise ConfigError(f"method.rho: must be in (0, 1], got {rho}")
 
 
+def check_partition_settings(zo_scope: str, buckets: int) -> None:
+    """``method.zo_scope`` is a known scope and ``method.buckets`` (Tq, GreenTrainer's cost quantisation) >= 1."""
+    if zo_scope not in ZO_SCOPES:
+        raise ConfigError(f"method.zo_scope: '{zo_scope}' is not one of {', '.join(ZO_SCOPES)}")
+    if buckets < 1:
+        raise ConfigError(f"method.buckets: must be >= 1 (Tq, the cost quantisation; 1000 as GreenTrainer), "
+                          f"got {buckets}")
+
+
 def partition_model(model: nn.Module, batch: Batch, rho: float, lr: float, weight_decay: float,
                     zo_scope: str = "all", buckets: int = 1000) -> Partition:
     """Profile importance on ``batch``, solve the exact selection within ρ, and split the tensors."""
     check_rho(rho)
-    if zo_scope not in ZO_SCOPES:
-        raise ConfigError(f"method.zo_scope: '{zo_scope}' is not one of {', '.join(ZO_SCOPES)}")
+    check_partition_settings(zo_scope, buckets)
     named = [(n, p) for n, p in unique_named_parameters(model) if p.requires_grad]
     batch_size, seq_len = batch["input_ids"].shape                      # [B, N]
     costs = tensor_costs(model, batch_size, seq_len)                    # nearest the output first

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from hizfo.variant import short_variant_part
+from hizfo.errors import ConfigError
+from hizfo.variant import short_variant, short_variant_part
 
 # Top-level keys that say where or how a run is reported, or on which hardware: not what it computes. The device
 # is among them: the same config on the CPU and on a GPU is the same experiment, and the record's provenance says
@@ -74,6 +75,14 @@ def derive_variant(overrides: Iterable[str]) -> str:
     return ",".join(sorted(parts)) or "default"
 
 
+def check_folder_name(key: str, value: str) -> None:
+    """A name that becomes one folder of the record path stays one folder under ``results_dir``: not empty, ``.``
+    or ``..``, and without a path separator or NUL (``model.name=..`` would write the record above results_dir)."""
+    if value in ("", ".", "..") or any(c in value for c in ("/", "\\", "\0")):
+        raise ConfigError(f"{key}: {value!r} cannot name a results folder; a name may not be empty, '.' or '..', "
+                          f"nor contain '/', '\\' or NUL (the record would land outside results_dir)")
+
+
 def _safe(part: str) -> str:
     return _UNSAFE.sub("_", part) or "_"
 
@@ -103,6 +112,11 @@ class RunSpec:
         elif named and named != "default":          # a preset named it (a study arm): add what the command changed
             parts = set(named.split(",")) | (set(variant.split(",")) - {"default"})
             variant = ",".join(sorted(parts))
+        for key in ("model", "task", "method"):
+            check_folder_name(f"{key}.name", str(config[key]["name"]))
+        if named:
+            check_folder_name("variant", str(named))
+        variant = short_variant(variant)             # a folder name has at most 255 bytes
         config["variant"] = variant
         path = record_path(config["results_dir"], config["model"]["name"], config["task"]["name"],
                            config["method"]["name"], variant, config["seed"])

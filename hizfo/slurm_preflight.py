@@ -2,9 +2,11 @@
 conf/launcher/slurm.yaml), and the checkpoint interval that callback carries to the jobs. See docs/slurm.md."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from hizfo.errors import ConfigError
@@ -29,9 +31,101 @@ def slurm_partitions() -> list[str]:
     return sorted({line.strip() for line in out.stdout.splitlines() if line.strip()})
 
 
-def check_partition(partition: Optional[str], gpus_per_node: Optional[int] = None) -> None:
-    """A named partition (or each of a comma-separated list) must exist, and have GPUs when GPUs are asked for:
-    sbatch would refuse the job array later, with a less helpful message."""
+@dataclass(frozen=True)
+class Node:
+    """What one node of a partition offers, as ``sinfo -N -o '%P|%c|%m|%G'`` prints it."""
+    partition: str          # without the ``*`` sinfo puts after the default partition
+    default: bool           # the cluster's default partition (where a job with no partition goes)
+    cpus: int
+    mem_mb: int             # Slurm's RealMemory, in MB (MiB); sbatch --mem=NGB asks N x 1024 of them
+    gpus: int               # GPUs in the node's generic resources (gres gpu[:type]:count), summed over types
+    gres: str
+
+
+NODE_FORMAT = "%P|%c|%m|%G"
+
+
+def gpu_count(gres: str) -> int:
+    """GPUs in a ``%G`` field: ``gpu:4``, ``gpu:a100:4(S:0-1)``, ``gpu:a100:2,gpu:v100:1``, ``(null)`` -> 4, 4, 3, 0.
+    A count, not a substring: ``gpu:0`` or a resource merely named like one (``mygpu``) is no GPU."""
+    total = 0
+    for item in re.sub(r"\([^)]*\)", "", gres).split(","):
+        parts = item.strip().split(":")
+        if parts[0] != "gpu":
+            continue
+        total += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+    return total
+
+
+def _number(text: str) -> int:
+    """sinfo's number, which a grouped line may suffix with ``+`` (``2+``: 2 or more); unknown (``N/A``) is 0."""
+    match = re.match(r"\d+", text.strip())
+    return int(match.group()) if match else 0
+
+
+def parse_nodes(text: str) -> list[Node]:
+    """The lines of ``sinfo -h -N -o '%P|%c|%m|%G'`` (one per node and partition)."""
+    nodes = []
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 4 or not fields[0]:
+            continue
+        name, cpus, mem, gres = fields
+        nodes.append(Node(partition=name.rstrip("*"), default=name.endswith("*"), cpus=_number(cpus),
+                          mem_mb=_number(mem), gpus=gpu_count(gres), gres=gres.strip()))
+    return nodes
+
+
+def slurm_nodes() -> list[Node]:
+    """Every node of every partition, from ``sinfo`` (one call)."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", NODE_FORMAT], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise ConfigError(f"launcher=slurm: `sinfo` failed: {out.stderr.strip() or out.stdout.strip()}")
+    return parse_nodes(out.stdout)
+
+
+def check_resources(nodes: list[Node], partition: Optional[str], cpus_per_task: Optional[int] = None,
+                    mem_gb: Optional[float] = None, gpus_per_node: Optional[int] = None,
+                    tasks_per_node: Optional[int] = None) -> None:
+    """What one job asks of a node (``cpus_per_task`` x ``tasks_per_node`` CPUs, ``mem_gb`` GB, ``gpus_per_node``
+    GPUs) must fit the partition's largest node; sbatch accepts a job no node can hold, and it pends for ever
+    (Reason=PartitionConfig) while the sweep waits without a word. ``partition`` None: the default partition;
+    a comma-separated list: the job may run on any of them."""
+    names = [p.strip() for p in str(partition).split(",")] if partition is not None else []
+    pool = [n for n in nodes if n.partition in names] if names else [n for n in nodes if n.default] or nodes
+    if not pool:
+        return                               # sinfo lists no node for it: nothing to compare against
+    where = f"partition '{partition}'" if partition is not None else f"the default partition '{pool[0].partition}'"
+    cpus = (cpus_per_task or 0) * (tasks_per_node or 1)
+    if cpus_per_task and cpus > max(n.cpus for n in pool):
+        tasks = f" x tasks_per_node={tasks_per_node}" if (tasks_per_node or 1) > 1 else ""
+        raise ConfigError(f"hydra.launcher.cpus_per_task={cpus_per_task}{tasks}: {where} has at most "
+                          f"{max(n.cpus for n in pool)} CPUs a node (sinfo); lower hydra.launcher.cpus_per_task "
+                          f"or pick another partition")
+    if mem_gb and mem_gb * 1024 > max(n.mem_mb for n in pool):
+        most = max(n.mem_mb for n in pool)
+        raise ConfigError(f"hydra.launcher.mem_gb={mem_gb:g}: {where} has at most {most} MB ({most / 1024:.1f} GB) "
+                          f"a node (sinfo); lower hydra.launcher.mem_gb to <= {most // 1024}, set it to null "
+                          f"(the partition's default), or pick another partition")
+    if gpus_per_node and gpus_per_node > max(n.gpus for n in pool):
+        most = max(n.gpus for n in pool)
+        gres = " ".join(sorted({n.gres for n in pool}))
+        what = "has no GPUs" if most == 0 else f"has at most {most} GPUs a node"
+        raise ConfigError(f"hydra.launcher.gpus_per_node={gpus_per_node}: {where} {what} (sinfo %G: {gres}); "
+                          f"{'pick a GPU partition' if most == 0 else f'lower it to <= {most}'} or set "
+                          f"hydra.launcher.gpus_per_node=null")
+    if not any(n.cpus >= cpus and n.mem_mb >= (mem_gb or 0) * 1024 and n.gpus >= (gpus_per_node or 0) for n in pool):
+        raise ConfigError(f"hydra.launcher: no node of {where} has {cpus} CPUs, {mem_gb or 0:g} GB and "
+                          f"{gpus_per_node or 0} GPUs at once (sinfo: "
+                          f"{'; '.join(sorted({f'{n.cpus} CPUs {n.mem_mb} MB {n.gpus} GPUs' for n in pool}))}); "
+                          f"ask for less of one of them")
+
+
+def check_partition(partition: Optional[str], gpus_per_node: Optional[int] = None,
+                    cpus_per_task: Optional[int] = None, mem_gb: Optional[float] = None,
+                    tasks_per_node: Optional[int] = None) -> None:
+    """A named partition (or each of a comma-separated list) must exist, and its largest node must hold what one
+    job asks for (``check_resources``): sbatch would refuse the array later, or accept a job that never starts."""
     available = slurm_partitions()
     names = [p.strip() for p in str(partition).split(",")] if partition is not None else []
     unknown = [p for p in names if p not in available]
@@ -39,13 +133,9 @@ def check_partition(partition: Optional[str], gpus_per_node: Optional[int] = Non
         raise ConfigError(f"hydra.launcher.partition: '{','.join(unknown)}' does not exist on this cluster; "
                           f"partitions: {', '.join(available) or '(none)'}. Set it in conf/launcher/site.yaml "
                           f"or on the command line (hydra.launcher.partition=NAME)")
-    if gpus_per_node:
-        query = ["sinfo", "-h", "-o", "%G"] + (["-p", ",".join(names)] if names else [])
-        gres = subprocess.run(query, capture_output=True, text=True, timeout=60).stdout.split()
-        if gres and all("gpu" not in g for g in gres):
-            raise ConfigError(f"hydra.launcher.gpus_per_node={gpus_per_node}: partition "
-                              f"'{partition or 'default'}' has no GPUs (sinfo %G: {' '.join(sorted(set(gres)))}); "
-                              f"pick a GPU partition or set hydra.launcher.gpus_per_node=null")
+    if cpus_per_task or mem_gb or gpus_per_node:
+        check_resources(slurm_nodes(), partition, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
+                        gpus_per_node=gpus_per_node, tasks_per_node=tasks_per_node)
 
 
 def check_timeout(timeout_min: float, signal_delay_s: float, checkpoint_minutes: Optional[float]) -> None:
@@ -82,7 +172,8 @@ def checkpoint_minutes_from_hydra() -> Optional[float]:
 
 
 class SlurmPreflight(_HydraCallback):
-    """Hydra callback (conf/launcher/slurm.yaml): refuses a bad partition or too short timeout before sbatch."""
+    """Hydra callback (conf/launcher/slurm.yaml): refuses before sbatch a partition that does not exist, a job its
+    largest node cannot hold (CPUs, memory, GPUs), or a too short timeout."""
 
     def __init__(self, checkpoint_minutes: Optional[float] = None) -> None:
         if checkpoint_minutes is not None and not checkpoint_minutes > 0:
@@ -98,7 +189,9 @@ class SlurmPreflight(_HydraCallback):
         try:
             check_timeout(float(launcher.timeout_min), float(launcher.get("signal_delay_s", 0) or 0),
                           self.checkpoint_minutes)
-            check_partition(launcher.get("partition"), launcher.get("gpus_per_node"))
+            check_partition(launcher.get("partition"), gpus_per_node=launcher.get("gpus_per_node"),
+                            cpus_per_task=launcher.get("cpus_per_task"), mem_gb=launcher.get("mem_gb"),
+                            tasks_per_node=launcher.get("tasks_per_node"))
         except ConfigError as exc:
             # Hydra turns a callback's Exception into a warning and submits anyway: stop the sweep here
             print(f"error: {exc}", file=sys.stderr)

@@ -5,6 +5,19 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from hizfo.errors import ConfigError
+
+LOGGER_KINDS = ("wandb", "none")
+LOGGER_MODES = ("offline", "online", "disabled")     # wandb.init's modes (offline: no account, no network)
+
+
+def check_logger(kind: str, mode: str) -> None:
+    """``logger.kind`` and ``logger.mode`` are values this tracker knows (checked before the model loads)."""
+    if kind not in LOGGER_KINDS:
+        raise ConfigError(f"logger.kind: '{kind}' is not one of {', '.join(LOGGER_KINDS)}")
+    if mode not in LOGGER_MODES:
+        raise ConfigError(f"logger.mode: '{mode}' is not one of {', '.join(LOGGER_MODES)}")
+
 
 class Tracker:
     """A W&B run; ``kind=none`` gives a tracker that records nothing."""
@@ -14,11 +27,9 @@ class Tracker:
         self.run = None
         self.log_every = max(1, log_every)
         self.location: Optional[str] = None
+        check_logger(kind, mode)
         if kind == "none" or mode == "disabled":
             return
-        if kind != "wandb":
-            from hizfo.errors import ConfigError
-            raise ConfigError(f"logger.kind: '{kind}' is not one of wandb, none")
         import wandb
         run_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("WANDB_SILENT", "true")

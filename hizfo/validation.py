@@ -5,10 +5,12 @@ because only the loaded model knows how many positions it has.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Optional
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from hizfo.errors import ConfigError
 
@@ -37,8 +39,35 @@ def check_limit(key: str, value: Optional[int]) -> None:
         raise ConfigError(f"{key}: must be >= 1 or null (the whole split), got {value}")
 
 
+def check_known_keys(node: Any, where: str = "") -> None:
+    """Every key of a typed node is a field of its schema dataclass, at any depth (``+bogus_key=1`` is refused).
+
+    Hydra's ``+key=value`` adds a key with OmegaConf's ``force_add`` (hydra/_internal/config_loader_impl.py
+    ``_apply_overrides_to_config``), which lifts struct mode for that one key even inside a structured config, so
+    composition accepts keys no schema declares. The node keeps its dataclass type (``OmegaConf.get_type``), so the
+    schema says what belongs; free-form dicts (``model.arch``, ``task.options``, ``task.data_files``) have none.
+    """
+    if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():     # a null / ??? dict node
+        return
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        fields = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in fields:
+                full = f"{where}.{key}" if where else str(key)
+                allowed = ", ".join(f for f in fields if not f.startswith("_"))
+                raise ConfigError(f"{full}: no such config key; the keys{' of ' + where if where else ''} "
+                                  f"are: {allowed}")
+    for key, value in node.items_ex(resolve=False):
+        check_known_keys(value, f"{where}.{key}" if where else str(key))
+
+
 def validate_run_config(cfg: Any) -> None:
     """Every config-only check of a run, before anything is built or loaded."""
+    from hizfo.tracking import check_logger
+
+    check_known_keys(cfg)
+    check_logger(str(cfg.logger.kind), str(cfg.logger.mode))
     if cfg.seed < 0:
         raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
     check_device(str(cfg.device))

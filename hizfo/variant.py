@@ -2,7 +2,8 @@
 
 A path names where data lives, not what a run computes, and makes an unreadable folder name
 (``task.data_files.eval=_home_me_data_gsm8k_test.jsonl,...``), so a path-valued override appears as its file name
-and a short hash of the whole path: two files with the same name in different folders stay two variants.
+and a short hash of the whole path: two files with the same name in different folders stay two variants. A variant
+too long for one folder name (255 bytes on most file systems) keeps its start and ends in a hash of the whole name.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import posixpath
 PATH_KEYS = ("path", "data_dir", "gguf_file", "data_files")   # data_files={train: A, eval: B} as a whole
 PATH_PARENTS = ("data_files",)
 HASH_CHARS = 8
+MAX_VARIANT_CHARS = 160      # well under NAME_MAX (255 bytes); the longest committed variant has 42
 
 
 def is_path_valued(key: str, value: str) -> bool:
@@ -33,3 +35,13 @@ def short_variant_part(key: str, value: str) -> str:
         return f"{key}={digest}"
     name = posixpath.basename(value.rstrip("/")) or "root"
     return f"{key}={name}-{digest}"
+
+
+def short_variant(variant: str) -> str:
+    """``variant`` itself when it has at most ``MAX_VARIANT_CHARS`` bytes, else its start, ``-`` and the first 8 hex
+    of sha256(variant): distinct long variants stay distinct, and the folder name stays legal."""
+    if len(variant.encode()) <= MAX_VARIANT_CHARS:
+        return variant
+    digest = hashlib.sha256(variant.encode()).hexdigest()[:HASH_CHARS]
+    head = variant.encode()[:MAX_VARIANT_CHARS - HASH_CHARS - 1].decode(errors="ignore")
+    return f"{head}-{digest}"

@@ -52,6 +52,9 @@ class Task:
             raise ConfigError(f"task.references: '{self.cfg.references}' is not one of {', '.join(REFERENCE_MODES)}")
         if self.cfg.generation.max_new_tokens < 1:
             raise ConfigError(f"task.generation.max_new_tokens: must be >= 1, got {self.cfg.generation.max_new_tokens}")
+        if self.cfg.generation.num_beams < 1:
+            raise ConfigError(f"task.generation.num_beams: must be >= 1 (1: greedy decoding), "
+                              f"got {self.cfg.generation.num_beams}")
         self._cache: dict[str, list[Example]] = {}
 
     # -- data -------------------------------------------------------------------------------------------

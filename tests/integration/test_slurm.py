@@ -172,3 +172,24 @@ def test_a_time_limit_shorter_than_the_checkpoint_interval_is_refused_before_sba
     assert done.returncode != 0
     assert "timeout_min=10 leaves 8.0 min before Slurm's time-limit signal" in done.stderr, done.stderr[-3000:]
     assert not (sweep_dir / ".submitit").exists()
+
+
+def test_a_job_asking_more_cpus_or_memory_than_the_node_has_is_refused_before_sbatch(slurm, tmp_path):
+    """The launcher's default 8 CPUs on this one-node cluster's node (nproc CPUs: 2 on the CI machine): sbatch
+    would accept the array and it would pend for ever (Reason=PartitionConfig); the pre-flight refuses it."""
+    env = slurm_env(slurm)
+    cpus, mem_mb = (int(v.rstrip("+")) for v in subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%c %m", "-p", slurm["HIZFO_SLURM_PARTITION"]], capture_output=True, text=True,
+        env=env, check=True).stdout.split()[:2])
+    for key, asked, offered in (("cpus_per_task", max(8, cpus + 1), f"has at most {cpus} CPUs a node"),
+                                ("mem_gb", mem_mb // 1024 + 2, f"has at most {mem_mb} MB")):
+        sweep_dir = tmp_path / f"multirun-{key}"
+        args = [a if not a.startswith(f"hydra.launcher.{key}=") else f"hydra.launcher.{key}={asked}"
+                for a in launcher_args(slurm, sweep_dir)]
+        done = run_sweep(slurm, *args, "method=full_ft", *SMALL, f"results_dir={tmp_path / 'runs'}", timeout=300)
+        assert done.returncode == 2, done.stderr[-3000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(
+            f"error: hydra.launcher.{key}={asked}: partition '{slurm['HIZFO_SLURM_PARTITION']}' {offered}"), \
+            done.stderr[-3000:]
+        assert not (sweep_dir / ".submitit").exists()            # nothing was submitted

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from hizfo.checkpoint import Checkpointer, capture_rng, checkpoint_folder, params_sha256, restore_rng
+from hizfo.checkpoint import (CHECKPOINT_FILES, Checkpointer, capture_rng, checkpoint_folder, params_sha256,
+                              restore_rng)
 from hizfo.errors import ConfigError
 from tests.conftest import ROOT, compose
 
@@ -311,10 +312,19 @@ def damage(checkpoint: Path, how: str) -> Path:
     if how == "no_manifest":                            # what a save killed before its last file leaves
         (checkpoint / "manifest.json").unlink()
         return checkpoint
+    if how in ("entries_not_objects", "foreign_entry"):  # a manifest that parses but is not one this code wrote
+        manifest = json.loads((checkpoint / "manifest.json").read_text())
+        if how == "entries_not_objects":
+            manifest["files"] = {name: "ok" for name in manifest["files"]}
+        else:
+            manifest["files"]["../../outside"] = {"bytes": 1, "sha256": "0" * 64}
+        (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+        return checkpoint / "manifest.json"
     raise ValueError(how)
 
 
-@pytest.mark.parametrize("how,keep", [("flip", 1), ("truncate", 1), ("no_manifest", 1), ("flip", 2)])
+@pytest.mark.parametrize("how,keep", [("flip", 1), ("truncate", 1), ("no_manifest", 1), ("flip", 2),
+                                      ("entries_not_objects", 2), ("foreign_entry", 1)])
 def test_a_damaged_checkpoint_is_reported_and_skipped_and_the_run_ends_as_an_uninterrupted_one(
         how, keep, tmp_path, closing, capsys):
     """keep=1: the only checkpoint is damaged, so the run starts afresh; keep=2: it resumes from the one before.
@@ -337,7 +347,8 @@ def test_a_damaged_checkpoint_is_reported_and_skipped_and_the_run_ends_as_an_uni
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning: checkpoint:" in line]
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith(f"warning: checkpoint: {bad} "), warnings         # names the damaged file
-    assert {"flip": "is corrupt", "truncate": "is truncated", "no_manifest": "has no manifest.json"}[how] in warnings[0]
+    assert {"flip": "is corrupt", "truncate": "is truncated", "no_manifest": "has no manifest.json",
+            "entries_not_objects": "is malformed", "foreign_entry": "is malformed"}[how] in warnings[0]
     if keep == 1:
         assert "starts afresh" in warnings[0]
         assert again.restored_from is None and len(resumed.history) == TOTAL_STEPS
@@ -479,3 +490,46 @@ def test_checkpoint_folders_and_files_honour_the_umask(umask, dirs, files, tmp_p
     assert names == ["manifest.json", "method.pt", "params.safetensors", "rng.pt", "state.json"]
     for path in [*step.iterdir(), folder / ".lock", folder / ".lock.owner"]:
         assert stat.S_IMODE(path.stat().st_mode) == files, path
+
+
+def test_what_is_not_a_step_folder_is_ignored_and_kept(tmp_path, closing, capsys):
+    """``step-00000600.bak``, ``step-old``, a file named like a checkpoint and a link to one are not checkpoints:
+    the run resumes from its real one, never deletes or follows them, and says nothing about them."""
+    reference, reference_sha, _ = uninterrupted("full_ft")
+    folder = tmp_path / "ckpt"
+    killed = KilledAfter(folder, "hash-a", every_steps=1, stop_at=4)
+    closing(killed)
+    with pytest.raises(Killed):
+        train("full_ft", killed)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(folder / "step-00000004", elsewhere)
+    (folder / "step-00000600.bak").mkdir()
+    (folder / "step-old").mkdir()
+    (folder / "step-00000700").write_text("not a folder")
+    (folder / "step-00000900").symlink_to(elsewhere, target_is_directory=True)
+    strays = ["step-00000600.bak", "step-00000700", "step-00000900", "step-old"]
+    assert [p.name for p in killed.checkpoints()] == ["step-00000004"]
+    capsys.readouterr()
+
+    again = Checkpointer(folder, "hash-a", every_steps=1)
+    closing(again)
+    resumed, resumed_sha, _ = train("full_ft", again)
+    assert "warning" not in capsys.readouterr().err
+    assert again.restored_from.name == "step-00000004" and resumed_sha == reference_sha
+    assert listing(folder) == sorted(strays + [f"step-{TOTAL_STEPS:08d}"])
+    assert sorted(p.name for p in elsewhere.iterdir()) == sorted(CHECKPOINT_FILES + ("manifest.json",))
+
+
+def test_close_removes_the_lock_files_and_an_empty_folder_and_keeps_checkpoints(tmp_path):
+    root = tmp_path / "checkpoints"
+    empty = Checkpointer(root / "m" / "t" / "x" / "v" / "seed0", "hash-a", handle_signals=False)
+    empty.lock()
+    assert (empty.folder / ".lock").exists() and (empty.folder / ".lock.owner").exists()
+    empty.close()
+    assert root.is_dir() and list(root.iterdir()) == []               # the run's folders go, the root stays
+    kept = Checkpointer(root / "m" / "t" / "x" / "v" / "seed1", "hash-a", handle_signals=False)
+    kept.lock()
+    (kept.folder / "step-00000002").mkdir()                            # stands for a checkpoint of a failed run
+    kept.close()
+    kept.close()                                                       # idempotent
+    assert sorted(p.name for p in kept.folder.iterdir()) == ["step-00000002"]

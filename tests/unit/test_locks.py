@@ -103,3 +103,37 @@ def test_release_with_unlink_removes_the_lock_file_and_its_owner_note(tmp_path):
     lock.release(unlink=True)
     assert sorted(p.name for p in (tmp_path / "folder").iterdir()) == []
     assert try_from_another_process(path).stdout.strip() == "acquired"
+
+
+def test_a_lock_file_planted_as_a_symbolic_link_is_refused_in_one_line_and_its_target_kept(tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / ".lock").symlink_to(target)
+    with pytest.raises(ConfigError) as caught:
+        RunLock(folder / ".lock", name="checkpoint: X").acquire()
+    assert str(caught.value) == (f"checkpoint: X: cannot take the lock {folder / '.lock'}: it is a symbolic link, "
+                                 f"which is never followed; remove it")
+    assert target.read_text() == "keep me\n" and not (folder / ".lock.owner").exists()
+    (folder / ".lock").unlink()
+    (folder / ".lock").symlink_to(tmp_path / "nowhere")                 # dangling: not created through either
+    with pytest.raises(ConfigError, match="symbolic link"):
+        RunLock(folder / ".lock").acquire()
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_owner_note_is_never_written_through_a_symbolic_link(tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    owner = folder / ".lock.owner"
+    owner.symlink_to(target)
+    lock = RunLock(folder / ".lock").acquire()
+    assert target.read_text() == "keep me\n"                              # the link was replaced, not followed
+    assert not owner.is_symlink() and owner.read_text().split()[0] == str(os.getpid())
+    assert lock.holder().startswith(f"pid {os.getpid()} on ")
+    lock.release(unlink=True)
+    owner.symlink_to(target)                                              # a contender reads no link either
+    assert RunLock(folder / ".lock").holder() == "pid unknown"

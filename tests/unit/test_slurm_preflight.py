@@ -9,6 +9,7 @@ import pytest
 
 from hizfo.errors import ConfigError
 from hizfo.slurm_preflight import check_partition, check_timeout
+from tests.conftest import ROOT
 
 
 def test_timeout_shorter_than_the_checkpoint_interval_is_refused():
@@ -37,3 +38,124 @@ def test_no_sinfo_means_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ConfigError, match="not a Slurm login node"):
         check_partition("gpu")
+
+
+# `sinfo -h -N -o '%P|%c|%m|%G'` as Slurm 23 prints it: the repository's one-node test cluster (2 CPUs, 16 GB,
+# no GPUs; scripts/slurm/start_local_slurm.sh) as the default partition, and a GPU partition of two node types
+RECORDED_SINFO = """\
+debug*|2|16000|(null)
+gpu|64|515000|gpu:a100:4(S:0-1)
+gpu|32|257000|gpu:a100:2,gpu:v100:1(S:0)
+misc|16|64000|mygpu:2
+"""
+
+
+def fake_sinfo(tmp_path, monkeypatch, nodes: str = RECORDED_SINFO) -> None:
+    """A `sinfo` on PATH that answers the partition query and the node query (-N) from recorded text."""
+    fake = tmp_path / "bin" / "sinfo"
+    fake.parent.mkdir(exist_ok=True)
+    (tmp_path / "nodes.txt").write_text(nodes)
+    fake.write_text(f"""#!/bin/sh
+case "$*" in
+  *-N*) cat {tmp_path / 'nodes.txt'} ;;
+  *) cut -d'|' -f1 {tmp_path / 'nodes.txt'} | tr -d '*' ;;
+esac
+""")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_gpus_are_counted_not_matched_as_a_substring():
+    from hizfo.slurm_preflight import gpu_count
+    assert [gpu_count(g) for g in ("gpu:4", "gpu:a100:4(S:0-1)", "gpu:a100:2,gpu:v100:1(S:0)", "(null)",
+                                   "mygpu:2", "gpu:0", "gpu", "shard:8,gpu:h100:8(S:0,1)")] == [4, 4, 3, 0, 0, 0, 1, 8]
+
+
+def test_the_recorded_sinfo_text_is_read_node_by_node():
+    from hizfo.slurm_preflight import parse_nodes
+    nodes = parse_nodes(RECORDED_SINFO + "garbage line\n")
+    assert [(n.partition, n.default, n.cpus, n.mem_mb, n.gpus) for n in nodes] == [
+        ("debug", True, 2, 16000, 0), ("gpu", False, 64, 515000, 4), ("gpu", False, 32, 257000, 3),
+        ("misc", False, 16, 64000, 0)]
+
+
+@pytest.mark.parametrize("asked,expected", [
+    # the launcher's defaults (8 CPUs, 64 GB, 1 GPU) on the 2-CPU default partition: the CPUs are named first
+    (dict(partition=None, cpus_per_task=8, mem_gb=64, gpus_per_node=1),
+     "hydra.launcher.cpus_per_task=8: the default partition 'debug' has at most 2 CPUs a node (sinfo); "),
+    (dict(partition="debug", cpus_per_task=1, tasks_per_node=4),
+     "hydra.launcher.cpus_per_task=1 x tasks_per_node=4: partition 'debug' has at most 2 CPUs a node"),
+    (dict(partition="debug", cpus_per_task=2, mem_gb=64),
+     "hydra.launcher.mem_gb=64: partition 'debug' has at most 16000 MB (15.6 GB) a node (sinfo); lower "
+     "hydra.launcher.mem_gb to <= 15, set it to null"),
+    (dict(partition="debug", cpus_per_task=1, gpus_per_node=1),
+     "hydra.launcher.gpus_per_node=1: partition 'debug' has no GPUs (sinfo %G: (null)); pick a GPU partition"),
+    (dict(partition="misc", gpus_per_node=1),                    # 'mygpu' is not a GPU
+     "hydra.launcher.gpus_per_node=1: partition 'misc' has no GPUs (sinfo %G: mygpu:2)"),
+    (dict(partition="gpu", cpus_per_task=8, mem_gb=64, gpus_per_node=8),
+     "hydra.launcher.gpus_per_node=8: partition 'gpu' has at most 4 GPUs a node"),
+    (dict(partition="gpu", cpus_per_task=48, mem_gb=64, gpus_per_node=3),   # 64 CPUs has 4 GPUs: fits
+     None),
+    (dict(partition="gpu", cpus_per_task=48, mem_gb=300, gpus_per_node=3),
+     None),
+    (dict(partition="debug,gpu", cpus_per_task=8, mem_gb=64, gpus_per_node=1), None),   # any of the two
+    (dict(partition="gpu", cpus_per_task=48, mem_gb=503, gpus_per_node=1),
+     "hydra.launcher.mem_gb=503: partition 'gpu' has at most 515000 MB (502.9 GB) a node (sinfo); lower hydra.launcher.mem_gb to <= 502"),
+    (dict(partition="debug", cpus_per_task=2, mem_gb=15), None),
+])
+def test_what_a_job_asks_must_fit_the_partitions_largest_node(asked, expected):
+    from hizfo.slurm_preflight import check_resources, parse_nodes
+    nodes = parse_nodes(RECORDED_SINFO)
+    if expected is None:
+        check_resources(nodes, **asked)
+        return
+    with pytest.raises(ConfigError) as caught:
+        check_resources(nodes, **asked)
+    assert str(caught.value).startswith(expected) and "\n" not in str(caught.value), str(caught.value)
+
+
+def test_no_single_node_holding_everything_at_once_is_refused():
+    from hizfo.slurm_preflight import check_resources, parse_nodes
+    nodes = parse_nodes("big|64|16000|(null)\nfat|4|515000|(null)\n")
+    with pytest.raises(ConfigError, match=r"^hydra\.launcher: no node of partition 'big,fat' has 32 CPUs, 100 GB "
+                                          r"and 0 GPUs at once"):
+        check_resources(nodes, "big,fat", cpus_per_task=32, mem_gb=100)
+
+
+def test_the_callback_refuses_the_launchers_defaults_on_a_two_cpu_node_before_sbatch(tmp_path, monkeypatch, capsys):
+    """The Hydra callback with conf/launcher/slurm.yaml's values on the recorded cluster: exit 2, one line."""
+    from omegaconf import OmegaConf
+    from hizfo.slurm_preflight import SlurmPreflight
+    fake_sinfo(tmp_path, monkeypatch)
+    launcher = OmegaConf.load(ROOT / "conf" / "launcher" / "slurm.yaml").hydra.launcher
+    launcher._target_ = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    config = OmegaConf.create({"hydra": {"launcher": launcher}})
+    with pytest.raises(SystemExit) as exited:
+        SlurmPreflight(checkpoint_minutes=30).on_multirun_start(config)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: hydra.launcher.cpus_per_task=8: the default partition 'debug' has at most 2 CPUs a node "
+                   "(sinfo); lower hydra.launcher.cpus_per_task or pick another partition"]
+    config.hydra.launcher.partition = "gpu"                     # the defaults fit a GPU node: no exit
+    SlurmPreflight(checkpoint_minutes=30).on_multirun_start(config)
+
+
+def test_run_py_with_the_launchers_defaults_on_a_two_cpu_node_stops_before_sbatch(tmp_path, monkeypatch):
+    """``python run.py -m launcher=slurm`` as a user types it, on the recorded cluster: one line, exit 2, and the
+    `sbatch` on PATH is never called."""
+    import subprocess
+    import sys
+    fake_sinfo(tmp_path, monkeypatch)
+    called = tmp_path / "sbatch-called"
+    sbatch = tmp_path / "bin" / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\ntouch {called}\nexit 1\n")
+    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
+    proc = subprocess.run([sys.executable, "run.py", "-m", "launcher=slurm", "logger=none",
+                           f"results_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        "error: hydra.launcher.cpus_per_task=8: the default partition 'debug' has at most 2 CPUs a node (sinfo); "
+        "lower hydra.launcher.cpus_per_task or pick another partition"]
+    assert not called.exists() and not (tmp_path / "sweep").exists()

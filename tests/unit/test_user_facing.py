@@ -108,3 +108,54 @@ def test_path_overrides_appear_as_a_file_name_and_a_short_hash():
     assert short_variant_part("method.rho", "0.2") == "method.rho=0.2"
     assert short_variant_part("task.data_files", "{train: /x/a.jsonl}").startswith("task.data_files=")
     assert "/" not in short_variant_part("task.data_files", "{train: /x/a.jsonl}")
+
+
+METHODS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+
+
+def test_evaluation_only_writes_an_ok_record_for_every_method(tmp_path):
+    """method.max_steps=0: set up, no update step, evaluate, an ok record; one sweep through run.py for all methods.
+    Nothing trains, so every method that starts from the untouched model predicts what zero-shot predicts."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "run.py", "-m", f"method={','.join(METHODS)}", "method.max_steps=0",
+                           "logger=none", f"results_dir={tmp_path}/runs", f"hydra.sweep.dir={tmp_path}/sweep",
+                           "task.options.n_train=8", "task.options.n_eval=4", "task.generation.max_new_tokens=4",
+                           "num_threads=1"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    records = {p.parts[-3]: json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("seed0.json")}
+    assert sorted(records) == METHODS
+    for name, record in records.items():
+        assert record["status"] == "ok", (name, record.get("error"))
+        assert record["costs"]["steps"] == 0 and record["final_train_loss"] is None, name
+        assert set(record["metrics"]) >= {"rouge1", "rougeL"}, name
+    zero_shot = records["zero_shot"]
+    adapters = {"lora", "bilevel_zofo"}             # add zero-initialised LoRA B: other tensors, the same outputs
+    for name, record in records.items():
+        if name == "prefix":                          # prefix-tuning prepends its (randomly initialised) tokens
+            continue
+        assert record["samples"] == zero_shot["samples"], name
+        assert (record["final_params_sha256"] == zero_shot["final_params_sha256"]) == (name not in adapters), name
+    for name in ("hizfo", "hizfo_random_dir", "hizfo_zo_off"):   # the partition is still profiled and recorded
+        assert records[name]["partition"]["fo_params"] > 0 and records[name]["costs"]["n_backward"] == 2, name
+    assert not list(tmp_path.rglob(".lock*"))
+
+
+def test_a_failed_overwrite_keeps_the_ok_record_and_says_so(tmp_path):
+    """overwrite=true reruns a finished run; when the rerun fails, the ok record stays and the message says that,
+    instead of pointing at a failed record that was never written. Both runs in one process (tests/run_many.py)."""
+    common = ["logger=none", f"results_dir={tmp_path}/runs", f"hydra.run.dir={tmp_path}/out", "method=full_ft",
+              "method.max_steps=2", "task.options.n_train=8", "task.options.n_eval=2", "num_threads=1",
+              "variant=v"]
+    failing = [*common, "overwrite=true", "divergence_factor=1e-9", "divergence_patience=1"]   # stops at step 1
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "run_many.py")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, input=f"{json.dumps(common)}\n{json.dumps(failing)}\n",
+                          env={**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"})
+    first, second = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert first["status"] == 0, first["stderr"][-2000:]
+    (record,) = (tmp_path / "runs").rglob("seed0.json")
+    assert second["status"] == 1
+    failed = [line for line in second["stderr"].splitlines() if line.startswith("failed:")]
+    assert len(failed) == 1 and failed[0].endswith(f"; the ok record at {record} was kept (overwrite=true: no failed "
+                                                   f"record replaces it)"), second["stderr"][-2000:]
+    assert json.loads(record.read_text())["status"] == "ok"
+    assert not list(tmp_path.rglob(".lock*"))

@@ -1,6 +1,7 @@
 """Bad input fails in one line naming the key and what is allowed, before a model loads (issue 14, part 5)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -112,3 +113,118 @@ def test_hydra_errors_exit_2_in_one_line(override, expected, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert error_line(proc).startswith(expected), proc.stderr[-2000:]
     assert not list(tmp_path.rglob("*.json"))
+
+
+# -- unclean inputs through run.py: one line, exit 2, before the model loads, no record, no lock left -------------
+
+LONG_VARIANT = "v" * 300                                   # over NAME_MAX (255 bytes) as one folder name
+PLANTED_LOCK = "(a .lock planted as a symbolic link)"
+UNCLEAN = [                                                # (override(s), the start of the one error line)
+    ("+bogus_key=1", "bogus_key: no such config key; the keys are: model, task, method, "),
+    ("+method.rhoo=0.2", "method.rhoo: no such config key; the keys of method are: name, lr, "),
+    ("+task.generation.foo=1", "task.generation.foo: no such config key; the keys of task.generation are: "),
+    ("+logger.x=1", "logger.x: no such config key; the keys of logger are: kind, "),
+    ("method.grad_clip=-1", "method.grad_clip: must be a finite number > 0 (the gradient-norm cap) or null"),
+    ("method=full_ft method.grad_clip=0", "method.grad_clip: must be a finite number > 0"),
+    ("task.generation.num_beams=0", "task.generation.num_beams: must be >= 1 (1: greedy decoding), got 0"),
+    ("logger.mode=bogus", "logger.mode: 'bogus' is not one of offline, online, disabled"),
+    ("logger.kind=bogus", "logger.kind: 'bogus' is not one of wandb, none"),
+    ("method.zo_scope=bogus", "method.zo_scope: 'bogus' is not one of all, below"),
+    ("method.buckets=0", "method.buckets: must be >= 1"),
+    ("method=greentrainer method.buckets=-3", "method.buckets: must be >= 1"),
+    ("model.name=..", "model.name: '..' cannot name a results folder"),
+    ("task.name=..", "task.name: '..' cannot name a results folder"),
+    ("method.name=..", "method.name: '..' cannot name a results folder"),
+    ("variant=..", "variant: '..' cannot name a results folder"),
+    ("variant=/tmp/elsewhere", "variant: '/tmp/elsewhere' cannot name a results folder"),
+    ("variant=a/b", "variant: 'a/b' cannot name a results folder"),
+    ("method.lr=-1", "method.lr: must be a finite number >= 0"),                   # a method value ...
+    ("task.batch_size=0", "task.batch_size: must be >= 1"),                           # ... a task value: no lock
+]
+# fail after the run took its checkpoint folder's lock: the lock files must go all the same
+AFTER_THE_LOCK = [("model.tokenizer=/no/such/tokenizer", "model.tokenizer: cannot load '/no/such/tokenizer'")]
+
+
+@pytest.fixture(scope="module")
+def unclean_runs(tmp_path_factory):
+    """Every case of UNCLEAN and AFTER_THE_LOCK, and one over-long variant, through run.py in one process
+    (tests/run_many.py): {override: (result, its results_dir)}."""
+    tmp = tmp_path_factory.mktemp("unclean")
+    cases = {}
+    for index, (override, _) in enumerate(UNCLEAN + AFTER_THE_LOCK):
+        cases[override] = tmp / f"case{index}"
+    cases[f"variant={LONG_VARIANT}"] = tmp / "long"
+    cases[PLANTED_LOCK] = tmp / "planted"                  # the default run, its folder's .lock a planted link
+    planted = cases[PLANTED_LOCK] / "checkpoints" / "tiny-opt" / "toy" / "hizfo" / "default" / "seed0"
+    planted.mkdir(parents=True)
+    (planted / ".lock").symlink_to(cases[PLANTED_LOCK] / "precious")
+    (cases[PLANTED_LOCK] / "precious").write_text("keep me\n")
+    lines = []
+    for override, where in cases.items():
+        extra = ["method=zero_shot", "task.options.n_eval=2"] if override.startswith(f"variant={LONG_VARIANT}") else []
+        override = "" if override == PLANTED_LOCK else override
+        lines.append(json.dumps(["logger=none", f"results_dir={where}/runs", f"hydra.run.dir={where}/out", "num_threads=1",
+                                 *extra, *override.split()]))
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "run_many.py")], input="\n".join(lines) + "\n",
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == len(cases), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {override: (result, where) for (override, where), result in zip(cases.items(), results)}
+
+
+@pytest.mark.parametrize("override,expected", UNCLEAN + AFTER_THE_LOCK, ids=[o for o, _ in UNCLEAN + AFTER_THE_LOCK])
+def test_unclean_input_ends_in_one_line_and_exit_2(unclean_runs, override, expected):
+    result, where = unclean_runs[override]
+    errors = [line for line in result["stderr"].splitlines() if line.startswith("error:")]
+    assert result["status"] == 2, result["stderr"][-2000:]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {expected}"), result["stderr"][-2000:]
+    assert "Traceback" not in result["stderr"] and len(result["stderr"].strip().splitlines()) == 1, result["stderr"]
+    if (override, expected) in UNCLEAN:
+        assert not result["model_loaded"], "the model loaded before the input was refused"
+        assert not (where / "checkpoints").exists(), "the checkpoint folder was locked before the input was refused"
+    else:                                   # the lock was taken (its root stays), and its files went with the run
+        assert (where / "checkpoints").is_dir() and not any((where / "checkpoints").iterdir())
+    assert not list(where.rglob("*.json")), "a record was written"                   # no record, anywhere
+    assert not [p for p in where.rglob(".lock*")], "a lock file was left behind"
+
+
+def test_an_over_long_variant_is_shortened_with_a_hash(unclean_runs):
+    from hizfo.variant import MAX_VARIANT_CHARS
+    result, where = unclean_runs[f"variant={LONG_VARIANT}"]
+    assert result["status"] == 0, result["stderr"][-3000:]
+    (record,) = where.rglob("seed0.json")
+    name = record.parent.name
+    assert len(name) == MAX_VARIANT_CHARS and name.startswith("v" * 100) and name[-9] == "-"
+    assert json.loads(record.read_text())["config"]["variant"] == name
+
+
+def test_a_nul_or_separator_in_a_folder_name_is_refused():
+    from hizfo.runspec import RunSpec
+    base = OmegaConf.to_container(compose([]), resolve=True)
+    for key, value in (("model", "a\0b"), ("task", "x/../../y"), ("method", ".")):
+        config = {**base, key: {**base[key], "name": value}}
+        with pytest.raises(ConfigError, match=rf"^{key}\.name: .* cannot name a results folder"):
+            RunSpec.build(config)
+    RunSpec.build(base)
+
+
+def test_distinct_long_variants_stay_distinct():
+    from hizfo.variant import MAX_VARIANT_CHARS, short_variant
+    a, b = short_variant("x" * 200 + "a"), short_variant("x" * 200 + "b")
+    assert a != b and len(a.encode()) == len(b.encode()) == MAX_VARIANT_CHARS
+    assert short_variant("method.rho=0.2") == "method.rho=0.2"
+    assert len(short_variant("é" * 200).encode()) <= MAX_VARIANT_CHARS              # cut on a character boundary
+
+
+def test_a_lock_planted_as_a_symbolic_link_in_the_checkpoint_folder_ends_in_one_line(unclean_runs):
+    result, where = unclean_runs[PLANTED_LOCK]
+    folder = where / "checkpoints" / "tiny-opt" / "toy" / "hizfo" / "default" / "seed0"
+    assert result["status"] == 2, result["stderr"][-2000:]
+    assert result["stderr"].strip().splitlines() == [
+        f"error: checkpoint: {folder}: cannot take the lock {folder / '.lock'}: it is a symbolic link, which is "
+        f"never followed; remove it"]
+    assert not result["model_loaded"]
+    assert (where / "precious").read_text() == "keep me\n" and not (folder / ".lock.owner").exists()
+    assert not list(where.rglob("*.json"))                                         # no record
