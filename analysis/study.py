@@ -60,7 +60,8 @@ EQUIVALENCE_CONFIDENCE = 1 - 2 * ALPHA   # TOST at α = 0.05 is the 90 % CI insi
 # ROUGE-1 near 30 that is ±1.5 points). --margin changes it; a changed margin must be said in the report.
 DEFAULT_MARGIN = 0.05
 # metric keys per task, the first is the one claims use (hizfo/tasks/pydoc.py, hizfo/tasks/humaneval.py score())
-TASK_METRICS: dict[str, tuple[str, ...]] = {"pydoc": ("rouge1", "rouge2", "rougeL"), "humaneval_split": ("pass@1",)}
+TASK_METRICS: dict[str, tuple[str, ...]] = {"pydoc": ("rouge1", "rouge2", "rougeL"), "humaneval_split": ("pass@1",),
+                                            "wordnet_revdict": ("exact_match", "exact_match_word")}
 METRIC_DECIMALS = {"pass@1": 3, "accuracy": 3}
 # variant keys that do not change what a run computes, or that the method's name already carries
 IGNORED_KEYS = ("method.alpha_mode", "model.path", "model.device_map", "task.data_dir", "task.allow_code_execution")
@@ -704,7 +705,8 @@ def render_claims(claims: list[Claim], margin: float) -> str:
              "positive difference is the paper's direction: *supported* when the 95 % t interval lies above 0 "
              "(two-sided paired t test, p < 0.05), *contradicted* when it lies below 0, *inconclusive* otherwise, "
              "including fewer than two paired seeds and missing arms (*inconclusive (no records)*). Scores are each "
-             "task's first metric (ROUGE-1 ×100 for pydoc, pass@1 for humaneval_split).", "",
+             "task's first metric (ROUGE-1 ×100 for pydoc, pass@1 for humaneval_split, exact match % for "
+             "wordnet_revdict).", "",
              f"Multiplicity: the comparisons behind the verdicts of one task are one family, Holm-adjusted "
              f"(step-down, family-wise 5 %); the verdict with Holm's p values is beside the raw one. Comparisons "
              f"per family: {sizes or 'none'}.", "",
