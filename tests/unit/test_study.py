@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from analysis.loading import Report
-from analysis.study import (CONTRADICTED, INCONCLUSIVE, NO_RECORDS, SUPPORTED, arms_of, find_arm, holm, load_study,
-                            main, min_detectable, paired, study_claims, t_interval, tost)
+from analysis.study import (CONTRADICTED, INCONCLUSIVE, NO_RECORDS, SUPPORTED, Interval, arms_of, find_arm, holm,
+                            load_study, main, min_detectable, paired, study_claims, t_interval, tost, verdict)
 
 HIZFO_CFG = {"rho": 0.6, "alpha": 0.1, "lr_ratio": 0.1, "alpha_mode": "update", "lr": 2e-5}
 SWEEP_KEY = {"method.rho": "rho", "method.alpha": "alpha", "method.lr_ratio": "lr_ratio"}
@@ -257,6 +257,8 @@ def test_fixture_p_values_holm_family_and_verdicts_by_hand(results):
     assert equivalence["p_holm"] == pytest.approx(12 * equivalence["p"])           # the smallest of 12
     assert (c7["verdict"], c7["holm_verdict"]) == (SUPPORTED, SUPPORTED)
     assert c2["min_detectable"] == pytest.approx(min_detectable(3, 1.0))           # s.d. of 3, 4, 2 is 1
+    for c in (c for claim_ in pydoc for c in claim_["comparisons"] if c["kind"] == "difference"):
+        assert c["verdict"] == verdict(Interval(**c["interval"])), c              # p < 0.05 ⇔ the 95 % CI excludes 0
 
 
 def test_claim_6_is_an_intersection_union_test_by_hand(results):
