@@ -114,3 +114,15 @@ def test_run_py_exits_2_on_a_modified_snapshot_before_the_model_loads(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: task wordnet_revdict:") and "eval.jsonl" in last and REGENERATE in last
     assert "Traceback" not in proc.stderr and not list((tmp_path / "results").rglob("*.json"))
+
+
+def test_the_check_verifies_the_hashes_even_without_wordnet(tmp_path, capsys):
+    module = script()
+    assert module.main(["--check", "--wordnet", str(tmp_path / "none")]) == 0
+    assert "not rebuilt" in capsys.readouterr().out
+    folder = tmp_path / "copy"
+    shutil.copytree(SNAPSHOT, folder)
+    (folder / "eval.jsonl").write_text("")
+    assert module.main(["--check", "--out", str(folder), "--wordnet", str(tmp_path / "none")]) == 1
+    assert module.main(["--out", str(tmp_path / "new"), "--wordnet", str(tmp_path / "none")]) == 2   # no source
+    assert "apt-get install wordnet-base" in capsys.readouterr().err
