@@ -93,6 +93,15 @@ def swept_values(method: str, method_cfg: dict[str, Any]) -> dict[str, Optional[
     return values
 
 
+def _steps_per_epoch(curve: Any) -> Optional[float]:
+    """The step of the first epoch's end in a record's curve (its epoch-end evaluations), if it has one."""
+    entries = curve.get("eval") if isinstance(curve, dict) else None
+    for entry in entries or []:
+        if entry.get("epoch") == 0 and _number(entry.get("step")):
+            return _number(entry["step"])
+    return None
+
+
 def _row(path: Path, record: RunRecord) -> dict[str, Any]:
     """One flat row from a record (raises KeyError / TypeError when its config is not a run's)."""
     config = record.config
@@ -112,6 +121,8 @@ def _row(path: Path, record: RunRecord) -> dict[str, Any]:
         "memory_kind": costs.memory_kind or None, "mem_gb": _number(costs.peak_memory_gb),
         "train_seconds": seconds, "time_h": seconds / 3600 if seconds is not None else None,
         "partition": record.partition, "curve": record.curve, "segments": costs.segments,
+        "epochs": _number(config["method"].get("epochs")), "max_steps": _number(config["method"].get("max_steps")),
+        "steps": _number(costs.steps), "steps_per_epoch": _steps_per_epoch(record.curve),
     }
     for key, value in record.metrics.items():
         number = _number(value)

@@ -47,6 +47,7 @@ TASK_DISPLAY: dict[str, str] = {
     "scitldr": "SciTLDR", "dialogsum": "DialogSum", "webquestions": "WebQuestion", "gsm8k": "GSM8K",
     "math500": "Math500", "humaneval": "HumanEval", "toy": "Toy",
     "pydoc": "PyDoc (stdlib)", "humaneval_split": "HumanEval (held-out half)",
+    "wordnet_revdict": "WordNet reverse dictionary",
 }
 
 
@@ -69,6 +70,7 @@ TASK_SCORES: dict[str, TaskScore] = {
     "humaneval": TaskScore(("pass@1",), "pass@1", decimals=3),
     "pydoc": ROUGE,                                                # docstring summaries: ROUGE, as scitldr
     "humaneval_split": TaskScore(("pass@1",), "pass@1", decimals=3),   # pass@1 fraction, as humaneval
+    "wordnet_revdict": TaskScore(("exact_match",), "EM"),          # % equal to the word or a synonym
 }
 
 # Hyperparameters that tell the cells of the sweeps apart, with the paper's defaults (§4.2, A.2).

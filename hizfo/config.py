@@ -50,6 +50,8 @@ class TaskConfig:
     max_target_length: int = 64
     limit: Optional[int] = None          # cap on evaluation examples (None: the whole split)
     train_limit: Optional[int] = None    # cap on training examples (None: the whole split)
+    group_by_length: bool = False        # batches of similar length (seeded; every example once an epoch) so padding
+                                         # is small; evaluation batches sorted by prompt length (hizfo/loop.py)
     data_files: Optional[dict[str, str]] = None  # local copies {split: file} for offline clusters
     data_dir: Optional[str] = None
     rouge_stemmer: bool = False

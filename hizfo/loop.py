@@ -40,26 +40,51 @@ def input_device(model: torch.nn.Module, fallback: torch.device) -> torch.device
         return fallback
 
 
+def length_grouped_batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Seeded batches of examples of similar length, in a seeded order; every index in exactly one batch.
+
+    The grouping is transformers' ``get_length_grouped_indices`` (trainer_pt_utils.py, the Trainer's
+    ``group_by_length``): a random permutation cut into mega-batches of up to 50 batches, each sorted by length.
+    The batches are then put in a second seeded random order, so the long batches do not all come first (the
+    one short batch, when the split does not divide evenly, goes anywhere in the epoch).
+    """
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+    grouped = get_length_grouped_indices(lengths, batch_size, generator=generator)
+    batches = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
+    return [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 class BatchStream:
-    """Training batches in a seeded order: epoch e uses permutation randperm(n, seed=(seed, e))."""
+    """Training batches in a seeded order: epoch e uses permutation randperm(n, seed=(seed, e)).
+
+    ``group_by_length``: the epoch's batches are :func:`length_grouped_batches` from the same seeded generator,
+    so a batch holds sequences of similar length and carries little padding.
+    """
 
     def __init__(self, encoded: list[dict[str, list[int]]], batch_size: int, pad_token_id: int, seed: int,
-                 device: torch.device) -> None:
+                 device: torch.device, group_by_length: bool = False) -> None:
         self.encoded = encoded
         self.batch_size = batch_size
         self.pad_token_id = pad_token_id
         self.seed = seed
         self.device = device
+        self.group_by_length = group_by_length
 
     def __len__(self) -> int:
         return math.ceil(len(self.encoded) / self.batch_size)
 
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The example indices of each batch of one epoch, in order (each index exactly once)."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.group_by_length:
+            return length_grouped_batches([len(e["input_ids"]) for e in self.encoded], self.batch_size, generator)
+        order = torch.randperm(len(self.encoded), generator=generator).tolist()
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of one epoch, from batch index ``start`` on (exact resume)."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.encoded), generator=generator).tolist()
-        for index in range(start, len(self)):
-            rows = [self.encoded[i] for i in order[index * self.batch_size:(index + 1) * self.batch_size]]
+        for indices in self.batches(epoch)[start:]:
+            rows = [self.encoded[i] for i in indices]
             yield {k: v.to(self.device) for k, v in collate_train(rows, self.pad_token_id).items()}
 
     def endless(self, salt: int) -> Iterator[Batch]:
@@ -67,7 +92,7 @@ class BatchStream:
         epoch = 0
         while True:
             yield from BatchStream(self.encoded, self.batch_size, self.pad_token_id, self.seed + salt,
-                                   self.device).epoch(epoch)
+                                   self.device, self.group_by_length).epoch(epoch)
             epoch += 1
 
 
@@ -103,9 +128,13 @@ def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: 
     if gen.num_beams > 1:
         kwargs.update(length_penalty=gen.length_penalty, early_stopping=gen.early_stopping)
     target = input_device(model, device)
+    order = list(range(len(examples)))
+    if task.cfg.group_by_length:                 # longest prompts first, so a batch's left padding is small
+        lengths = [len(tokenizer(e.prompt).input_ids) for e in examples]
+        order.sort(key=lambda i: -lengths[i])
     # leave=True: the bar ends its line, so what is printed next (``metrics:``) starts a line of its own in a log
     for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=True, dynamic_ncols=True):
-        chunk = examples[start:start + batch_size]
+        chunk = [examples[i] for i in order[start:start + batch_size]]
         batch = {k: v.to(target) for k, v in encode_prompts(chunk, tokenizer, task.cfg.max_input_length).items()}
         # stop where task.postprocess will cut, with any tokenizer (transformers' stop_strings cannot take all)
         stop = StoppingCriteriaList([StopOnText(tokenizer, batch["input_ids"].shape[1], task.stop_index)])
@@ -114,7 +143,10 @@ def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: 
         for row in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
             outputs.append(task.postprocess(row))
     model.train(was_training)
-    return outputs
+    in_order = [""] * len(examples)
+    for position, index in enumerate(order):                    # back to the examples' own order
+        in_order[index] = outputs[position]
+    return in_order
 
 
 def evaluate(method: Method, loaded: LoadedModel, task: Task, device: torch.device) -> tuple[dict[str, float], list[str]]:
@@ -169,6 +201,8 @@ def eval_loss(model: torch.nn.Module, encoded: list[dict[str, list[int]]], task:
     model.eval()
     total, tokens = 0.0, 0
     size = task.cfg.eval_batch_size
+    if task.cfg.group_by_length:                 # a sum over tokens: the order only changes the padding
+        encoded = sorted(encoded, key=lambda e: -len(e["input_ids"]))
     for start in range(0, len(encoded), size):
         batch = {k: v.to(device) for k, v in collate_train(encoded[start:start + size], pad_token_id).items()}
         count = int((batch["labels"][:, 1:] != -100).sum())        # the tokens the shifted loss averages over
@@ -213,7 +247,8 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
             check_fits(task, tokenizer, "train")
             examples = task.examples("train") if split == "train" else task.validation_examples()
             streams[split] = BatchStream(encode_split(task, loaded, examples), task.cfg.batch_size,
-                                         tokenizer.pad_token_id, seed if split == "train" else seed + 7, model_device)
+                                         tokenizer.pad_token_id, seed if split == "train" else seed + 7, model_device,
+                                         task.cfg.group_by_length)
         return streams[split]
 
     steps_per_epoch = total_steps = 0

@@ -64,3 +64,52 @@ def test_humaneval_stops_at_the_codex_stop_sequences_once_code_has_begun(raw, cu
                        _convert_="all")
     assert set(task.code_stops) >= {"\nclass", "\ndef", "\n#", "\nif", "\nprint"}
     assert task.postprocess(raw) == cut
+
+
+def _recording(loaded) -> list[int]:
+    """Make ``loaded.model.generate`` record how many new tokens each call generated."""
+    lengths: list[int] = []
+    original = loaded.model.generate
+
+    def recording_generate(*args, **kwargs):
+        out = original(*args, **kwargs)
+        lengths.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+    loaded.model.generate = recording_generate
+    return lengths
+
+
+def test_a_batch_stops_generating_when_its_last_row_has_stopped():
+    """Greedy, 3 rows, the task's stop strings: each row stops at its own step; the batch as soon as all have."""
+    from hizfo.loop import generate
+    loaded = tiny("tiny-opt")
+    task = instantiate(compose(["task.options.n_eval=3", "task.eval_batch_size=3",
+                                "task.generation.max_new_tokens=12"]).task, _convert_="all")
+    examples = task.examples("eval")
+    lengths = _recording(loaded)
+    free = generate(loaded.model, loaded, task, examples, torch.device("cpu"))
+    assert lengths == [12] and all(len(text.split()) >= 8 for text in free), free
+    # a random model repeats itself (': : : memo 1 1 ...'); each row's stop string is its second distinct word,
+    # which first appears at different steps in different rows
+    task.cfg.generation.stop = [list(dict.fromkeys(text.split()))[1] for text in free]
+    stopped = generate(loaded.model, loaded, task, examples, torch.device("cpu"))
+    assert stopped == [cut_at(text, task.stop_index(text)).strip() for text in free]
+    # the step at which each row's decoded new tokens first contain a stop (word-level tokenizer: one word a token)
+    steps = [next(n for n in range(1, 13) if task.stop_index(" ".join(text.split()[:n])) is not None)
+             for text in free]
+    assert len(set(steps)) > 1 and lengths[1] == max(steps) < 12, (steps, lengths)
+
+
+def test_beam_search_stops_when_every_beam_of_every_row_has_stopped():
+    from hizfo.loop import generate
+    loaded = tiny("tiny-opt")
+    task = instantiate(compose(["task.options.n_eval=3", "task.eval_batch_size=3", "task.generation.num_beams=3",
+                                "task.generation.early_stopping=true", "task.generation.max_new_tokens=12"]).task,
+                       _convert_="all")
+    examples = task.examples("eval")
+    lengths = _recording(loaded)
+    generate(loaded.model, loaded, task, examples, torch.device("cpu"))
+    task.stop_index = lambda text: len(text) if len(text.split()) >= 2 else None   # every answer ends at word 2
+    stopped = generate(loaded.model, loaded, task, examples, torch.device("cpu"))
+    assert lengths[0] == 12 and lengths[1] == 2, lengths
+    assert all(len(text.split()) == 2 for text in stopped), stopped
