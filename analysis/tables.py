@@ -385,6 +385,12 @@ def _common_notes(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Ser
             model, task, method = key[:3]
             notes.append(f"Failed, shown as '{MISSING}': {model_display(model)} / {method_display(method)} / "
                          f"{TASK_DISPLAY.get(task, task)}: {'; '.join(failed[key])}.")
+    protocols: dict[str, set[str]] = {}
+    for key, row in ((k, lookup[k]) for k in keys if k in lookup):
+        protocols.setdefault(key[1], set()).update(row.get("protocols") or [])
+    used = [f"{TASK_DISPLAY.get(task, task)}: {', '.join(sorted(names))}" for task, names in protocols.items() if names]
+    if used:
+        notes.append(f"Evaluation protocol (task.protocol; docs/tasks.md): {'; '.join(used)}.")
     if seeds and seeds != [1]:
         notes.append(f"Cells are mean ± sample std over seeds (seeds per cell: {', '.join(map(str, seeds))}).")
     if spec.name in ("table1", "table3", "table4"):
