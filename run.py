@@ -72,6 +72,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     method = instantiate(cfg.method, _convert_="all")       # validates the method's values
     task = instantiate(cfg.task, _convert_="all")           # validates the task's values
+    if cfg.method.max_steps != 0 and getattr(method, "holds_out_dev", False):
+        task.train_dev_split(batch_size=task.cfg.batch_size)   # a dev split held out leaves a batch: before the load
     model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     model_kwargs.pop("_target_")
     num_threads = apply_num_threads(cfg.num_threads)       # before the model loads (null: the CPUs we may use)

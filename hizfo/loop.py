@@ -193,6 +193,14 @@ class LoopResult:
         return {"every": every, "train_loss": loss_curve(self.losses, every), "eval": self.epoch_evals}
 
 
+def training_examples(method: Method, task: Task) -> tuple[list[Example], list[Example]]:
+    """The examples the training stream draws from, and the dev split a method with ``holds_out_dev`` draws
+    its dev batches from (taken out of the training stream; one line if too few are left for a batch)."""
+    if getattr(method, "holds_out_dev", False):
+        return task.train_dev_split(batch_size=task.cfg.batch_size)
+    return task.examples("train"), []
+
+
 def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, task: Task, device: torch.device,
                        seed: int, meters: Meters, log: Callable[[int, dict[str, float]], None],
                        checkpoint: Optional[Any] = None, eval_every_epoch: bool = False,
@@ -205,12 +213,15 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
     model_device = input_device(loaded.model, device)
     train_stream = dev_stream = None
     steps_per_epoch = total_steps = 0
+    train_examples, dev_examples = [], []
     if trains:                                                       # zero-shot needs no training data
         check_fits(task, tokenizer, "train")
-        train_stream = BatchStream(encode_split(task, loaded, task.examples("train")), task.cfg.batch_size,
+        train_examples, dev_examples = training_examples(method, task)
+        train_stream = BatchStream(encode_split(task, loaded, train_examples), task.cfg.batch_size,
                                    tokenizer.pad_token_id, seed, model_device)
-        dev_stream = BatchStream(encode_split(task, loaded, task.validation_examples()), task.cfg.batch_size,
-                                 tokenizer.pad_token_id, seed + 7, model_device)
+        if dev_examples:
+            dev_stream = BatchStream(encode_split(task, loaded, dev_examples), task.cfg.batch_size,
+                                     tokenizer.pad_token_id, seed + 7, model_device)
         steps_per_epoch = len(train_stream)
         total_steps = method_cfg.epochs * steps_per_epoch
         if method_cfg.max_steps is not None:
@@ -219,7 +230,8 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
     ctx = TrainContext(loaded=loaded, task=task, device=model_device, total_steps=total_steps,
                        steps_per_epoch=steps_per_epoch, zo_seeds=zo_seeds,
                        train_batches=lambda: train_stream.endless(salt=101),
-                       dev_batches=lambda: dev_stream.endless(salt=202), train_dropout=train_dropout)
+                       dev_batches=lambda: dev_stream.endless(salt=202), train_dropout=train_dropout,
+                       n_train=len(train_examples), n_dev=len(dev_examples))
     divergence = divergence or DivergenceWatch()
     history: list[dict[str, float]] = []
     before: dict[str, float] = {}

@@ -85,11 +85,21 @@ class Task:
             self._cache[split] = rows[:cap] if cap else rows
         return self._cache[split]
 
-    def validation_examples(self) -> list[Example]:
-        """A dev split for methods that need one (Bilevel-ZOFO); carved from train when the task has none."""
+    def train_dev_split(self, batch_size: Optional[int] = None) -> tuple[list[Example], list[Example]]:
+        """The training examples less a dev split, and the dev split, for methods that hold one out
+        (Bilevel-ZOFO): the last 10 % (at least 1) of the training split, taken off it as the reference's
+        run_bilevel.py takes its ``num_dev`` dev samples off its training samples.
+
+        With ``batch_size``, fails in one line unless at least one full batch of training examples is left.
+        """
         train = self.examples("train")
         n_dev = max(1, len(train) // 10)
-        return train[-n_dev:]
+        if batch_size is not None and len(train) - n_dev < batch_size:
+            raise ConfigError(f"task.train_limit: this method holds out {n_dev} of the training examples as its dev "
+                              f"split and needs a full batch ({batch_size}) of the rest; the train split has "
+                              f"{len(train)}, so it needs at least {n_dev + batch_size} (raise task.train_limit "
+                              f"or lower task.batch_size)")
+        return train[:-n_dev], train[-n_dev:]
 
     # -- scoring ----------------------------------------------------------------------------------------
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
