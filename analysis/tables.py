@@ -239,7 +239,9 @@ def layout_sweep_by_model_task(spec: ExperimentSpec, grid: Grid, lookup: dict[Ce
     if len(grid.methods) > 1:
         notes.append(f"{method_display('hizfo')}: α scales the ZO update (method.alpha_mode=update, App. D eq. 10; "
                      f"α = 0 is the ZO-off control). {method_display('hizfo_alpha_loss')}: L_FO + α·L_ZO "
-                     "(alpha_mode=loss, Alg. 1 line 10), also records written before alpha_mode existed.")
+                     "(alpha_mode=loss, Alg. 1 line 10), also records written before alpha_mode existed; its α = 0 row "
+                     "keeps the ZO update and drops only the coupling. Effective ZO step at α = 0.1: α·η_ZO = 2e-7 "
+                     "(update) against η_ZO = 2e-6 (loss, §4.2's ZO rate).")
     return DisplayTable(spec.title, "Method (α)", body, _method_sections(grid, len(grid.sweep_values)), notes)
 
 
