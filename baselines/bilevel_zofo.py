@@ -228,7 +228,7 @@ class BilevelZOFO:
         upper steps, and an upper step follows when it reaches a multiple of K (after batches K, 2K−1, 3K−2, …)."""
         return (self.batches_seen + self.batches_drawn["dev"]) % self.cfg.lower_steps == 0
 
-    # -- one step: a lower step, and every K-th batch an upper step ------------------------------------------
+    # -- one step: a lower step, and when due (after batches K, 2K−1, 3K−2, …) an upper step ------------------
     def train_step(self, batch: Batch) -> StepResult:
         model = self.peft_model
         model.set_adapter(LOWER)

@@ -170,7 +170,9 @@ class HiZFO:
         # 5. AdamW on Θ_FO
         if has_fo:
             self.fo_trainer.step()
-            if self.fo_trainer.changed_fraction is not None:   # an update lost to rounding would show here
+            # share of the stepped elements the update changed: the fp32 masters under precision=bf16, so this shows
+            # an update lost in fp32, not the rounding of the bf16 copies (hizfo.precision.MasterWeights.publish)
+            if self.fo_trainer.changed_fraction is not None:
                 logs["fo_changed_fraction"] = self.fo_trainer.changed_fraction
         self.step_count += 1
         n_backward = int(has_fo) + int(backward_zo and streams == 2)
