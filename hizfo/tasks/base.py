@@ -98,7 +98,7 @@ class Task:
             raise ConfigError(f"task.train_limit: this method holds out {n_dev} of the training examples as its dev "
                               f"split and needs a full batch ({batch_size}) of the rest; the train split has "
                               f"{len(train)}, so it needs at least {n_dev + batch_size} (raise task.train_limit "
-                              f"or lower task.batch_size)")
+                              f"or use a larger training split, or lower task.batch_size)")
         return train[:-n_dev], train[-n_dev:]
 
     # -- scoring ----------------------------------------------------------------------------------------
