@@ -41,6 +41,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     method = instantiate(cfg.method, _convert_="all")       # validates the method's values (before any lock)
     task = instantiate(cfg.task, _convert_="all")           # validates the task's values (data loads later)
+    if cfg.method.max_steps != 0 and getattr(method, "holds_out_dev", False):
+        task.train_dev_split(batch_size=task.cfg.batch_size)   # a dev split held out leaves a batch: before any lock
     path = spec.path
 
     def finished() -> Optional[RunRecord]:

@@ -11,6 +11,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
@@ -102,6 +103,30 @@ def _steps_per_epoch(curve: Any) -> Optional[float]:
     return None
 
 
+CONF_TASKS = Path(__file__).resolve().parent.parent / "conf" / "task"
+# what a record of a task with evaluation protocols says when it predates ``task.protocol``: it ran the settings
+# that ``task.protocol=normalized`` keeps (docs/tasks.md, "Evaluation protocols")
+LEGACY_PROTOCOL = "normalized (before task.protocol)"
+
+
+@lru_cache(maxsize=None)
+def task_protocols(task: str) -> tuple[str, ...]:
+    """The protocols conf/task/<task>.yaml offers (``options.protocols``); () for a task with one."""
+    from omegaconf import OmegaConf
+    path = CONF_TASKS / f"{task}.yaml"
+    if not path.is_file():
+        return ()
+    options = OmegaConf.load(path).get("options") or {}
+    return tuple(options.get("protocols") or ())
+
+
+def record_protocol(task_config: dict[str, Any]) -> Optional[str]:
+    """The evaluation protocol a record's task ran under; None for a task with one protocol."""
+    if "protocol" in task_config:
+        return task_config["protocol"]
+    return LEGACY_PROTOCOL if task_protocols(str(task_config.get("name"))) else None
+
+
 def _row(path: Path, record: RunRecord) -> dict[str, Any]:
     """One flat row from a record (raises KeyError / TypeError when its config is not a run's)."""
     config = record.config
@@ -116,6 +141,7 @@ def _row(path: Path, record: RunRecord) -> dict[str, Any]:
         "model": model_label(model_name, variant), "model_name": model_name, "task": task, "method": method,
         **swept_values(method, config["method"]), "seed": config.get("seed", 0), "variant": variant,
         "experiment": config.get("experiment"), "semantic_key": semantic_key(config),
+        "protocol": None if provenance.get("source") == "paper" else record_protocol(config["task"]),
         "config_hash": record.config_hash, "created": str(created),
         "source": provenance.get("source", "run"), "environment": environment_label(provenance),
         "memory_kind": costs.memory_kind or None, "mem_gb": _number(costs.peak_memory_gb),
@@ -241,5 +267,6 @@ def aggregate(settled: pd.DataFrame) -> pd.DataFrame:
     counts = grouped[numeric].count().add_suffix(":n")
     extra = grouped.agg(n_seeds=("seed", "nunique"), files=("path", list),
                         memory_kinds=("memory_kind", lambda s: sorted({k for k in s if isinstance(k, str)})),
-                        partition=("partition", "first"), sources=("source", lambda s: sorted(set(s))))
+                        partition=("partition", "first"), sources=("source", lambda s: sorted(set(s))),
+                        protocols=("protocol", lambda s: sorted({p for p in s if isinstance(p, str)})))
     return pd.concat([means, stds, counts, extra], axis=1).reset_index()

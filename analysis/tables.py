@@ -239,7 +239,9 @@ def layout_sweep_by_model_task(spec: ExperimentSpec, grid: Grid, lookup: dict[Ce
     if len(grid.methods) > 1:
         notes.append(f"{method_display('hizfo')}: α scales the ZO update (method.alpha_mode=update, App. D eq. 10; "
                      f"α = 0 is the ZO-off control). {method_display('hizfo_alpha_loss')}: L_FO + α·L_ZO "
-                     "(alpha_mode=loss, Alg. 1 line 10), also records written before alpha_mode existed.")
+                     "(alpha_mode=loss, Alg. 1 line 10), also records written before alpha_mode existed; its α = 0 row "
+                     "keeps the ZO update and drops only the coupling. Effective ZO step at α = 0.1: α·η_ZO = 2e-7 "
+                     "(update) against η_ZO = 2e-6 (loss, §4.2's ZO rate).")
     return DisplayTable(spec.title, "Method (α)", body, _method_sections(grid, len(grid.sweep_values)), notes)
 
 
@@ -385,6 +387,12 @@ def _common_notes(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Ser
             model, task, method = key[:3]
             notes.append(f"Failed, shown as '{MISSING}': {model_display(model)} / {method_display(method)} / "
                          f"{TASK_DISPLAY.get(task, task)}: {'; '.join(failed[key])}.")
+    protocols: dict[str, set[str]] = {}
+    for key, row in ((k, lookup[k]) for k in keys if k in lookup):
+        protocols.setdefault(key[1], set()).update(row.get("protocols") or [])
+    used = [f"{TASK_DISPLAY.get(task, task)}: {', '.join(sorted(names))}" for task, names in protocols.items() if names]
+    if used:
+        notes.append(f"Evaluation protocol (task.protocol; docs/tasks.md): {'; '.join(used)}.")
     if seeds and seeds != [1]:
         notes.append(f"Cells are mean ± sample std over seeds (seeds per cell: {', '.join(map(str, seeds))}).")
     if spec.name in ("table1", "table3", "table4"):

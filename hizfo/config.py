@@ -56,6 +56,8 @@ class TaskConfig:
     data_dir: Optional[str] = None
     rouge_stemmer: bool = False
     references: str = "first"            # summaries: score against the first gold reference (GreenTrainer) | all (best of)
+    protocol: Optional[str] = None       # the paper's NLP tasks: greentrainer (default there) | normalized; each task's
+                                         # options.protocols gives its settings (docs/tasks.md "Evaluation protocols")
     allow_code_execution: bool = False
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     options: dict[str, Any] = field(default_factory=dict)  # task-specific extras

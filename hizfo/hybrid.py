@@ -10,14 +10,18 @@ One step, in the memory-lean order of docs/design.md "The Hi-ZFO step" (never tw
 α has two readings in the paper, both offered as ``alpha_mode`` (docs/design.md "Two readings of α"):
   * ``update`` (default; Appendix D eq. 10, v_t = [α·ĝ_ZO, g_FO]): c = α, Θ_FO's gradient is ∇L_FO alone. α = 0 is
     then first-order training of Θ_FO only, as §5.4 says ("α = 0 reduces Hi-ZFO to a standard FO baseline").
-  * ``loss`` (Algorithm 1 line 10, L_total = L_FO + α·L_ZO): c = 1, and step 3 also backprops α·L_ZO into Θ_FO.
-    Under AdamW this mostly rescales Θ_FO's gradient, which Adam cancels, so α can hardly change a run.
+    The effective ZO rate is α·η_ZO: 2e-7 at the paper's α 0.1 and η_ZO 2e-6, a tenth of §4.2's ZO rate.
+  * ``loss`` (§3.4's "loss-level coupling", Algorithm 1 line 10, L_total = L_FO + α·L_ZO): c = 1 (the ZO rate is
+    η_ZO, 2e-6), and step 3 also backprops α·L_ZO into Θ_FO. Under AdamW this mostly rescales Θ_FO's gradient,
+    which Adam cancels, so α can hardly change a run.
 
 ``zo_update`` gives the controls their one difference from Hi-ZFO (method configs hizfo_zo_off, hizfo_random_dir):
   * ``estimate``: ĝ = (L_ZO − L_FO)/ε · u(s) (eq. 2), the method;
   * ``random_direction``: the step's projected gradient gets a random sign, so Θ_ZO moves by exactly the norm the
     ZO step would have, along ±u(s) with the sign carrying no information about the loss;
   * ``disabled``: no perturbed stream and no ZO step (η_ZO = 0): Θ_FO alone trains, after the same profiling.
+    Under ``alpha_mode=update`` that is one change (it equals α = 0 bit for bit); under ``loss`` it is two, since
+    without L_ZO the coupling α·∇L_ZO also leaves Θ_FO's gradient (docs/design.md "Controls").
 """
 from __future__ import annotations
 
@@ -168,8 +172,10 @@ class HiZFO:
         # 5. AdamW on Θ_FO
         if has_fo:
             self.fo_trainer.step()
+            # share of the stepped elements the update changed: the fp32 masters under precision=bf16, so this shows
+            # an update lost in fp32, not the rounding of the bf16 copies (hizfo.precision.MasterWeights.publish)
             moved = self.fo_trainer.changed_fraction
-            if moved is not None:                  # an update lost to rounding would show here
+            if moved is not None:
                 logs["fo_changed_fraction"] = moved
                 self.fo_changed_min = moved if self.fo_changed_min is None else min(self.fo_changed_min, moved)
         self.step_count += 1

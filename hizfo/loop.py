@@ -227,6 +227,14 @@ class LoopResult:
         return {"every": every, "train_loss": loss_curve(self.losses, every), "eval": self.epoch_evals}
 
 
+def training_examples(method: Method, task: Task) -> tuple[list[Example], list[Example]]:
+    """The examples the training stream draws from, and the dev split a method with ``holds_out_dev`` draws
+    its dev batches from (taken out of the training stream; one line if too few are left for a batch)."""
+    if getattr(method, "holds_out_dev", False):
+        return task.train_dev_split(batch_size=task.cfg.batch_size)
+    return task.examples("train"), []
+
+
 def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, task: Task, device: torch.device,
                        seed: int, meters: Meters, log: Callable[[int, dict[str, float]], None],
                        checkpoint: Optional[Any] = None, eval_every_epoch: bool = False,
@@ -238,15 +246,18 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
     check_fits(task, tokenizer, "eval")
     model_device = input_device(loaded.model, device)
     streams: dict[str, BatchStream] = {}
+    split_rows: dict[str, list[Example]] = {}
 
     def stream(split: str) -> BatchStream:
         """The train or dev batches, encoded on first use: an evaluation-only run (max_steps 0) reads training
         data only if its method's set-up asks for it (Hi-ZFO's and GreenTrainer's profiling batch, Bilevel-ZOFO's
-        streams), so zero-shot needs none."""
+        streams), so zero-shot needs none. A method that holds out a dev split trains without it."""
         if split not in streams:
             check_fits(task, tokenizer, "train")
-            examples = task.examples("train") if split == "train" else task.validation_examples()
-            streams[split] = BatchStream(encode_split(task, loaded, examples), task.cfg.batch_size,
+            if not split_rows:
+                split_rows["train"], split_rows["dev"] = training_examples(method, task)
+            rows = split_rows[split] if (split == "train" or split_rows["dev"]) else task.validation_examples()
+            streams[split] = BatchStream(encode_split(task, loaded, rows), task.cfg.batch_size,
                                          tokenizer.pad_token_id, seed if split == "train" else seed + 7, model_device,
                                          task.cfg.group_by_length)
         return streams[split]
@@ -254,7 +265,8 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
     steps_per_epoch = total_steps = 0
     if trains:
         steps_per_epoch = len(stream("train"))
-        stream("dev")
+        if split_rows["dev"]:
+            stream("dev")
         total_steps = method_cfg.epochs * steps_per_epoch
         if method_cfg.max_steps is not None:
             total_steps = min(total_steps, method_cfg.max_steps)
@@ -262,7 +274,8 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
     ctx = TrainContext(loaded=loaded, task=task, device=model_device, total_steps=total_steps,
                        steps_per_epoch=steps_per_epoch, zo_seeds=zo_seeds,
                        train_batches=lambda: stream("train").endless(salt=101),
-                       dev_batches=lambda: stream("dev").endless(salt=202), train_dropout=train_dropout)
+                       dev_batches=lambda: stream("dev").endless(salt=202), train_dropout=train_dropout,
+                       n_train=len(split_rows.get("train", [])), n_dev=len(split_rows.get("dev", [])))
     divergence = divergence or DivergenceWatch()
     history: list[dict[str, float]] = []
     before: dict[str, float] = {}

@@ -37,6 +37,8 @@ class TrainContext:
     train_batches: Callable[[], Iterator[Batch]]  # an endless, seeded stream of training batches
     dev_batches: Callable[[], Iterator[Batch]]    # an endless, seeded stream of dev batches
     train_dropout: bool = False         # the run's one dropout setting; the loop sets the model's mode from it
+    n_train: int = 0                    # training examples in the training stream
+    n_dev: int = 0                      # dev examples held out of it (a method with ``holds_out_dev``)
 
 
 @dataclass
@@ -75,7 +77,11 @@ def simple_summary(model: nn.Module, fo: Iterable[torch.Tensor], zo: Iterable[to
 
 @runtime_checkable
 class Method(Protocol):
-    """The interface every method meets; the loop never asks which method it drives."""
+    """The interface every method meets; the loop never asks which method it drives.
+
+    A method may also set ``holds_out_dev = True``: the loop then takes a dev split out of the training examples
+    (``Task.train_dev_split``) and serves it through ``TrainContext.dev_batches``.
+    """
 
     def setup(self, ctx: TrainContext) -> None:
         """Profiling, partitioning, optimizers: counted in training time."""

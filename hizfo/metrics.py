@@ -42,22 +42,43 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_match(predictions: list[str], references: list[list[str]], first_only: bool = False) -> float:
-    """Percentage of predictions equal (after normalisation) to a reference: the first one, or any."""
+ANSWER_MATCHES = ("exact", "squad")      # how a short answer is compared with a gold one (task protocols)
+
+
+def answers_match(prediction: str, reference: str, match: str = "squad") -> bool:
+    """Whether two answers are the same, ``exact`` or ``squad``:
+
+    - ``exact``: GreenTrainer's comparison (pittisl/GreenTrainer, decoder_lm/train_qa.py, ``_runtime_evaluate``):
+      both strings ``.strip()``ped, then the `evaluate` library's ``exact_match`` with its defaults (no regexes,
+      case, punctuation and numbers kept), which is plain string equality. Hand-written here: that is the whole
+      computation, and `evaluate` is not a dependency.
+    - ``squad``: after SQuAD normalisation (``normalize_answer``), which is more lenient.
+    """
+    if match == "exact":
+        return prediction.strip() == reference.strip()
+    if match == "squad":
+        return normalize_answer(prediction) == normalize_answer(reference)
+    raise ValueError(f"answer match '{match}' is not one of {', '.join(ANSWER_MATCHES)}")
+
+
+def exact_match(predictions: list[str], references: list[list[str]], first_only: bool = False,
+                match: str = "squad") -> float:
+    """Percentage of predictions equal (``answers_match``) to a reference: the first one, or any."""
     hits = 0
     for prediction, refs in zip(predictions, references):
         candidates = refs[:1] if first_only else refs
-        hits += any(normalize_answer(prediction) == normalize_answer(r) for r in candidates)
+        hits += any(answers_match(prediction, r, match) for r in candidates)
     return 100.0 * hits / max(1, len(predictions))
 
 
 # -- WebQuestions (paper Table 1; GreenTrainer scores the first gold answer only) ----------------------------
-def webquestions_exact_match(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+def webquestions_exact_match(predictions: list[str], references: list[list[str]],
+                             match: str = "exact") -> dict[str, float]:
     """Exact match, %, against the first gold answer (``exact_match``, as GreenTrainer) and any gold answer."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} reference lists")
-    return {"exact_match": exact_match(predictions, references, first_only=True),
-            "exact_match_any": exact_match(predictions, references, first_only=False)}
+    return {"exact_match": exact_match(predictions, references, first_only=True, match=match),
+            "exact_match_any": exact_match(predictions, references, first_only=False, match=match)}
 
 
 # -- GSM8K: the final number after '####' ------------------------------------------------------------------

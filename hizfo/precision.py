@@ -139,11 +139,22 @@ class MasterWeights:
             p.grad = None
 
     @torch.no_grad()
-    def publish(self) -> None:
-        """The model's tensors ← their masters, rounded to nearest."""
+    def fresh_grads(self) -> list[torch.Tensor]:
+        """Zeroed fp32 gradients on every master (made from its tensor first), for a gradient written directly
+        rather than taken from the tensors (Bilevel-ZOFO's ZO estimate for θ, ``hizfo.zo.ZOParams.noise_into``)."""
+        for p, m in zip(self.params, self.masters):
+            if m.numel() == 0:
+                m.data = p.detach().float()
+            m.grad = torch.zeros_like(m)
+        return [m.grad for m in self.masters]
+
+    @torch.no_grad()
+    def publish(self, generator: Optional[torch.Generator] = None) -> None:
+        """The model's tensors ← their masters: rounded to nearest, or with a ``generator`` stochastically
+        (``round_to``: E[tensor] = master, one tensor's temporaries at a time)."""
         for p, m in zip(self.params, self.masters):
             if m.numel():
-                p.copy_(m)
+                p.copy_(m if generator is None else round_to(m.detach(), p.dtype, generator))
 
     def state_dict(self) -> list[Optional[torch.Tensor]]:
         return [m.detach().clone() if m.numel() else None for m in self.masters]

@@ -16,13 +16,25 @@ state leaks: IMPLEMENTATION_NOTES §3). Both passes run tensor by tensor inside 
 
 What is kept between the passes is one byte per element (¼ of fp32 weights):
   * fp32 weights: q = round(127·(Δw/η)/top) as int8, with top = 1 + λ·max|w0| ≥ max|Δw/η|. The step applied is
-    d = q·η·top/127 (so Δw moves by at most 1/254 of η: the same order as the fp32 rounding of w0 + Δw that the
-    old full-copy code already carried for weights above ~2⁶·η), and w1 = w0 + d. Undoing is w1 − d, which gives
-    w0 back except where the rounding of w0 + d lost information (|w0| ≲ |d|, binade crossings, ties: ~0.5 %
-    of elements); those few keep (index, w0) verbatim. I_k uses d, the step as encoded.
+    d = q·unit with unit = η·top/127, and w1 = w0 + d. Undoing is w1 − d, which gives w0 back except where the
+    rounding of w0 + d lost information (|w0| ≲ |d|, binade crossings, ties: ~0.5 % of elements); those few keep
+    (index, w0) verbatim. I_k uses d, the step as encoded. With λ = 0, top = 1 and |Δw/η| = |g0|/(|g0| + eps) is
+    1 up to eps/|g0| wherever the gradient is not tiny, so q is ±127 and d is Δw up to that. With λ > 0 the code's
+    unit grows to η·(1 + λ·max|w0|)/127 and Δw/η takes any value in between, so rounding to nearest would bias a
+    tensor's I_k by up to (1 + λ·max|w0|)/254 of Σ|η·g1|; there q is rounded stochastically instead (dithered,
+    seeded per tensor so profiling replays): E[d] = Δw, |d − Δw| < unit, and I_k carries no rounding bias, only
+    zero-mean noise of at most unit·‖g1‖₂ (tests/unit/test_profiling.py checks both).
   * bf16 / fp16 weights: a step of ~η is far below their spacing and rounding to nearest would lose it, so
     w1 = SR(w0 + Δw) (stochastic rounding, unbiased), and the code is the move in grid steps,
     ordinal(w1) − ordinal(w0), undone in integers (|steps| > 127: verbatim). I_k uses w1 − w0.
+
+A tensor's gradient normally lands once per backward. Under reentrant activation checkpointing a tensor shared
+by two checkpointed segments gets it in parts (one inner backward each), and each segment's recomputation reads
+the weights as they are then, so moving a tensor at its first part would corrupt the rest. The first pass
+notices a second part, puts every weight back bit for bit, and profiling runs again with the parts accumulated:
+every gradient is kept whole until the backward ends, then each tensor is moved (pass 1) or scored and put back
+(pass 2) once. That mode (also chosen at once for a model whose modules report ``gradient_checkpointing``)
+holds a whole gradient, as training does.
 
 The output head is the other big consumer: [N, V] logits, their log-softmax kept for the backward, and a dense
 V×H weight gradient that, for a head tied to the input embedding (OPT, BLOOM, small Qwen2), autograd would hold
@@ -51,6 +63,11 @@ CHUNK_CPU = 1 << 18          # elements per piece of elementwise work: scratch s
 CHUNK_CUDA = 1 << 22
 ADAM_EPS = 1e-8              # torch.optim.AdamW's default eps (hizfo.methods.adamw leaves it at the default)
 _SR_SEED = 0x51A7E           # stochastic rounding of the probe step on bf16 weights: fixed, so profiling replays
+_DITHER_SEED = 0xD17E0       # stochastic rounding of the fp32 weights' codes where λ > 0: fixed, so profiling replays
+
+
+class _GradientInParts(Exception):
+    """A tensor's gradient landed a second time in one backward (reentrant checkpointing): redo, accumulating."""
 
 
 class _Scratch:
@@ -84,6 +101,7 @@ class _Move:
     exceptions: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # chunk → (idx, w0)
     partial: Optional[torch.Tensor] = None      # pass 2 of a tied tensor: Σ d·g1 of the part that landed first
     parts: int = 0                              # tied tensor: gradient parts seen in this pass
+    generator: Optional[torch.Generator] = None  # λ > 0: the dither of the code (unbiased d)
 
 
 @contextlib.contextmanager
@@ -104,15 +122,20 @@ def _chunks(n: int, scratch: _Scratch):
 
 
 def _encode(code: torch.Tensor, x: torch.Tensor, w0: torch.Tensor, g0: torch.Tensor, decay: float,
-            top: torch.Tensor) -> None:
-    """code ← round(127·(Δw/η)/top), int8; ``x`` is fp32 scratch of the same length."""
+            top: torch.Tensor, generator: Optional[torch.Generator] = None) -> None:
+    """code ← round(127·(Δw/η)/top), int8; ``x`` is fp32 scratch of the same length. With a ``generator`` the
+    rounding is stochastic, floor(y + U) with U ~ U[0, 1): E[code] = 127·(Δw/η)/top exactly."""
     g = g0 if g0.dtype == torch.float32 else g0.float()
     torch.abs(g, out=x)
     x.add_(ADAM_EPS)
     torch.div(g, x, out=x)                                        # −Δw/η without decay
     if decay:
         x.add_(w0, alpha=decay)
-    x.mul_(-127.0 / top).round_()
+    x.mul_(-127.0 / top)
+    if generator is None:
+        x.round_()
+    else:                                                         # |y| ≤ 127, so floor(y + U) stays in int8
+        x.add_(torch.rand(x.shape, generator=generator, device=x.device)).floor_()
     code.copy_(x)
 
 
@@ -128,11 +151,13 @@ def _top(flat: torch.Tensor, decay: float, scratch: _Scratch) -> torch.Tensor:
 
 @torch.no_grad()
 def _start_move(p: torch.Tensor, lr: float, decay: float, scratch: _Scratch,
-                g0: Optional[torch.Tensor]) -> _Move:
+                g0: Optional[torch.Tensor], index: int = 0) -> _Move:
     """A move for fp32 ``p``: its unit, and its code from ``g0`` when given (a tied tensor encodes in parts)."""
     flat = p.detach().view(-1)
     top = _top(flat, decay, scratch)
     move = _Move(torch.empty(flat.numel(), dtype=torch.int8, device=p.device), unit=top * (lr / 127.0), top=top)
+    if decay:
+        move.generator = torch.Generator(device=p.device).manual_seed(_DITHER_SEED + index)
     if g0 is not None:
         _encode_all(p, move, g0, decay, scratch)
     return move
@@ -143,7 +168,7 @@ def _encode_all(p: torch.Tensor, move: _Move, g0: torch.Tensor, decay: float, sc
     for _, a in _chunks(flat.numel(), scratch):
         w0 = flat[a:a + scratch.size]
         _encode(move.code[a:a + w0.numel()], scratch.f[0][:w0.numel()], w0, grad[a:a + w0.numel()], decay,
-                move.top)
+                move.top, move.generator)
     move.encoded = True
 
 
@@ -329,9 +354,29 @@ def _embedding_of(model: nn.Module, p: nn.Parameter) -> Optional[nn.Embedding]:
     return None
 
 
+def _checkpointed(model: nn.Module) -> bool:
+    """Whether a module of ``model`` reports activation checkpointing (transformers' ``gradient_checkpointing``)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 def tensor_importance(model: nn.Module, named_params: Sequence[tuple[str, nn.Parameter]], batch: Batch,
                       lr: float, weight_decay: float = 0.0) -> np.ndarray:
-    """Importance of each tensor in ``named_params`` (same order), scaled by max|I| (Appendix C.1)."""
+    """Importance of each tensor in ``named_params`` (same order), scaled by max|I| (Appendix C.1).
+
+    Each tensor is moved and put back as its gradient lands; if a gradient lands in parts (reentrant
+    checkpointing), every weight is put back and the two passes run again with the parts accumulated.
+    """
+    if not _checkpointed(model):
+        try:
+            return _importance(model, named_params, batch, lr, weight_decay, accumulate=False)
+        except _GradientInParts:
+            pass                                                  # the weights are back bit for bit: redo
+    return _importance(model, named_params, batch, lr, weight_decay, accumulate=True)
+
+
+def _importance(model: nn.Module, named_params: Sequence[tuple[str, nn.Parameter]], batch: Batch,
+                lr: float, weight_decay: float, accumulate: bool) -> np.ndarray:
+    """The two passes; ``accumulate``: act on each gradient once the backward is over, not as it lands."""
     params = [p for _, p in named_params]
     decays = [0.0 if no_decay(name, p) else weight_decay for name, p in named_params]
     flags = [p.requires_grad for p in params]
@@ -350,20 +395,36 @@ def tensor_importance(model: nn.Module, named_params: Sequence[tuple[str, nn.Par
             scratch[p.device] = _Scratch(p.device)
         return scratch[p.device]
 
+    pending: list[int] = []                                       # accumulate: tensors with a gradient, in order
+
     def on_grad(k: int, p: torch.Tensor) -> None:
-        """A whole gradient landed."""
+        """A gradient landed (whole, or under reentrant checkpointing possibly a part)."""
+        if accumulate:                                            # keep it (later parts add to it) until the end
+            if k not in pending:
+                pending.append(k)
+            return
         with _one_thread():
             landed(k, p)
         p.grad = None                                             # g_k is spent
 
+    def flush() -> None:
+        """accumulate: every gradient is whole now; act on each once."""
+        with _one_thread():
+            for k in pending:
+                landed(k, params[k])
+                params[k].grad = None
+        pending.clear()
+
     def landed(k: int, p: torch.Tensor) -> None:
+        if k != head and (k in moves) == (phase[-1] == "first"):  # moved already / put back already
+            raise _GradientInParts(k)
         if k == head:
             on_embedding_part(p, p.grad)
         elif phase[-1] == "first":
             if is_low_precision(p):
                 moves[k] = _apply_low(p, p.grad, lr, decays[k], k, buffers(p))
             else:
-                moves[k] = _start_move(p, lr, decays[k], buffers(p), p.grad)
+                moves[k] = _start_move(p, lr, decays[k], buffers(p), p.grad, k)
                 _apply_code(p, moves[k], buffers(p))
         else:
             move = moves.pop(k)
@@ -386,7 +447,7 @@ def tensor_importance(model: nn.Module, named_params: Sequence[tuple[str, nn.Par
         if phase[-1] == "first":
             move = moves.get(head)
             if move is None:
-                moves[head] = move = _start_move(p, lr, decays[head], s, None)
+                moves[head] = move = _start_move(p, lr, decays[head], s, None, head)
                 shared = head_state["rows"] if embedding is not None else None
                 head_state["held"] = None if shared is None else torch.zeros(
                     (shared.numel(), p.shape[1]), dtype=torch.float32, device=p.device)
@@ -398,7 +459,7 @@ def tensor_importance(model: nn.Module, named_params: Sequence[tuple[str, nn.Par
                 return
             end = start + rows_grad.shape[0]
             _encode(move.code.view(p.shape)[start:end], torch.empty(rows_grad.shape, device=p.device),
-                    p.detach()[start:end], rows_grad, decays[head], move.top)
+                    p.detach()[start:end], rows_grad, decays[head], move.top, move.generator)
             if head_state["held"] is not None:                    # rows the embedding's gradient also reaches
                 rows = head_state["rows"]
                 mine = (rows >= start) & (rows < end)
@@ -417,13 +478,15 @@ def tensor_importance(model: nn.Module, named_params: Sequence[tuple[str, nn.Par
     def on_embedding_part(p: torch.Tensor, grad: torch.Tensor) -> None:
         """A tied head's other part: the input embedding's gradient (its looked-up rows only), landing last."""
         s = buffers(p)
-        move = moves[head]
+        move = moves.get(head)
+        if move is None or (phase[-1] == "first" and move.moved):  # a second part: put back already / moved
+            raise _GradientInParts(head)
         if phase[-1] == "first":
             rows = head_state["rows"]
             total = head_state["held"] + grad[rows].float()
             row_codes = torch.empty(total.shape, dtype=torch.int8, device=p.device)
             _encode(row_codes, torch.empty(total.shape, device=p.device), p.detach()[rows], total, decays[head],
-                    move.top)
+                    move.top, move.generator)
             move.code.view(p.shape)[rows] = row_codes             # those rows: Δw from the whole gradient
             head_state["held"] = None
             _apply_code(p, move, s)
@@ -452,10 +515,12 @@ def tensor_importance(model: nn.Module, named_params: Sequence[tuple[str, nn.Par
             handles.append(embedding.register_forward_pre_hook(capture_rows))
         phase.append("first")
         _profiling_loss(model, batch, head_weight, head_sink).backward()    # g0 at w0; every tensor leaves at w1
+        flush()
         if head is not None and head in moves and moves[head].parts == 1:   # the embedding part never came
             on_embedding_part(params[head], torch.zeros_like(params[head]))
         phase.append("second")
         _profiling_loss(model, batch, head_weight, head_sink).backward()    # g1 at w1; every tensor comes back
+        flush()
     finally:
         for handle in handles:
             handle.remove()

@@ -15,6 +15,17 @@ IGNORE_INDEX = -100
 REFERENCE_MODES = ("first", "all")       # task.references: which gold references a summary is scored against
 
 
+def check_protocol(task_name: str, protocol: Optional[str], protocols: Optional[dict[str, Any]]) -> None:
+    """``task.protocol`` names one of the task's ``options.protocols``, or is null for a task that has none."""
+    if not protocols:
+        if protocol is not None:
+            raise ConfigError(f"task.protocol: task {task_name} has one evaluation protocol; got '{protocol}' "
+                              f"(drop task.protocol)")
+        return
+    if protocol not in protocols:
+        raise ConfigError(f"task.protocol: '{protocol}' is not one of {', '.join(protocols)}")
+
+
 @dataclass
 class Example:
     """One example. The prompt is ``prefix + source + suffix``; only ``source`` is ever truncated."""
@@ -43,6 +54,8 @@ class Task:
         for key in ("data_files", "options"):
             if isinstance(settings.get(key), DictConfig):
                 settings[key] = OmegaConf.to_container(settings[key], resolve=True)
+        check_protocol(settings.get("name", "?"), settings.get("protocol"),
+                       (settings.get("options") or {}).get("protocols"))
         self.cfg = TaskConfig(**settings, generation=GenerationConfig(**generation))
         self.name = self.cfg.name
         for key in ("batch_size", "eval_batch_size", "max_input_length", "max_target_length"):
@@ -56,6 +69,10 @@ class Task:
             raise ConfigError(f"task.generation.num_beams: must be >= 1 (1: greedy decoding), "
                               f"got {self.cfg.generation.num_beams}")
         self._cache: dict[str, list[Example]] = {}
+
+    def protocol_settings(self) -> dict[str, Any]:
+        """The settings ``task.protocol`` picks from ``options.protocols`` (empty for a task with one protocol)."""
+        return dict((self.cfg.options.get("protocols") or {}).get(self.cfg.protocol) or {})
 
     # -- data -------------------------------------------------------------------------------------------
     def load_split(self, split: str) -> list[Example]:
@@ -71,11 +88,21 @@ class Task:
             self._cache[split] = rows[:cap] if cap else rows
         return self._cache[split]
 
-    def validation_examples(self) -> list[Example]:
-        """A dev split for methods that need one (Bilevel-ZOFO); carved from train when the task has none."""
+    def train_dev_split(self, batch_size: Optional[int] = None) -> tuple[list[Example], list[Example]]:
+        """The training examples less a dev split, and the dev split, for methods that hold one out
+        (Bilevel-ZOFO): the last 10 % (at least 1) of the training split, taken off it as the reference's
+        run_bilevel.py takes its ``num_dev`` dev samples off its training samples.
+
+        With ``batch_size``, fails in one line unless at least one full batch of training examples is left.
+        """
         train = self.examples("train")
         n_dev = max(1, len(train) // 10)
-        return train[-n_dev:]
+        if batch_size is not None and len(train) - n_dev < batch_size:
+            raise ConfigError(f"task.train_limit: this method holds out {n_dev} of the training examples as its dev "
+                              f"split and needs a full batch ({batch_size}) of the rest; the train split has "
+                              f"{len(train)}, so it needs at least {n_dev + batch_size} (raise task.train_limit "
+                              f"or use a larger training split, or lower task.batch_size)")
+        return train[:-n_dev], train[-n_dev:]
 
     # -- scoring ----------------------------------------------------------------------------------------
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:

@@ -1,5 +1,7 @@
 """`task=webquestions`: WebQuestions (stanfordnlp/web_questions, the hub's home of `web_questions`);
-train 3778, test 2032. Exact match on the first gold answer (GreenTrainer's number) and on any gold answer.
+train 3778, test 2032. Exact match on the first gold answer (GreenTrainer's number) and on any gold answer,
+compared as ``task.protocol`` says (``options.protocols.<protocol>.answer_match``: ``exact`` for GreenTrainer's
+protocol, ``squad`` for ``normalized``; hizfo.metrics.answers_match).
 """
 from __future__ import annotations
 
@@ -25,4 +27,5 @@ class WebQuestionsTask(HubTask):
         return qa_example(str(row["question"]), answers, meta={"url": row.get("url")})
 
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
-        return webquestions_exact_match(predictions, [e.references for e in examples])
+        match = self.protocol_settings().get("answer_match", "exact")
+        return webquestions_exact_match(predictions, [e.references for e in examples], match=match)

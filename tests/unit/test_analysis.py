@@ -479,3 +479,12 @@ def test_nothing_usable_exits_non_zero_with_one_clear_line(tmp_path: Path, capsy
     (only_corrupt / "seed0.json").write_text('{"status": "ok", "config": {')
     assert command(["--results", str(only_corrupt), "--out", str(tmp_path / "out"), "--paper", "none"]) == 1
     assert "seed0.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_records_carry_their_evaluation_protocol_and_older_records_are_labelled():
+    from analysis.loading import LEGACY_PROTOCOL, record_protocol, task_protocols
+    assert task_protocols("webquestions") == ("greentrainer", "normalized") and task_protocols("gsm8k") == ()
+    assert record_protocol({"name": "scitldr", "protocol": "greentrainer"}) == "greentrainer"
+    assert record_protocol({"name": "scitldr"}) == LEGACY_PROTOCOL       # written before task.protocol existed
+    assert record_protocol({"name": "gsm8k", "protocol": None}) is None
+    assert record_protocol({"name": "toy"}) is None

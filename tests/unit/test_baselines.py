@@ -12,6 +12,7 @@ from conftest import compose, tiny
 from hizfo.errors import ConfigError
 from hizfo.loop import BatchStream, LoopResult, encode_split, train_and_evaluate
 from hizfo.meters import Meters
+from hizfo.tasks.base import encode_train
 from hizfo.methods import TrainContext, causal_lm_loss, check_common, unique_named_parameters
 from hizfo.zo import noise_like
 
@@ -54,11 +55,13 @@ def make_context(loaded, task, total_steps: int = 10) -> TrainContext:
     device = torch.device("cpu")
     loaded.model.train(False)
     pad = loaded.tokenizer.pad_token_id
-    train = BatchStream(encode_split(task, loaded, task.examples("train")), task.cfg.batch_size, pad, 0, device)
-    dev = BatchStream(encode_split(task, loaded, task.validation_examples()), task.cfg.batch_size, pad, 7, device)
+    train_examples, dev_examples = task.train_dev_split()
+    train = BatchStream(encode_split(task, loaded, train_examples), task.cfg.batch_size, pad, 0, device)
+    dev = BatchStream(encode_split(task, loaded, dev_examples), task.cfg.batch_size, pad, 7, device)
     return TrainContext(loaded=loaded, task=task, device=device, total_steps=total_steps,
                         steps_per_epoch=len(train), zo_seeds=torch.Generator().manual_seed(424242),
-                        train_batches=lambda: train.endless(salt=101), dev_batches=lambda: dev.endless(salt=202))
+                        train_batches=lambda: train.endless(salt=101), dev_batches=lambda: dev.endless(salt=202),
+                        n_train=len(train_examples), n_dev=len(dev_examples))
 
 
 def losses(result: LoopResult) -> list[float]:
@@ -272,18 +275,72 @@ def test_prefix_generation_with_left_padding_matches_each_prompt_alone(model):
 # Bilevel-ZOFO
 
 
+def reference_upper_steps(n_batches: int, k: int) -> list[int]:
+    """The batches an upper step follows in Peiran225/bilevel_ZOFO d2a89bd, bilevel_minimax_trainer2.py
+    ``_inner_training_loop``: ``global_step`` rises after a lower step unless it is a nonzero multiple of K, and
+    an upper step follows (and raises it) whenever it is one."""
+    global_step, after = 0, []
+    for batch in range(1, n_batches + 1):
+        if not global_step % k == 0 or global_step == 0:
+            global_step += 1
+        if global_step % k == 0 and global_step != 0:
+            after.append(batch)
+            global_step += 1
+    return after
+
+
 def test_bilevel_zofo_lowers_the_loss_and_counts_its_passes():
     method, result, meters, _ = run_loop("bilevel_zofo", upper_lr=1e-2, lower_lr=1e-2, backbone_lr=1e-4,
-                                         lower_steps=2, max_steps=30)
+                                         lower_steps=3, max_steps=30)
     assert_clear_decrease(losses(result), window=8, min_drop=0.2)
-    # the reference's schedule: one lower step per batch, an upper step (6 forwards, 2 backwards) every K = 2
-    assert meters.n_forward == 30 * 1 + 15 * 6 and meters.n_backward == 30 * 1 + 15 * 2
-    assert len(result.zo_seeds) == 15
+    # the reference's cadence: one lower step per batch, an upper step after batches K, 2K-1, 3K-2, ...
     upper_at = [step for step, row in enumerate(result.history, start=1) if "train/upper_objective" in row]
-    assert upper_at == list(range(2, 31, 2))
+    assert upper_at == reference_upper_steps(30, 3) == list(range(3, 31, 2))
+    n_upper = len(upper_at)
+    assert meters.n_forward == 30 * 1 + n_upper * 6 and meters.n_backward == 30 * 1 + n_upper * 2
+    assert len(result.zo_seeds) == n_upper
     summary = result.summary.partition
     assert summary["zo_params"] == sum(p.numel() for p in method.backbone) > 0
     assert summary["fo_params"] == 2 * LORA_COUNTS["tiny-opt"]          # p_L and p_U
+    assert reference_upper_steps(10, 1) == list(range(1, 11))            # K = 1: after every batch
+
+
+def test_bilevel_zofo_trains_on_no_dev_example_and_records_how_many_it_held_out():
+    cfg = method_cfg("bilevel_zofo", lower_steps=2)
+    method = build(cfg)
+    loaded = tiny("tiny-opt")
+    task = toy_task(n_train=80)
+    prompts = [e.prompt for e in task.examples("train")]
+    assert len(set(prompts)) == len(prompts)              # distinct examples, so a row names its example
+    seen: list[tuple[int, ...]] = []
+    step = method.train_step
+
+    def recording_step(batch):
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+            seen.append(tuple(ids[mask.bool()].tolist()))
+        return step(batch)
+
+    method.train_step = recording_step
+    steps_per_epoch = (80 - 8) // task.cfg.batch_size + bool((80 - 8) % task.cfg.batch_size)
+    cfg.max_steps = steps_per_epoch                       # one epoch
+    result = train_and_evaluate(method, cfg, loaded, task, torch.device("cpu"), 0, Meters(), lambda s, r: None)
+    encode = lambda e: tuple(encode_train(e, loaded.tokenizer, task.cfg.max_input_length,   # noqa: E731
+                                          task.cfg.max_target_length)["input_ids"])
+    dev = {encode(e) for e in task.examples("train")[-8:]}
+    train = sorted(encode(e) for e in task.examples("train")[:-8])
+    assert not dev & set(seen)                            # no dev example in any training batch of the epoch
+    assert sorted(seen) == train                          # and every other example exactly once
+    assert result.summary.details["n_dev"] == 8 and result.summary.details["n_train"] == 72
+
+
+def test_bilevel_zofo_with_too_few_training_examples_for_its_dev_split_fails_in_one_line(tmp_path):
+    from test_foundation import run_cli
+    proc = run_cli("method=bilevel_zofo", f"results_dir={tmp_path}", "logger=none", "task.options.n_train=16",
+                   "task.batch_size=16")
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "task.train_limit" in lines[0] and "at least 17" in lines[0], proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr and not list(tmp_path.rglob("*.json"))
 
 
 def randomise_adapters(peft_model, generator: torch.Generator) -> None:

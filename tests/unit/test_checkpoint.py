@@ -59,7 +59,7 @@ def build(method_name: str, extra: tuple[str, ...] = ()):
     task = instantiate(cfg.task, _convert_="all")
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     kwargs.pop("_target_")
-    loaded = load_model(**kwargs, seed=cfg.seed)
+    loaded = load_model(**kwargs, seed=cfg.seed, precision=cfg.precision)
     return cfg, method, task, loaded
 
 
@@ -67,10 +67,12 @@ def train(method_name: str, checkpointer=None, extra: tuple[str, ...] = ()):
     """One run in this process; returns (loop result, sha256 of the final parameters, meters)."""
     from hizfo.loop import train_and_evaluate
     from hizfo.meters import Meters
+    from hizfo.precision import use_precision
     cfg, method, task, loaded = build(method_name, extra)
     meters = Meters()
-    result = train_and_evaluate(method, cfg.method, loaded, task, torch.device("cpu"), cfg.seed, meters,
-                                lambda step, row: None, checkpoint=checkpointer, train_dropout=cfg.train_dropout)
+    with use_precision(cfg.precision):
+        result = train_and_evaluate(method, cfg.method, loaded, task, torch.device("cpu"), cfg.seed, meters,
+                                    lambda step, row: None, checkpoint=checkpointer, train_dropout=cfg.train_dropout)
     return result, params_sha256(method.eval_model()), meters
 
 
@@ -122,6 +124,11 @@ def check_resume_is_exact(method_name: str, stop_at: int, tmp_path: Path, closin
 @pytest.mark.parametrize("method_name,stop_at", RESUME_CASES)
 def test_a_killed_run_resumes_to_the_same_parameters_and_metrics(method_name, stop_at, tmp_path, closing):
     check_resume_is_exact(method_name, stop_at, tmp_path, closing)
+
+
+def test_bilevel_zofo_in_bf16_resumes_exactly_with_its_fp32_masters(tmp_path, closing):
+    """The upper Adam's fp32 masters of θ and p_U are in the checkpoint: a resumed bf16 run is the same run."""
+    check_resume_is_exact("bilevel_zofo", 3, tmp_path, closing, extra=("precision=bf16", "method.lower_steps=2"))
 
 
 def test_a_checkpoint_from_another_config_is_refused_and_nothing_is_loaded(tmp_path, closing):

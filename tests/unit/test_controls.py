@@ -164,15 +164,61 @@ def test_summaries_score_against_the_first_reference_by_default():
     assert scores["first"] < 30 and scores["all"] == pytest.approx(100.0)
 
 
-def test_paper_nlp_tasks_decode_with_greentrainers_settings():
-    for name in ("scitldr", "dialogsum", "webquestions"):
-        generation = compose([f"task={name}"]).task.generation
-        assert (generation.num_beams, generation.repetition_penalty, generation.early_stopping) == (4, 2.5, True)
-    assert compose(["task=scitldr"]).task.generation.max_new_tokens == 128
-    assert compose(["task=dialogsum"]).task.generation.max_new_tokens == 128
+# GreenTrainer's evaluation settings, read from pittisl/GreenTrainer (commit 7b7a9fe): generation in
+# decoder_lm/utils.py `generate_response` (summaries) and decoder_lm/train_qa.py `_runtime_evaluate` (QA): beam 4,
+# repetition penalty 2.5, length penalty 1.0, early stopping, max_new_tokens=--max_output_length, no stop strings;
+# --max_output_length from the run scripts: opt_scitldr.sh / bloom_scitldr.sh 64, opt_dialogsum.sh /
+# bloom_dialogsum.sh 128, opt_webquestions.sh 64; QA scored by evaluate's exact_match on .strip()ped strings.
+GREENTRAINER = {"scitldr": (64, "rouge"), "dialogsum": (128, "rouge"), "webquestions": (64, "exact")}
+
+
+@pytest.mark.parametrize("name", sorted(GREENTRAINER))
+def test_paper_nlp_tasks_evaluate_as_greentrainers_scripts_by_default(name):
+    cfg = compose([f"task={name}"]).task
+    generation = cfg.generation
+    max_new_tokens, scorer = GREENTRAINER[name]
+    assert cfg.protocol == "greentrainer"
+    assert (generation.num_beams, generation.repetition_penalty, generation.length_penalty,
+            generation.early_stopping, generation.max_new_tokens, list(generation.stop)) == \
+        (4, 2.5, 1.0, True, max_new_tokens, [])
+    task = instantiate(cfg, _convert_="all")
+    assert task.postprocess("  a answer\nwith a second line  ") == "a answer\nwith a second line"   # no cut
+    if scorer == "exact":
+        assert task.protocol_settings()["answer_match"] == "exact"
+
+
+def test_normalized_protocol_keeps_the_projects_earlier_settings():
+    expected = {"scitldr": (128, ["\n"]), "dialogsum": (128, ["\n"]), "webquestions": (32, ["</s>", "\n"])}
+    for name, (max_new_tokens, stop) in expected.items():
+        generation = compose([f"task={name}", "task.protocol=normalized"]).task.generation
+        assert (generation.max_new_tokens, list(generation.stop)) == (max_new_tokens, stop)
+    override = compose(["task=scitldr", "task.generation.max_new_tokens=7"]).task.generation   # overrides still win
+    assert override.max_new_tokens == 7
+
+
+def test_greentrainer_exact_match_differs_where_normalisation_changes_the_answer():
+    pairs = [("The Beatles", "beatles"), ("paris.", "Paris"), ("  Oslo \n", "Oslo"), ("an apple", "apple"),
+             ("Norway", "Norway")]
+    references = [[gold, "other"] for _, gold in pairs]
+    predictions = [p for p, _ in pairs]
+    webq = {p: instantiate(compose(["task=webquestions", f"task.protocol={p}"]).task, _convert_="all")
+            for p in ("greentrainer", "normalized")}
+    from hizfo.tasks.base import Example
+    examples = [Example(source="q", target=r[0], references=r) for r in references]
+    # GreenTrainer: strip, then equality; only "  Oslo \n" and "Norway" match
+    assert webq["greentrainer"].score(predictions, examples)["exact_match"] == pytest.approx(100 * 2 / 5)
+    assert webq["normalized"].score(predictions, examples)["exact_match"] == pytest.approx(100.0)
 
 
 # -- divergence and bad input ------------------------------------------------------------------------------------
+
+def test_unknown_task_protocol_fails_in_one_line_before_the_model_loads(tmp_path):
+    proc = run_cli("method=hizfo", f"results_dir={tmp_path}", "logger=none", "task=webquestions", "task.protocol=squad")
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "task.protocol: 'squad' is not one of greentrainer, normalized" in lines[0]
+    assert "Traceback" not in proc.stderr and not list(tmp_path.rglob("*.json"))
+
 
 def test_mezo_with_a_huge_learning_rate_ends_failed_as_diverged(tmp_path):
     proc = run_cli("method=mezo", f"results_dir={tmp_path}", *SMALL, "method.lr=1e3", "method.max_steps=40",
@@ -204,6 +250,7 @@ def test_a_slowly_rising_loss_is_stopped_by_the_factor_and_patience():
     ("method.alpha_mode=both", "method.alpha_mode"),
     ("divergence_factor=-1", "divergence_factor"),
     ("task.references=best", "task.references"),
+    ("task.protocol=greentrainer", "task.protocol"),        # toy has one protocol
 ])
 def test_protocol_bad_input_fails_in_one_line(tmp_path, override, key):
     proc = run_cli("method=hizfo", f"results_dir={tmp_path}", *SMALL, override)

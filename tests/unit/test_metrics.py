@@ -39,9 +39,13 @@ def test_webquestions_exact_match_first_and_any():
     predictions = ["Norway", "sweden", "The Beatles", "Paul McCartney", "nothing"]
     references = [["Norway", "Sweden"], ["Norway", "Sweden"], ["beatles"], ["John Lennon", "paul mccartney."],
                   ["Oslo"]]
-    scores = metrics.webquestions_exact_match(predictions, references)
+    scores = metrics.webquestions_exact_match(predictions, references, match="squad")
     assert scores["exact_match"] == pytest.approx(100 * 2 / 5)        # Norway; "The Beatles" ~ "beatles"
     assert scores["exact_match_any"] == pytest.approx(100 * 4 / 5)    # + sweden, paul mccartney
+    exact = metrics.webquestions_exact_match(predictions, references)   # GreenTrainer's: strip, then equality
+    assert exact == {"exact_match": pytest.approx(20.0), "exact_match_any": pytest.approx(20.0)}
+    with pytest.raises(ValueError, match="answer match"):
+        metrics.webquestions_exact_match(predictions, references, match="lenient")
     with pytest.raises(ValueError):
         metrics.webquestions_exact_match(["a"], [])
 

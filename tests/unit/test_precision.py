@@ -315,3 +315,22 @@ def test_change_monitor_weights_each_tensor_by_its_size():
     assert monitor.after([small, large]) == 0.0          # nothing moved
     monitor.before([torch.zeros(0)])
     assert monitor.after([torch.zeros(0)]) is None       # nothing to measure
+
+
+def test_bilevel_zofo_in_bf16_keeps_its_theta_updates_in_fp32_masters():
+    """10 upper steps at 2e-5 (K = 1): the upper Adam steps fp32 masters of θ, so (almost) every element moves;
+    the model's bf16 θ is each master stochastically rounded: one of its two bf16 neighbours."""
+    loaded = load(precision="bf16")
+    start = {id(p): p.detach().float().clone() for p in loaded.model.parameters()}
+    method, result, _ = train_in_bf16(loaded, ["method=bilevel_zofo", "method.lower_steps=1", "method.max_steps=10",
+                                               "method.upper_lr=2e-5"])
+    assert len(result.zo_seeds) == 10
+    pairs = [(p, m) for p, m in zip(method.backbone, method.theta_masters.masters) if id(p) in start]
+    assert sum(p.numel() for p, _ in pairs) > 0.9 * sum(p.numel() for p in method.backbone)
+    moved = sum(int((m.detach() != start[id(p)]).sum()) for p, m in pairs)
+    assert moved / sum(p.numel() for p, _ in pairs) >= 0.99
+    for p, m in pairs:
+        below = m.detach().contiguous().view(torch.int32) & -65536            # the master truncated to bf16
+        bits = p.detach().float().view(torch.int32)
+        assert bool(((bits == below) | (bits == below + 65536)).all())
+    # without masters (the same Adam straight on bf16 θ) most steps of 2e-5 round away: see the FO test below

@@ -68,7 +68,8 @@ def test_importance_equals_the_full_copy_reference(model, lr, weight_decay):
     batch = _batch(loaded)
     expected = _reference_importance(loaded.model, named, batch, lr, weight_decay)
     got = tensor_importance(loaded.model, named, batch, lr, weight_decay)
-    # Δw/η is stored in fp16 (2⁻¹² of the step) and each Δw already carries the fp32 rounding of w0 + Δw
+    # Δw/η is stored as an int8 code (1/254 of the code's full scale; stochastically rounded where λ > 0) and each
+    # Δw already carries the fp32 rounding of w0 + Δw
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-4)
     # the ranking the selection sees is the same wherever two tensors are not within that tolerance
     assert np.argmax(np.abs(got)) == np.argmax(np.abs(expected))
@@ -90,6 +91,68 @@ def test_weights_come_back_bit_for_bit_and_no_state_is_left(dtype):
     # bf16 cannot hold w0 + 2e-5 for most weights; stochastic rounding keeps the step there on average,
     # so importance stays informative instead of collapsing to zeros
     assert np.count_nonzero(importance) > len(named) // 2
+
+
+def _shared_and_checkpointed(loaded, checkpointing: bool):
+    """The tiny OPT with one module (fc1) shared by both layers and no dropout; with ``checkpointing``, reentrant
+    activation checkpointing on its layers, so the shared weight's gradient lands in two parts."""
+    model = loaded.model
+    layers = model.model.decoder.layers
+    layers[1].fc1 = layers[0].fc1
+    for module in model.modules():
+        for attr in ("dropout", "activation_dropout", "layerdrop"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, 0.0)
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    model.train()                                        # transformers checkpoints in train mode only
+    return model
+
+
+@pytest.mark.parametrize("detect", ["up front", "by the second part"])
+def test_a_gradient_landing_in_parts_is_accumulated_and_undone_once(detect, monkeypatch):
+    import hizfo.profiling as profiling
+    plain = _shared_and_checkpointed(tiny("tiny-opt"), checkpointing=False)
+    loaded = tiny("tiny-opt")
+    model = _shared_and_checkpointed(loaded, checkpointing=True)
+    batch = _batch(loaded)
+    named = unique_named_parameters(model)
+    shared = model.model.decoder.layers[0].fc1.weight
+    fires = []
+    handle = shared.register_post_accumulate_grad_hook(lambda p: fires.append(1))
+    causal_lm_loss(model, batch).backward()
+    handle.remove()
+    assert len(fires) == 2                               # the premise: two parts in one backward
+    for _, p in named:
+        p.grad = None
+    if detect == "by the second part":                   # the lean first try meets the second part and starts over
+        monkeypatch.setattr(profiling, "_checkpointed", lambda m: False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = tensor_importance(model, named, batch, lr=1e-3, weight_decay=0.0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())    # bit for bit
+    assert all(p.grad is None for _, p in named)
+    expected = tensor_importance(plain, unique_named_parameters(plain), batch, lr=1e-3, weight_decay=0.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_with_weight_decay_the_code_is_unbiased_where_rounding_to_nearest_is_not():
+    """λ > 0: every element's code before rounding is −50.3; rounding to nearest makes each −50, the same 0.3 of a
+    unit off every time (a bias in d, hence in I_k); the dithered code averages to −50.3."""
+    from hizfo.profiling import _encode
+    n, decay = 200_000, 0.1
+    top = torch.tensor(1.0 + decay * 1.0)
+    target = (50 + 0.3) * float(top) / 127                        # −Δw/η, in units of η: 50.3 code units
+    g0 = torch.full((n,), 1e3)                                    # |g0| ≫ eps: g0/(|g0| + eps) ≈ 1
+    w0 = torch.full((n,), (target - 1e3 / (1e3 + 1e-8)) / decay)   # λ·w0 makes up the rest
+    exact = -127.0 * (g0 / (g0.abs() + 1e-8) + decay * w0) / top  # the code before rounding
+    nearest, dithered = torch.empty(n, dtype=torch.int8), torch.empty(n, dtype=torch.int8)
+    _encode(nearest, torch.empty(n), w0, g0, decay, top)
+    _encode(dithered, torch.empty(n), w0, g0, decay, top, torch.Generator().manual_seed(0))
+    bias_nearest = float((nearest.float() - exact).mean())
+    bias_dithered = float((dithered.float() - exact).mean())
+    assert abs(bias_nearest - 0.3) < 1e-3                          # the bias the dither removes
+    assert abs(bias_dithered) < 5e-3                               # 0.46/√n ≈ 1e-3 standard error
+    assert set(dithered.unique().tolist()) == {-51, -50}           # one code unit either side at most
 
 
 def test_a_failure_mid_profiling_still_restores_the_weights():

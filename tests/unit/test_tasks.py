@@ -142,13 +142,13 @@ def test_generation_settings_follow_the_paper():
     assert summary.max_input_length == 512 and summary.batch_size == 4
     gen = summary.generation
     assert (gen.num_beams, gen.repetition_penalty, gen.length_penalty, gen.early_stopping, gen.max_new_tokens) == \
-        (4, 2.5, 1.0, True, 128)      # GreenTrainer generates up to 128 tokens for summaries
-    assert compose(["task=dialogsum"]).task.generation == gen
+        (4, 2.5, 1.0, True, 64)       # GreenTrainer's opt_scitldr.sh: --max_output_length 64 (DialogSum's is 128)
+    assert compose(["task=dialogsum"]).task.generation.max_new_tokens == 128
     for name in ("gsm8k", "math500", "humaneval"):
         cfg = compose([f"task={name}"]).task
         assert cfg.batch_size == 8 and cfg.generation.num_beams == 1 and cfg.generation.stop
     webq = compose(["task=webquestions"]).task.generation
-    assert (webq.num_beams, webq.repetition_penalty, webq.early_stopping) == (4, 2.5, True) and "</s>" in webq.stop
+    assert (webq.num_beams, webq.repetition_penalty, webq.early_stopping) == (4, 2.5, True) and not webq.stop
 
 
 def test_hub_source_comes_from_config_and_rejects_unknown_keys():
@@ -176,7 +176,10 @@ def test_scoring_through_the_tasks():
     webq = make_task("webquestions")
     examples = webq.examples("eval")
     scores = webq.score(["Ana M. Silva", "fixture arena"], examples)
-    assert scores == {"exact_match": 50.0, "exact_match_any": 100.0}
+    assert scores == {"exact_match": 0.0, "exact_match_any": 50.0}        # GreenTrainer's: case counts
+    normalized = make_task("webquestions", "task.protocol=normalized")
+    assert normalized.score(["Ana M. Silva", "fixture arena"], examples) == {"exact_match": 50.0,
+                                                                             "exact_match_any": 100.0}
     gsm = make_task("gsm8k")
     assert gsm.score(["15 * 8 = 120 pages\n#### 120", "It costs $21."], gsm.examples("eval")) == {"accuracy": 0.5}
     math = make_task("math500")
