@@ -15,6 +15,9 @@ undone exactly in integers) and ``stochastic_round`` (fp32 → bf16, unbiased: E
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
+from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -31,10 +34,36 @@ _active = "fp32"            # the precision of the run in progress (set by ``use
 # the config key
 
 
+ALLOW_EMULATED_BF16 = "HIZFO_ALLOW_EMULATED_BF16"   # =1: run bf16 modes on a CPU without native bf16 (slow)
+_NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}   # x86 (AVX512-BF16, AMX) and Arm's FEAT_BF16 in cpuinfo
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (``flags`` on x86, ``Features`` on Arm); empty elsewhere."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def cpu_has_native_bf16(flags: Optional[set[str]] = None) -> bool:
+    """Whether the CPU computes bf16 in hardware (else torch emulates it: correct, several times slower than fp32)."""
+    if flags is None and platform.system() != "Linux":
+        return False
+    return bool((cpu_flags() if flags is None else flags) & _NATIVE_BF16_FLAGS)
+
+
 def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 tensors and autocast work on ``device`` (CPU: always; CUDA: compute capability 8.0+)."""
+    """Whether bf16 runs natively on ``device`` (CPU: AVX512-BF16, AMX or Arm BF16, or emulation allowed by
+    HIZFO_ALLOW_EMULATED_BF16=1, which the test suite sets; CUDA: compute capability 8.0+)."""
     if device.type == "cpu":
-        return True
+        return cpu_has_native_bf16() or os.environ.get(ALLOW_EMULATED_BF16) == "1"
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     return False
@@ -45,8 +74,9 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision not in PRECISIONS:
         raise ConfigError(f"precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
     if precision != "fp32" and not bf16_supported(device):
+        extra = f", or set {ALLOW_EMULATED_BF16}=1 to emulate it, slowly" if device.type == "cpu" else ""
         raise ConfigError(f"precision: {precision} needs bf16 support, and device {device} has none "
-                          f"(use precision=fp32)")
+                          f"(use precision=fp32{extra})")
 
 
 def weight_dtype(precision: str) -> torch.dtype:

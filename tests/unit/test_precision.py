@@ -334,3 +334,23 @@ def test_bilevel_zofo_in_bf16_keeps_its_theta_updates_in_fp32_masters():
         bits = p.detach().float().view(torch.int32)
         assert bool(((bits == below) | (bits == below + 65536)).all())
     # without masters (the same Adam straight on bf16 θ) most steps of 2e-5 round away: see the FO test below
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_in_one_line(monkeypatch, tmp_path):
+    """precision=bf16-mixed on a CPU whose flags lack avx512_bf16 / amx_bf16 / bf16: one ConfigError line, unless
+    HIZFO_ALLOW_EMULATED_BF16=1; the flags are read from /proc/cpuinfo's ``flags`` (x86) or ``Features`` (Arm)."""
+    from hizfo import precision
+    from hizfo.errors import ConfigError
+    x86 = tmp_path / "cpuinfo"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n\nprocessor\t: 1\nflags\t: fpu\n")
+    assert precision.cpu_flags(x86) == {"fpu", "sse", "avx2", "avx512f", "avx512bw"}
+    assert not precision.cpu_has_native_bf16(precision.cpu_flags(x86))
+    assert precision.cpu_has_native_bf16({"avx512f", "avx512_bf16"}) and precision.cpu_has_native_bf16({"bf16"})
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda flags=None: False)
+    monkeypatch.delenv(precision.ALLOW_EMULATED_BF16, raising=False)
+    with pytest.raises(ConfigError) as refused:
+        precision.check_precision("bf16-mixed", torch.device("cpu"))
+    assert "\n" not in str(refused.value) and "precision=fp32" in str(refused.value)
+    precision.check_precision("fp32", torch.device("cpu"))                     # fp32 needs nothing
+    monkeypatch.setenv(precision.ALLOW_EMULATED_BF16, "1")
+    precision.check_precision("bf16-mixed", torch.device("cpu"))

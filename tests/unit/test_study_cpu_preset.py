@@ -1,0 +1,74 @@
+"""experiment=smollm2_study_cpu: every arm composes, arms differ only in their own keys, and what the study's runs
+compute is frozen (their config_hash is committed here; change the study by making a new preset)."""
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT, compose
+from hizfo.runspec import RunSpec
+
+PRESET = ROOT / "conf" / "experiment" / "smollm2_study_cpu.yaml"
+ARMS = str(OmegaConf.load(PRESET).hydra.sweeper.params["+study_arm"]).split(",")
+# The study's shared settings: every arm of a task gets the same data, prompt cap, protocol and precision.
+SHARED_TASK_KEYS = ("train_limit", "limit", "max_input_length", "group_by_length", "protocol", "generation",
+                    "batch_size", "eval_batch_size", "max_target_length")
+# config_hash of (arm, seed 0), committed with the study's first records: a change to the code's defaults that
+# moves one of these changes what a committed run computes. Make a new preset instead.
+FROZEN = {
+    "pd_hizfo": "9b6cbda07061ba6d",
+    "pd_full_ft": "60bb747ae62824f3",
+    "wn_mezo": "aa0d63884ed145f0",
+}
+
+
+def arm_config(arm: str, seed: int = 0):
+    return compose(["experiment=smollm2_study_cpu", f"+study_arm={arm}", f"seed={seed}"])
+
+
+def test_the_preset_names_its_command_first_and_lists_each_arm_once():
+    lines = PRESET.read_text().splitlines()
+    assert lines[1].startswith("# python scripts/run_study.py smollm2_study_cpu")
+    assert len(ARMS) == len(set(ARMS))
+    assert {a for a in ARMS if a.startswith("pd_")} <= {p.stem for p in (ROOT / "conf" / "study_arm").glob("pd_*")}
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_each_arm_changes_only_its_own_method_keys(arm: str):
+    cfg = arm_config(arm)
+    assert cfg.model.name == "smollm2-135m" and cfg.precision == "bf16-mixed"
+    assert cfg.results_dir == "results/smollm2_cpu/runs" and cfg.study_seeds >= 1
+    method = cfg.method
+    default = compose([f"method={method.name}", f"task={cfg.task.name}"]).method     # nothing tuned per arm
+    changed = {k for k in method if method[k] != default[k]}
+    swept = {pair.split("=")[0].split(".")[1] for pair in cfg.variant.split(",") if "=" in pair}
+    assert changed == swept, (arm, changed, swept)
+    expected_epochs = 3 if method.name.startswith("hizfo") else (1 if method.name == "zero_shot" else 5)
+    assert method.epochs == expected_epochs                                          # the paper's epochs
+
+
+def test_every_arm_of_a_task_shares_the_tasks_settings():
+    seen: dict[str, dict] = {}
+    for arm in ARMS:
+        task = OmegaConf.to_container(arm_config(arm).task, resolve=True)
+        shared = {k: task.get(k) for k in SHARED_TASK_KEYS}
+        assert seen.setdefault(task["name"], shared) == shared, arm
+    assert set(seen) == {"pydoc", "wordnet_revdict"}
+    assert seen["pydoc"]["train_limit"] == seen["wordnet_revdict"]["train_limit"]
+
+
+def test_seed_counts_are_sized_for_power():
+    seeds = {arm: arm_config(arm).study_seeds for arm in ARMS}
+    for arm in ("pd_full_ft", "pd_hizfo", "pd_hizfo_zo_off", "pd_hizfo_random_dir"):
+        assert seeds[arm] >= 8, arm
+    for arm in ("pd_mezo", "pd_hizfo_alpha_loss", "pd_hizfo_alpha_loss0.0"):
+        assert seeds[arm] >= 5, arm
+    assert seeds["pd_zero_shot"] == seeds["pd_hizfo_alpha0.0"] == seeds["wn_zero_shot"] == 1
+    assert all(n >= 3 for arm, n in seeds.items() if arm not in ("pd_zero_shot", "pd_hizfo_alpha0.0", "wn_zero_shot"))
+
+
+@pytest.mark.parametrize("arm", sorted(FROZEN))
+def test_the_studys_runs_are_frozen(arm: str):
+    overrides = ["experiment=smollm2_study_cpu", f"+study_arm={arm}", "seed=0"]
+    config = OmegaConf.to_container(compose(overrides), resolve=True)
+    assert RunSpec.build(config, overrides).config_hash == FROZEN[arm]
