@@ -42,12 +42,23 @@ def is_reporting(key: str) -> bool:
 
 
 def computation(config: dict[str, Any], with_seed: bool = True) -> dict[str, Any]:
-    """The part of a resolved config that decides what a run computes."""
+    """The part of a resolved config that decides what a run computes.
+
+    ``_target_`` (where the code that computes it lives) is left out at every depth: moving a class to another
+    module computes the same thing, so it keeps every committed run's hash."""
     kept = {k: v for k, v in config.items() if k not in REPORTING_KEYS and (with_seed or k != "seed")}
     for group, keys in REPORTING_NESTED.items():
         if isinstance(kept.get(group), dict):
             kept[group] = {k: v for k, v in kept[group].items() if k not in keys}
-    return kept
+    return _without_targets(kept)
+
+
+def _without_targets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_targets(v) for k, v in value.items() if k != "_target_"}
+    if isinstance(value, list):
+        return [_without_targets(v) for v in value]
+    return value
 
 
 def hash_of(payload: dict[str, Any], chars: int = 16) -> str:
