@@ -227,11 +227,12 @@ class LoopResult:
         return {"every": every, "train_loss": loss_curve(self.losses, every), "eval": self.epoch_evals}
 
 
-def training_examples(method: Method, task: Task) -> tuple[list[Example], list[Example]]:
+def training_examples(method: Method, task: Task, trains: bool = True) -> tuple[list[Example], list[Example]]:
     """The examples the training stream draws from, and the dev split a method with ``holds_out_dev`` draws
-    its dev batches from (taken out of the training stream; one line if too few are left for a batch)."""
+    its dev batches from (taken out of the training stream; one line if too few are left for a batch when the run
+    trains: an evaluation-only run needs no full batch)."""
     if getattr(method, "holds_out_dev", False):
-        return task.train_dev_split(batch_size=task.cfg.batch_size)
+        return task.train_dev_split(batch_size=task.cfg.batch_size if trains else None)
     return task.examples("train"), []
 
 
@@ -255,7 +256,7 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
         if split not in streams:
             check_fits(task, tokenizer, "train")
             if not split_rows:
-                split_rows["train"], split_rows["dev"] = training_examples(method, task)
+                split_rows["train"], split_rows["dev"] = training_examples(method, task, trains)
             rows = split_rows[split] if (split == "train" or split_rows["dev"]) else task.validation_examples()
             streams[split] = BatchStream(encode_split(task, loaded, rows), task.cfg.batch_size,
                                          tokenizer.pad_token_id, seed if split == "train" else seed + 7, model_device,
