@@ -18,7 +18,7 @@ SHARED_TASK_KEYS = ("train_limit", "limit", "max_input_length", "group_by_length
 FROZEN = {
     "pd_hizfo": "9878cd7a0d52f01b",
     "pd_full_ft": "96f3cc3553482606",
-    "wn_mezo": "fdf9a0cef22d8e91",
+    "he_mezo": "fdf9a0cef22d8e91",
 }
 
 
@@ -53,8 +53,9 @@ def test_every_arm_of_a_task_shares_the_tasks_settings():
         task = OmegaConf.to_container(arm_config(arm).task, resolve=True)
         shared = {k: task.get(k) for k in SHARED_TASK_KEYS}
         assert seen.setdefault(task["name"], shared) == shared, arm
-    assert set(seen) == {"pydoc", "wordnet_revdict"}
-    assert seen["pydoc"]["train_limit"] == seen["wordnet_revdict"]["train_limit"]
+    assert set(seen) == {"pydoc", "humaneval_split"}
+    assert seen["pydoc"]["train_limit"] == 128 and seen["pydoc"]["max_input_length"] == 128
+    assert seen["humaneval_split"]["generation"]["max_new_tokens"] == 320
 
 
 def test_seed_counts_are_sized_for_power():
@@ -63,8 +64,8 @@ def test_seed_counts_are_sized_for_power():
         assert seeds[arm] >= 8, arm
     for arm in ("pd_mezo", "pd_hizfo_alpha_loss", "pd_hizfo_alpha_loss0.0"):
         assert seeds[arm] >= 5, arm
-    assert seeds["pd_zero_shot"] == seeds["pd_hizfo_alpha0.0"] == seeds["wn_zero_shot"] == 1
-    assert all(n >= 3 for arm, n in seeds.items() if arm not in ("pd_zero_shot", "pd_hizfo_alpha0.0", "wn_zero_shot"))
+    assert seeds["pd_zero_shot"] == seeds["pd_hizfo_alpha0.0"] == seeds["he_zero_shot"] == 1
+    assert all(n >= 3 for arm, n in seeds.items() if arm not in ("pd_zero_shot", "pd_hizfo_alpha0.0", "he_zero_shot"))
 
 
 @pytest.mark.parametrize("arm", sorted(FROZEN))
