@@ -110,7 +110,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if not todo:
         return 0
-    logs = todo[0].path.parents[5] / "logs" if len(todo[0].path.parents) > 5 else REPO / "logs"
+    # <results_dir>/<model>/<task>/<method>/<variant>/seed<S>.json -> <results_dir>/../logs
+    record = todo[0].path if todo[0].path.is_absolute() else REPO / todo[0].path
+    logs = record.parents[5] / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.hours * 3600
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1",
