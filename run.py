@@ -17,22 +17,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import baselines  # noqa: F401  (the method plugins register their schemas where they are consumed)
-import hizfo.hybrid  # noqa: F401
+import hizfo.core.hybrid  # noqa: F401
 from hizfo.config import register_schemas
-from hizfo.runspec import derive_variant  # noqa: F401  (re-exported: the variant of a command line)
+from hizfo.run.runspec import derive_variant  # noqa: F401  (re-exported: the variant of a command line)
 
 register_schemas()
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One run: validate, build, train, evaluate, record. Returns the record written (as JSON)."""
-    from hizfo.checkpoint import Checkpointer
+    from hizfo.run.checkpoint import Checkpointer
     from hizfo.errors import ConfigError
-    from hizfo.loop import pick_device, seed_everything
-    from hizfo.precision import check_precision
-    from hizfo.records import RunRecord, check_writable
-    from hizfo.runspec import RunSpec, config_hash
-    from hizfo.validation import validate_run_config
+    from hizfo.run.loop import pick_device, seed_everything
+    from hizfo.core.precision import check_precision
+    from hizfo.run.records import RunRecord, check_writable
+    from hizfo.run.runspec import RunSpec, config_hash
+    from hizfo.run.validation import validate_run_config
 
     validate_run_config(cfg)                                # config-only checks, one line each (ConfigError)
     check_precision(cfg.precision, pick_device(cfg.device))   # a value or a device without bf16: before any load
@@ -72,17 +72,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _locked_run(cfg: DictConfig, spec: Any, method: Any, task: Any, checkpointer: Any,
                 finished: Callable[[], Any]) -> dict[str, Any]:
     """The part of ``run`` that holds the checkpoint folder's lock: load, train, evaluate, record."""
-    from hizfo.checkpoint import params_sha256
+    from hizfo.run.checkpoint import params_sha256
     from hizfo.errors import ConfigError, one_line
-    from hizfo.loop import divergence_watch, pick_device, train_and_evaluate
-    from hizfo.meters import Meters
-    from hizfo.models import load_model
-    from hizfo.precision import use_precision
-    from hizfo.predictions import prediction_rows, predictions_path, write_jsonl_atomic
-    from hizfo.records import Costs, Curve, RunRecord, provenance
-    from hizfo.threads import apply_num_threads
-    from hizfo.tracking import Tracker
-    from hizfo.validation import check_model_positions
+    from hizfo.run.loop import divergence_watch, pick_device, train_and_evaluate
+    from hizfo.run.meters import Meters
+    from hizfo.core.models import load_model
+    from hizfo.core.precision import use_precision
+    from hizfo.run.predictions import prediction_rows, predictions_path, write_jsonl_atomic
+    from hizfo.run.records import Costs, Curve, RunRecord, provenance
+    from hizfo.run.threads import apply_num_threads
+    from hizfo.run.tracking import Tracker
+    from hizfo.run.validation import check_model_positions
 
     hydra_cfg = HydraConfig.get()
     config, path = spec.config, spec.path
@@ -177,7 +177,7 @@ def main(cfg: DictConfig) -> None:
         config_error = _config_error(exc)
         if config_error is not None:
             print(f"error: {config_error}", file=sys.stderr)
-            exc.reported = True                               # hizfo.cli.call_main prints nothing more
+            exc.reported = True                               # hizfo.run.cli.call_main prints nothing more
         elif not getattr(exc, "reported", False):
             traceback.print_exc()
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -186,5 +186,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from hizfo.cli import call_main
-    sys.exit(call_main(main))                     # Hydra's own errors too: one line, exit 2 (hizfo/cli.py)
+    from hizfo.run.cli import call_main
+    sys.exit(call_main(main))                     # Hydra's own errors too: one line, exit 2 (hizfo/run/cli.py)

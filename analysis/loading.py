@@ -19,11 +19,11 @@ import pandas as pd
 
 from analysis.specs import SWEPT_DEFAULTS, SWEPT_KEYS, method_label
 from hizfo.errors import ConfigError
-from hizfo.records import RunRecord
-from hizfo.runspec import REPORTING_NESTED, cell_key
+from hizfo.run.records import RunRecord
+from hizfo.run.runspec import REPORTING_NESTED, cell_key
 
 CELL_KEYS: tuple[str, ...] = ("model", "task", "method", "rho", "alpha", "lr_ratio")
-# variant overrides of these model keys change where weights come from, not which model it is (hizfo.runspec)
+# variant overrides of these model keys change where weights come from, not which model it is (hizfo.run.runspec)
 _MODEL_LABEL_SKIP = tuple(f"model.{key}" for key in REPORTING_NESTED["model"])
 _OVERRIDE_SPLIT = re.compile(r",(?=[+~]?[A-Za-z_][\w.]*=)")
 
@@ -68,7 +68,7 @@ def model_label(model_name: str, variant: Optional[str]) -> str:
 
 
 def semantic_key(config: dict[str, Any]) -> str:
-    """What a run computed up to its seed (hizfo.runspec.cell_key): the seeds of one cell share it."""
+    """What a run computed up to its seed (hizfo.run.runspec.cell_key): the seeds of one cell share it."""
     return cell_key(config)
 
 

@@ -762,7 +762,7 @@ def _band(series: list[dict[float, float]]) -> tuple[list[float], list[float], l
 def plot_curves(arms: list[Arm], curves: dict[str, dict], metric: str, out: Path, stem: str,
                 notes: list[str]) -> list[Path]:
     """Learning curves against the step, mean over seeds with its 95 % band, one line per arm: the training loss,
-    the epoch-end evaluation loss, and the epoch-end ``metric`` where the records hold it (hizfo.records.Curve)."""
+    the epoch-end evaluation loss, and the epoch-end ``metric`` where the records hold it (hizfo.run.records.Curve)."""
     def eval_series(path: str, key: str) -> dict[float, float]:
         points = {}
         for entry in curves[path].get("eval") or []:

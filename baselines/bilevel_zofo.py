@@ -38,7 +38,7 @@ Deviations from the reference at d2a89bd, each kept for a reason:
     the ZO forwards are the reference's and the backprop passes run without dropout; under ``true`` every pass
     runs with dropout, and F+ and F0 replay the same masks so F+ − F0 measures the perturbation only.
   - precision=bf16: the reference steps bf16 θ in place (``load_bfloat16``), which rounds most of a 2e-5 Adam
-    step away. Here the upper Adam steps fp32 masters of θ and p_U (``hizfo.precision.MasterWeights``), θ's ZO
+    step away. Here the upper Adam steps fp32 masters of θ and p_U (``hizfo.core.precision.MasterWeights``), θ's ZO
     gradient is written straight into its masters' fp32 gradients, and the model's bf16 θ is published from the
     masters with stochastic rounding (E[θ_bf16] = θ_master), as the other methods keep their bf16 updates.
   - The dev split is the last 10 % of the training split in its stored order; the reference shuffles first
@@ -63,11 +63,11 @@ from baselines.full_ft import cfg_object
 from baselines.lora import check_lora_values, lora_config
 from hizfo.config import MethodConfig, register_method_schema
 from hizfo.errors import ConfigError
-from hizfo.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
+from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                            check_common, check_lr, lr_schedule, no_decay, replay_rng_if_training, simple_summary,
                            unique_named_parameters)
-from hizfo.precision import MasterWeights, is_low_precision
-from hizfo.zo import ZOParams, draw_seed
+from hizfo.core.precision import MasterWeights, is_low_precision
+from hizfo.core.zo import ZOParams, draw_seed
 
 LOWER, UPPER = "lower", "upper"     # peft adapter names of p_L and p_U
 

@@ -8,7 +8,7 @@ from torch import nn
 from baselines.full_ft import FullFT
 from hizfo.config import MethodConfig, register_method_schema
 from hizfo.errors import ConfigError
-from hizfo.models import decoder_layers
+from hizfo.core.models import decoder_layers
 
 
 @register_method_schema("ft_top2")

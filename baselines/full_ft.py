@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from hizfo.config import MethodConfig, register_method_schema
-from hizfo.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
+from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                            check_common, set_trainable, simple_summary, unique_named_parameters)
 
 

@@ -9,9 +9,9 @@ from torch import nn
 
 from hizfo.config import MethodConfig, register_method_schema
 from hizfo.errors import ConfigError
-from hizfo.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
+from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                            check_common, set_trainable, simple_summary, unique_named_parameters)
-from hizfo.partition import Partition, check_partition_settings, check_rho, partition_model
+from hizfo.core.partition import Partition, check_partition_settings, check_rho, partition_model
 
 
 @register_method_schema("greentrainer")

@@ -19,9 +19,9 @@ from torch import nn
 from baselines.full_ft import cfg_object
 from hizfo.config import MethodConfig, register_method_schema
 from hizfo.errors import ConfigError
-from hizfo.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
+from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                            check_common, simple_summary, unique_named_parameters)
-from hizfo.models import LoadedModel
+from hizfo.core.models import LoadedModel
 
 
 @register_method_schema("lora")

@@ -25,7 +25,7 @@ from torch import nn
 from baselines.lora import PeftAdapterMethod
 from hizfo.config import MethodConfig, register_method_schema
 from hizfo.errors import ConfigError
-from hizfo.models import LoadedModel
+from hizfo.core.models import LoadedModel
 
 
 @register_method_schema("prefix")

@@ -13,7 +13,7 @@ from torch import nn
 from baselines.full_ft import cfg_object
 from hizfo.config import MethodConfig, register_method_schema
 from hizfo.errors import ConfigError
-from hizfo.methods import Batch, MethodSummary, StepResult, TrainContext, check_common, simple_summary
+from hizfo.core.methods import Batch, MethodSummary, StepResult, TrainContext, check_common, simple_summary
 
 
 @register_method_schema("zero_shot")

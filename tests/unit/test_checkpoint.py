@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from hizfo.checkpoint import (CHECKPOINT_FILES, Checkpointer, capture_rng, checkpoint_folder, params_sha256,
+from hizfo.run.checkpoint import (CHECKPOINT_FILES, Checkpointer, capture_rng, checkpoint_folder, params_sha256,
                               restore_rng)
 from hizfo.errors import ConfigError
 from tests.conftest import ROOT, compose
@@ -51,8 +51,8 @@ def build(method_name: str, extra: tuple[str, ...] = ()):
     """The pieces run.py builds, from a fresh seed (as a relaunched process would)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-    from hizfo.loop import seed_everything
-    from hizfo.models import load_model
+    from hizfo.run.loop import seed_everything
+    from hizfo.core.models import load_model
     cfg = compose([f"method={method_name}", *SMALL, *extra])
     seed_everything(cfg.seed)
     method = instantiate(cfg.method, _convert_="all")
@@ -65,9 +65,9 @@ def build(method_name: str, extra: tuple[str, ...] = ()):
 
 def train(method_name: str, checkpointer=None, extra: tuple[str, ...] = ()):
     """One run in this process; returns (loop result, sha256 of the final parameters, meters)."""
-    from hizfo.loop import train_and_evaluate
-    from hizfo.meters import Meters
-    from hizfo.precision import use_precision
+    from hizfo.run.loop import train_and_evaluate
+    from hizfo.run.meters import Meters
+    from hizfo.core.precision import use_precision
     cfg, method, task, loaded = build(method_name, extra)
     meters = Meters()
     with use_precision(cfg.precision):
@@ -141,8 +141,8 @@ def test_a_checkpoint_from_another_config_is_refused_and_nothing_is_loaded(tmp_p
     closing(other)
     cfg, method, task, loaded = build("full_ft")
     before = params_sha256(loaded.model)
-    from hizfo.loop import LoopState
-    from hizfo.meters import Meters
+    from hizfo.run.loop import LoopState
+    from hizfo.run.meters import Meters
     method.setup(_context(cfg, loaded, task))
     with pytest.raises(ConfigError, match="hash-a.*this run's is hash-b.*will not be resumed"):
         other.restore(method, LoopState(), Meters(), torch.Generator())
@@ -164,7 +164,7 @@ def resign(checkpoint: Path) -> None:
 
 
 def _context(cfg, loaded, task):
-    from hizfo.methods import TrainContext
+    from hizfo.core.methods import TrainContext
     return TrainContext(loaded=loaded, task=task, device=torch.device("cpu"), total_steps=10, steps_per_epoch=6,
                         zo_seeds=torch.Generator().manual_seed(1), train_batches=lambda: iter(()),
                         dev_batches=lambda: iter(()))
@@ -254,8 +254,8 @@ def test_a_signal_during_a_step_checkpoints_after_the_step_then_reaches_the_prev
     try:
         ckpt = Checkpointer(folder, "hash-a", every_steps=0)
         closing(ckpt)
-        from hizfo.loop import train_and_evaluate
-        from hizfo.meters import Meters
+        from hizfo.run.loop import train_and_evaluate
+        from hizfo.run.meters import Meters
         cfg, method, task, loaded = build("full_ft")
         real_step = method.train_step
         calls = {"n": 0}
@@ -383,7 +383,7 @@ def test_the_manifest_holds_each_files_size_and_sha256_and_is_written_last(tmp_p
         assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
     # the manifest goes in last: a save that dies while writing it leaves no step-4, only step-2
-    from hizfo import checkpoint as module
+    from hizfo.run import checkpoint as module
     written: list[str] = []
     real_sha = module._sha256_file
 
@@ -439,12 +439,12 @@ def test_a_kill_while_an_old_checkpoint_is_deleted_leaves_no_half_checkpoint_beh
 
 # -- one writer per folder ---------------------------------------------------------------------------------------
 
-# another run's process holding the folder: the lock a Checkpointer takes (hizfo.checkpoint.LOCK_NAME), without
+# another run's process holding the folder: the lock a Checkpointer takes (hizfo.run.checkpoint.LOCK_NAME), without
 # importing torch, to keep the test short
 HOLD = """
 import sys
 from pathlib import Path
-from hizfo.locks import RunLock
+from hizfo.run.locks import RunLock
 with RunLock(Path(sys.argv[1]) / ".lock"):
     print("held", flush=True)
     sys.stdin.readline()

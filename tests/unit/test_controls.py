@@ -13,10 +13,10 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import compose, tiny
-from hizfo.hybrid import HiZFO, random_sign
-from hizfo.loop import train_and_evaluate
-from hizfo.meters import Meters
-from hizfo.methods import unique_named_parameters
+from hizfo.core.hybrid import HiZFO, random_sign
+from hizfo.run.loop import train_and_evaluate
+from hizfo.run.meters import Meters
+from hizfo.core.methods import unique_named_parameters
 from hizfo.tasks.base import Example
 from test_foundation import SMALL, run_cli
 from test_hizfo import context, toy_setup
@@ -233,7 +233,7 @@ def test_mezo_with_a_huge_learning_rate_ends_failed_as_diverged(tmp_path):
 
 def test_a_slowly_rising_loss_is_stopped_by_the_factor_and_patience():
     from hizfo.errors import TrainingDiverged
-    from hizfo.loop import DivergenceWatch
+    from hizfo.run.loop import DivergenceWatch
     watch = DivergenceWatch(factor=10.0, patience=3)
     for step, loss in enumerate([2.0, 5.0, 25.0, 30.0, 3.0, 21.0, 22.0]):   # a dip resets the count
         watch.check(step, loss)

@@ -55,8 +55,8 @@ def test_tiny_models_of_each_family_run_a_forward_pass():
 
 def test_full_ft_lowers_the_loss_and_learns_the_toy_task():
     from baselines.full_ft import FullFT
-    from hizfo.loop import train_and_evaluate
-    from hizfo.meters import Meters
+    from hizfo.run.loop import train_and_evaluate
+    from hizfo.run.meters import Meters
     from hydra.utils import instantiate
     cfg = compose(["method=full_ft", "method.max_steps=80", "task.options.n_eval=24"])
     loaded, task = tiny("tiny-opt"), instantiate(cfg.task, _convert_="all")
@@ -69,7 +69,7 @@ def test_full_ft_lowers_the_loss_and_learns_the_toy_task():
 
 
 def test_atomic_write_keeps_the_old_record_when_writing_fails(tmp_path):
-    from hizfo.records import write_json_atomic
+    from hizfo.run.records import write_json_atomic
     path = tmp_path / "a" / "seed0.json"
     write_json_atomic(path, {"status": "ok", "n": 1})
 

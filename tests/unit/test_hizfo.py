@@ -10,12 +10,12 @@ import torch
 from hydra.utils import instantiate
 
 from hizfo.errors import ConfigError
-from hizfo.hybrid import HiZFO
-from hizfo.loop import BatchStream, encode_split, train_and_evaluate
-from hizfo.meters import Meters
-from hizfo.methods import TrainContext, causal_lm_loss, unique_named_parameters
-from hizfo.profiling import tensor_importance
-from hizfo.zo import noise_like, perturb_
+from hizfo.core.hybrid import HiZFO
+from hizfo.run.loop import BatchStream, encode_split, train_and_evaluate
+from hizfo.run.meters import Meters
+from hizfo.core.methods import TrainContext, causal_lm_loss, unique_named_parameters
+from hizfo.core.profiling import tensor_importance
+from hizfo.core.zo import noise_like, perturb_
 from tests.conftest import compose, tiny
 
 CPU = torch.device("cpu")
@@ -95,7 +95,7 @@ def test_alpha_0_and_zo_lr_0_is_a_plain_adamw_step_on_fo_and_leaves_zo_untouched
     ref_named = [(n, p) for n, p in unique_named_parameters(reference) if n in set(method.partition.fo)]
     for n, p in unique_named_parameters(reference):
         p.requires_grad_(n in set(method.partition.fo))
-    from hizfo.methods import adamw
+    from hizfo.core.methods import adamw
     optimizer = adamw(ref_named, 1e-3, 0.0)
     causal_lm_loss(reference, batch).backward()
     optimizer.step()
@@ -209,7 +209,7 @@ def test_alpha_reaches_the_fo_update():
 
 def test_with_dropout_on_both_streams_see_the_same_masks():
     """L_ZO − L_FO must measure the perturbation, not two dropout masks (docs/design.md, "Dropout")."""
-    from hizfo.methods import same_rng_streams
+    from hizfo.core.methods import same_rng_streams
     _, loaded, _, stream = toy_setup()
     model = loaded.model
     model.train(True)                                          # tiny-opt has dropout 0.1

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from hizfo import metrics
+from hizfo.eval import metrics
 
 PREDICTIONS = ["the model finds flatter minima with warm restarts",
                "graph networks use a virtual node",

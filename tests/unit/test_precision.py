@@ -1,4 +1,4 @@
-"""precision=fp32 | bf16-mixed | bf16 (hizfo/precision.py, hizfo/zo.py ZOParams): exact ZO perturbations on bf16
+"""precision=fp32 | bf16-mixed | bf16 (hizfo/core/precision.py, hizfo/core/zo.py ZOParams): exact ZO perturbations on bf16
 weights, FO updates that survive bf16, the ZO estimate under autocast, and bad values refused before a load."""
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hizfo.errors import ConfigError
-from hizfo.loop import BatchStream, encode_split, train_and_evaluate
-from hizfo.meters import Meters
-from hizfo.methods import FirstOrderTrainer, causal_lm_loss, unique_named_parameters
-from hizfo.models import load_model
-from hizfo.precision import ChangeMonitor, check_precision, stochastic_round, use_precision
-from hizfo.zo import ZOParams, draw_seed, perturb_
+from hizfo.run.loop import BatchStream, encode_split, train_and_evaluate
+from hizfo.run.meters import Meters
+from hizfo.core.methods import FirstOrderTrainer, causal_lm_loss, unique_named_parameters
+from hizfo.core.models import load_model
+from hizfo.core.precision import ChangeMonitor, check_precision, stochastic_round, use_precision
+from hizfo.core.zo import ZOParams, draw_seed, perturb_
 from tests.conftest import compose
 
 CPU = torch.device("cpu")
@@ -339,7 +339,7 @@ def test_bilevel_zofo_in_bf16_keeps_its_theta_updates_in_fp32_masters():
 def test_bf16_on_a_cpu_without_native_bf16_is_refused_in_one_line(monkeypatch, tmp_path):
     """precision=bf16-mixed on a CPU whose flags lack avx512_bf16 / amx_bf16 / bf16: one ConfigError line, unless
     HIZFO_ALLOW_EMULATED_BF16=1; the flags are read from /proc/cpuinfo's ``flags`` (x86) or ``Features`` (Arm)."""
-    from hizfo import precision
+    from hizfo.core import precision
     from hizfo.errors import ConfigError
     x86 = tmp_path / "cpuinfo"
     x86.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n\nprocessor\t: 1\nflags\t: fpu\n")

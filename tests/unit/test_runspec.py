@@ -1,4 +1,4 @@
-"""One run identity (hizfo.runspec) and one typed record (hizfo.records.RunRecord), issue 11."""
+"""One run identity (hizfo.run.runspec) and one typed record (hizfo.run.records.RunRecord), issue 11."""
 from __future__ import annotations
 
 import ast
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import ROOT, compose
-from hizfo.meters import Meters
-from hizfo.records import Costs, Curve, RunRecord
-from hizfo.runspec import REPORTING_KEYS, RunSpec, config_hash, derive_variant, is_reporting
+from hizfo.run.meters import Meters
+from hizfo.run.records import Costs, Curve, RunRecord
+from hizfo.run.runspec import REPORTING_KEYS, RunSpec, config_hash, derive_variant, is_reporting
 from test_foundation import SMALL, run_cli
 
 FIXTURES = ROOT / "tests" / "fixtures" / "records"
@@ -64,7 +64,7 @@ def test_same_command_then_device_cpu_skips_and_a_new_rho_is_a_new_variant(tmp_p
     assert record.curve.train_loss and record.curve.every == 10
 
 
-KEY_MODULES = ("run.py", "hizfo/records.py", "hizfo/checkpoint.py", "analysis/loading.py")
+KEY_MODULES = ("run.py", "hizfo/run/records.py", "hizfo/run/checkpoint.py", "analysis/loading.py")
 
 
 @pytest.mark.parametrize("module", KEY_MODULES)
@@ -142,7 +142,7 @@ def test_a_failed_run_never_replaces_an_ok_record(tmp_path):
 
 def test_records_honour_the_umask(tmp_path):
     import os
-    from hizfo.records import write_json_atomic
+    from hizfo.run.records import write_json_atomic
     previous = os.umask(0o022)
     try:
         write_json_atomic(tmp_path / "a" / "seed0.json", {"x": 1})

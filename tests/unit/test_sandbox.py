@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hizfo.metrics import humaneval_pass_at_1, humaneval_results
-from hizfo.sandbox import (RUNNER, RUNNER_IN_VIEW, CheckedProgram, SandboxLimits, isolation_level, run_checks,
+from hizfo.eval.metrics import humaneval_pass_at_1, humaneval_results
+from hizfo.eval.sandbox import (RUNNER, RUNNER_IN_VIEW, CheckedProgram, SandboxLimits, isolation_level, run_checks,
                            run_program, run_programs)
 
 LIMITS = SandboxLimits(timeout=2.0, startup_grace=5.0)

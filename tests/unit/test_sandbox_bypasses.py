@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hizfo.metrics import humaneval_results, pass_at_1
-from hizfo.sandbox import (CheckedProgram, SandboxLimits, namespaces_unavailable_reason, process_unavailable_reason,
+from hizfo.eval.metrics import humaneval_results, pass_at_1
+from hizfo.eval.sandbox import (CheckedProgram, SandboxLimits, namespaces_unavailable_reason, process_unavailable_reason,
                            run_checks, run_program)
 
 NO_NAMESPACES = namespaces_unavailable_reason()

@@ -2,7 +2,7 @@
 
 SIGTERM (Slurm preemption, scancel, the time limit itself) and SIGUSR1 / SIGUSR2 (the warning Slurm sends
 ``signal_delay_s`` before the time limit; submitit 1.5 asks for USR2, older versions USR1) go to the *listener*
-that is active (the run's ``hizfo.checkpoint.Checkpointer``). It notes the signal, checkpoints at the next step
+that is active (the run's ``hizfo.run.checkpoint.Checkpointer``). It notes the signal, checkpoints at the next step
 boundary and then asks the relay to pass the signal on to whoever handled it before: under submitit that is its
 handler, which calls the launcher's ``checkpoint`` and requeues the job with ``scontrol requeue``; outside submitit
 the default action ends the process. See docs/slurm.md.

@@ -33,10 +33,10 @@ from torch import nn
 
 from hizfo.config import MethodConfig, register_method_schema
 from hizfo.errors import ConfigError
-from hizfo.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
+from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                            check_common, check_lr, replay_rng_if_training, schedule_factor, set_trainable)
-from hizfo.partition import Partition, check_partition_settings, check_rho, params_of, partition_model
-from hizfo.zo import ZOParams, chunk_seed, draw_seed
+from hizfo.core.partition import Partition, check_partition_settings, check_rho, params_of, partition_model
+from hizfo.core.zo import ZOParams, chunk_seed, draw_seed
 
 ZO_OPTIMIZERS = ("sgd", "adamw")
 ALPHA_MODES = ("update", "loss")
@@ -46,7 +46,7 @@ ZO_UPDATES = ("estimate", "random_direction", "disabled")
 @register_method_schema("hizfo")
 @dataclass
 class HiZFOConfig(MethodConfig):
-    _target_: str = "hizfo.hybrid.HiZFO"
+    _target_: str = "hizfo.core.hybrid.HiZFO"
     name: str = "hizfo"
     lr: float = 2e-5                  # η_FO (§4.2)
     epochs: int = 3                   # Hi-ZFO stops at 3 epochs (A.2)
@@ -173,7 +173,7 @@ class HiZFO:
         if has_fo:
             self.fo_trainer.step()
             # share of the stepped elements the update changed: the fp32 masters under precision=bf16, so this shows
-            # an update lost in fp32, not the rounding of the bf16 copies (hizfo.precision.MasterWeights.publish)
+            # an update lost in fp32, not the rounding of the bf16 copies (hizfo.core.precision.MasterWeights.publish)
             moved = self.fo_trainer.changed_fraction
             if moved is not None:
                 logs["fo_changed_fraction"] = moved

@@ -21,7 +21,7 @@ level guarantees):
   working directory; resource limits on CPU time, address space, output size and open files; a wall-clock
   timeout that kills the whole process group, which no process of the program can leave.
 
-The trusted runner is :mod:`hizfo.sandbox_runner` (stdlib only), run by path.
+The trusted runner is :mod:`hizfo.eval.sandbox_runner` (stdlib only), run by path.
 
 Two ways to run code:
 
@@ -113,7 +113,7 @@ def require_opt_in(allow_code_execution: bool, task_name: str) -> None:
     """Refuse to go on unless the user opted in to running model-generated code."""
     if not allow_code_execution:
         raise ConfigError(f"task {task_name} scores a model by running the code it generates; this runs only if "
-                          f"you opt in: pass task.allow_code_execution=true (the code runs in hizfo.sandbox, "
+                          f"you opt in: pass task.allow_code_execution=true (the code runs in hizfo.eval.sandbox, "
                           f"see docs/tasks.md for what it contains)")
 
 
@@ -195,11 +195,11 @@ def _build_seccomp_filter() -> bytes:
 def _seccomp() -> bytes:
     """The compiled allow-list; ``ConfigError`` where it cannot be built (no pyseccomp/libseccomp, not Linux)."""
     if not sys.platform.startswith("linux"):
-        raise ConfigError("hizfo.sandbox runs generated code only on Linux (it needs seccomp)")
+        raise ConfigError("hizfo.eval.sandbox runs generated code only on Linux (it needs seccomp)")
     try:
         return _build_seccomp_filter()
     except (ImportError, RuntimeError, OSError, ValueError) as exc:   # no pyseccomp, or no libseccomp.so.2
-        raise ConfigError(f"hizfo.sandbox: cannot build the seccomp allow-list ({type(exc).__name__}: {exc}); "
+        raise ConfigError(f"hizfo.eval.sandbox: cannot build the seccomp allow-list ({type(exc).__name__}: {exc}); "
                           f"install pyseccomp and libseccomp2") from None
 
 
@@ -259,7 +259,7 @@ def _shared_libraries(files: list[str]) -> list[str]:
     try:
         listing = subprocess.run([ldd, *files], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise ConfigError(f"hizfo.sandbox: cannot list the interpreter's shared libraries with ldd ({exc})") \
+        raise ConfigError(f"hizfo.eval.sandbox: cannot list the interpreter's shared libraries with ldd ({exc})") \
             from None
     found = set()
     for line in listing.splitlines():
@@ -374,7 +374,7 @@ def isolation_level(requested: str = "auto") -> str:
 
 @functools.lru_cache(maxsize=None)
 def _warn_process_level(why: Optional[str]) -> None:
-    warnings.warn(f"hizfo.sandbox: process level ({why}): the program shares the host's IPC, network, PID, UTS "
+    warnings.warn(f"hizfo.eval.sandbox: process level ({why}): the program shares the host's IPC, network, PID, UTS "
                   f"and mount namespaces and runs as the evaluator's user; only seccomp and Landlock contain it",
                   stacklevel=4)
 

@@ -15,12 +15,12 @@ renamed into place, so a reader sees a whole checkpoint or none:
                          it, reports a corrupt or truncated one by path and falls back to the previous intact
                          checkpoint, or starts the run afresh: never a silent resume from damaged files.
 
-One process writes a run's folder: the run holds ``<folder>/.lock`` (``hizfo.locks.RunLock``) for its lifetime, so a
+One process writes a run's folder: the run holds ``<folder>/.lock`` (``hizfo.run.locks.RunLock``) for its lifetime, so a
 duplicate launch of the same run stops with one line instead of racing on the same files. Folders and files are
 created with the process's umask (0755 / 0644 under umask 022), like any other output of the run.
 
-Preemption signals reach the checkpointer through ``hizfo.signals.RELAY``; Slurm's pre-submission checks live in
-``hizfo.slurm_preflight``. See docs/slurm.md.
+Preemption signals reach the checkpointer through ``hizfo.run.signals.RELAY``; Slurm's pre-submission checks live in
+``hizfo.run.slurm_preflight``. See docs/slurm.md.
 """
 from __future__ import annotations
 
@@ -45,9 +45,9 @@ import torch
 from torch import nn
 
 from hizfo.errors import ConfigError
-from hizfo.locks import RunLock
-from hizfo.signals import RELAY, Pending, signal_name
-from hizfo.slurm_preflight import checkpoint_minutes_from_hydra
+from hizfo.run.locks import RunLock
+from hizfo.run.signals import RELAY, Pending, signal_name
+from hizfo.run.slurm_preflight import checkpoint_minutes_from_hydra
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -3,7 +3,7 @@
 Δw is AdamW's first step from zero state (GreenTrainer's probe). With m = (1−β1)g0, v = (1−β2)g0² and both bias
 corrections, that step is closed-form (torch.optim.AdamW: decay first, then eps added to the corrected √v):
 
-    Δw = −η·g0/(|g0| + eps) − η·λ_k·w0          λ_k = weight_decay, or 0 where hizfo.methods.no_decay says so
+    Δw = −η·g0/(|g0| + eps) − η·λ_k·w0          λ_k = weight_decay, or 0 where hizfo.core.methods.no_decay says so
 
 so no optimizer is built and nothing leaks into training (GreenTrainer reuses its real optimizer here and its
 state leaks: IMPLEMENTATION_NOTES §3). Both passes run tensor by tensor inside autograd's own hooks
@@ -56,12 +56,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from hizfo.methods import Batch, causal_lm_loss, no_decay
-from hizfo.precision import compute_context, from_ordinal, is_low_precision, ordinal, round_to
+from hizfo.core.methods import Batch, causal_lm_loss, no_decay
+from hizfo.core.precision import compute_context, from_ordinal, is_low_precision, ordinal, round_to
 
 CHUNK_CPU = 1 << 18          # elements per piece of elementwise work: scratch stays ~1 MiB per buffer
 CHUNK_CUDA = 1 << 22
-ADAM_EPS = 1e-8              # torch.optim.AdamW's default eps (hizfo.methods.adamw leaves it at the default)
+ADAM_EPS = 1e-8              # torch.optim.AdamW's default eps (hizfo.core.methods.adamw leaves it at the default)
 _SR_SEED = 0x51A7E           # stochastic rounding of the probe step on bf16 weights: fixed, so profiling replays
 _DITHER_SEED = 0xD17E0       # stochastic rounding of the fp32 weights' codes where λ > 0: fixed, so profiling replays
 

@@ -12,10 +12,10 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteriaList
 
 from hizfo.errors import TrainingDiverged
-from hizfo.meters import Meters
-from hizfo.methods import Batch, Method, MethodSummary, TrainContext, causal_lm_loss
-from hizfo.models import LoadedModel
-from hizfo.stopping import StopOnText
+from hizfo.run.meters import Meters
+from hizfo.core.methods import Batch, Method, MethodSummary, TrainContext, causal_lm_loss
+from hizfo.core.models import LoadedModel
+from hizfo.eval.stopping import StopOnText
 from hizfo.tasks.base import Example, Task, check_fits, collate_train, encode_prompts, encode_train
 
 

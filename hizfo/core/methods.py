@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from hizfo.errors import ConfigError
-from hizfo.models import LoadedModel
-from hizfo.precision import ChangeMonitor, MasterWeights, compute_context, is_low_precision
+from hizfo.core.models import LoadedModel
+from hizfo.core.precision import ChangeMonitor, MasterWeights, compute_context, is_low_precision
 from hizfo.tasks.base import Task
 
 Batch = dict[str, torch.Tensor]
@@ -115,7 +115,7 @@ class Method(Protocol):
 def causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Mean token cross-entropy on the target tokens (labels are -100 elsewhere).
 
-    Under precision=bf16-mixed the forward runs in bf16 autocast (hizfo.precision.compute_context); its backward
+    Under precision=bf16-mixed the forward runs in bf16 autocast (hizfo.core.precision.compute_context); its backward
     follows the dtypes the forward recorded. The loss itself is fp32 (HF upcasts the logits).
     """
     with compute_context(batch["input_ids"].device):

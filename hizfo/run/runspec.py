@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from hizfo.errors import ConfigError
-from hizfo.variant import short_variant, short_variant_part
+from hizfo.run.variant import short_variant, short_variant_part
 
 # Top-level keys that say where or how a run is reported, or on which hardware: not what it computes. The device
 # is among them: the same config on the CPU and on a GPU is the same experiment, and the record's provenance says

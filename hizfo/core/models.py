@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hizfo.errors import ConfigError
-from hizfo.precision import weight_dtype
+from hizfo.core.precision import weight_dtype
 from hizfo.hub_probe import hub_endpoint, hub_offline_requested, hub_reachable, probe_timeout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -113,7 +113,7 @@ def load_model(name: str, family: str, hub_id: Optional[str] = None, path: Optio
     """Build or load the model named by a ``conf/model/*.yaml``.
 
     ``precision`` (a run's top-level key; run.py always passes it) decides the weights' dtype: fp32 masters for
-    fp32 and bf16-mixed, bf16 for bf16 (hizfo/precision.py). ``dtype`` applies only when no precision is given.
+    fp32 and bf16-mixed, bf16 for bf16 (hizfo/core/precision.py). ``dtype`` applies only when no precision is given.
     """
     if family not in FAMILIES:
         raise ConfigError(f"model.family: '{family}' is not one of {', '.join(FAMILIES)}")
@@ -121,7 +121,7 @@ def load_model(name: str, family: str, hub_id: Optional[str] = None, path: Optio
         raise ConfigError(f"model.dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
     torch_dtype = DTYPES[dtype] if precision is None else weight_dtype(precision)
     if arch is not None:
-        from hizfo.tokenizer import build_word_tokenizer
+        from hizfo.core.tokenizer import build_word_tokenizer
         tok = build_word_tokenizer() if tokenizer == "word" else _load_tokenizer(tokenizer)
         torch.manual_seed(seed)
         model = _tiny_model(family, dict(arch), tok).to(torch_dtype)
