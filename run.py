@@ -32,6 +32,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from hizfo.core.precision import check_precision
     from hizfo.run.records import RunRecord, check_writable
     from hizfo.run.runspec import RunSpec, config_hash
+    from hizfo.run.slurm_preflight import checkpoint_minutes_from_hydra
     from hizfo.run.validation import validate_run_config
 
     validate_run_config(cfg)                                # config-only checks, one line each (ConfigError)
@@ -62,7 +63,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_writable(cfg.results_dir)
     # one writer per run: locks the run's checkpoint folder, so a duplicate launch stops here, before the model
     # loads; then look again, in case the other launch finished the run between the first look and the lock
-    checkpointer = Checkpointer.for_run(cfg, spec.config_hash, path)
+    checkpointer = Checkpointer.for_run(spec, every_steps=int(cfg.checkpoint_every or 0),
+                                        every_minutes=checkpoint_minutes_from_hydra())
     try:                    # every way out frees the lock (its files go; checkpoints stay for a resume)
         return _locked_run(cfg, spec, method, task, checkpointer, finished)
     finally:
@@ -78,7 +80,7 @@ def _locked_run(cfg: DictConfig, spec: Any, method: Any, task: Any, checkpointer
     from hizfo.run.meters import Meters
     from hizfo.core.models import load_model
     from hizfo.core.precision import use_precision
-    from hizfo.run.predictions import prediction_rows, predictions_path, write_jsonl_atomic
+    from hizfo.run.predictions import prediction_rows, write_jsonl_atomic
     from hizfo.run.records import Costs, Curve, RunRecord, provenance
     from hizfo.run.threads import apply_num_threads
     from hizfo.run.tracking import Tracker
@@ -144,7 +146,7 @@ def _locked_run(cfg: DictConfig, spec: Any, method: Any, task: Any, checkpointer
     tracker.log_final(meters.steps, {**{f"eval/{k}": v for k, v in result.metrics.items()},
                                      **{f"costs/{k}": v for k, v in vars(costs).items()
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)}})
-    write_jsonl_atomic(predictions_path(path), prediction_rows(task.examples("eval"), result.predictions))
+    write_jsonl_atomic(spec.predictions_path, prediction_rows(task.examples("eval"), result.predictions))
     record.write(path)
     checkpointer.discard()
     where = tracker.location or "not logged (logger=none)"

@@ -21,6 +21,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from analysis.specs import ALPHA_MODE_METHODS, METHOD_ALIASES, MODEL_ALIASES, SWEPT_DEFAULTS, SWEPT_KEYS
+from hizfo.run.runspec import derive_variant
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "results" / "paper"
@@ -118,9 +119,8 @@ def collect_cells(source_dir: Path) -> PaperCells:
 def variant_of(cell: PaperCell) -> str:
     """The variant run.py would give the run: the swept values that differ from the paper's defaults."""
     defaults = SWEPT_DEFAULTS.get(cell.method, {})
-    parts = [f"method.{key}={cell.swept[key]}" for key in SWEPT_KEYS
-             if key in defaults and cell.swept[key] is not None and cell.swept[key] != defaults[key]]
-    return ",".join(sorted(parts)) or "default"
+    return derive_variant(f"method.{key}={cell.swept[key]}" for key in SWEPT_KEYS
+                          if key in defaults and cell.swept[key] is not None and cell.swept[key] != defaults[key])
 
 
 def build_paper_record(cell: PaperCell) -> dict[str, Any]:

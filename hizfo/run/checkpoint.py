@@ -47,7 +47,6 @@ from torch import nn
 from hizfo.errors import ConfigError
 from hizfo.run.locks import RunLock
 from hizfo.run.signals import RELAY, Pending, signal_name
-from hizfo.run.slurm_preflight import checkpoint_minutes_from_hydra
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -155,27 +154,6 @@ def restore_rng(tensors: dict[str, Any], scalars: dict[str, Any], zo_seeds: Opti
                          numpy["has_gauss"], numpy["cached_gaussian"]))
     version, internal, gauss = scalars["python"]
     random.setstate((version, tuple(internal), gauss))
-
-
-# ---------------------------------------------------------------------------------------------------
-# where checkpoints live
-
-
-def checkpoint_root(results_dir: str | Path, checkpoint_dir: Optional[str | Path]) -> Path:
-    """``checkpoint_dir``, or ``<results_dir>/../checkpoints`` (results/runs -> results/checkpoints)."""
-    if checkpoint_dir:
-        return Path(checkpoint_dir)
-    return Path(results_dir).parent / "checkpoints"
-
-
-def checkpoint_folder(record_path: str | Path, results_dir: str | Path, checkpoint_dir: Optional[str | Path]) -> Path:
-    """The run's folder: the record's path relative to ``results_dir``, without ``.json``, under the root."""
-    record_path, results_dir = Path(record_path), Path(results_dir)
-    try:
-        relative = record_path.relative_to(results_dir)
-    except ValueError:
-        relative = Path(*record_path.parts[-5:])
-    return checkpoint_root(results_dir, checkpoint_dir) / relative.with_suffix("")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -300,12 +278,12 @@ class Checkpointer:
         self._closed = False
 
     @classmethod
-    def for_run(cls, cfg: Any, config_hash: str, record_path: Any) -> "Checkpointer":
-        """The run's checkpointer, its folder already locked: the folder follows the record path; its config
-        hash is the record's. A second launch of the same run raises ``ConfigError`` here."""
-        folder = checkpoint_folder(record_path, cfg.results_dir, cfg.get("checkpoint_dir"))
-        checkpointer = cls(folder, config_hash, every_steps=int(cfg.get("checkpoint_every") or 0),
-                           every_minutes=checkpoint_minutes_from_hydra())
+    def for_run(cls, spec: Any, every_steps: int = 0, every_minutes: Optional[float] = None) -> "Checkpointer":
+        """The run's checkpointer, its folder already locked: the folder and the config hash are the run's
+        (``RunSpec.checkpoint_folder``, ``RunSpec.config_hash``). A second launch of the same run raises
+        ``ConfigError`` here."""
+        checkpointer = cls(spec.checkpoint_folder, spec.config_hash, every_steps=every_steps,
+                           every_minutes=every_minutes)
         checkpointer.lock()
         return checkpointer
 

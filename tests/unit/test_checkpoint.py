@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from hizfo.run.checkpoint import (CHECKPOINT_FILES, Checkpointer, capture_rng, checkpoint_folder, params_sha256,
+from hizfo.run.checkpoint import (CHECKPOINT_FILES, Checkpointer, capture_rng, params_sha256,
                               restore_rng)
 from hizfo.errors import ConfigError
+from hizfo.run.runspec import RunSpec
 from tests.conftest import ROOT, compose
 
 # 16 examples / batch 4 = 4 steps an epoch; 6 steps cross one epoch boundary
@@ -288,11 +289,20 @@ def test_handlers_are_given_back_when_the_run_is_done(tmp_path):
 
 
 def test_checkpoint_folder_mirrors_the_record_path(tmp_path):
-    record = tmp_path / "results" / "runs" / "opt-13b" / "scitldr" / "hizfo" / "default" / "seed0.json"
-    assert checkpoint_folder(record, tmp_path / "results" / "runs", None) == \
+    def spec(checkpoint_dir, results_dir=tmp_path / "results" / "runs", variant_overrides=()):
+        config = {"model": {"name": "opt-13b"}, "task": {"name": "scitldr"}, "method": {"name": "hizfo"},
+                  "seed": 0, "results_dir": str(results_dir), "checkpoint_dir": checkpoint_dir}
+        return RunSpec.build(config, variant_overrides)
+    run = spec(None)
+    assert run.path == tmp_path / "results" / "runs" / "opt-13b" / "scitldr" / "hizfo" / "default" / "seed0.json"
+    assert run.checkpoint_folder == \
         tmp_path / "results" / "checkpoints" / "opt-13b" / "scitldr" / "hizfo" / "default" / "seed0"
-    assert checkpoint_folder(record, tmp_path / "results" / "runs", tmp_path / "scratch") == \
+    assert spec(str(tmp_path / "scratch")).checkpoint_folder == \
         tmp_path / "scratch" / "opt-13b" / "scitldr" / "hizfo" / "default" / "seed0"
+    # the folder follows the variant as the record does, at any results_dir depth
+    deep = spec(str(tmp_path / "scratch"), tmp_path / "a" / "b" / "c" / "d" / "e" / "f", ["method.rho=0.2"])
+    assert deep.checkpoint_folder == tmp_path / "scratch" / "opt-13b" / "scitldr" / "hizfo" / "method.rho=0.2" / "seed0"
+    assert deep.predictions_path == deep.path.with_name("seed0.predictions.jsonl")
 
 
 def test_checkpointer_refuses_bad_intervals(tmp_path):

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from hizfo.run.predictions import predictions_path, read_jsonl
+from hizfo.run.predictions import read_jsonl
+from hizfo.run.runspec import predictions_path
 from tests.conftest import ROOT
 
 
@@ -101,7 +102,7 @@ def test_the_hub_probe_is_bounded_by_its_timeout(monkeypatch):
 
 
 def test_path_overrides_appear_as_a_file_name_and_a_short_hash():
-    from hizfo.run.variant import short_variant_part
+    from hizfo.run.runspec import short_variant_part
     a = short_variant_part("model.gguf_file", "/data/a/model.gguf")
     b = short_variant_part("model.gguf_file", "/data/b/model.gguf")
     assert a.startswith("model.gguf_file=model.gguf-") and len(a.rsplit("-", 1)[1]) == 8 and a != b

@@ -191,7 +191,7 @@ def test_unclean_input_ends_in_one_line_and_exit_2(unclean_runs, override, expec
 
 
 def test_an_over_long_variant_is_shortened_with_a_hash(unclean_runs):
-    from hizfo.run.variant import MAX_VARIANT_CHARS
+    from hizfo.run.runspec import MAX_VARIANT_CHARS
     result, where = unclean_runs[f"variant={LONG_VARIANT}"]
     assert result["status"] == 0, result["stderr"][-3000:]
     (record,) = where.rglob("seed0.json")
@@ -211,7 +211,7 @@ def test_a_nul_or_separator_in_a_folder_name_is_refused():
 
 
 def test_distinct_long_variants_stay_distinct():
-    from hizfo.run.variant import MAX_VARIANT_CHARS, short_variant
+    from hizfo.run.runspec import MAX_VARIANT_CHARS, short_variant
     a, b = short_variant("x" * 200 + "a"), short_variant("x" * 200 + "b")
     assert a != b and len(a.encode()) == len(b.encode()) == MAX_VARIANT_CHARS
     assert short_variant("method.rho=0.2") == "method.rho=0.2"
