@@ -26,8 +26,9 @@ register_schemas()
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One run: validate, build, train, evaluate, record. Returns the record written (as JSON)."""
-    from hizfo.run.checkpoint import Checkpointer
+    from hizfo.core.methods import method_traits
     from hizfo.errors import ConfigError
+    from hizfo.run.checkpoint import Checkpointer
     from hizfo.run.loop import pick_device, seed_everything
     from hizfo.core.precision import check_precision
     from hizfo.run.records import RunRecord, check_writable
@@ -42,7 +43,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     method = instantiate(cfg.method, _convert_="all")       # validates the method's values (before any lock)
     task = instantiate(cfg.task, _convert_="all")           # validates the task's values (data loads later)
-    if cfg.method.max_steps != 0 and getattr(method, "holds_out_dev", False):
+    if cfg.method.max_steps != 0 and method_traits(method).holds_out_dev:
         task.train_dev_split(batch_size=task.cfg.batch_size)   # a dev split held out leaves a batch: before any lock
     path = spec.path
 
@@ -74,69 +75,83 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _locked_run(cfg: DictConfig, spec: Any, method: Any, task: Any, checkpointer: Any,
                 finished: Callable[[], Any]) -> dict[str, Any]:
     """The part of ``run`` that holds the checkpoint folder's lock: load, train, evaluate, record."""
-    from hizfo.run.checkpoint import params_sha256
     from hizfo.errors import ConfigError, one_line
-    from hizfo.run.loop import divergence_watch, pick_device, train_and_evaluate
+    from hizfo.run.loop import LoopOptions, pick_device, train_and_evaluate
     from hizfo.run.meters import Meters
-    from hizfo.core.models import load_model
     from hizfo.core.precision import use_precision
-    from hizfo.run.predictions import prediction_rows, write_jsonl_atomic
-    from hizfo.run.records import Costs, Curve, RunRecord, provenance
-    from hizfo.run.threads import apply_num_threads
+    from hizfo.run.records import Costs, RunRecord
     from hizfo.run.tracking import Tracker
-    from hizfo.run.validation import check_model_positions
 
-    hydra_cfg = HydraConfig.get()
-    config, path = spec.config, spec.path
     done = finished()
     if done is not None:
         checkpointer.discard()
         return done.to_json()
-
-    divergence = divergence_watch(cfg.divergence_factor, cfg.divergence_patience)
     device = pick_device(cfg.device)
-    model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    model_kwargs.pop("_target_")
-    num_threads = apply_num_threads(cfg.num_threads)       # before the model loads (null: the CPUs we may use)
-    loaded = load_model(**model_kwargs, seed=cfg.seed, precision=cfg.precision)
-    # prefix-tuning's virtual tokens take positions too
-    check_model_positions(task, loaded, trains=cfg.method.max_steps != 0,
-                          reserved=int(cfg.method.get("num_virtual_tokens") or 0))
-    if loaded.device_map is None:
-        loaded.model.to(device)
-    prov = {**provenance(device), "num_threads": num_threads}
+    options = LoopOptions.from_run_config(cfg, device)       # divergence_* checked before the model loads
+    loaded, prov = _load_model(cfg, method, task, device)
     tracker = Tracker(kind=cfg.logger.kind, project=cfg.logger.project, mode=cfg.logger.mode,
-                      run_dir=Path(hydra_cfg.runtime.output_dir), name=spec.name, config=config,
+                      run_dir=Path(HydraConfig.get().runtime.output_dir), name=spec.name, config=spec.config,
                       entity=cfg.logger.entity, tags=list(cfg.logger.tags), log_every=cfg.logger.log_every)
     meters = Meters()
     try:
         with use_precision(cfg.precision):                    # bf16-mixed: autocast in the methods' losses
-            result = train_and_evaluate(method, cfg.method, loaded, task, device, cfg.seed, meters, tracker.log,
-                                        checkpoint=checkpointer, eval_every_epoch=cfg.eval_every_epoch,
-                                        eval_before_training=cfg.eval_before_training,
-                                        train_dropout=cfg.train_dropout, divergence=divergence,
-                                        eval_loss_every_epoch=cfg.eval_loss_every_epoch)
+            result = train_and_evaluate(method, cfg.method, loaded, task, options, meters, tracker.log,
+                                        checkpoint=checkpointer)
     except ConfigError:
         tracker.finish(failed=True)
         raise
     except Exception as exc:                                  # any failure leaves a failed record ...
-        record = RunRecord(status="failed", config=config, config_hash=spec.config_hash,
+        record = RunRecord(status="failed", config=spec.config, config_hash=spec.config_hash,
                            costs=Costs.from_meters(meters), provenance=prov, error=one_line(exc),
                            failed_step=getattr(exc, "step", None), traceback=traceback.format_exc())
-        current = RunRecord.read(path)
+        current = RunRecord.read(spec.path)
         kept_ok = current is not None and current.status == "ok"
         if not kept_ok:                                        # ... but never in place of an ok one
-            record.write(path)
+            record.write(spec.path)
         tracker.finish(failed=True)
-        where = (f"the ok record at {path} was kept (overwrite=true: no failed record replaces it)" if kept_ok
-                 else f"record at {path}")
+        where = (f"the ok record at {spec.path} was kept (overwrite=true: no failed record replaces it)" if kept_ok
+                 else f"record at {spec.path}")
         print(f"failed: {one_line(exc)}; {where}", file=sys.stderr)
         exc.reported = True
         raise
+    record = _write_ok_record(cfg, spec, method, task, result, meters, prov, tracker)
+    checkpointer.discard()
+    where = tracker.location or "not logged (logger=none)"
+    tracker.finish()
+    _print_summary(result.metrics, record, spec.path, where)
+    return record.to_json()
+
+
+def _load_model(cfg: DictConfig, method: Any, task: Any, device: Any) -> tuple[Any, dict[str, Any]]:
+    """The model on its device, checked against the task's lengths; and the run's provenance."""
+    from hizfo.core.methods import method_traits
+    from hizfo.core.models import load_model
+    from hizfo.run.records import provenance
+    from hizfo.run.threads import apply_num_threads
+    from hizfo.run.validation import check_model_positions
+
+    model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    model_kwargs.pop("_target_")
+    num_threads = apply_num_threads(cfg.num_threads)       # before the model loads (null: the CPUs we may use)
+    loaded = load_model(**model_kwargs, seed=cfg.seed, precision=cfg.precision)
+    check_model_positions(task, loaded, trains=cfg.method.max_steps != 0,
+                          reserved=method_traits(method).reserved_positions)   # prefix-tuning's virtual tokens
+    if loaded.device_map is None:
+        loaded.model.to(device)
+    return loaded, {**provenance(device), "num_threads": num_threads}
+
+
+def _write_ok_record(cfg: DictConfig, spec: Any, method: Any, task: Any, result: Any, meters: Any,
+                     prov: dict[str, Any], tracker: Any) -> Any:
+    """The ok record and every prediction, written next to each other; the final figures logged."""
+    from hizfo.run.checkpoint import params_sha256
+    from hizfo.run.predictions import prediction_rows, write_jsonl_atomic
+    from hizfo.run.records import Costs, Curve, RunRecord
+
     summary = result.summary
     costs = Costs.from_meters(meters, summary)
     record = RunRecord(
-        status="ok", config=config, config_hash=spec.config_hash, metrics=result.metrics, costs=costs,
+        status="ok", config=spec.config, config_hash=spec.config_hash, metrics=result.metrics, costs=costs,
         partition=summary.partition, method_summary=summary.details, provenance=prov,
         curve=Curve(**result.curve(cfg.curve_every)), zo_seeds=result.zo_seeds,
         final_train_loss=result.losses[-1] if result.losses else None,
@@ -147,18 +162,19 @@ def _locked_run(cfg: DictConfig, spec: Any, method: Any, task: Any, checkpointer
                                      **{f"costs/{k}": v for k, v in vars(costs).items()
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)}})
     write_jsonl_atomic(spec.predictions_path, prediction_rows(task.examples("eval"), result.predictions))
-    record.write(path)
-    checkpointer.discard()
-    where = tracker.location or "not logged (logger=none)"
-    tracker.finish()
-    metrics = ", ".join(f"{k}={v:.2f}" for k, v in result.metrics.items() if isinstance(v, (int, float)))
-    print(f"metrics: {metrics}")
+    record.write(spec.path)
+    return record
+
+
+def _print_summary(metrics: dict[str, Any], record: Any, path: Path, where: str) -> None:
+    costs = record.costs
+    shown = ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    print(f"metrics: {shown}")
     resumed = f", resumed {record.resumed}x" if record.resumed else ""
     print(f"costs: peak {costs.peak_memory_gb:.2f} GB ({costs.memory_kind}), train {costs.train_seconds:.1f} s"
           f"{resumed}, eval {costs.eval_seconds:.1f} s, {costs.n_forward} forwards / {costs.n_backward} backwards")
     print(f"record: {path}")
     print(f"wandb: {where}")
-    return record.to_json()
 
 
 def _config_error(exc: BaseException):

@@ -43,6 +43,11 @@ class PrefixTuning(PeftAdapterMethod):
 
     config_class = PrefixConfig
 
+    @property
+    def reserved_positions(self) -> int:
+        """The virtual tokens take model positions before every prompt (Method protocol)."""
+        return self.cfg.num_virtual_tokens
+
     def check_values(self) -> None:
         if self.cfg.num_virtual_tokens < 1:
             raise ConfigError(f"method.num_virtual_tokens: the prefix length must be >= 1, "

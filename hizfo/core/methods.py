@@ -80,7 +80,10 @@ class Method(Protocol):
     """The interface every method meets; the loop never asks which method it drives.
 
     A method may also set ``holds_out_dev = True``: the loop then takes a dev split out of the training examples
-    (``Task.train_dev_split``) and serves it through ``TrainContext.dev_batches``.
+    (``Task.train_dev_split``) and serves it through ``TrainContext.dev_batches``; and ``reserved_positions``
+    (an int): the model positions it takes before every prompt (prefix-tuning's virtual tokens), which the
+    length check leaves free. ``holds_out_dev`` and ``reserved_positions`` read as False / 0 where a method
+    does not set them (``method_traits``).
     """
 
     def setup(self, ctx: TrainContext) -> None:
@@ -106,6 +109,19 @@ class Method(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+
+
+@dataclass(frozen=True)
+class MethodTraits:
+    """What the loop and the run's checks ask of a method instance, beyond the protocol's calls."""
+    holds_out_dev: bool = False
+    reserved_positions: int = 0
+
+
+def method_traits(method: Any) -> MethodTraits:
+    """A method's ``holds_out_dev`` and ``reserved_positions``, False / 0 where it does not set them."""
+    return MethodTraits(holds_out_dev=bool(getattr(method, "holds_out_dev", False)),
+                        reserved_positions=int(getattr(method, "reserved_positions", 0) or 0))
 
 
 # ---------------------------------------------------------------------------------------------------

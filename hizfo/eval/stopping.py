@@ -29,7 +29,7 @@ class StopOnText(StoppingCriteria):
     """Stop each row once ``stop_index`` finds the end of its answer in the decoded new tokens.
 
     ``prompt_width`` is the (left-padded) prompt length, so ``input_ids[:, prompt_width:]`` are the new tokens.
-    Decoding uses ``skip_special_tokens=True``, as hizfo.run.loop.generate does before ``postprocess``.
+    Decoding uses ``skip_special_tokens=True``, as hizfo.run.evaluation.generate does before ``postprocess``.
     """
 
     def __init__(self, tokenizer, prompt_width: int, stop_index: Callable[[str], Optional[int]]) -> None:

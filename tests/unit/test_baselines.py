@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from conftest import compose, tiny
 from hizfo.errors import ConfigError
-from hizfo.run.loop import BatchStream, LoopResult, encode_split, train_and_evaluate
+from hizfo.run.loop import BatchStream, LoopOptions, LoopResult, encode_split, train_and_evaluate
 from hizfo.run.meters import Meters
 from hizfo.tasks.base import encode_train
 from hizfo.core.methods import TrainContext, causal_lm_loss, check_common, unique_named_parameters
@@ -45,8 +45,8 @@ def run_loop(name: str, model: str = "tiny-opt", n_train: int = 800, loaded=None
     method = build(cfg)
     loaded = loaded or tiny(model)
     meters = Meters()
-    result = train_and_evaluate(method, cfg, loaded, toy_task(n_train), torch.device("cpu"), 0, meters,
-                                lambda step, row: None)
+    result = train_and_evaluate(method, cfg, loaded, toy_task(n_train), LoopOptions(torch.device("cpu"), seed=0),
+                                meters)
     return method, result, meters, loaded
 
 
@@ -323,7 +323,7 @@ def test_bilevel_zofo_trains_on_no_dev_example_and_records_how_many_it_held_out(
     method.train_step = recording_step
     steps_per_epoch = (80 - 8) // task.cfg.batch_size + bool((80 - 8) % task.cfg.batch_size)
     cfg.max_steps = steps_per_epoch                       # one epoch
-    result = train_and_evaluate(method, cfg, loaded, task, torch.device("cpu"), 0, Meters(), lambda s, r: None)
+    result = train_and_evaluate(method, cfg, loaded, task, LoopOptions(torch.device("cpu"), seed=0), Meters())
     encode = lambda e: tuple(encode_train(e, loaded.tokenizer, task.cfg.max_input_length,   # noqa: E731
                                           task.cfg.max_target_length)["input_ids"])
     dev = {encode(e) for e in task.examples("train")[-8:]}

@@ -66,14 +66,14 @@ def build(method_name: str, extra: tuple[str, ...] = ()):
 
 def train(method_name: str, checkpointer=None, extra: tuple[str, ...] = ()):
     """One run in this process; returns (loop result, sha256 of the final parameters, meters)."""
-    from hizfo.run.loop import train_and_evaluate
+    from hizfo.run.loop import LoopOptions, train_and_evaluate
     from hizfo.run.meters import Meters
     from hizfo.core.precision import use_precision
     cfg, method, task, loaded = build(method_name, extra)
     meters = Meters()
     with use_precision(cfg.precision):
-        result = train_and_evaluate(method, cfg.method, loaded, task, torch.device("cpu"), cfg.seed, meters,
-                                    lambda step, row: None, checkpoint=checkpointer, train_dropout=cfg.train_dropout)
+        options = LoopOptions(torch.device("cpu"), seed=cfg.seed, train_dropout=cfg.train_dropout)
+        result = train_and_evaluate(method, cfg.method, loaded, task, options, meters, checkpoint=checkpointer)
     return result, params_sha256(method.eval_model()), meters
 
 
@@ -255,7 +255,7 @@ def test_a_signal_during_a_step_checkpoints_after_the_step_then_reaches_the_prev
     try:
         ckpt = Checkpointer(folder, "hash-a", every_steps=0)
         closing(ckpt)
-        from hizfo.run.loop import train_and_evaluate
+        from hizfo.run.loop import LoopOptions, train_and_evaluate
         from hizfo.run.meters import Meters
         cfg, method, task, loaded = build("full_ft")
         real_step = method.train_step
@@ -269,8 +269,8 @@ def test_a_signal_during_a_step_checkpoints_after_the_step_then_reaches_the_prev
 
         method.train_step = step_with_signal
         with pytest.raises(Killed):
-            train_and_evaluate(method, cfg.method, loaded, task, torch.device("cpu"), cfg.seed, Meters(),
-                               lambda s, r: None, checkpoint=ckpt)
+            train_and_evaluate(method, cfg.method, loaded, task, LoopOptions(torch.device("cpu"), seed=cfg.seed),
+                               Meters(), checkpoint=ckpt)
         assert seen == [(signal.SIGUSR2, ["step-00000003"])]
         info = json.loads((folder / "step-00000003" / "state.json").read_text())
         assert info["reason"] == "SIGUSR2" and info["loop"]["step"] == 3

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from conftest import compose, tiny
 from hizfo.core.hybrid import HiZFO, random_sign
-from hizfo.run.loop import train_and_evaluate
+from hizfo.run.loop import LoopOptions, train_and_evaluate
 from hizfo.run.meters import Meters
 from hizfo.core.methods import unique_named_parameters
 from hizfo.tasks.base import Example
@@ -145,8 +145,8 @@ def test_every_method_trains_in_the_mode_train_dropout_sets(name, train_dropout)
                 training["now"] = False
         setattr(method, hook_name, wrapped)
     task = instantiate(cfg.task, _convert_="all")
-    train_and_evaluate(method, cfg.method, loaded, task, torch.device("cpu"), 0, Meters(), lambda *_: None,
-                       train_dropout=train_dropout)
+    train_and_evaluate(method, cfg.method, loaded, task,
+                       LoopOptions(torch.device("cpu"), seed=0, train_dropout=train_dropout), Meters())
     assert modes and set(modes) == {train_dropout}, (name, modes)
 
 

@@ -8,7 +8,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from hizfo.run.loop import BatchStream, eval_loss, generate
+from hizfo.run.evaluation import eval_loss, generate
+from hizfo.run.loop import BatchStream
 from hizfo.run.runspec import config_hash
 from hizfo.tasks.base import Example
 from tests.conftest import compose, tiny

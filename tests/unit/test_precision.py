@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hizfo.errors import ConfigError
-from hizfo.run.loop import BatchStream, encode_split, train_and_evaluate
+from hizfo.run.loop import BatchStream, LoopOptions, encode_split, train_and_evaluate
 from hizfo.run.meters import Meters
 from hizfo.core.methods import FirstOrderTrainer, causal_lm_loss, unique_named_parameters
 from hizfo.core.models import load_model
@@ -130,7 +130,8 @@ def train_in_bf16(loaded, overrides: list[str]):
     method = instantiate(cfg, _convert_="all")
     rows = []
     with use_precision("bf16"):
-        result = train_and_evaluate(method, cfg, loaded, task, CPU, 0, Meters(), lambda step, row: rows.append(row))
+        result = train_and_evaluate(method, cfg, loaded, task, LoopOptions(CPU, seed=0), Meters(),
+                                    lambda step, row: rows.append(row))
     return method, result, rows
 
 
