@@ -144,7 +144,7 @@ def _load_model(cfg: DictConfig, method: Any, task: Any, device: Any) -> tuple[A
 def _write_ok_record(cfg: DictConfig, spec: Any, method: Any, task: Any, result: Any, meters: Any,
                      prov: dict[str, Any], tracker: Any) -> Any:
     """The ok record and every prediction, written next to each other; the final figures logged."""
-    from hizfo.run.checkpoint import params_sha256
+    from hizfo.run.checkpoint_files import params_sha256
     from hizfo.run.predictions import prediction_rows, write_jsonl_atomic
     from hizfo.run.records import Costs, Curve, RunRecord
 

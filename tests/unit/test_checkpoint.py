@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from hizfo.run.checkpoint import (CHECKPOINT_FILES, Checkpointer, capture_rng, params_sha256,
-                              restore_rng)
+from hizfo.run.checkpoint import Checkpointer
+from hizfo.run.checkpoint_files import CHECKPOINT_FILES, capture_rng, params_sha256, restore_rng
 from hizfo.errors import ConfigError
 from hizfo.run.runspec import RunSpec
 from tests.conftest import ROOT, compose
@@ -393,9 +393,9 @@ def test_the_manifest_holds_each_files_size_and_sha256_and_is_written_last(tmp_p
         assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
     # the manifest goes in last: a save that dies while writing it leaves no step-4, only step-2
-    from hizfo.run import checkpoint as module
+    from hizfo.run import checkpoint_files as module
     written: list[str] = []
-    real_sha = module._sha256_file
+    real_sha = module.sha256_file
 
     def recording(path, fsync=False):
         written.append(Path(path).name)
@@ -405,8 +405,8 @@ def test_the_manifest_holds_each_files_size_and_sha256_and_is_written_last(tmp_p
         written.append("manifest.json")
         raise Killed
 
-    monkeypatch.setattr(module, "_sha256_file", recording)
-    monkeypatch.setattr(module, "_write_manifest", dies)
+    monkeypatch.setattr(module, "sha256_file", recording)
+    monkeypatch.setattr(module, "write_manifest", dies)
     again = Checkpointer(tmp_path / "ckpt", "hash-a", every_steps=2)
     closing(again)
     with pytest.raises(Killed):
