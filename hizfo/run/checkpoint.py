@@ -20,7 +20,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from hizfo.errors import ConfigError
 from hizfo.run.checkpoint_files import (MANIFEST, TMP_PREFIX, fsync_dir, read_checkpoint, verify_checkpoint,
                                         write_checkpoint)
 from hizfo.run.locks import RunLock
-from hizfo.run.signals import RELAY, Pending, signal_name
+from hizfo.run.signals import RELAY, DeferredSignal, Pending, signal_name
 
 LOCK_NAME = ".lock"
 _STEP_PREFIX = "step-"
@@ -81,10 +80,7 @@ class Checkpointer:
         self._saved_step: Optional[int] = None
         self._last_save = time.monotonic()
         self._live: Optional[tuple[Any, Any, Any, Optional[torch.Generator]]] = None
-        self._in_training = False
-        self._saving = False
-        self._pending: Optional[Pending] = None
-        self._closed = False
+        self._signal = DeferredSignal(RELAY)
 
     @classmethod
     def for_run(cls, spec: Any, every_steps: int = 0, every_minutes: Optional[float] = None) -> "Checkpointer":
@@ -131,7 +127,7 @@ class Checkpointer:
             self._stop_signals()
             raise
         self._live = (method, state, meters, zo_seeds)
-        self._in_training = True
+        self._signal.in_training = True
         self._last_save = time.monotonic()
         self._remove_partial()
         latest = self._newest_intact()
@@ -149,18 +145,17 @@ class Checkpointer:
         due = ((self.every_steps and state.step % self.every_steps == 0)
                or (self.every_minutes is not None and time.monotonic() - self._last_save >= self.every_minutes * 60))
         written = None
-        if due or self._pending is not None:
-            written = self.save(method, state, meters, zo_seeds,
-                                reason="periodic" if self._pending is None else signal_name(self._pending[0]))
+        if due or self._signal.pending is not None:
+            written = self.save(method, state, meters, zo_seeds, reason=self._signal.reason or "periodic")
         self._deliver_pending()
         return written
 
     def training_finished(self, method: Any, state: Any, meters: Any, zo_seeds: Optional[torch.Generator]) -> None:
         """After the last step: from now on a signal is answered at once (parameters no longer change)."""
         self._live = (method, state, meters, zo_seeds)
-        self._in_training = False
-        if self._pending is not None:
-            self.save(method, state, meters, zo_seeds, reason=signal_name(self._pending[0]))
+        self._signal.in_training = False
+        if self._signal.pending is not None:
+            self.save(method, state, meters, zo_seeds, reason=self._signal.reason)
             self._deliver_pending()
 
     def save(self, method: Any, state: Any, meters: Any, zo_seeds: Optional[torch.Generator],
@@ -169,7 +164,7 @@ class Checkpointer:
         final = self.folder / f"{_STEP_PREFIX}{state.step:08d}"
         if self._saved_step == state.step and final.is_dir():
             return final
-        self._saving = True
+        self._signal.saving = True
         try:
             self.lock()
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -189,7 +184,7 @@ class Checkpointer:
             self._last_save = time.monotonic()
             return final
         finally:
-            self._saving = False
+            self._signal.saving = False
 
     def discard(self) -> None:
         """The run's record is written: its checkpoints are no longer needed (the lock goes with the folder)."""
@@ -232,18 +227,7 @@ class Checkpointer:
 
     # -- internals ----------------------------------------------------------------------------------------
     def _stop_signals(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._in_training = False
-        pending, self._pending = self._pending, None
-        RELAY.deactivate(self)
-        if pending is not None:             # a signal came while a step was running and no step followed
-            signum, frame = pending
-            if RELAY.installed:
-                RELAY.pass_on(signum, frame)
-            else:                           # handlers already given back: let the one in place act
-                signal.raise_signal(signum)
+        self._signal.stop(self)
 
     def _activate(self) -> None:
         previous = RELAY.active
@@ -253,11 +237,7 @@ class Checkpointer:
 
     def on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         """The relay's call: note the signal; answer it now unless a step (or a save) is under way."""
-        if self._pending is None:
-            self._pending = (signum, frame)
-        if self._in_training or self._saving:
-            print(f"checkpoint: {signal_name(signum)} received; checkpointing after this step",
-                  file=sys.stderr, flush=True)
+        if not self._signal.note(signum, frame):
             return
         if self._live is not None:
             self.save(*self._live, reason=signal_name(signum))
@@ -265,18 +245,11 @@ class Checkpointer:
 
     def take_pending(self) -> Optional[Pending]:
         """The signal noted and not yet passed on (cleared)."""
-        pending, self._pending = self._pending, None
-        return pending
+        return self._signal.take()
 
     def _deliver_pending(self) -> None:
-        if self._pending is None:
-            return
-        signum, frame = self._pending
-        self._pending = None
         where = f" ({self.folder})" if self._saved_step is not None else ""
-        print(f"checkpoint: saved step {self._saved_step}{where} on {signal_name(signum)}; passing the signal on",
-              file=sys.stderr, flush=True)
-        RELAY.pass_on(signum, frame)
+        self._signal.deliver(f"step {self._saved_step}{where}")
 
     def _newest_intact(self) -> Optional[Path]:
         """The newest checkpoint whose files match its manifest; one warning line for each newer damaged one."""

@@ -550,3 +550,17 @@ def test_close_removes_the_lock_files_and_an_empty_folder_and_keeps_checkpoints(
     kept.close()
     kept.close()                                                       # idempotent
     assert sorted(p.name for p in kept.folder.iterdir()) == ["step-00000002"]
+
+
+def test_a_signal_during_a_step_waits_for_the_step_boundary_and_the_first_one_wins():
+    from hizfo.run.signals import DeferredSignal, SignalRelay
+    deferred = DeferredSignal(SignalRelay())               # a relay of its own: nothing is installed or passed on
+    assert deferred.note(signal.SIGUSR2, None)             # nothing running: answer now
+    assert deferred.take() == (signal.SIGUSR2, None) and deferred.take() is None
+    deferred.in_training = True
+    assert not deferred.note(signal.SIGUSR1, None)         # a step is under way: wait for its end
+    assert not deferred.note(signal.SIGTERM, None)
+    assert deferred.reason == "SIGUSR1"                    # the first signal is the one answered
+    deferred.in_training, deferred.saving = False, True
+    assert not deferred.note(signal.SIGTERM, None)         # a save is under way: wait for it too
+    assert deferred.take() == (signal.SIGUSR1, None) and deferred.reason is None
