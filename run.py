@@ -16,9 +16,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import baselines  # noqa: F401  (the method plugins register their schemas where they are consumed)
-import hizfo.core.hybrid  # noqa: F401
-from hizfo.config import register_schemas
+from hizfo.registry import register_schemas
 from hizfo.run.runspec import derive_variant  # noqa: F401  (re-exported: the variant of a command line)
 
 register_schemas()

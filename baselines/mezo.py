@@ -21,28 +21,16 @@ forwards run in train mode and replay the same dropout masks, so L+ − L− sti
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from baselines.full_ft import cfg_object
-from hizfo.config import MethodConfig, register_method_schema
+from hizfo.registry import MeZOConfig, build_config
 from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, MethodSummary, StepResult, TrainContext, causal_lm_loss, check_common, no_decay,
                            replay_rng_if_training, schedule_factor, simple_summary, unique_named_parameters)
 from hizfo.core.zo import ZOParams, draw_seed
-
-
-@register_method_schema("mezo")
-@dataclass
-class MeZOConfig(MethodConfig):
-    _target_: str = "baselines.mezo.MeZO"
-    name: str = "mezo"
-    lr: float = 1e-6                     # MeZO's full-parameter range is 1e-6 … 1e-7
-    eps: float = 1e-3                    # ε, the perturbation scale
-    schedule: str = "constant"           # MeZO uses a constant learning rate
 
 
 class MeZO:
@@ -51,7 +39,7 @@ class MeZO:
     config_class = MeZOConfig
 
     def __init__(self, **cfg: Any) -> None:
-        self.cfg = cfg_object(self.config_class(), cfg)
+        self.cfg = build_config(self.config_class, cfg)
         check_common(self.cfg)
         if not self.cfg.eps > 0:
             raise ConfigError(f"method.eps: must be > 0, got {self.cfg.eps}")

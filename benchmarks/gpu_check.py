@@ -506,10 +506,8 @@ def run_all(args: argparse.Namespace, scale: Scale, cells: list[Cell], measured_
             dropped: list[str]) -> int:
     import torch
 
-    import baselines  # noqa: F401  (the method schemas register on import, as in run.py)
-    import hizfo.core.hybrid  # noqa: F401
     from benchmarks.harness import device_name
-    from hizfo.config import register_schemas
+    from hizfo.registry import register_schemas
     register_schemas()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -146,18 +146,8 @@ def context(model, batch: dict[str, torch.Tensor], device: torch.device, family:
 
 def build_method(name: str):
     """A method with its config defaults (conf/method/<name>.yaml sets no values of its own)."""
-    import baselines  # noqa: F401  (registers the schemas)
-    from baselines.bilevel_zofo import BilevelZOFO
-    from baselines.ft_top2 import FTTop2
-    from baselines.full_ft import FullFT
-    from baselines.greentrainer import GreenTrainer
-    from baselines.lora import LoRA
-    from baselines.mezo import MeZO
-    from baselines.prefix import PrefixTuning
-    from hizfo.core.hybrid import HiZFO
-    classes = {"full_ft": FullFT, "hizfo": HiZFO, "mezo": MeZO, "ft_top2": FTTop2, "greentrainer": GreenTrainer,
-               "lora": LoRA, "prefix": PrefixTuning, "bilevel_zofo": BilevelZOFO}
-    return classes[name]()
+    from hizfo.registry import implementation
+    return implementation(name)()
 
 
 def mezo_reference_step(model, params, batch, seed: int, lr: float, eps: float) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
@@ -114,28 +113,3 @@ class RunConfig:
     divergence_patience: int = 20        # ... for this many consecutive steps; factor 0 turns the check off
     precision: str = "fp32"              # fp32 | bf16-mixed (fp32 masters, bf16 autocast) | bf16 (bf16 weights,
                                          # exact ZO perturbations, fp32 masters for Θ_FO): hizfo/core/precision.py
-
-
-METHOD_SCHEMAS: dict[str, type] = {}    # name -> schema dataclass, filled as the method modules are imported
-
-
-def register_method_schema(name: str):
-    """Decorator: register a method's config dataclass as ``/schema/method/<name>``."""
-    def wrap(cls: type) -> type:
-        METHOD_SCHEMAS[name] = cls
-        ConfigStore.instance().store(group="schema/method", name=name, node=cls)
-        return cls
-    return wrap
-
-
-def register_schemas() -> None:
-    """Store the core schemas in Hydra's ConfigStore. Safe to call more than once.
-
-    The method schemas register when their modules are imported; the consumers (run.py, the tests' compose,
-    analysis) import ``baselines`` and ``hizfo.core.hybrid`` themselves, so this core module imports no plugin.
-    """
-    cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
-    cs.store(group="schema/model", name="model", node=ModelConfig)
-    cs.store(group="schema/task", name="task", node=TaskConfig)
-    cs.store(group="schema/logger", name="logger", node=LoggerConfig)

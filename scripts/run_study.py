@@ -42,9 +42,7 @@ class PlannedRun:
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
-    import baselines  # noqa: F401  (method schemas, as run.py)
-    import hizfo.core.hybrid  # noqa: F401
-    from hizfo.config import register_schemas
+    from hizfo.registry import register_schemas
     register_schemas()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose(config_name="config", overrides=overrides)

@@ -30,11 +30,9 @@ def run_in_process(overrides: list[str], tmp_path: Path) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import baselines  # noqa: F401  (method schemas register on import)
 
-    import hizfo.core.hybrid  # noqa: F401
 
-    from hizfo.config import register_schemas
+    from hizfo.registry import register_schemas
     from run import run
 
     register_schemas()

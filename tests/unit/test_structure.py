@@ -36,6 +36,8 @@ LAYER_OF_PREFIX: dict[str, str] = {
 ROOT_MODULES: dict[str, str] = {
     "hizfo.errors": "the error types every layer raises",
     "hizfo.config": "the structured-config schemas every layer reads",
+    "hizfo.registry": "every method's config schema and the one table of methods; torch-free, so analysis reads "
+                      "defaults without torch",
     "hizfo.hub_probe": "stdlib-only: is the Hub reachable; read by models (core) and tasks",
     "hizfo.lockfile": "stdlib-only, run by path by scripts/setup.sh and scripts/update_lock.sh before anything "
                       "is installed",
@@ -207,9 +209,30 @@ def test_run_py_functions_are_short():
 
 
 def test_the_scan_sees_imports():
-    # the scan must see module-level, lazy and relative-free `from pkg import module` imports, or every check
-    # above would pass on an empty graph
-    assert GRAPH["run"] >= {"hizfo.config", "hizfo.run.runspec", "baselines"}
+    # the scan must see module-level and lazy imports, or every check above would pass on an empty graph
+    assert GRAPH["run"] >= {"hizfo.registry", "hizfo.run.runspec", "hizfo.run.loop"}
     assert "hizfo.errors" in GRAPH["hizfo.tasks.base"]
     assert "hizfo.core.zo" in GRAPH["hizfo.core.hybrid"]
-    assert "baselines.full_ft" in GRAPH["baselines"]              # `from baselines import full_ft`
+    assert "hizfo.registry" in GRAPH["baselines.lora"]
+
+
+def test_analysis_specs_and_the_method_registry_load_without_torch_or_peft():
+    import subprocess
+    import sys
+    code = ("import sys, analysis.specs, analysis.paper_reference, hizfo.registry; "
+            "print(sorted(m for m in ('torch', 'peft', 'transformers', 'baselines') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+
+
+def test_every_method_yaml_is_in_the_registry_and_names_its_implementation():
+    from hizfo.registry import METHODS, implementation
+    # conf/method holds the methods and their controls (hizfo_zo_off: hizfo.yaml with other values)
+    def schema_of(stem: str) -> str:
+        text = (ROOT / "conf" / "method" / f"{stem}.yaml").read_text()
+        composed = [line.strip()[2:] for line in text.splitlines() if line.startswith("  - ")]
+        schema = [c.split(": ")[1] for c in composed if c.startswith("/schema/method@_here_: ")]
+        return schema[0] if schema else schema_of(next(c for c in composed if c != "_self_"))
+    for yaml in sorted((ROOT / "conf" / "method").glob("*.yaml")):
+        assert schema_of(yaml.stem) in METHODS, yaml.name
+    assert implementation("lora").__name__ == "LoRA" and implementation("hizfo").__name__ == "HiZFO"
