@@ -6,7 +6,7 @@ corrections, that step is closed-form (torch.optim.AdamW: decay first, then eps 
     Δw = −η·g0/(|g0| + eps) − η·λ_k·w0          λ_k = weight_decay, or 0 where hizfo.core.methods.no_decay says so
 
 so no optimizer is built and nothing leaks into training (GreenTrainer reuses its real optimizer here and its
-state leaks: IMPLEMENTATION_NOTES §3). Both passes run tensor by tensor inside autograd's own hooks
+state leaks into training: docs/design.md, "Importance"). Both passes run tensor by tensor inside autograd's own hooks
 (``register_post_accumulate_grad_hook``), so no whole-model gradient, copy of w0 or Δw ever exists:
 
   pass 1 at w0: as g0_k lands, encode Δw_k, move w_k to w1 in place, and drop g0_k. (Autograd has used w_k for

@@ -1,4 +1,4 @@
-"""The protocols and controls that make a comparison mean something (issue 10).
+"""The protocols and controls that make a comparison mean something.
 
 α's two readings, the ZO-off and random-direction controls, one dropout setting for every method, GreenTrainer's
 reference choice for summaries, and divergence detection.

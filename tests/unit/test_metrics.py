@@ -1,4 +1,4 @@
-"""Metrics (issue 5): ROUGE equals rouge-score, WebQuestions EM, GSM8K final number, MATH value equality, pass@1."""
+"""Metrics: ROUGE equals rouge-score, WebQuestions EM, GSM8K final number, MATH value equality, pass@1."""
 from __future__ import annotations
 
 from decimal import Decimal

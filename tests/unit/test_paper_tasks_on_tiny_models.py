@@ -1,4 +1,4 @@
-"""Every paper task runs end to end on every tiny model family (issue 14, part 1): train 2 steps, evaluate by
+"""Every paper task runs end to end on every tiny model family: train 2 steps, evaluate by
 generation with the task's stop strings, and write an ``ok`` record. The tiny models' word-level tokenizer made
 transformers' ``StopStringCriteria`` fail at evaluation; hizfo.eval.stopping stops on the decoded text instead."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One run identity (hizfo.run.runspec) and one typed record (hizfo.run.records.RunRecord), issue 11."""
+"""One run identity (hizfo.run.runspec) and one typed record (hizfo.run.records.RunRecord)."""
 from __future__ import annotations
 
 import ast

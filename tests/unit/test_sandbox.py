@@ -1,4 +1,4 @@
-"""The sandbox for generated code (issue 5): HumanEval's canonical solutions pass, wrong ones fail, and every
+"""The sandbox for generated code: HumanEval's canonical solutions pass, wrong ones fail, and every
 hostile program is contained while the evaluator (this test process) survives and scores it as failed."""
 from __future__ import annotations
 

@@ -236,3 +236,16 @@ def test_every_method_yaml_is_in_the_registry_and_names_its_implementation():
     for yaml in sorted((ROOT / "conf" / "method").glob("*.yaml")):
         assert schema_of(yaml.stem) in METHODS, yaml.name
     assert implementation("lora").__name__ == "LoRA" and implementation("hizfo").__name__ == "HiZFO"
+
+
+def test_the_repository_points_nowhere_outside_itself():
+    # a reader of the repository can open neither another checkout's notes nor an issue tracker's numbers
+    import re
+    pattern = re.compile(r"\bissue[ _]?#?\d+\b|\.\./shared\b|" + "IMPLEMENTATION" + "_NOTES", re.IGNORECASE)
+    sources = [ROOT / "README.md", ROOT / "run.py"]
+    for folder in ("hizfo", "baselines", "analysis", "benchmarks", "conf", "docs", "scripts", "tests", "experiments"):
+        sources += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".yaml", ".sh", ".txt")
+                    and "fixtures" not in p.parts]
+    found = [f"{p.relative_to(ROOT)}:{n}" for p in sources for n, line in enumerate(p.read_text().splitlines(), 1)
+             if pattern.search(line)]
+    assert not found, found

@@ -1,4 +1,4 @@
-"""What a user meets (issue 14, part 7): a log line per phase, all predictions on disk, the thread count used and
+"""What a user meets: a log line per phase, all predictions on disk, the thread count used and
 recorded, an unreachable hub that fails in seconds, short variant names for paths."""
 from __future__ import annotations
 

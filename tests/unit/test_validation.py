@@ -1,4 +1,4 @@
-"""Bad input fails in one line naming the key and what is allowed, before a model loads (issue 14, part 5)."""
+"""Bad input fails in one line naming the key and what is allowed, before a model loads."""
 from __future__ import annotations
 
 import json
