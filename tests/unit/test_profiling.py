@@ -138,7 +138,7 @@ def test_a_gradient_landing_in_parts_is_accumulated_and_undone_once(detect, monk
 def test_with_weight_decay_the_code_is_unbiased_where_rounding_to_nearest_is_not():
     """λ > 0: every element's code before rounding is −50.3; rounding to nearest makes each −50, the same 0.3 of a
     unit off every time (a bias in d, hence in I_k); the dithered code averages to −50.3."""
-    from hizfo.core.profiling import _encode
+    from hizfo.core.probe_step import encode
     n, decay = 200_000, 0.1
     top = torch.tensor(1.0 + decay * 1.0)
     target = (50 + 0.3) * float(top) / 127                        # −Δw/η, in units of η: 50.3 code units
@@ -146,8 +146,8 @@ def test_with_weight_decay_the_code_is_unbiased_where_rounding_to_nearest_is_not
     w0 = torch.full((n,), (target - 1e3 / (1e3 + 1e-8)) / decay)   # λ·w0 makes up the rest
     exact = -127.0 * (g0 / (g0.abs() + 1e-8) + decay * w0) / top  # the code before rounding
     nearest, dithered = torch.empty(n, dtype=torch.int8), torch.empty(n, dtype=torch.int8)
-    _encode(nearest, torch.empty(n), w0, g0, decay, top)
-    _encode(dithered, torch.empty(n), w0, g0, decay, top, torch.Generator().manual_seed(0))
+    encode(nearest, torch.empty(n), w0, g0, decay, top)
+    encode(dithered, torch.empty(n), w0, g0, decay, top, torch.Generator().manual_seed(0))
     bias_nearest = float((nearest.float() - exact).mean())
     bias_dithered = float((dithered.float() - exact).mean())
     assert abs(bias_nearest - 0.3) < 1e-3                          # the bias the dither removes
