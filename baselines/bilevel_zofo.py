@@ -63,8 +63,8 @@ from baselines.lora import check_lora_values, lora_config
 from hizfo.registry import BilevelZOFOConfig, build_config
 from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                           check_common, check_lr, lr_schedule, no_decay, replay_rng_if_training, simple_summary,
-                           unique_named_parameters)
+                                check_common, check_lr, lr_schedule, no_decay, replay_rng_if_training, simple_summary,
+                                unique_named_parameters)
 from hizfo.core.precision import MasterWeights, is_low_precision
 from hizfo.core.zo import ZOParams, draw_seed
 

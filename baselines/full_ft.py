@@ -7,7 +7,7 @@ from torch import nn
 
 from hizfo.registry import FullFTConfig, build_config
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                           check_common, set_trainable, simple_summary, unique_named_parameters)
+                                check_common, set_trainable, simple_summary, unique_named_parameters)
 
 
 class FullFT:

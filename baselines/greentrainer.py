@@ -10,7 +10,7 @@ from torch import nn
 from hizfo.registry import GreenTrainerConfig, build_config
 from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                           check_common, set_trainable, simple_summary, unique_named_parameters)
+                                check_common, set_trainable, simple_summary, unique_named_parameters)
 from hizfo.core.partition import Partition, check_partition_settings, check_rho, partition_model
 
 

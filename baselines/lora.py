@@ -19,7 +19,7 @@ from hizfo.config import MethodConfig
 from hizfo.registry import LoRAConfig, build_config
 from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                           check_common, simple_summary, unique_named_parameters)
+                                check_common, simple_summary, unique_named_parameters)
 from hizfo.core.models import LoadedModel
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from hizfo.registry import MeZOConfig, build_config
 from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, MethodSummary, StepResult, TrainContext, causal_lm_loss, check_common, no_decay,
-                           replay_rng_if_training, schedule_factor, simple_summary, unique_named_parameters)
+                                replay_rng_if_training, schedule_factor, simple_summary, unique_named_parameters)
 from hizfo.core.zo import ZOParams, draw_seed
 
 

@@ -51,7 +51,7 @@ class TaskConfig:
     limit: Optional[int] = None          # cap on evaluation examples (None: the whole split)
     train_limit: Optional[int] = None    # cap on training examples (None: the whole split)
     group_by_length: bool = False        # batches of similar length (seeded; every example once an epoch) so padding
-                                         # is small; evaluation batches sorted by prompt length (hizfo/run/loop.py, evaluation.py)
+                                         # is small; evaluation batches sorted by prompt length (hizfo/run/)
     data_files: Optional[dict[str, str]] = None  # local copies {split: file} for offline clusters
     data_dir: Optional[str] = None
     rouge_stemmer: bool = False

@@ -33,7 +33,7 @@ from torch import nn
 from hizfo.registry import HiZFOConfig, build_config
 from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                           check_common, check_lr, replay_rng_if_training, schedule_factor, set_trainable)
+                                check_common, check_lr, replay_rng_if_training, schedule_factor, set_trainable)
 from hizfo.core.partition import Partition, check_partition_settings, check_rho, params_of, partition_model
 from hizfo.core.zo import ZOParams, chunk_seed, draw_seed
 

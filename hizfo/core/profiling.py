@@ -56,7 +56,8 @@ from torch import nn
 
 from hizfo.core.methods import Batch, causal_lm_loss, no_decay
 from hizfo.core.precision import compute_context, is_low_precision
-from hizfo.core.probe_step import (Move, Scratch, apply_code, apply_low, dot_code, encode, one_thread, start_move, undo_code, undo_low)
+from hizfo.core.probe_step import (Move, Scratch, apply_code, apply_low, dot_code, encode, one_thread, start_move,
+                                   undo_code, undo_low)
 
 class _GradientInParts(Exception):
     """A tensor's gradient landed a second time in one backward (reentrant checkpointing): redo, accumulating."""

@@ -206,7 +206,8 @@ def verify_checkpoint(path: Path) -> Optional[str]:
             return f"{item} is truncated or damaged: {size} bytes, {MANIFEST} says {expected.get('bytes')}"
         sha, _ = sha256_file(item)
         if sha != expected.get("sha256"):
-            return f"{item} is corrupt: its sha256 {sha[:12]}… differs from {MANIFEST}'s {str(expected.get('sha256'))[:12]}…"
+            stored = str(expected.get("sha256"))[:12]
+            return f"{item} is corrupt: its sha256 {sha[:12]}… differs from {MANIFEST}'s {stored}…"
     return None
 
 

@@ -60,7 +60,8 @@ def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: 
     return in_order
 
 
-def evaluate(method: Method, loaded: LoadedModel, task: Task, device: torch.device) -> tuple[dict[str, float], list[str]]:
+def evaluate(method: Method, loaded: LoadedModel, task: Task,
+             device: torch.device) -> tuple[dict[str, float], list[str]]:
     examples = task.examples("eval")
     predictions = generate(method.eval_model(), loaded, task, examples, device)
     return task.score(predictions, examples), predictions

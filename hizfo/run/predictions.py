@@ -1,5 +1,5 @@
-"""Every evaluation prediction of a run, next to its record (``RunSpec.predictions_path``: ``seed<N>.predictions.jsonl``,
-one JSON object a line).
+"""Every evaluation prediction of a run, next to its record (``RunSpec.predictions_path``:
+``seed<N>.predictions.jsonl``, one JSON object a line).
 
 The record keeps five samples; this file keeps all of them, so a score can be re-checked or re-scored without
 generating again. Written as the record is (hizfo.run.records.write_json_atomic): a temp file in the same folder,

@@ -361,7 +361,8 @@ def _weights(name: str = "tiny-opt", precision=None, dtype: str = "float32") -> 
     cfg = compose([f"model={name}", f"model.dtype={dtype}"])
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     kwargs.pop("_target_")
-    return {n: p.detach().clone() for n, p in load_model(**kwargs, seed=0, precision=precision).model.named_parameters()}
+    model = load_model(**kwargs, seed=0, precision=precision).model
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def test_model_dtype_is_the_precision_the_starting_weights_are_taken_at():

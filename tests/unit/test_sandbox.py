@@ -11,7 +11,7 @@ import pytest
 
 from hizfo.eval.metrics import humaneval_pass_at_1, humaneval_results
 from hizfo.eval.sandbox import (RUNNER, RUNNER_IN_VIEW, CheckedProgram, SandboxLimits, isolation_level, run_checks,
-                           run_program, run_programs)
+                                run_program, run_programs)
 
 LIMITS = SandboxLimits(timeout=2.0, startup_grace=5.0)
 LEVEL = isolation_level()
