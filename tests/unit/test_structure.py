@@ -52,7 +52,6 @@ MAX_LINES = 450
 LONG_FILES: dict[str, str] = {
     "analysis/study.py": "baseline: the real-model study's whole analysis; being edited by the study's owner",
     "benchmarks/gpu_check.py": "baseline: one self-contained GPU acceptance script, run by path on the GPU node",
-    "hizfo/eval/sandbox.py": "baseline: the sandbox's limits, launcher and result parsing; to split",
 }
 MAX_FUNCTION_LINES = 60
 # run.py functions over MAX_FUNCTION_LINES lines: name -> why
