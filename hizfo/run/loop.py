@@ -1,4 +1,5 @@
-"""The one training loop every method runs in: seeded data order, meters, progress, evaluation."""
+"""The one training loop every method runs in: seeded data order, meters, progress, checkpoints, the curve's epoch-end
+points; the evaluation it calls is hizfo/run/evaluation.py."""
 from __future__ import annotations
 
 import math
