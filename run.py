@@ -16,23 +16,23 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import baselines  # noqa: F401  (the method plugins register their schemas where they are consumed)
-import hizfo.hybrid  # noqa: F401
-from hizfo.config import register_schemas
-from hizfo.runspec import derive_variant  # noqa: F401  (re-exported: the variant of a command line)
+from hizfo.registry import register_schemas
+from hizfo.run.runspec import derive_variant  # noqa: F401  (re-exported: the variant of a command line)
 
 register_schemas()
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One run: validate, build, train, evaluate, record. Returns the record written (as JSON)."""
-    from hizfo.checkpoint import Checkpointer
+    from hizfo.core.methods import method_traits
     from hizfo.errors import ConfigError
-    from hizfo.loop import pick_device, seed_everything
-    from hizfo.precision import check_precision
-    from hizfo.records import RunRecord, check_writable
-    from hizfo.runspec import RunSpec, config_hash
-    from hizfo.validation import validate_run_config
+    from hizfo.run.checkpoint import Checkpointer
+    from hizfo.run.loop import pick_device, seed_everything
+    from hizfo.core.precision import check_precision
+    from hizfo.run.records import RunRecord, check_writable
+    from hizfo.run.runspec import RunSpec, config_hash
+    from hizfo.run.slurm_preflight import checkpoint_minutes_from_hydra
+    from hizfo.run.validation import validate_run_config
 
     validate_run_config(cfg)                                # config-only checks, one line each (ConfigError)
     check_precision(cfg.precision, pick_device(cfg.device))   # a value or a device without bf16: before any load
@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     method = instantiate(cfg.method, _convert_="all")       # validates the method's values (before any lock)
     task = instantiate(cfg.task, _convert_="all")           # validates the task's values (data loads later)
-    if cfg.method.max_steps != 0 and getattr(method, "holds_out_dev", False):
+    if cfg.method.max_steps != 0 and method_traits(method).holds_out_dev:
         task.train_dev_split(batch_size=task.cfg.batch_size)   # a dev split held out leaves a batch: before any lock
     path = spec.path
 
@@ -62,7 +62,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_writable(cfg.results_dir)
     # one writer per run: locks the run's checkpoint folder, so a duplicate launch stops here, before the model
     # loads; then look again, in case the other launch finished the run between the first look and the lock
-    checkpointer = Checkpointer.for_run(cfg, spec.config_hash, path)
+    checkpointer = Checkpointer.for_run(spec, every_steps=int(cfg.checkpoint_every or 0),
+                                        every_minutes=checkpoint_minutes_from_hydra())
     try:                    # every way out frees the lock (its files go; checkpoints stay for a resume)
         return _locked_run(cfg, spec, method, task, checkpointer, finished)
     finally:
@@ -72,69 +73,83 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _locked_run(cfg: DictConfig, spec: Any, method: Any, task: Any, checkpointer: Any,
                 finished: Callable[[], Any]) -> dict[str, Any]:
     """The part of ``run`` that holds the checkpoint folder's lock: load, train, evaluate, record."""
-    from hizfo.checkpoint import params_sha256
     from hizfo.errors import ConfigError, one_line
-    from hizfo.loop import divergence_watch, pick_device, train_and_evaluate
-    from hizfo.meters import Meters
-    from hizfo.models import load_model
-    from hizfo.precision import use_precision
-    from hizfo.predictions import prediction_rows, predictions_path, write_jsonl_atomic
-    from hizfo.records import Costs, Curve, RunRecord, provenance
-    from hizfo.threads import apply_num_threads
-    from hizfo.tracking import Tracker
-    from hizfo.validation import check_model_positions
+    from hizfo.run.loop import LoopOptions, pick_device, train_and_evaluate
+    from hizfo.run.meters import Meters
+    from hizfo.core.precision import use_precision
+    from hizfo.run.records import Costs, RunRecord
+    from hizfo.run.tracking import Tracker
 
-    hydra_cfg = HydraConfig.get()
-    config, path = spec.config, spec.path
     done = finished()
     if done is not None:
         checkpointer.discard()
         return done.to_json()
-
-    divergence = divergence_watch(cfg.divergence_factor, cfg.divergence_patience)
     device = pick_device(cfg.device)
-    model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    model_kwargs.pop("_target_")
-    num_threads = apply_num_threads(cfg.num_threads)       # before the model loads (null: the CPUs we may use)
-    loaded = load_model(**model_kwargs, seed=cfg.seed, precision=cfg.precision)
-    # prefix-tuning's virtual tokens take positions too
-    check_model_positions(task, loaded, trains=cfg.method.max_steps != 0,
-                          reserved=int(cfg.method.get("num_virtual_tokens") or 0))
-    if loaded.device_map is None:
-        loaded.model.to(device)
-    prov = {**provenance(device), "num_threads": num_threads}
+    options = LoopOptions.from_run_config(cfg, device)       # divergence_* checked before the model loads
+    loaded, prov = _load_model(cfg, method, task, device)
     tracker = Tracker(kind=cfg.logger.kind, project=cfg.logger.project, mode=cfg.logger.mode,
-                      run_dir=Path(hydra_cfg.runtime.output_dir), name=spec.name, config=config,
+                      run_dir=Path(HydraConfig.get().runtime.output_dir), name=spec.name, config=spec.config,
                       entity=cfg.logger.entity, tags=list(cfg.logger.tags), log_every=cfg.logger.log_every)
     meters = Meters()
     try:
         with use_precision(cfg.precision):                    # bf16-mixed: autocast in the methods' losses
-            result = train_and_evaluate(method, cfg.method, loaded, task, device, cfg.seed, meters, tracker.log,
-                                        checkpoint=checkpointer, eval_every_epoch=cfg.eval_every_epoch,
-                                        eval_before_training=cfg.eval_before_training,
-                                        train_dropout=cfg.train_dropout, divergence=divergence,
-                                        eval_loss_every_epoch=cfg.eval_loss_every_epoch)
+            result = train_and_evaluate(method, cfg.method, loaded, task, options, meters, tracker.log,
+                                        checkpoint=checkpointer)
     except ConfigError:
         tracker.finish(failed=True)
         raise
     except Exception as exc:                                  # any failure leaves a failed record ...
-        record = RunRecord(status="failed", config=config, config_hash=spec.config_hash,
+        record = RunRecord(status="failed", config=spec.config, config_hash=spec.config_hash,
                            costs=Costs.from_meters(meters), provenance=prov, error=one_line(exc),
                            failed_step=getattr(exc, "step", None), traceback=traceback.format_exc())
-        current = RunRecord.read(path)
+        current = RunRecord.read(spec.path)
         kept_ok = current is not None and current.status == "ok"
         if not kept_ok:                                        # ... but never in place of an ok one
-            record.write(path)
+            record.write(spec.path)
         tracker.finish(failed=True)
-        where = (f"the ok record at {path} was kept (overwrite=true: no failed record replaces it)" if kept_ok
-                 else f"record at {path}")
+        where = (f"the ok record at {spec.path} was kept (overwrite=true: no failed record replaces it)" if kept_ok
+                 else f"record at {spec.path}")
         print(f"failed: {one_line(exc)}; {where}", file=sys.stderr)
         exc.reported = True
         raise
+    record = _write_ok_record(cfg, spec, method, task, result, meters, prov, tracker)
+    checkpointer.discard()
+    where = tracker.location or "not logged (logger=none)"
+    tracker.finish()
+    _print_summary(result.metrics, record, spec.path, where)
+    return record.to_json()
+
+
+def _load_model(cfg: DictConfig, method: Any, task: Any, device: Any) -> tuple[Any, dict[str, Any]]:
+    """The model on its device, checked against the task's lengths; and the run's provenance."""
+    from hizfo.core.methods import method_traits
+    from hizfo.core.models import load_model
+    from hizfo.run.records import provenance
+    from hizfo.run.threads import apply_num_threads
+    from hizfo.run.validation import check_model_positions
+
+    model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    model_kwargs.pop("_target_")
+    num_threads = apply_num_threads(cfg.num_threads)       # before the model loads (null: the CPUs we may use)
+    loaded = load_model(**model_kwargs, seed=cfg.seed, precision=cfg.precision)
+    check_model_positions(task, loaded, trains=cfg.method.max_steps != 0,
+                          reserved=method_traits(method).reserved_positions)   # prefix-tuning's virtual tokens
+    if loaded.device_map is None:
+        loaded.model.to(device)
+    return loaded, {**provenance(device), "num_threads": num_threads}
+
+
+def _write_ok_record(cfg: DictConfig, spec: Any, method: Any, task: Any, result: Any, meters: Any,
+                     prov: dict[str, Any], tracker: Any) -> Any:
+    """The ok record and every prediction, written next to each other; the final figures logged."""
+    from hizfo.run.checkpoint_files import params_sha256
+    from hizfo.run.predictions import prediction_rows, write_jsonl_atomic
+    from hizfo.run.records import Costs, Curve, RunRecord
+
     summary = result.summary
     costs = Costs.from_meters(meters, summary)
     record = RunRecord(
-        status="ok", config=config, config_hash=spec.config_hash, metrics=result.metrics, costs=costs,
+        status="ok", config=spec.config, config_hash=spec.config_hash, metrics=result.metrics, costs=costs,
         partition=summary.partition, method_summary=summary.details, provenance=prov,
         curve=Curve(**result.curve(cfg.curve_every)), zo_seeds=result.zo_seeds,
         final_train_loss=result.losses[-1] if result.losses else None,
@@ -144,19 +159,20 @@ def _locked_run(cfg: DictConfig, spec: Any, method: Any, task: Any, checkpointer
     tracker.log_final(meters.steps, {**{f"eval/{k}": v for k, v in result.metrics.items()},
                                      **{f"costs/{k}": v for k, v in vars(costs).items()
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)}})
-    write_jsonl_atomic(predictions_path(path), prediction_rows(task.examples("eval"), result.predictions))
-    record.write(path)
-    checkpointer.discard()
-    where = tracker.location or "not logged (logger=none)"
-    tracker.finish()
-    metrics = ", ".join(f"{k}={v:.2f}" for k, v in result.metrics.items() if isinstance(v, (int, float)))
-    print(f"metrics: {metrics}")
+    write_jsonl_atomic(spec.predictions_path, prediction_rows(task.examples("eval"), result.predictions))
+    record.write(spec.path)
+    return record
+
+
+def _print_summary(metrics: dict[str, Any], record: Any, path: Path, where: str) -> None:
+    costs = record.costs
+    shown = ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    print(f"metrics: {shown}")
     resumed = f", resumed {record.resumed}x" if record.resumed else ""
     print(f"costs: peak {costs.peak_memory_gb:.2f} GB ({costs.memory_kind}), train {costs.train_seconds:.1f} s"
           f"{resumed}, eval {costs.eval_seconds:.1f} s, {costs.n_forward} forwards / {costs.n_backward} backwards")
     print(f"record: {path}")
     print(f"wandb: {where}")
-    return record.to_json()
 
 
 def _config_error(exc: BaseException):
@@ -177,7 +193,7 @@ def main(cfg: DictConfig) -> None:
         config_error = _config_error(exc)
         if config_error is not None:
             print(f"error: {config_error}", file=sys.stderr)
-            exc.reported = True                               # hizfo.cli.call_main prints nothing more
+            exc.reported = True                               # hizfo.run.cli.call_main prints nothing more
         elif not getattr(exc, "reported", False):
             traceback.print_exc()
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -186,5 +202,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from hizfo.cli import call_main
-    sys.exit(call_main(main))                     # Hydra's own errors too: one line, exit 2 (hizfo/cli.py)
+    from hizfo.run.cli import call_main
+    sys.exit(call_main(main))                     # Hydra's own errors too: one line, exit 2 (hizfo/run/cli.py)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,13 +18,10 @@ import pandas as pd
 
 from analysis.specs import SWEPT_DEFAULTS, SWEPT_KEYS, method_label
 from hizfo.errors import ConfigError
-from hizfo.records import RunRecord
-from hizfo.runspec import REPORTING_NESTED, cell_key
+from hizfo.run.records import RunRecord
+from hizfo.run.runspec import cell_key, is_reporting, parse_variant
 
 CELL_KEYS: tuple[str, ...] = ("model", "task", "method", "rho", "alpha", "lr_ratio")
-# variant overrides of these model keys change where weights come from, not which model it is (hizfo.runspec)
-_MODEL_LABEL_SKIP = tuple(f"model.{key}" for key in REPORTING_NESTED["model"])
-_OVERRIDE_SPLIT = re.compile(r",(?=[+~]?[A-Za-z_][\w.]*=)")
 
 
 @dataclass
@@ -46,29 +42,18 @@ class Report:
             print(f"note: {message}", file=sys.stderr)
 
 
-def split_variant(variant: Optional[str]) -> list[tuple[str, str]]:
-    """``"method.rho=0.2,model.arch.hidden_size=64"`` -> [("method.rho", "0.2"), ...] (commas in lists kept)."""
-    if not variant or variant == "default":
-        return []
-    pairs = []
-    for part in _OVERRIDE_SPLIT.split(variant):
-        key, sep, value = part.partition("=")
-        if sep:
-            pairs.append((key.lstrip("+~"), value))
-    return pairs
-
-
 def model_label(model_name: str, variant: Optional[str]) -> str:
     """The model's name, plus the ``model.*`` overrides the run's variant carries (a sweep over widths), and a
     ``precision`` other than the default (Table 2's bf16-mixed twin sits apart from Table 1's fp32 cells)."""
-    extra = [f"{key[len('model.'):]}={value}" for key, value in split_variant(variant)
-             if key.startswith("model.") and key not in _MODEL_LABEL_SKIP]
-    extra += [f"{key}={value}" for key, value in split_variant(variant) if key == "precision"]
+    # a reporting model key (model.path, ...) says where the weights come from, not which model it is
+    extra = [f"{key[len('model.'):]}={value}" for key, value in parse_variant(variant)
+             if key.startswith("model.") and not is_reporting(key)]
+    extra += [f"{key}={value}" for key, value in parse_variant(variant) if key == "precision"]
     return f"{model_name} ({', '.join(sorted(extra))})" if extra else model_name
 
 
 def semantic_key(config: dict[str, Any]) -> str:
-    """What a run computed up to its seed (hizfo.runspec.cell_key): the seeds of one cell share it."""
+    """What a run computed up to its seed (hizfo.run.runspec.cell_key): the seeds of one cell share it."""
     return cell_key(config)
 
 

@@ -4,7 +4,7 @@
 
 The CSVs in results/paper/source/ are the paper's Tables 1–5 and the points it quotes from Figures 3–4, cell for
 cell; they are the repository's own copy and the only input this script reads. One record per cell, in the
-layout of hizfo.records, with status "ok" and provenance {"source": "paper"}.
+layout of hizfo.run.records, with status "ok" and provenance {"source": "paper"}.
 A cell the paper reports in several places (Table 1's OPT-2.7B rows are Table 3's; Table 4's ρ = 0.6 and
 Table 5's α = 0.1 are the default Hi-ZFO run) becomes one record, and the script fails if the copies
 disagree. The generated records are committed too, so analysis needs nothing outside results/.
@@ -21,6 +21,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from analysis.specs import ALPHA_MODE_METHODS, METHOD_ALIASES, MODEL_ALIASES, SWEPT_DEFAULTS, SWEPT_KEYS
+from hizfo.run.runspec import derive_variant
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "results" / "paper"
@@ -29,7 +30,7 @@ SOURCE_FILES = ("table1.csv", "table2.csv", "table3.csv", "table4.csv", "table5.
 PAPER = "Jin & Tan, Hi-ZFO, Findings of ACL 2026 (arXiv 2601.05501)"
 MEMORY_KIND = "paper_reported"      # the paper's Mem. (GB): GPU memory on H100s, measured how it does not say
 _SCORES_PERCENT = {"rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL"}
-# Table 2 reports fractions (0.810), the scale hizfo.metrics gives accuracy and pass@1 in
+# Table 2 reports fractions (0.810), the scale hizfo.eval.metrics gives accuracy and pass@1 in
 _TABLE2_COLUMNS = {"gsm8k_acc": ("gsm8k", "accuracy"), "math500_acc": ("math500", "accuracy"),
                    "humaneval_pass1": ("humaneval", "pass@1")}
 
@@ -118,15 +119,14 @@ def collect_cells(source_dir: Path) -> PaperCells:
 def variant_of(cell: PaperCell) -> str:
     """The variant run.py would give the run: the swept values that differ from the paper's defaults."""
     defaults = SWEPT_DEFAULTS.get(cell.method, {})
-    parts = [f"method.{key}={cell.swept[key]}" for key in SWEPT_KEYS
-             if key in defaults and cell.swept[key] is not None and cell.swept[key] != defaults[key]]
-    return ",".join(sorted(parts)) or "default"
+    return derive_variant(f"method.{key}={cell.swept[key]}" for key in SWEPT_KEYS
+                          if key in defaults and cell.swept[key] is not None and cell.swept[key] != defaults[key])
 
 
 def build_paper_record(cell: PaperCell) -> dict[str, Any]:
-    """A results record (hizfo.records layout) holding the paper's numbers for one cell."""
-    from hizfo.records import Costs, RunRecord
-    from hizfo.runspec import config_hash
+    """A results record (hizfo.run.records layout) holding the paper's numbers for one cell."""
+    from hizfo.run.records import Costs, RunRecord
+    from hizfo.run.runspec import config_hash
     method_cfg = {"name": cell.method, **{k: v for k, v in cell.swept.items() if v is not None}}
     if cell.method in ALPHA_MODE_METHODS:
         method_cfg["alpha_mode"] = "update"    # the reading the paper's statements on α hold under (docs/design.md)
@@ -143,8 +143,8 @@ def build_paper_record(cell: PaperCell) -> dict[str, Any]:
 
 def write_paper_records(source_dir: Path, out_dir: Path) -> list[Path]:
     """Regenerate every paper record under ``out_dir`` (old records there are removed first)."""
-    from hizfo.records import read_record, write_json_atomic
-    from hizfo.runspec import record_path
+    from hizfo.run.records import read_record, write_json_atomic
+    from hizfo.run.runspec import record_path
     cells = collect_cells(source_dir)
     for old in out_dir.rglob("seed*.json"):      # only records this script wrote: a wrong --out is left alone
         if (read_record(old) or {}).get("provenance", {}).get("source") == "paper":

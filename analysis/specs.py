@@ -59,7 +59,7 @@ class TaskScore:
     decimals: int = 1
 
 
-# Scales follow hizfo.metrics, and match how the paper prints each: ROUGE ×100 and WebQuestions exact
+# Scales follow hizfo.eval.metrics, and match how the paper prints each: ROUGE ×100 and WebQuestions exact
 # match in percent (Tables 1, 3-5); GSM8K / MATH500 accuracy and HumanEval pass@1 as fractions (Table 2).
 ROUGE = TaskScore(("rouge1", "rouge2", "rougeL"), "R1/R2/RL")
 TASK_SCORES: dict[str, TaskScore] = {
@@ -77,10 +77,8 @@ TASK_SCORES: dict[str, TaskScore] = {
 # A record counts for a cell only when each of these equals the cell's value (the default unless swept).
 def _schema_defaults(method: str, keys: tuple[str, ...]) -> dict[str, float]:
     """The defaults of ``keys`` in a method's schema dataclass: the one source of hyperparameter defaults."""
-    import baselines  # noqa: F401  (the method schemas register on import)
-    import hizfo.hybrid  # noqa: F401
-    from hizfo.config import METHOD_SCHEMAS
-    defaults = METHOD_SCHEMAS[method]()
+    from hizfo.registry import METHODS           # torch-free: analysis needs neither torch nor peft
+    defaults = METHODS[method]()
     return {key: float(getattr(defaults, key)) for key in keys}
 
 

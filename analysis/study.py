@@ -10,7 +10,7 @@ plots: learning curves, the arms' scores, and the ρ / r / α sweeps.
 
 An *arm* is (model, task, method, variant). The method is analysis.specs.method_label's (``hizfo`` with
 ``alpha_mode=loss`` shows as ``hizfo_alpha_loss``, so the two readings of α never mix). The variant is the record's
-``config["variant"]``, split into key=value pairs (analysis.loading.split_variant) and cleaned so that the same
+``config["variant"]``, split into key=value pairs (hizfo.run.runspec.parse_variant) and cleaned so that the same
 computation gets the same name: ``method.alpha_mode`` is left out (it is in the method's name); so are keys that
 only say where data or weights come from (``model.path``, ``task.data_dir``, ``task.allow_code_execution``, ...);
 so are pairs that every record of the task shares (the study's common settings, listed in the report); and so is
@@ -48,9 +48,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from analysis.loading import Report, load_records, split_variant  # noqa: E402
+from analysis.loading import Report, load_records  # noqa: E402
 from analysis.specs import METHOD_DISPLAY, TASK_DISPLAY, TASK_SCORES  # noqa: E402
 from analysis.sweeps import save_figure  # noqa: E402
+from hizfo.run.runspec import is_reporting, parse_variant  # noqa: E402
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE           # every test's level, two-sided for differences
@@ -63,9 +64,9 @@ DEFAULT_MARGIN = 0.05
 TASK_METRICS: dict[str, tuple[str, ...]] = {"pydoc": ("rouge1", "rouge2", "rougeL"), "humaneval_split": ("pass@1",),
                                             "wordnet_revdict": ("exact_match", "exact_match_word")}
 METRIC_DECIMALS = {"pass@1": 3, "accuracy": 3}
-# variant keys that do not change what a run computes, or that the method's name already carries
-IGNORED_KEYS = ("method.alpha_mode", "model.path", "model.device_map", "task.data_dir", "task.allow_code_execution")
-IGNORED_PREFIXES = ("task.data_files",)
+# variant keys the method's name already carries (analysis.specs.method_label); the keys that do not change what
+# a run computes are RunSpec's (hizfo.run.runspec.is_reporting)
+LABEL_KEYS = ("method.alpha_mode",)
 # the variant keys that move each swept hyperparameter (r can be set as lr_ratio or as an absolute zo_lr)
 SWEEP_KEYS: dict[str, tuple[str, ...]] = {"rho": ("method.rho",), "alpha": ("method.alpha",),
                                           "lr_ratio": ("method.lr_ratio", "method.zo_lr")}
@@ -194,7 +195,7 @@ def verdict(interval: Interval) -> str:
 
 # -- records -> arms -------------------------------------------------------------------------------------------
 def _ignored(key: str) -> bool:
-    return key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES)
+    return key in LABEL_KEYS or is_reporting(key)
 
 
 def _swept_key(variant_key: str) -> Optional[str]:
@@ -211,7 +212,7 @@ def _same(a: Any, b: Any) -> bool:
 def assign_arms(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple[str, str], list[str]]]:
     """Add the cleaned ``arm_variant`` column (module docstring); returns the frame and each task's shared pairs."""
     frame = frame.copy()
-    pairs = [[(k, v) for k, v in split_variant(variant) if not _ignored(k)] for variant in frame["variant"]]
+    pairs = [[(k, v) for k, v in parse_variant(variant) if not _ignored(k)] for variant in frame["variant"]]
     frame["_pairs"] = pairs
     shared: dict[tuple[str, str], list[str]] = {}
     for (model, task), group in frame.groupby(["model", "task"], sort=False):
@@ -332,7 +333,7 @@ def sweep_arms(arms: list[Arm], model: str, task: str, method: str, name: str) -
     for arm in arms:
         if (arm.model, arm.task, arm.method) != (model, task, method):
             continue
-        keys = [key for key, _ in split_variant(arm.variant)]
+        keys = [key for key, _ in parse_variant(arm.variant)]
         if all(k in SWEEP_KEYS[name] for k in keys):
             value = arm.swept(name)
             if value is not None and (value not in found or arm.variant == "default"):
@@ -762,7 +763,7 @@ def _band(series: list[dict[float, float]]) -> tuple[list[float], list[float], l
 def plot_curves(arms: list[Arm], curves: dict[str, dict], metric: str, out: Path, stem: str,
                 notes: list[str]) -> list[Path]:
     """Learning curves against the step, mean over seeds with its 95 % band, one line per arm: the training loss,
-    the epoch-end evaluation loss, and the epoch-end ``metric`` where the records hold it (hizfo.records.Curve)."""
+    the epoch-end evaluation loss, and the epoch-end ``metric`` where the records hold it (hizfo.run.records.Curve)."""
     def eval_series(path: str, key: str) -> dict[float, float]:
         points = {}
         for entry in curves[path].get("eval") or []:

@@ -39,7 +39,7 @@ def _key_part(value: Any) -> Any:
     return round(float(value), 6) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
-# the partition block's share of a full backward pass the selection spends (hizfo/partition.py), per seed
+# the partition block's share of a full backward pass the selection spends (hizfo/core/partition.py), per seed
 FLOPS_SHARE = "backward_flops_share"
 FLOPS_SHARE_HEADER = "backward FLOPs (share of Full FT)"
 
@@ -218,7 +218,7 @@ def layout_sweep_rows(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd
              f"{FLOPS_SHARE_HEADER[0].upper() + FLOPS_SHARE_HEADER[1:]}: the backward MACs the selected first-order "
              "set spends over those of a full backward pass, from the record's partition block (mean over seeds; "
              f"'{MISSING}' where the record has none, as for the paper's numbers). ρ is a share of forward + backward "
-             "FLOPs; where ρ leaves no backward budget (ρ_bp ≤ 0), ρ_bp is set to 0.05 (hizfo/costs.py "
+             "FLOPs; where ρ leaves no backward budget (ρ_bp ≤ 0), ρ_bp is set to 0.05 (hizfo/core/costs.py "
              "backward_budget, as GreenTrainer), so small ρ select the same set and give identical rows."]
     notes += [units.memory_note] if units.memory_note else []
     return DisplayTable(spec.title, "Method", body, _method_sections(grid, len(grid.sweep_values)), notes)
@@ -399,7 +399,7 @@ def _common_notes(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Ser
         notes.append("Time is training wall-clock including importance profiling and selection, evaluation "
                      "excluded.")
     if any(task_score(task).decimals == 3 for task in grid.tasks):
-        notes.append("Accuracy and pass@1 as fractions, as hizfo.metrics records them and the paper prints them.")
+        notes.append("Accuracy and pass@1 as fractions, as hizfo.eval.metrics records them and the paper prints them.")
     return notes
 
 

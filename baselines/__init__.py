@@ -1,3 +1,2 @@
-"""One module per baseline; importing the package registers every baseline's config schema."""
-from baselines import full_ft, ft_top2, greentrainer  # noqa: F401
-from baselines import bilevel_zofo, lora, mezo, prefix, zero_shot  # noqa: F401
+"""One module per baseline method. hizfo/registry.py names each (its config's ``_target_``); importing this
+package registers nothing and loads no method."""

@@ -38,7 +38,7 @@ Deviations from the reference at d2a89bd, each kept for a reason:
     the ZO forwards are the reference's and the backprop passes run without dropout; under ``true`` every pass
     runs with dropout, and F+ and F0 replay the same masks so F+ − F0 measures the perturbation only.
   - precision=bf16: the reference steps bf16 θ in place (``load_bfloat16``), which rounds most of a 2e-5 Adam
-    step away. Here the upper Adam steps fp32 masters of θ and p_U (``hizfo.precision.MasterWeights``), θ's ZO
+    step away. Here the upper Adam steps fp32 masters of θ and p_U (``hizfo.core.precision.MasterWeights``), θ's ZO
     gradient is written straight into its masters' fp32 gradients, and the model's bf16 θ is published from the
     masters with stochastic rounding (E[θ_bf16] = θ_master), as the other methods keep their bf16 updates.
   - The dev split is the last 10 % of the training split in its stored order; the reference shuffles first
@@ -59,37 +59,16 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from baselines.full_ft import cfg_object
 from baselines.lora import check_lora_values, lora_config
-from hizfo.config import MethodConfig, register_method_schema
+from hizfo.registry import BilevelZOFOConfig, build_config
 from hizfo.errors import ConfigError
-from hizfo.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                           check_common, check_lr, lr_schedule, no_decay, replay_rng_if_training, simple_summary,
-                           unique_named_parameters)
-from hizfo.precision import MasterWeights, is_low_precision
-from hizfo.zo import ZOParams, draw_seed
+from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
+                                check_common, check_lr, lr_schedule, no_decay, replay_rng_if_training, simple_summary,
+                                unique_named_parameters)
+from hizfo.core.precision import MasterWeights, is_low_precision
+from hizfo.core.zo import ZOParams, draw_seed
 
 LOWER, UPPER = "lower", "upper"     # peft adapter names of p_L and p_U
-
-
-@register_method_schema("bilevel_zofo")
-@dataclass
-class BilevelZOFOConfig(MethodConfig):
-    _target_: str = "baselines.bilevel_zofo.BilevelZOFO"
-    name: str = "bilevel_zofo"
-    lr: float = 2e-5                       # must equal upper_lr (the yaml sets lr: ${.upper_lr})
-    upper_lr: float = 2e-5                 # upper AdamW: p_U (and θ unless backbone_lr is set)
-    lower_lr: float = 1e-4                 # lower Adam on p_L (constant)
-    backbone_lr: Optional[float] = None    # upper AdamW's lr for θ (None: upper_lr)
-    lower_steps: int = 10                  # K: batches (one lower step each) per upper step (sweeps 10, 20, 30)
-    lam: float = 1.0                       # λ: weight of the penalty L(θ,p_U;train) − L(θ,p_L;train)
-    eps: float = 1e-3                      # ε of the one-sided ZO estimate on θ
-    rank: int = 8                          # both adapters are LoRA with these values
-    alpha: float = 16.0                    # the reference's sweeps: --lora_alpha=16 (run_bilevel.py's default too)
-    lora_dropout: float = 0.0              # as the reference's LoRA
-    schedule: str = "constant"             # the reference's upper optimizer has no scheduler
-    grad_clip: Optional[float] = 1.0       # the lower step's clip norm (the reference's HF Trainer max_grad_norm)
-    target_modules: Optional[list[str]] = None   # None: the model's lora_target_modules
 
 
 @dataclass
@@ -112,7 +91,7 @@ class BilevelZOFO:
     holds_out_dev = True    # the loop takes the dev examples out of the training stream (Task.train_dev_split)
 
     def __init__(self, **cfg: Any) -> None:
-        self.cfg = cfg_object(self.config_class(), cfg)
+        self.cfg = build_config(self.config_class, cfg)
         check_common(self.cfg)
         c = self.cfg
         if c.lr != c.upper_lr:

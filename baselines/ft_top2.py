@@ -1,22 +1,13 @@
 """FT-Top2: only the top two transformer blocks train (paper A.1)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from torch import nn
 
 from baselines.full_ft import FullFT
-from hizfo.config import MethodConfig, register_method_schema
+from hizfo.registry import FTTop2Config
 from hizfo.errors import ConfigError
-from hizfo.models import decoder_layers
-
-
-@register_method_schema("ft_top2")
-@dataclass
-class FTTop2Config(MethodConfig):
-    _target_: str = "baselines.ft_top2.FTTop2"
-    name: str = "ft_top2"
-    top_blocks: int = 2
+from hizfo.core.models import decoder_layers
 
 
 class FTTop2(FullFT):

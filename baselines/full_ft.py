@@ -1,28 +1,20 @@
 """Full FT: every tensor trained with AdamW (lr 2e-5, linear decay, no warm-up; docs/design.md, "Baselines")."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from hizfo.config import MethodConfig, register_method_schema
-from hizfo.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                           check_common, set_trainable, simple_summary, unique_named_parameters)
-
-
-@register_method_schema("full_ft")
-@dataclass
-class FullFTConfig(MethodConfig):
-    _target_: str = "baselines.full_ft.FullFT"
-    name: str = "full_ft"
+from hizfo.registry import FullFTConfig, build_config
+from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
+                                check_common, set_trainable, simple_summary, unique_named_parameters)
 
 
 class FullFT:
     """First-order training of the tensors ``trainable_names`` picks (all of them here)."""
 
     def __init__(self, **cfg: Any) -> None:
-        self.cfg = cfg_object(self.config_class(), cfg)
+        self.cfg = build_config(self.config_class, cfg)
         check_common(self.cfg)
         self.trainer: FirstOrderTrainer | None = None
         self.model: nn.Module | None = None
@@ -62,13 +54,3 @@ class FullFT:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trainer.load_state_dict(state)
-
-
-def cfg_object(schema: Any, values: dict[str, Any]) -> Any:
-    """A typed config object from Hydra's kwargs (unknown keys were already refused at composition)."""
-    from omegaconf import DictConfig, OmegaConf
-    for key, value in values.items():
-        if isinstance(value, DictConfig):
-            value = OmegaConf.to_container(value, resolve=True)
-        setattr(schema, key, value)
-    return schema

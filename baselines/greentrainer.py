@@ -2,33 +2,23 @@
 every ``interval`` epochs (epochs 0, 2, 4 of 5; docs/design.md, "Selection"). Shares Hi-ZFO's stage one."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Optional
 
 from torch import nn
 
-from hizfo.config import MethodConfig, register_method_schema
+from hizfo.registry import GreenTrainerConfig, build_config
 from hizfo.errors import ConfigError
-from hizfo.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                           check_common, set_trainable, simple_summary, unique_named_parameters)
-from hizfo.partition import Partition, check_partition_settings, check_rho, partition_model
-
-
-@register_method_schema("greentrainer")
-@dataclass
-class GreenTrainerConfig(MethodConfig):
-    _target_: str = "baselines.greentrainer.GreenTrainer"
-    name: str = "greentrainer"
-    rho: float = 0.7          # GT-0.7 (paper Tables 1–3)
-    interval: int = 2         # re-select every 2 epochs
-    buckets: int = 1000       # Tq
+from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
+                                check_common, set_trainable, simple_summary, unique_named_parameters)
+from hizfo.core.partition import Partition, check_partition_settings, check_rho, partition_model
 
 
 class GreenTrainer:
     """One AdamW over every candidate tensor; only the selected ones get gradients, so only they get state."""
 
     def __init__(self, **cfg: Any) -> None:
-        self.cfg = GreenTrainerConfig(**cfg)
+        self.cfg = build_config(GreenTrainerConfig, cfg)
         check_common(self.cfg)
         check_rho(self.cfg.rho)
         check_partition_settings("all", self.cfg.buckets)

@@ -11,28 +11,16 @@ baselines/prefix.py): wrap the model once with ``get_peft_model``, train the ada
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from torch import nn
 
-from baselines.full_ft import cfg_object
-from hizfo.config import MethodConfig, register_method_schema
+from hizfo.config import MethodConfig
+from hizfo.registry import LoRAConfig, build_config
 from hizfo.errors import ConfigError
-from hizfo.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                           check_common, simple_summary, unique_named_parameters)
-from hizfo.models import LoadedModel
-
-
-@register_method_schema("lora")
-@dataclass
-class LoRAConfig(MethodConfig):
-    _target_: str = "baselines.lora.LoRA"
-    name: str = "lora"
-    rank: int = 8                                  # r
-    alpha: float = 32.0                            # lora_alpha; the update is scaled by alpha / r
-    lora_dropout: float = 0.1                      # active only with train_dropout=true (train mode)
-    target_modules: Optional[list[str]] = None     # None: the model's lora_target_modules
+from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
+                                check_common, simple_summary, unique_named_parameters)
+from hizfo.core.models import LoadedModel
 
 
 def peft_module_matches(module_name: str, target: str) -> bool:
@@ -58,7 +46,7 @@ class PeftAdapterMethod:
     config_class: type = MethodConfig
 
     def __init__(self, **cfg: Any) -> None:
-        self.cfg = cfg_object(self.config_class(), cfg)
+        self.cfg = build_config(self.config_class, cfg)
         check_common(self.cfg)
         self.check_values()
         self.peft_model: Optional[nn.Module] = None

@@ -10,7 +10,7 @@ One step (MeZO Algorithm 1, with the restore fused into the update; docs/design.
     θ_d ← (1 − η·λ)·θ_d     on the decayed group only   decoupled weight decay, kept off biases and norms
 
 MeZO's reference code restores (θ += εz) and then updates θ −= η(g·z + λ·θ), drawing z four times. Here a
-step draws z three times, every pass is in place through ``hizfo.zo.ZOParams`` (no full-size temporary; with
+step draws z three times, every pass is in place through ``hizfo.core.zo.ZOParams`` (no full-size temporary; with
 bf16 weights the ±εz never touch θ and only the update is written, stochastically rounded).
 Decay is applied after the fused pass, so θ1 = (1 − ηλ)(θ0 − ηgz) = θ0 − η(gz + λθ0) + η²λ·g·z: MeZO's update
 up to the O(η²) term η²λgz (λ defaults to 0, where the two agree exactly up to rounding).
@@ -21,28 +21,16 @@ forwards run in train mode and replay the same dropout masks, so L+ − L− sti
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from baselines.full_ft import cfg_object
-from hizfo.config import MethodConfig, register_method_schema
+from hizfo.registry import MeZOConfig, build_config
 from hizfo.errors import ConfigError
-from hizfo.methods import (Batch, MethodSummary, StepResult, TrainContext, causal_lm_loss, check_common, no_decay,
-                           replay_rng_if_training, schedule_factor, simple_summary, unique_named_parameters)
-from hizfo.zo import ZOParams, draw_seed
-
-
-@register_method_schema("mezo")
-@dataclass
-class MeZOConfig(MethodConfig):
-    _target_: str = "baselines.mezo.MeZO"
-    name: str = "mezo"
-    lr: float = 1e-6                     # MeZO's full-parameter range is 1e-6 … 1e-7
-    eps: float = 1e-3                    # ε, the perturbation scale
-    schedule: str = "constant"           # MeZO uses a constant learning rate
+from hizfo.core.methods import (Batch, MethodSummary, StepResult, TrainContext, causal_lm_loss, check_common, no_decay,
+                                replay_rng_if_training, schedule_factor, simple_summary, unique_named_parameters)
+from hizfo.core.zo import ZOParams, draw_seed
 
 
 class MeZO:
@@ -51,7 +39,7 @@ class MeZO:
     config_class = MeZOConfig
 
     def __init__(self, **cfg: Any) -> None:
-        self.cfg = cfg_object(self.config_class(), cfg)
+        self.cfg = build_config(self.config_class, cfg)
         check_common(self.cfg)
         if not self.cfg.eps > 0:
             raise ConfigError(f"method.eps: must be > 0, got {self.cfg.eps}")

@@ -16,32 +16,26 @@ new name at the prefill step; on transformers < 5.24 it does nothing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import functools
-from typing import Any, Optional
+from typing import Any
 
 from torch import nn
 
 from baselines.lora import PeftAdapterMethod
-from hizfo.config import MethodConfig, register_method_schema
+from hizfo.registry import PrefixConfig
 from hizfo.errors import ConfigError
-from hizfo.models import LoadedModel
-
-
-@register_method_schema("prefix")
-@dataclass
-class PrefixConfig(MethodConfig):
-    _target_: str = "baselines.prefix.PrefixTuning"
-    name: str = "prefix"
-    num_virtual_tokens: int = 20                   # prefix length (key/value pairs per layer)
-    prefix_projection: bool = False                # True: Li & Liang's MLP reparameterisation
-    encoder_hidden_size: Optional[int] = None      # the MLP's width when prefix_projection (None: hidden size)
+from hizfo.core.models import LoadedModel
 
 
 class PrefixTuning(PeftAdapterMethod):
     """Prefix key/values trained with AdamW; the backbone is frozen."""
 
     config_class = PrefixConfig
+
+    @property
+    def reserved_positions(self) -> int:
+        """The virtual tokens take model positions before every prompt (Method protocol)."""
+        return self.cfg.num_virtual_tokens
 
     def check_values(self) -> None:
         if self.cfg.num_virtual_tokens < 1:

@@ -5,25 +5,13 @@ same shape as every other method's (training time ≈ 0, no forwards or backward
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from torch import nn
 
-from baselines.full_ft import cfg_object
-from hizfo.config import MethodConfig, register_method_schema
+from hizfo.registry import ZeroShotConfig, build_config
 from hizfo.errors import ConfigError
-from hizfo.methods import Batch, MethodSummary, StepResult, TrainContext, check_common, simple_summary
-
-
-@register_method_schema("zero_shot")
-@dataclass
-class ZeroShotConfig(MethodConfig):
-    _target_: str = "baselines.zero_shot.ZeroShot"
-    name: str = "zero_shot"
-    lr: float = 0.0
-    epochs: int = 1
-    max_steps: Optional[int] = 0         # no update step: the loop goes straight to evaluation
+from hizfo.core.methods import Batch, MethodSummary, StepResult, TrainContext, check_common, simple_summary
 
 
 class ZeroShot:
@@ -32,7 +20,7 @@ class ZeroShot:
     config_class = ZeroShotConfig
 
     def __init__(self, **cfg: Any) -> None:
-        self.cfg = cfg_object(self.config_class(), cfg)
+        self.cfg = build_config(self.config_class, cfg)
         check_common(self.cfg)
         if self.cfg.max_steps != 0:
             raise ConfigError(f"method.max_steps: zero_shot trains nothing and needs 0, got {self.cfg.max_steps}")

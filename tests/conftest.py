@@ -21,9 +21,7 @@ os.environ.setdefault("HIZFO_ALLOW_EMULATED_BF16", "1")
 def compose(overrides: list[str] | None = None):
     """The composed run config, exactly as run.py sees it."""
     from hydra import compose as hydra_compose, initialize_config_dir
-    import baselines  # noqa: F401  (method schemas register on import)
-    import hizfo.hybrid  # noqa: F401
-    from hizfo.config import register_schemas
+    from hizfo.registry import register_schemas
     register_schemas()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides or [])
@@ -32,7 +30,7 @@ def compose(overrides: list[str] | None = None):
 def tiny(name: str = "tiny-opt", seed: int = 0):
     """A tiny model from conf/model/<name>.yaml (random init, no download)."""
     from omegaconf import OmegaConf
-    from hizfo.models import load_model
+    from hizfo.core.models import load_model
     cfg = compose([f"model={name}"])
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     kwargs.pop("_target_")

@@ -1,8 +1,8 @@
 """Run several ``python run.py ARGS`` command lines in one process (the tests' way to try many bad inputs fast).
 
 Reads one JSON list of arguments a line on stdin and prints one JSON line a case: the exit status ``call_main``
-returns (as ``python run.py`` would exit with), its stderr and stdout, and whether ``hizfo.models.load_model`` was
-called. The code path is run.py's own: ``main`` under ``hizfo.cli.call_main``; only the interpreter start (torch,
+returns (as ``python run.py`` would exit with), its stderr and stdout, and whether ``hizfo.core.models.load_model`` was
+called. The code path is run.py's own: ``main`` under ``hizfo.run.cli.call_main``; only the interpreter start (torch,
 transformers: most of a bad command's time) is shared.
 
     python tests/run_many.py < cases.jsonl
@@ -21,18 +21,18 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    import hizfo.models
+    import hizfo.core.models
     import run as entry
-    from hizfo.cli import call_main
+    from hizfo.run.cli import call_main
 
-    real_load = hizfo.models.load_model
+    real_load = hizfo.core.models.load_model
     calls: list[str] = []
 
     def load_model(*args, **kwargs):
         calls.append(str(kwargs.get("name")))
         return real_load(*args, **kwargs)
 
-    hizfo.models.load_model = load_model        # run.py imports it from the module at call time
+    hizfo.core.models.load_model = load_model        # run.py imports it from the module at call time
     # Hydra looks for conf/ beside the task function's file when its module is __main__, as under `python run.py`
     entry.main.__wrapped__.__module__ = "__main__"
     for line in sys.stdin:

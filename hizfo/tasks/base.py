@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hizfo.config import GenerationConfig, TaskConfig
 from hizfo.errors import ConfigError
-from hizfo.stopping import cut_at, find_stop
+from hizfo.eval.stopping import cut_at, find_stop
 
 IGNORE_INDEX = -100
 REFERENCE_MODES = ("first", "all")       # task.references: which gold references a summary is scored against
@@ -111,7 +111,7 @@ class Task:
     def stop_index(self, text: str) -> Optional[int]:
         """Where the answer in a generated continuation ends: its first stop sequence (None: it has not ended).
 
-        Generation stops as soon as this finds an end (hizfo.stopping.StopOnText), and ``postprocess`` cuts there.
+        Generation stops as soon as this finds an end (hizfo.eval.stopping.StopOnText), and ``postprocess`` cuts there.
         """
         return find_stop(text, self.cfg.generation.stop)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from hizfo.metrics import gsm8k_accuracy
+from hizfo.eval.metrics import gsm8k_accuracy
 from hizfo.tasks.base import Example
 from hizfo.tasks.hub import HubSource, HubTask
 from hizfo.tasks.templates import reasoning_example

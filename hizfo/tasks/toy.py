@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from hizfo.errors import ConfigError
-from hizfo.metrics import exact_match, rouge_scores
+from hizfo.eval.metrics import exact_match, rouge_scores
 from hizfo.tasks.base import Example, Task
 
 TOPICS: dict[str, tuple[str, list[str]]] = {

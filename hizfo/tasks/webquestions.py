@@ -1,13 +1,13 @@
 """`task=webquestions`: WebQuestions (stanfordnlp/web_questions, the hub's home of `web_questions`);
 train 3778, test 2032. Exact match on the first gold answer (GreenTrainer's number) and on any gold answer,
 compared as ``task.protocol`` says (``options.protocols.<protocol>.answer_match``: ``exact`` for GreenTrainer's
-protocol, ``squad`` for ``normalized``; hizfo.metrics.answers_match).
+protocol, ``squad`` for ``normalized``; hizfo.eval.metrics.answers_match).
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from hizfo.metrics import webquestions_exact_match
+from hizfo.eval.metrics import webquestions_exact_match
 from hizfo.tasks.base import Example
 from hizfo.tasks.hub import HubSource, HubTask, as_list
 from hizfo.tasks.templates import qa_example

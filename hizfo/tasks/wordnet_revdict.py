@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hizfo.metrics import exact_match
+from hizfo.eval.metrics import exact_match
 from hizfo.tasks import snapshot
 from hizfo.tasks.base import Example
 from hizfo.tasks.snapshot import REPO, SnapshotTask

@@ -20,7 +20,7 @@ def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def test_default_run_learns_the_toy_task_and_logs_to_wandb(tmp_path):
-    from hizfo.tracking import read_offline_run
+    from hizfo.run.tracking import read_offline_run
     proc = _run(f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out")
     assert proc.returncode == 0, proc.stderr[-3000:]      # its speed is measured in the README, not asserted here
     (path,) = (tmp_path / "results").rglob("seed0.json")

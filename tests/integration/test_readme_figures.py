@@ -1,4 +1,4 @@
-"""The README's default-run figures are what a fresh clone prints (issue 14, part 7).
+"""The README's default-run figures are what a fresh clone prints.
 
 The test reads the ``metrics:`` line and the command from the README, runs that command, and compares every
 figure the README quotes. One thread makes a run repeat exactly on one machine; across machines the order of

@@ -1,4 +1,4 @@
-"""End to end (issue 5): the real pretrained SmolLM2-135M evaluates zero-shot on a few HumanEval problems through
+"""End to end: the real pretrained SmolLM2-135M evaluates zero-shot on a few HumanEval problems through
 run.py, generated code runs in the sandbox, and the record holds a pass@1."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The study preset's smallest slice end to end on the real SmolLM2-135M (issue 12): one arm, one seed, two steps."""
+"""The study preset's smallest slice end to end on the real SmolLM2-135M: one arm, one seed, two steps."""
 from __future__ import annotations
 
 import importlib.util

@@ -18,7 +18,6 @@ from analysis.specs import (EXPERIMENTS, METHOD_ALIASES, METHOD_DISPLAY, MODEL_A
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_RECORDS = ROOT / "results" / "paper"
 PAPER_CSV = PAPER_RECORDS / "source"
-SHARED_CSV = ROOT.parent / "shared" / "paper"
 FIXTURES = ROOT / "tests" / "fixtures" / "records"
 
 
@@ -181,10 +180,7 @@ def test_paper_points_of_the_figures_are_in_the_sweeps() -> None:
 
 
 def test_committed_paper_records_match_the_csvs(tmp_path: Path) -> None:
-    """results/paper is what analysis.paper_reference makes from its CSVs, and those are ../shared's."""
-    if SHARED_CSV.is_dir():
-        for name in paper_reference.SOURCE_FILES:
-            assert (PAPER_CSV / name).read_bytes() == (SHARED_CSV / name).read_bytes(), name
+    """results/paper is what analysis.paper_reference makes from its CSVs (results/paper/source/)."""
     written = paper_reference.write_paper_records(PAPER_CSV, tmp_path)
     assert len(written) == 160
     committed = sorted(p.relative_to(PAPER_RECORDS) for p in PAPER_RECORDS.rglob("seed*.json"))

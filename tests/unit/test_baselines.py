@@ -10,11 +10,11 @@ from hydra.utils import instantiate
 
 from conftest import compose, tiny
 from hizfo.errors import ConfigError
-from hizfo.loop import BatchStream, LoopResult, encode_split, train_and_evaluate
-from hizfo.meters import Meters
+from hizfo.run.loop import BatchStream, LoopOptions, LoopResult, encode_split, train_and_evaluate
+from hizfo.run.meters import Meters
 from hizfo.tasks.base import encode_train
-from hizfo.methods import TrainContext, causal_lm_loss, check_common, unique_named_parameters
-from hizfo.zo import noise_like
+from hizfo.core.methods import TrainContext, causal_lm_loss, check_common, unique_named_parameters
+from hizfo.core.zo import noise_like
 
 NEW_METHODS = ("mezo", "lora", "prefix", "bilevel_zofo", "zero_shot")
 
@@ -45,8 +45,8 @@ def run_loop(name: str, model: str = "tiny-opt", n_train: int = 800, loaded=None
     method = build(cfg)
     loaded = loaded or tiny(model)
     meters = Meters()
-    result = train_and_evaluate(method, cfg, loaded, toy_task(n_train), torch.device("cpu"), 0, meters,
-                                lambda step, row: None)
+    result = train_and_evaluate(method, cfg, loaded, toy_task(n_train), LoopOptions(torch.device("cpu"), seed=0),
+                                meters)
     return method, result, meters, loaded
 
 
@@ -149,7 +149,7 @@ def test_mezo_step_with_zero_lr_restores_the_parameters_within_rounding(model):
 
 
 def test_mezo_step_is_spsa_with_decay_after_the_fused_update(monkeypatch):
-    import hizfo.zo as zo                                 # MeZO's passes go through ZOParams → zo.perturb_
+    import hizfo.core.zo as zo                                 # MeZO's passes go through ZOParams → zo.perturb_
     passes = []
     real = zo.perturb_
     monkeypatch.setattr(zo, "perturb_", lambda params, seed, scale: (passes.append(scale), real(params, seed, scale)))
@@ -163,7 +163,7 @@ def test_mezo_step_is_spsa_with_decay_after_the_fused_update(monkeypatch):
     batch = next(ctx.train_batches())
     # the two losses MeZO must see: L(θ ± εz)
     seed_probe = torch.Generator().manual_seed(424242)
-    from hizfo.zo import draw_seed, perturb_
+    from hizfo.core.zo import draw_seed, perturb_
     seed = draw_seed(seed_probe)
     params = [p for _, p in named]
     with torch.inference_mode():
@@ -323,7 +323,7 @@ def test_bilevel_zofo_trains_on_no_dev_example_and_records_how_many_it_held_out(
     method.train_step = recording_step
     steps_per_epoch = (80 - 8) // task.cfg.batch_size + bool((80 - 8) % task.cfg.batch_size)
     cfg.max_steps = steps_per_epoch                       # one epoch
-    result = train_and_evaluate(method, cfg, loaded, task, torch.device("cpu"), 0, Meters(), lambda s, r: None)
+    result = train_and_evaluate(method, cfg, loaded, task, LoopOptions(torch.device("cpu"), seed=0), Meters())
     encode = lambda e: tuple(encode_train(e, loaded.tokenizer, task.cfg.max_input_length,   # noqa: E731
                                           task.cfg.max_target_length)["input_ids"])
     dev = {encode(e) for e in task.examples("train")[-8:]}

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from hizfo.checkpoint import (CHECKPOINT_FILES, Checkpointer, capture_rng, checkpoint_folder, params_sha256,
-                              restore_rng)
+from hizfo.run.checkpoint import Checkpointer
+from hizfo.run.checkpoint_files import CHECKPOINT_FILES, capture_rng, params_sha256, restore_rng
 from hizfo.errors import ConfigError
+from hizfo.run.runspec import RunSpec
 from tests.conftest import ROOT, compose
 
 # 16 examples / batch 4 = 4 steps an epoch; 6 steps cross one epoch boundary
@@ -51,8 +52,8 @@ def build(method_name: str, extra: tuple[str, ...] = ()):
     """The pieces run.py builds, from a fresh seed (as a relaunched process would)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-    from hizfo.loop import seed_everything
-    from hizfo.models import load_model
+    from hizfo.run.loop import seed_everything
+    from hizfo.core.models import load_model
     cfg = compose([f"method={method_name}", *SMALL, *extra])
     seed_everything(cfg.seed)
     method = instantiate(cfg.method, _convert_="all")
@@ -65,14 +66,14 @@ def build(method_name: str, extra: tuple[str, ...] = ()):
 
 def train(method_name: str, checkpointer=None, extra: tuple[str, ...] = ()):
     """One run in this process; returns (loop result, sha256 of the final parameters, meters)."""
-    from hizfo.loop import train_and_evaluate
-    from hizfo.meters import Meters
-    from hizfo.precision import use_precision
+    from hizfo.run.loop import LoopOptions, train_and_evaluate
+    from hizfo.run.meters import Meters
+    from hizfo.core.precision import use_precision
     cfg, method, task, loaded = build(method_name, extra)
     meters = Meters()
     with use_precision(cfg.precision):
-        result = train_and_evaluate(method, cfg.method, loaded, task, torch.device("cpu"), cfg.seed, meters,
-                                    lambda step, row: None, checkpoint=checkpointer, train_dropout=cfg.train_dropout)
+        options = LoopOptions(torch.device("cpu"), seed=cfg.seed, train_dropout=cfg.train_dropout)
+        result = train_and_evaluate(method, cfg.method, loaded, task, options, meters, checkpoint=checkpointer)
     return result, params_sha256(method.eval_model()), meters
 
 
@@ -141,8 +142,8 @@ def test_a_checkpoint_from_another_config_is_refused_and_nothing_is_loaded(tmp_p
     closing(other)
     cfg, method, task, loaded = build("full_ft")
     before = params_sha256(loaded.model)
-    from hizfo.loop import LoopState
-    from hizfo.meters import Meters
+    from hizfo.run.loop import LoopState
+    from hizfo.run.meters import Meters
     method.setup(_context(cfg, loaded, task))
     with pytest.raises(ConfigError, match="hash-a.*this run's is hash-b.*will not be resumed"):
         other.restore(method, LoopState(), Meters(), torch.Generator())
@@ -164,7 +165,7 @@ def resign(checkpoint: Path) -> None:
 
 
 def _context(cfg, loaded, task):
-    from hizfo.methods import TrainContext
+    from hizfo.core.methods import TrainContext
     return TrainContext(loaded=loaded, task=task, device=torch.device("cpu"), total_steps=10, steps_per_epoch=6,
                         zo_seeds=torch.Generator().manual_seed(1), train_batches=lambda: iter(()),
                         dev_batches=lambda: iter(()))
@@ -254,8 +255,8 @@ def test_a_signal_during_a_step_checkpoints_after_the_step_then_reaches_the_prev
     try:
         ckpt = Checkpointer(folder, "hash-a", every_steps=0)
         closing(ckpt)
-        from hizfo.loop import train_and_evaluate
-        from hizfo.meters import Meters
+        from hizfo.run.loop import LoopOptions, train_and_evaluate
+        from hizfo.run.meters import Meters
         cfg, method, task, loaded = build("full_ft")
         real_step = method.train_step
         calls = {"n": 0}
@@ -268,8 +269,8 @@ def test_a_signal_during_a_step_checkpoints_after_the_step_then_reaches_the_prev
 
         method.train_step = step_with_signal
         with pytest.raises(Killed):
-            train_and_evaluate(method, cfg.method, loaded, task, torch.device("cpu"), cfg.seed, Meters(),
-                               lambda s, r: None, checkpoint=ckpt)
+            train_and_evaluate(method, cfg.method, loaded, task, LoopOptions(torch.device("cpu"), seed=cfg.seed),
+                               Meters(), checkpoint=ckpt)
         assert seen == [(signal.SIGUSR2, ["step-00000003"])]
         info = json.loads((folder / "step-00000003" / "state.json").read_text())
         assert info["reason"] == "SIGUSR2" and info["loop"]["step"] == 3
@@ -288,11 +289,20 @@ def test_handlers_are_given_back_when_the_run_is_done(tmp_path):
 
 
 def test_checkpoint_folder_mirrors_the_record_path(tmp_path):
-    record = tmp_path / "results" / "runs" / "opt-13b" / "scitldr" / "hizfo" / "default" / "seed0.json"
-    assert checkpoint_folder(record, tmp_path / "results" / "runs", None) == \
+    def spec(checkpoint_dir, results_dir=tmp_path / "results" / "runs", variant_overrides=()):
+        config = {"model": {"name": "opt-13b"}, "task": {"name": "scitldr"}, "method": {"name": "hizfo"},
+                  "seed": 0, "results_dir": str(results_dir), "checkpoint_dir": checkpoint_dir}
+        return RunSpec.build(config, variant_overrides)
+    run = spec(None)
+    assert run.path == tmp_path / "results" / "runs" / "opt-13b" / "scitldr" / "hizfo" / "default" / "seed0.json"
+    assert run.checkpoint_folder == \
         tmp_path / "results" / "checkpoints" / "opt-13b" / "scitldr" / "hizfo" / "default" / "seed0"
-    assert checkpoint_folder(record, tmp_path / "results" / "runs", tmp_path / "scratch") == \
+    assert spec(str(tmp_path / "scratch")).checkpoint_folder == \
         tmp_path / "scratch" / "opt-13b" / "scitldr" / "hizfo" / "default" / "seed0"
+    # the folder follows the variant as the record does, at any results_dir depth
+    deep = spec(str(tmp_path / "scratch"), tmp_path / "a" / "b" / "c" / "d" / "e" / "f", ["method.rho=0.2"])
+    assert deep.checkpoint_folder == tmp_path / "scratch" / "opt-13b" / "scitldr" / "hizfo" / "method.rho=0.2" / "seed0"
+    assert deep.predictions_path == deep.path.with_name("seed0.predictions.jsonl")
 
 
 def test_checkpointer_refuses_bad_intervals(tmp_path):
@@ -383,9 +393,9 @@ def test_the_manifest_holds_each_files_size_and_sha256_and_is_written_last(tmp_p
         assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
     # the manifest goes in last: a save that dies while writing it leaves no step-4, only step-2
-    from hizfo import checkpoint as module
+    from hizfo.run import checkpoint_files as module
     written: list[str] = []
-    real_sha = module._sha256_file
+    real_sha = module.sha256_file
 
     def recording(path, fsync=False):
         written.append(Path(path).name)
@@ -395,8 +405,8 @@ def test_the_manifest_holds_each_files_size_and_sha256_and_is_written_last(tmp_p
         written.append("manifest.json")
         raise Killed
 
-    monkeypatch.setattr(module, "_sha256_file", recording)
-    monkeypatch.setattr(module, "_write_manifest", dies)
+    monkeypatch.setattr(module, "sha256_file", recording)
+    monkeypatch.setattr(module, "write_manifest", dies)
     again = Checkpointer(tmp_path / "ckpt", "hash-a", every_steps=2)
     closing(again)
     with pytest.raises(Killed):
@@ -439,12 +449,12 @@ def test_a_kill_while_an_old_checkpoint_is_deleted_leaves_no_half_checkpoint_beh
 
 # -- one writer per folder ---------------------------------------------------------------------------------------
 
-# another run's process holding the folder: the lock a Checkpointer takes (hizfo.checkpoint.LOCK_NAME), without
+# another run's process holding the folder: the lock a Checkpointer takes (hizfo.run.checkpoint.LOCK_NAME), without
 # importing torch, to keep the test short
 HOLD = """
 import sys
 from pathlib import Path
-from hizfo.locks import RunLock
+from hizfo.run.locks import RunLock
 with RunLock(Path(sys.argv[1]) / ".lock"):
     print("held", flush=True)
     sys.stdin.readline()
@@ -540,3 +550,17 @@ def test_close_removes_the_lock_files_and_an_empty_folder_and_keeps_checkpoints(
     kept.close()
     kept.close()                                                       # idempotent
     assert sorted(p.name for p in kept.folder.iterdir()) == ["step-00000002"]
+
+
+def test_a_signal_during_a_step_waits_for_the_step_boundary_and_the_first_one_wins():
+    from hizfo.run.signals import DeferredSignal, SignalRelay
+    deferred = DeferredSignal(SignalRelay())               # a relay of its own: nothing is installed or passed on
+    assert deferred.note(signal.SIGUSR2, None)             # nothing running: answer now
+    assert deferred.take() == (signal.SIGUSR2, None) and deferred.take() is None
+    deferred.in_training = True
+    assert not deferred.note(signal.SIGUSR1, None)         # a step is under way: wait for its end
+    assert not deferred.note(signal.SIGTERM, None)
+    assert deferred.reason == "SIGUSR1"                    # the first signal is the one answered
+    deferred.in_training, deferred.saving = False, True
+    assert not deferred.note(signal.SIGTERM, None)         # a save is under way: wait for it too
+    assert deferred.take() == (signal.SIGUSR1, None) and deferred.reason is None

@@ -1,4 +1,4 @@
-"""The protocols and controls that make a comparison mean something (issue 10).
+"""The protocols and controls that make a comparison mean something.
 
 α's two readings, the ZO-off and random-direction controls, one dropout setting for every method, GreenTrainer's
 reference choice for summaries, and divergence detection.
@@ -13,10 +13,10 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import compose, tiny
-from hizfo.hybrid import HiZFO, random_sign
-from hizfo.loop import train_and_evaluate
-from hizfo.meters import Meters
-from hizfo.methods import unique_named_parameters
+from hizfo.core.hybrid import HiZFO, random_sign
+from hizfo.run.loop import LoopOptions, train_and_evaluate
+from hizfo.run.meters import Meters
+from hizfo.core.methods import unique_named_parameters
 from hizfo.tasks.base import Example
 from test_foundation import SMALL, run_cli
 from test_hizfo import context, toy_setup
@@ -145,8 +145,8 @@ def test_every_method_trains_in_the_mode_train_dropout_sets(name, train_dropout)
                 training["now"] = False
         setattr(method, hook_name, wrapped)
     task = instantiate(cfg.task, _convert_="all")
-    train_and_evaluate(method, cfg.method, loaded, task, torch.device("cpu"), 0, Meters(), lambda *_: None,
-                       train_dropout=train_dropout)
+    train_and_evaluate(method, cfg.method, loaded, task,
+                       LoopOptions(torch.device("cpu"), seed=0, train_dropout=train_dropout), Meters())
     assert modes and set(modes) == {train_dropout}, (name, modes)
 
 
@@ -233,7 +233,7 @@ def test_mezo_with_a_huge_learning_rate_ends_failed_as_diverged(tmp_path):
 
 def test_a_slowly_rising_loss_is_stopped_by_the_factor_and_patience():
     from hizfo.errors import TrainingDiverged
-    from hizfo.loop import DivergenceWatch
+    from hizfo.run.loop import DivergenceWatch
     watch = DivergenceWatch(factor=10.0, patience=3)
     for step, loss in enumerate([2.0, 5.0, 25.0, 30.0, 3.0, 21.0, 22.0]):   # a dip resets the count
         watch.check(step, loss)

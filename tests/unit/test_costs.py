@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hizfo.costs import cost_arrays, tensor_costs
+from hizfo.core.costs import cost_arrays, tensor_costs
 from hizfo.errors import ConfigError
 from tests.conftest import tiny
 

@@ -55,21 +55,21 @@ def test_tiny_models_of_each_family_run_a_forward_pass():
 
 def test_full_ft_lowers_the_loss_and_learns_the_toy_task():
     from baselines.full_ft import FullFT
-    from hizfo.loop import train_and_evaluate
-    from hizfo.meters import Meters
+    from hizfo.run.loop import LoopOptions, train_and_evaluate
+    from hizfo.run.meters import Meters
     from hydra.utils import instantiate
     cfg = compose(["method=full_ft", "method.max_steps=80", "task.options.n_eval=24"])
     loaded, task = tiny("tiny-opt"), instantiate(cfg.task, _convert_="all")
     method = FullFT(**{k: v for k, v in cfg.method.items() if k != "_target_"})
-    result = train_and_evaluate(method, cfg.method, loaded, task, torch.device("cpu"), 0, Meters(),
-                                lambda *_: None, eval_before_training=True)
+    result = train_and_evaluate(method, cfg.method, loaded, task,
+                                LoopOptions(torch.device("cpu"), seed=0, eval_before_training=True), Meters())
     losses = [row["train/loss"] for row in result.history]
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     assert result.metrics["rouge1"] > result.metrics["before_rouge1"] + 20
 
 
 def test_atomic_write_keeps_the_old_record_when_writing_fails(tmp_path):
-    from hizfo.records import write_json_atomic
+    from hizfo.run.records import write_json_atomic
     path = tmp_path / "a" / "seed0.json"
     write_json_atomic(path, {"status": "ok", "n": 1})
 

@@ -10,12 +10,12 @@ import torch
 from hydra.utils import instantiate
 
 from hizfo.errors import ConfigError
-from hizfo.hybrid import HiZFO
-from hizfo.loop import BatchStream, encode_split, train_and_evaluate
-from hizfo.meters import Meters
-from hizfo.methods import TrainContext, causal_lm_loss, unique_named_parameters
-from hizfo.profiling import tensor_importance
-from hizfo.zo import noise_like, perturb_
+from hizfo.core.hybrid import HiZFO
+from hizfo.run.loop import BatchStream, LoopOptions, encode_split, train_and_evaluate
+from hizfo.run.meters import Meters
+from hizfo.core.methods import TrainContext, causal_lm_loss, unique_named_parameters
+from hizfo.core.profiling import tensor_importance
+from hizfo.core.zo import noise_like, perturb_
 from tests.conftest import compose, tiny
 
 CPU = torch.device("cpu")
@@ -95,7 +95,7 @@ def test_alpha_0_and_zo_lr_0_is_a_plain_adamw_step_on_fo_and_leaves_zo_untouched
     ref_named = [(n, p) for n, p in unique_named_parameters(reference) if n in set(method.partition.fo)]
     for n, p in unique_named_parameters(reference):
         p.requires_grad_(n in set(method.partition.fo))
-    from hizfo.methods import adamw
+    from hizfo.core.methods import adamw
     optimizer = adamw(ref_named, 1e-3, 0.0)
     causal_lm_loss(reference, batch).backward()
     optimizer.step()
@@ -144,7 +144,7 @@ def _train(seed: int, steps: int = 6):
     cfg, loaded, task, _ = toy_setup(seed=0)
     method = hizfo()
     method_cfg = compose(["method.max_steps=%d" % steps]).method
-    result = train_and_evaluate(method, method_cfg, loaded, task, CPU, seed, Meters(), lambda *_: None)
+    result = train_and_evaluate(method, method_cfg, loaded, task, LoopOptions(CPU, seed=seed), Meters())
     return loaded.model, result
 
 
@@ -163,7 +163,7 @@ def test_hizfo_lowers_the_loss_on_toy():
     loaded = tiny("tiny-opt")
     task = instantiate(cfg.task, _convert_="all")
     method = instantiate(cfg.method, _convert_="all")
-    result = train_and_evaluate(method, cfg.method, loaded, task, CPU, 0, Meters(), lambda *_: None)
+    result = train_and_evaluate(method, cfg.method, loaded, task, LoopOptions(CPU, seed=0), Meters())
     losses = [row["train/loss"] for row in result.history]
     assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10])   # FO on the top block only at ρ = 0.6
     assert all(math.isfinite(row["train/zo_loss"]) for row in result.history)
@@ -176,7 +176,7 @@ def test_greentrainer_reselects_every_interval_and_freezes_the_rest():
     initial = {n: p.detach().clone() for n, p in unique_named_parameters(loaded.model)}
     task = instantiate(cfg.task, _convert_="all")
     method = instantiate(cfg.method, _convert_="all")
-    train_and_evaluate(method, cfg.method, loaded, task, CPU, 0, Meters(), lambda *_: None)
+    train_and_evaluate(method, cfg.method, loaded, task, LoopOptions(CPU, seed=0), Meters())
     assert [s["epoch"] for s in method.selections] == [0, 2]
     summary = method.summary().partition
     assert summary["zo_tensors"] == 0 and summary["frozen_tensors"] > 0
@@ -209,7 +209,7 @@ def test_alpha_reaches_the_fo_update():
 
 def test_with_dropout_on_both_streams_see_the_same_masks():
     """L_ZO − L_FO must measure the perturbation, not two dropout masks (docs/design.md, "Dropout")."""
-    from hizfo.methods import same_rng_streams
+    from hizfo.core.methods import same_rng_streams
     _, loaded, _, stream = toy_setup()
     model = loaded.model
     model.train(True)                                          # tiny-opt has dropout 0.1

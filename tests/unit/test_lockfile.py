@@ -14,7 +14,8 @@ import torch
 from packaging.requirements import Requirement
 
 from analysis.loading import Report, environment_label, warn_mixed_environments
-from hizfo import lockfile, records
+from hizfo import lockfile
+from hizfo.run import records
 
 REPO = Path(__file__).resolve().parents[2]
 

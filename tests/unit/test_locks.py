@@ -1,4 +1,4 @@
-"""hizfo.locks.RunLock: one holder per path across processes, a clear line for the second, released at exit."""
+"""hizfo.run.locks.RunLock: one holder per path across processes, a clear line for the second, released at exit."""
 from __future__ import annotations
 
 import os
@@ -9,13 +9,13 @@ import sys
 import pytest
 
 from hizfo.errors import ConfigError
-from hizfo.locks import RunLock
+from hizfo.run.locks import RunLock
 from tests.conftest import ROOT
 
 # holds the lock until a line arrives on stdin (or forever, to be killed); "raise" makes it fail while holding
 HOLDER = """
 import sys
-from hizfo.locks import RunLock
+from hizfo.run.locks import RunLock
 with RunLock(sys.argv[1], name="results: the record") as lock:
     print("held", flush=True)
     if sys.stdin.readline().strip() == "raise":
@@ -24,7 +24,7 @@ with RunLock(sys.argv[1], name="results: the record") as lock:
 TRY = """
 import sys
 from hizfo.errors import ConfigError
-from hizfo.locks import RunLock
+from hizfo.run.locks import RunLock
 try:
     RunLock(sys.argv[1]).acquire()
 except ConfigError as exc:

@@ -1,11 +1,11 @@
-"""Metrics (issue 5): ROUGE equals rouge-score, WebQuestions EM, GSM8K final number, MATH value equality, pass@1."""
+"""Metrics: ROUGE equals rouge-score, WebQuestions EM, GSM8K final number, MATH value equality, pass@1."""
 from __future__ import annotations
 
 from decimal import Decimal
 
 import pytest
 
-from hizfo import metrics
+from hizfo.eval import metrics
 
 PREDICTIONS = ["the model finds flatter minima with warm restarts",
                "graph networks use a virtual node",

@@ -1,6 +1,6 @@
-"""Every paper task runs end to end on every tiny model family (issue 14, part 1): train 2 steps, evaluate by
+"""Every paper task runs end to end on every tiny model family: train 2 steps, evaluate by
 generation with the task's stop strings, and write an ``ok`` record. The tiny models' word-level tokenizer made
-transformers' ``StopStringCriteria`` fail at evaluation; hizfo.stopping stops on the decoded text instead."""
+transformers' ``StopStringCriteria`` fail at evaluation; hizfo.eval.stopping stops on the decoded text instead."""
 from __future__ import annotations
 
 import json
@@ -30,11 +30,9 @@ def run_in_process(overrides: list[str], tmp_path: Path) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import baselines  # noqa: F401  (method schemas register on import)
 
-    import hizfo.hybrid  # noqa: F401
 
-    from hizfo.config import register_schemas
+    from hizfo.registry import register_schemas
     from run import run
 
     register_schemas()

@@ -1,4 +1,4 @@
-"""precision=fp32 | bf16-mixed | bf16 (hizfo/precision.py, hizfo/zo.py ZOParams): exact ZO perturbations on bf16
+"""precision=fp32 | bf16-mixed | bf16 (hizfo/core/precision.py, hizfo/core/zo.py ZOParams): exact ZO perturbations on bf16
 weights, FO updates that survive bf16, the ZO estimate under autocast, and bad values refused before a load."""
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hizfo.errors import ConfigError
-from hizfo.loop import BatchStream, encode_split, train_and_evaluate
-from hizfo.meters import Meters
-from hizfo.methods import FirstOrderTrainer, causal_lm_loss, unique_named_parameters
-from hizfo.models import load_model
-from hizfo.precision import ChangeMonitor, check_precision, stochastic_round, use_precision
-from hizfo.zo import ZOParams, draw_seed, perturb_
+from hizfo.run.loop import BatchStream, LoopOptions, encode_split, train_and_evaluate
+from hizfo.run.meters import Meters
+from hizfo.core.methods import FirstOrderTrainer, causal_lm_loss, unique_named_parameters
+from hizfo.core.models import load_model
+from hizfo.core.precision import ChangeMonitor, check_precision, stochastic_round, use_precision
+from hizfo.core.zo import ZOParams, draw_seed, perturb_
 from tests.conftest import compose
 
 CPU = torch.device("cpu")
@@ -130,7 +130,8 @@ def train_in_bf16(loaded, overrides: list[str]):
     method = instantiate(cfg, _convert_="all")
     rows = []
     with use_precision("bf16"):
-        result = train_and_evaluate(method, cfg, loaded, task, CPU, 0, Meters(), lambda step, row: rows.append(row))
+        result = train_and_evaluate(method, cfg, loaded, task, LoopOptions(CPU, seed=0), Meters(),
+                                    lambda step, row: rows.append(row))
     return method, result, rows
 
 
@@ -339,7 +340,7 @@ def test_bilevel_zofo_in_bf16_keeps_its_theta_updates_in_fp32_masters():
 def test_bf16_on_a_cpu_without_native_bf16_is_refused_in_one_line(monkeypatch, tmp_path):
     """precision=bf16-mixed on a CPU whose flags lack avx512_bf16 / amx_bf16 / bf16: one ConfigError line, unless
     HIZFO_ALLOW_EMULATED_BF16=1; the flags are read from /proc/cpuinfo's ``flags`` (x86) or ``Features`` (Arm)."""
-    from hizfo import precision
+    from hizfo.core import precision
     from hizfo.errors import ConfigError
     x86 = tmp_path / "cpuinfo"
     x86.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n\nprocessor\t: 1\nflags\t: fpu\n")
@@ -354,3 +355,34 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_in_one_line(monkeypatch, t
     precision.check_precision("fp32", torch.device("cpu"))                     # fp32 needs nothing
     monkeypatch.setenv(precision.ALLOW_EMULATED_BF16, "1")
     precision.check_precision("bf16-mixed", torch.device("cpu"))
+
+
+def _weights(name: str = "tiny-opt", precision=None, dtype: str = "float32") -> dict[str, torch.Tensor]:
+    cfg = compose([f"model={name}", f"model.dtype={dtype}"])
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    kwargs.pop("_target_")
+    model = load_model(**kwargs, seed=0, precision=precision).model
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_model_dtype_is_the_precision_the_starting_weights_are_taken_at():
+    full = _weights(precision="fp32", dtype="float32")
+    rounded = _weights(precision="fp32", dtype="bfloat16")      # read as bf16, trained in fp32 masters
+    assert all(w.dtype == torch.float32 for w in rounded.values())
+    assert all(torch.equal(rounded[n], full[n].bfloat16().float()) for n in full)
+    assert any(not torch.equal(rounded[n], full[n]) for n in full)       # the key changed the starting point
+    in_bf16 = _weights(precision="bf16", dtype="float32")       # trained in bf16: the fp32 init rounded once
+    assert all(torch.equal(in_bf16[n], full[n].bfloat16()) for n in full)
+    as_given = _weights(precision=None, dtype="bfloat16")       # no precision: the weights stay in model.dtype
+    assert all(w.dtype == torch.bfloat16 for w in as_given.values())
+
+
+def test_weights_are_read_in_the_narrower_dtype_and_qwen2_7b_is_read_in_bf16():
+    from hizfo.core.models import load_dtype
+    from hizfo.core.precision import weight_dtype
+    assert load_dtype(torch.float32, torch.bfloat16) == torch.bfloat16    # no fp32 copy of a model trained in bf16
+    assert load_dtype(torch.bfloat16, torch.float32) == torch.bfloat16    # exact values, then fp32 masters
+    assert load_dtype(torch.float16, torch.bfloat16) == torch.float16     # fp16's values, rounded to bf16 once
+    cfg = compose(["model=qwen2-7b", "precision=bf16-mixed"])            # Table 2's model and precision
+    assert cfg.model.dtype == "bfloat16"
+    assert load_dtype(getattr(torch, cfg.model.dtype), weight_dtype(cfg.precision)) == torch.bfloat16

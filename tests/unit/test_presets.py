@@ -30,9 +30,7 @@ def preset_name(name: str, scale: str) -> str:
 
 @pytest.fixture(scope="module")
 def hydra_conf() -> Iterator[None]:
-    import baselines  # noqa: F401  (method schemas register on import)
-    import hizfo.hybrid  # noqa: F401
-    from hizfo.config import register_schemas
+    from hizfo.registry import register_schemas
     register_schemas()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         yield

@@ -1,4 +1,4 @@
-"""Profiling (hizfo/profiling.py): the hook-based importance equals the old full-copy computation, restores the
+"""Profiling (hizfo/core/profiling.py): the hook-based importance equals the old full-copy computation, restores the
 weights bit for bit, and never sets the peak memory of a Hi-ZFO run."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from hizfo.loop import BatchStream, encode_split
-from hizfo.methods import adamw, causal_lm_loss, unique_named_parameters
-from hizfo.profiling import tensor_importance
+from hizfo.run.loop import BatchStream, encode_split
+from hizfo.core.methods import adamw, causal_lm_loss, unique_named_parameters
+from hizfo.core.profiling import tensor_importance
 from tests.conftest import compose, tiny
 
 CPU = torch.device("cpu")
@@ -111,7 +111,7 @@ def _shared_and_checkpointed(loaded, checkpointing: bool):
 
 @pytest.mark.parametrize("detect", ["up front", "by the second part"])
 def test_a_gradient_landing_in_parts_is_accumulated_and_undone_once(detect, monkeypatch):
-    import hizfo.profiling as profiling
+    import hizfo.core.profiling as profiling
     plain = _shared_and_checkpointed(tiny("tiny-opt"), checkpointing=False)
     loaded = tiny("tiny-opt")
     model = _shared_and_checkpointed(loaded, checkpointing=True)
@@ -138,7 +138,7 @@ def test_a_gradient_landing_in_parts_is_accumulated_and_undone_once(detect, monk
 def test_with_weight_decay_the_code_is_unbiased_where_rounding_to_nearest_is_not():
     """λ > 0: every element's code before rounding is −50.3; rounding to nearest makes each −50, the same 0.3 of a
     unit off every time (a bias in d, hence in I_k); the dithered code averages to −50.3."""
-    from hizfo.profiling import _encode
+    from hizfo.core.probe_step import encode
     n, decay = 200_000, 0.1
     top = torch.tensor(1.0 + decay * 1.0)
     target = (50 + 0.3) * float(top) / 127                        # −Δw/η, in units of η: 50.3 code units
@@ -146,8 +146,8 @@ def test_with_weight_decay_the_code_is_unbiased_where_rounding_to_nearest_is_not
     w0 = torch.full((n,), (target - 1e3 / (1e3 + 1e-8)) / decay)   # λ·w0 makes up the rest
     exact = -127.0 * (g0 / (g0.abs() + 1e-8) + decay * w0) / top  # the code before rounding
     nearest, dithered = torch.empty(n, dtype=torch.int8), torch.empty(n, dtype=torch.int8)
-    _encode(nearest, torch.empty(n), w0, g0, decay, top)
-    _encode(dithered, torch.empty(n), w0, g0, decay, top, torch.Generator().manual_seed(0))
+    encode(nearest, torch.empty(n), w0, g0, decay, top)
+    encode(dithered, torch.empty(n), w0, g0, decay, top, torch.Generator().manual_seed(0))
     bias_nearest = float((nearest.float() - exact).mean())
     bias_dithered = float((dithered.float() - exact).mean())
     assert abs(bias_nearest - 0.3) < 1e-3                          # the bias the dither removes
@@ -180,8 +180,8 @@ def test_a_failure_mid_profiling_still_restores_the_weights():
 
 def test_untied_head_and_the_plain_loss_agree_with_the_reference(monkeypatch):
     from omegaconf import OmegaConf
-    from hizfo.models import load_model
-    import hizfo.profiling as profiling
+    from hizfo.core.models import load_model
+    import hizfo.core.profiling as profiling
     kwargs = OmegaConf.to_container(compose(["model=tiny-qwen2", "model.arch.tie_word_embeddings=false"]).model,
                                     resolve=True)
     kwargs.pop("_target_")
@@ -203,10 +203,10 @@ _PEAK_SCRIPT = textwrap.dedent("""
     import ctypes, json, sys
     import torch
     from transformers import OPTConfig, OPTForCausalLM
-    from hizfo.hybrid import HiZFO
-    from hizfo.meters import Meters
-    from hizfo.methods import TrainContext, causal_lm_loss
-    from hizfo.models import LoadedModel
+    from hizfo.core.hybrid import HiZFO
+    from hizfo.run.meters import Meters
+    from hizfo.core.methods import TrainContext, causal_lm_loss
+    from hizfo.core.models import LoadedModel
 
     torch.manual_seed(0)
     # OPT-125M's proportions (the blocks hold ~70 % of the weights) at a third of its width, and a few sequences:

@@ -1,4 +1,4 @@
-"""The two download-free real tasks (issue 12): `pydoc` (stdlib function -> docstring summary, a committed
+"""The two download-free real tasks: `pydoc` (stdlib function -> docstring summary, a committed
 snapshot) and `humaneval_split` (HumanEval halves: train on one, pass@1 on the other)."""
 from __future__ import annotations
 

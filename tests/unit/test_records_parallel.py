@@ -6,7 +6,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-from hizfo.records import read_record, write_json_atomic
+from hizfo.run.records import read_record, write_json_atomic
 
 N_WRITERS = 8
 ROUNDS = 25

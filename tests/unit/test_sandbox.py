@@ -1,4 +1,4 @@
-"""The sandbox for generated code (issue 5): HumanEval's canonical solutions pass, wrong ones fail, and every
+"""The sandbox for generated code: HumanEval's canonical solutions pass, wrong ones fail, and every
 hostile program is contained while the evaluator (this test process) survives and scores it as failed."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hizfo.metrics import humaneval_pass_at_1, humaneval_results
-from hizfo.sandbox import (RUNNER, RUNNER_IN_VIEW, CheckedProgram, SandboxLimits, isolation_level, run_checks,
-                           run_program, run_programs)
+from hizfo.eval.metrics import humaneval_pass_at_1, humaneval_results
+from hizfo.eval.sandbox import (RUNNER, RUNNER_IN_VIEW, CheckedProgram, SandboxLimits, isolation_level, run_checks,
+                                run_program, run_programs)
 
 LIMITS = SandboxLimits(timeout=2.0, startup_grace=5.0)
 LEVEL = isolation_level()

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import hizfo
-from hizfo.metrics import humaneval_results, pass_at_1
-from hizfo.sandbox import namespaces_unavailable_reason, process_unavailable_reason, run_program
+from hizfo.eval.metrics import humaneval_results, pass_at_1
+from hizfo.eval.sandbox import namespaces_unavailable_reason, process_unavailable_reason, run_program
 
 NO_NAMESPACES = namespaces_unavailable_reason()
 NO_PROCESS = process_unavailable_reason()
@@ -228,7 +228,7 @@ def test_the_answer_key_is_out_of_reach_and_scores_zero(level):
 def test_no_file_of_the_repository_or_its_environment_can_be_read(level):
     repo = Path(hizfo.__file__).resolve().parents[1]
     import sys
-    targets = [str(answer_key()), str(repo / "README.md"), str(repo / "hizfo" / "sandbox.py"),
+    targets = [str(answer_key()), str(repo / "README.md"), str(repo / "hizfo" / "eval" / "sandbox.py"),
                os.path.join(sys.prefix, "pyvenv.cfg"), "/etc/passwd"]
     code = ("import os, sys\nread = []\n"
             f"for path in {targets!r}:\n    try:\n        open(path, 'rb').read(1)\n        read.append(path)\n"
@@ -293,7 +293,7 @@ def test_ioctl_beyond_the_safe_set_is_refused_and_scores_zero(level):
 
 # -- levels: a level that cannot contain code is refused before anything runs ---------------------------------------
 def test_a_level_that_cannot_work_here_is_refused_in_one_line(monkeypatch):
-    import hizfo.sandbox as sandbox
+    import hizfo.eval.sandbox as sandbox
     from hizfo.errors import ConfigError
     from hizfo.tasks.humaneval import HumanEvalTask
     from tests.unit.test_tasks import FIXTURES, OmegaConf, compose
@@ -311,13 +311,13 @@ def test_a_level_that_cannot_work_here_is_refused_in_one_line(monkeypatch):
 @pytest.mark.skipif(NO_PROCESS is not None, reason=str(NO_PROCESS))
 def test_the_process_level_warns_once_naming_what_it_does_not_isolate(monkeypatch):
     import warnings
-    import hizfo.sandbox as sandbox
+    import hizfo.eval.sandbox as sandbox
     monkeypatch.setattr(sandbox, "namespaces_unavailable_reason", lambda: "bubblewrap (bwrap) is not installed")
     sandbox._warn_process_level.cache_clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert sandbox.isolation_level("auto") == "process"
         assert sandbox.isolation_level("auto") == "process"
-    messages = [str(w.message) for w in caught if "hizfo.sandbox" in str(w.message)]
+    messages = [str(w.message) for w in caught if "hizfo.eval.sandbox" in str(w.message)]
     assert len(messages) == 1 and "\n" not in messages[0]
     assert all(word in messages[0] for word in ("bubblewrap", "IPC", "network", "PID", "UTS", "mount"))

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from hizfo.metrics import humaneval_results, pass_at_1
-from hizfo.sandbox import (CheckedProgram, SandboxLimits, namespaces_unavailable_reason, process_unavailable_reason,
-                           run_checks, run_program)
+from hizfo.eval.metrics import humaneval_results, pass_at_1
+from hizfo.eval.sandbox import (CheckedProgram, SandboxLimits, namespaces_unavailable_reason,
+                                process_unavailable_reason, run_checks, run_program)
 
 NO_NAMESPACES = namespaces_unavailable_reason()
 NO_PROCESS = process_unavailable_reason()

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hizfo.costs import backward_budget, integer_budget, quantize_costs
+from hizfo.core.costs import backward_budget, integer_budget, quantize_costs
 from hizfo.errors import ConfigError
-from hizfo.selection import select_tensors, selection_cost
+from hizfo.core.selection import select_tensors, selection_cost
 
 
 def brute_force(importance: np.ndarray, t_dw: np.ndarray, t_dy: np.ndarray, budget: int) -> float:

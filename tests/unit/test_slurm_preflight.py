@@ -1,4 +1,4 @@
-"""The checks run before a Slurm submission (hizfo.slurm_preflight): a partition that exists, a time limit that holds
+"""The checks run before a Slurm submission (hizfo.run.slurm_preflight): a partition that exists, a time limit that holds
 a checkpoint interval, and a clear line where there is no Slurm at all."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from hizfo.errors import ConfigError
-from hizfo.slurm_preflight import check_partition, check_timeout
+from hizfo.run.slurm_preflight import check_partition, check_timeout
 from tests.conftest import ROOT
 
 
@@ -66,13 +66,13 @@ esac
 
 
 def test_gpus_are_counted_not_matched_as_a_substring():
-    from hizfo.slurm_preflight import gpu_count
+    from hizfo.run.slurm_preflight import gpu_count
     assert [gpu_count(g) for g in ("gpu:4", "gpu:a100:4(S:0-1)", "gpu:a100:2,gpu:v100:1(S:0)", "(null)",
                                    "mygpu:2", "gpu:0", "gpu", "shard:8,gpu:h100:8(S:0,1)")] == [4, 4, 3, 0, 0, 0, 1, 8]
 
 
 def test_the_recorded_sinfo_text_is_read_node_by_node():
-    from hizfo.slurm_preflight import parse_nodes
+    from hizfo.run.slurm_preflight import parse_nodes
     nodes = parse_nodes(RECORDED_SINFO + "garbage line\n")
     assert [(n.partition, n.default, n.cpus, n.mem_mb, n.gpus) for n in nodes] == [
         ("debug", True, 2, 16000, 0), ("gpu", False, 64, 515000, 4), ("gpu", False, 32, 257000, 3),
@@ -104,7 +104,7 @@ def test_the_recorded_sinfo_text_is_read_node_by_node():
     (dict(partition="debug", cpus_per_task=2, mem_gb=15), None),
 ])
 def test_what_a_job_asks_must_fit_the_partitions_largest_node(asked, expected):
-    from hizfo.slurm_preflight import check_resources, parse_nodes
+    from hizfo.run.slurm_preflight import check_resources, parse_nodes
     nodes = parse_nodes(RECORDED_SINFO)
     if expected is None:
         check_resources(nodes, **asked)
@@ -115,7 +115,7 @@ def test_what_a_job_asks_must_fit_the_partitions_largest_node(asked, expected):
 
 
 def test_no_single_node_holding_everything_at_once_is_refused():
-    from hizfo.slurm_preflight import check_resources, parse_nodes
+    from hizfo.run.slurm_preflight import check_resources, parse_nodes
     nodes = parse_nodes("big|64|16000|(null)\nfat|4|515000|(null)\n")
     with pytest.raises(ConfigError, match=r"^hydra\.launcher: no node of partition 'big,fat' has 32 CPUs, 100 GB "
                                           r"and 0 GPUs at once"):
@@ -125,7 +125,7 @@ def test_no_single_node_holding_everything_at_once_is_refused():
 def test_the_callback_refuses_the_launchers_defaults_on_a_two_cpu_node_before_sbatch(tmp_path, monkeypatch, capsys):
     """The Hydra callback with conf/launcher/slurm.yaml's values on the recorded cluster: exit 2, one line."""
     from omegaconf import OmegaConf
-    from hizfo.slurm_preflight import SlurmPreflight
+    from hizfo.run.slurm_preflight import SlurmPreflight
     fake_sinfo(tmp_path, monkeypatch)
     launcher = OmegaConf.load(ROOT / "conf" / "launcher" / "slurm.yaml").hydra.launcher
     launcher._target_ = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"

@@ -1,11 +1,11 @@
-"""Stop strings with any tokenizer (hizfo/stopping.py), one cut for generation and scoring, HumanEval's code stops."""
+"""Stop strings with any tokenizer (hizfo/eval/stopping.py), one cut for generation and scoring, HumanEval's code stops."""
 from __future__ import annotations
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from hizfo.stopping import cut_at, find_stop
+from hizfo.eval.stopping import cut_at, find_stop
 from tests.conftest import ROOT, compose, tiny
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -20,7 +20,7 @@ def test_find_stop_is_the_earliest_of_all_stops():
 
 def test_generation_stops_at_a_stop_string_with_the_word_level_tokenizer():
     """transformers' StopStringCriteria raised 'substring not found' on this tokenizer; ours stops and cuts."""
-    from hizfo.loop import generate
+    from hizfo.run.evaluation import generate
     loaded = tiny("tiny-opt")
     task = instantiate(compose(["task.options.n_eval=1", "task.generation.max_new_tokens=12"]).task, _convert_="all")
     examples = task.examples("eval")
@@ -81,7 +81,7 @@ def _recording(loaded) -> list[int]:
 
 def test_a_batch_stops_generating_when_its_last_row_has_stopped():
     """Greedy, 3 rows, the task's stop strings: each row stops at its own step; the batch as soon as all have."""
-    from hizfo.loop import generate
+    from hizfo.run.evaluation import generate
     loaded = tiny("tiny-opt")
     task = instantiate(compose(["task.options.n_eval=3", "task.eval_batch_size=3",
                                 "task.generation.max_new_tokens=12"]).task, _convert_="all")
@@ -101,7 +101,7 @@ def test_a_batch_stops_generating_when_its_last_row_has_stopped():
 
 
 def test_beam_search_stops_when_every_beam_of_every_row_has_stopped():
-    from hizfo.loop import generate
+    from hizfo.run.evaluation import generate
     loaded = tiny("tiny-opt")
     task = instantiate(compose(["task.options.n_eval=3", "task.eval_batch_size=3", "task.generation.num_beams=3",
                                 "task.generation.early_stopping=true", "task.generation.max_new_tokens=12"]).task,

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose
-from hizfo.runspec import RunSpec
+from hizfo.run.runspec import RunSpec
 
 PRESET = ROOT / "conf" / "experiment" / "smollm2_study_cpu.yaml"
 ARMS = str(OmegaConf.load(PRESET).hydra.sweeper.params["+study_arm"]).split(",")

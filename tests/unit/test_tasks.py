@@ -1,4 +1,4 @@
-"""The paper's tasks: loaders on offline fixtures, A.3 templates exactly, truncation, and bad input (issue 5)."""
+"""The paper's tasks: loaders on offline fixtures, A.3 templates exactly, truncation, and bad input."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""What a user meets (issue 14, part 7): a log line per phase, all predictions on disk, the thread count used and
+"""What a user meets: a log line per phase, all predictions on disk, the thread count used and
 recorded, an unreachable hub that fails in seconds, short variant names for paths."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from hizfo.predictions import predictions_path, read_jsonl
+from hizfo.run.predictions import read_jsonl
+from hizfo.run.runspec import predictions_path
 from tests.conftest import ROOT
 
 
@@ -60,7 +61,7 @@ def test_num_threads_is_recorded(small_run):
 
 
 def test_num_threads_default_is_the_cpus_this_process_may_use(monkeypatch):
-    from hizfo.threads import available_cpus, resolve_num_threads
+    from hizfo.run.threads import available_cpus, resolve_num_threads
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     assert resolve_num_threads(None) == len(os.sched_getaffinity(0))
@@ -101,7 +102,7 @@ def test_the_hub_probe_is_bounded_by_its_timeout(monkeypatch):
 
 
 def test_path_overrides_appear_as_a_file_name_and_a_short_hash():
-    from hizfo.variant import short_variant_part
+    from hizfo.run.runspec import short_variant_part
     a = short_variant_part("model.gguf_file", "/data/a/model.gguf")
     b = short_variant_part("model.gguf_file", "/data/b/model.gguf")
     assert a.startswith("model.gguf_file=model.gguf-") and len(a.rsplit("-", 1)[1]) == 8 and a != b

@@ -1,4 +1,4 @@
-"""Bad input fails in one line naming the key and what is allowed, before a model loads (issue 14, part 5)."""
+"""Bad input fails in one line naming the key and what is allowed, before a model loads."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hizfo.errors import ConfigError
-from hizfo.validation import check_model_positions, validate_run_config
+from hizfo.run.validation import check_model_positions, validate_run_config
 from tests.conftest import ROOT, compose, tiny
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -191,7 +191,7 @@ def test_unclean_input_ends_in_one_line_and_exit_2(unclean_runs, override, expec
 
 
 def test_an_over_long_variant_is_shortened_with_a_hash(unclean_runs):
-    from hizfo.variant import MAX_VARIANT_CHARS
+    from hizfo.run.runspec import MAX_VARIANT_CHARS
     result, where = unclean_runs[f"variant={LONG_VARIANT}"]
     assert result["status"] == 0, result["stderr"][-3000:]
     (record,) = where.rglob("seed0.json")
@@ -201,7 +201,7 @@ def test_an_over_long_variant_is_shortened_with_a_hash(unclean_runs):
 
 
 def test_a_nul_or_separator_in_a_folder_name_is_refused():
-    from hizfo.runspec import RunSpec
+    from hizfo.run.runspec import RunSpec
     base = OmegaConf.to_container(compose([]), resolve=True)
     for key, value in (("model", "a\0b"), ("task", "x/../../y"), ("method", ".")):
         config = {**base, key: {**base[key], "name": value}}
@@ -211,7 +211,7 @@ def test_a_nul_or_separator_in_a_folder_name_is_refused():
 
 
 def test_distinct_long_variants_stay_distinct():
-    from hizfo.variant import MAX_VARIANT_CHARS, short_variant
+    from hizfo.run.runspec import MAX_VARIANT_CHARS, short_variant
     a, b = short_variant("x" * 200 + "a"), short_variant("x" * 200 + "b")
     assert a != b and len(a.encode()) == len(b.encode()) == MAX_VARIANT_CHARS
     assert short_variant("method.rho=0.2") == "method.rho=0.2"

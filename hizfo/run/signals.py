@@ -2,7 +2,7 @@
 
 SIGTERM (Slurm preemption, scancel, the time limit itself) and SIGUSR1 / SIGUSR2 (the warning Slurm sends
 ``signal_delay_s`` before the time limit; submitit 1.5 asks for USR2, older versions USR1) go to the *listener*
-that is active (the run's ``hizfo.checkpoint.Checkpointer``). It notes the signal, checkpoints at the next step
+that is active (the run's ``hizfo.run.checkpoint.Checkpointer``). It notes the signal, checkpoints at the next step
 boundary and then asks the relay to pass the signal on to whoever handled it before: under submitit that is its
 handler, which calls the launcher's ``checkpoint`` and requeues the job with ``scontrol requeue``; outside submitit
 the default action ends the process. See docs/slurm.md.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from types import FrameType
 from typing import Any, Optional, Protocol
 
@@ -125,3 +126,64 @@ class SignalRelay:
 
 
 RELAY = SignalRelay()
+
+
+class DeferredSignal:
+    """One run's preemption signal, from its arrival to its passing on (the state machine the checkpointer uses).
+
+        nothing running  --signal-->  answer now: the owner saves, then ``deliver`` passes it on
+        step or save     --signal-->  pending (the first signal wins) until the step boundary, then as above
+        any              --stop-->    stopped: a signal still pending is passed on (or raised again if the relay
+                                      has already given the handlers back)
+    """
+
+    def __init__(self, relay: SignalRelay = RELAY) -> None:
+        self.relay = relay
+        self.pending: Optional[Pending] = None
+        self.in_training = False        # a training step may be under way: answer at the next step boundary
+        self.saving = False             # a checkpoint is being written: answer when it is done
+        self.stopped = False
+
+    def note(self, signum: int, frame: Optional[FrameType]) -> bool:
+        """Record the signal; True if it is to be answered now (no step and no save under way)."""
+        if self.pending is None:
+            self.pending = (signum, frame)
+        if self.in_training or self.saving:
+            print(f"checkpoint: {signal_name(signum)} received; checkpointing after this step",
+                  file=sys.stderr, flush=True)
+            return False
+        return True
+
+    @property
+    def reason(self) -> Optional[str]:
+        """The waiting signal's name (why the next checkpoint is written), or None."""
+        return signal_name(self.pending[0]) if self.pending is not None else None
+
+    def take(self) -> Optional[Pending]:
+        """The signal noted and not yet passed on (cleared)."""
+        pending, self.pending = self.pending, None
+        return pending
+
+    def deliver(self, saved: str) -> None:
+        """Pass a waiting signal on, once the owner has saved (``saved`` says what, for the log line)."""
+        pending = self.take()
+        if pending is None:
+            return
+        signum, frame = pending
+        print(f"checkpoint: saved {saved} on {signal_name(signum)}; passing the signal on", file=sys.stderr, flush=True)
+        self.relay.pass_on(signum, frame)
+
+    def stop(self, listener: SignalListener) -> None:
+        """The run is over: signals no longer come to ``listener``; one still waiting is passed on now."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.in_training = False
+        pending = self.take()
+        self.relay.deactivate(listener)
+        if pending is not None:             # a signal came while a step was running and no step followed
+            signum, frame = pending
+            if self.relay.installed:
+                self.relay.pass_on(signum, frame)
+            else:                           # handlers already given back: let the one in place act
+                signal.raise_signal(signum)

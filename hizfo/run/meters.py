@@ -10,6 +10,8 @@ from typing import Iterator
 
 import torch
 
+from hizfo.core.device import synchronize  # noqa: F401  (also imported from here)
+
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
@@ -22,12 +24,6 @@ def _vm_hwm_bytes() -> int | None:
     except OSError:
         return None
     return None
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA); a wall-clock timer around GPU work needs this at both ends."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass

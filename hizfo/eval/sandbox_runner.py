@@ -1,10 +1,10 @@
-"""The trusted runner of hizfo.sandbox: the first code in each sandboxed interpreter (stdlib only, run by path).
+"""The trusted runner of hizfo.eval.sandbox: the first code in each sandboxed interpreter (stdlib only, run by path).
 
 ``python -I -B sandbox_runner.py`` reads its job from stdin (an 8-byte length, then JSON), drops privileges,
 sets the resource limits, and runs the job: a plain program under a supervisor, or a checked program (the
 untrusted code serves its entry point; the trusted tests run in the supervisor and call it through a pipe).
 Before any untrusted code runs, :func:`contain` restricts the process with Landlock (it may read only the
-Python runtime, see ``hizfo.sandbox.runtime_view``) and a seccomp allow-list that the evaluator compiled with
+Python runtime, see ``hizfo.eval.sandbox.runtime_view``) and a seccomp allow-list that the evaluator compiled with
 libseccomp. Both are kernel state: nothing the program does in Python can undo them.
 
 This file is also bound into the namespaces-level view (read-only), so it imports nothing from hizfo.

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from hizfo.errors import ConfigError
-from hizfo.models import LoadedModel
-from hizfo.precision import ChangeMonitor, MasterWeights, compute_context, is_low_precision
+from hizfo.core.models import LoadedModel
+from hizfo.core.precision import ChangeMonitor, MasterWeights, compute_context, is_low_precision
 from hizfo.tasks.base import Task
 
 Batch = dict[str, torch.Tensor]
@@ -80,7 +80,10 @@ class Method(Protocol):
     """The interface every method meets; the loop never asks which method it drives.
 
     A method may also set ``holds_out_dev = True``: the loop then takes a dev split out of the training examples
-    (``Task.train_dev_split``) and serves it through ``TrainContext.dev_batches``.
+    (``Task.train_dev_split``) and serves it through ``TrainContext.dev_batches``; and ``reserved_positions``
+    (an int): the model positions it takes before every prompt (prefix-tuning's virtual tokens), which the
+    length check leaves free. ``holds_out_dev`` and ``reserved_positions`` read as False / 0 where a method
+    does not set them (``method_traits``).
     """
 
     def setup(self, ctx: TrainContext) -> None:
@@ -108,6 +111,19 @@ class Method(Protocol):
         """Restore what ``state_dict`` returned."""
 
 
+@dataclass(frozen=True)
+class MethodTraits:
+    """What the loop and the run's checks ask of a method instance, beyond the protocol's calls."""
+    holds_out_dev: bool = False
+    reserved_positions: int = 0
+
+
+def method_traits(method: Any) -> MethodTraits:
+    """A method's ``holds_out_dev`` and ``reserved_positions``, False / 0 where it does not set them."""
+    return MethodTraits(holds_out_dev=bool(getattr(method, "holds_out_dev", False)),
+                        reserved_positions=int(getattr(method, "reserved_positions", 0) or 0))
+
+
 # ---------------------------------------------------------------------------------------------------
 # shared pieces
 
@@ -115,7 +131,7 @@ class Method(Protocol):
 def causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Mean token cross-entropy on the target tokens (labels are -100 elsewhere).
 
-    Under precision=bf16-mixed the forward runs in bf16 autocast (hizfo.precision.compute_context); its backward
+    Under precision=bf16-mixed the forward runs in bf16 autocast (hizfo.core.precision.compute_context); its backward
     follows the dtypes the forward recorded. The loss itself is fp32 (HF upcasts the logits).
     """
     with compute_context(batch["input_ids"].device):

@@ -1,7 +1,8 @@
-"""Every evaluation prediction of a run, next to its record: ``seed<N>.predictions.jsonl`` (one JSON object a line).
+"""Every evaluation prediction of a run, next to its record (``RunSpec.predictions_path``:
+``seed<N>.predictions.jsonl``, one JSON object a line).
 
 The record keeps five samples; this file keeps all of them, so a score can be re-checked or re-scored without
-generating again. Written as the record is (hizfo.records.write_json_atomic): a temp file in the same folder,
+generating again. Written as the record is (hizfo.run.records.write_json_atomic): a temp file in the same folder,
 fsync, rename, so a reader sees the old file or the new one, never half of one.
 """
 from __future__ import annotations
@@ -10,16 +11,11 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from hizfo.records import write_text_atomic
-
-
-def predictions_path(record_path: Path) -> Path:
-    """``.../seed0.json`` -> ``.../seed0.predictions.jsonl`` (seeds share a folder, so the seed stays in the name)."""
-    return record_path.with_name(f"{record_path.stem}.predictions.jsonl")
+from hizfo.run.records import write_text_atomic
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """One JSON object per line, written atomically as records are (``hizfo.records.write_text_atomic``)."""
+    """One JSON object per line, written atomically as records are (``hizfo.run.records.write_text_atomic``)."""
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
 
 

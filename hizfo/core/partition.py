@@ -12,12 +12,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hizfo.costs import backward_budget, integer_budget, quantize_costs, tensor_costs
+from hizfo.core.costs import backward_budget, integer_budget, quantize_costs, tensor_costs
 from hizfo.errors import ConfigError
-from hizfo.meters import synchronize
-from hizfo.methods import Batch, unique_named_parameters
-from hizfo.profiling import tensor_importance
-from hizfo.selection import select_tensors, selection_cost
+from hizfo.core.device import synchronize
+from hizfo.core.methods import Batch, unique_named_parameters
+from hizfo.core.profiling import tensor_importance
+from hizfo.core.selection import select_tensors, selection_cost
 
 ZO_SCOPES = ("all", "below")
 _LAYER = re.compile(r"\.(\d+)\.")

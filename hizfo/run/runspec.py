@@ -1,20 +1,27 @@
 """What identifies a run: the one place that says which config keys change the computation and which only report.
 
-A ``RunSpec`` is built once from the composed config. It owns the variant name (the folder between method and
-seed), the record path, the config hash that says "same computation", and resume compatibility. run.py, the records,
-the checkpoint guard and analysis all ask it; no other list of keys exists (tests/unit/test_runspec.py checks).
+A ``RunSpec`` is built once from the composed config. It owns the variant (the folder between method and seed:
+its format, how long it may be, how a path appears in it, and its parser), every path of the run (record,
+predictions, checkpoint folder), the config hash that says "same computation", and resume compatibility. run.py,
+the records, the checkpointer and analysis all ask it; no other list of keys exists (tests/unit/test_runspec.py
+scans hizfo/, baselines/, analysis/ and benchmarks/ for one).
+
+How one override appears in a variant: ``key=value``. A path names where data lives, not what a run computes, and
+makes an unreadable folder name, so a path-valued override appears as its file name and a short hash of the whole
+path: two files with the same name in different folders stay two variants. A variant too long for one folder name
+(255 bytes on most file systems) keeps its start and ends in a hash of the whole name.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from hizfo.errors import ConfigError
-from hizfo.variant import short_variant, short_variant_part
 
 # Top-level keys that say where or how a run is reported, or on which hardware: not what it computes. The device
 # is among them: the same config on the CPU and on a GPU is the same experiment, and the record's provenance says
@@ -31,6 +38,60 @@ REPORTING_NESTED: dict[str, tuple[str, ...]] = {
 # Config groups: choosing one is already in the path (model/task/method) or is a preset / launcher.
 GROUPS: tuple[str, ...] = ("model", "task", "method", "logger", "launcher", "experiment", "tuning", "study_arm")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+,-]+")
+PREDICTIONS_SUFFIX = ".predictions.jsonl"
+
+
+# keys whose values are paths, by their last part (task.data_files.<split>, task.data_dir, model.path, ...)
+PATH_KEYS = ("path", "data_dir", "gguf_file", "data_files")   # data_files={train: A, eval: B} as a whole
+PATH_PARENTS = ("data_files",)
+HASH_CHARS = 8
+MAX_VARIANT_CHARS = 160      # well under NAME_MAX (255 bytes); the longest committed variant has 42
+
+
+def is_path_valued(key: str, value: str) -> bool:
+    """Whether the override ``key=value`` names a file or folder."""
+    parts = key.split(".")
+    return bool(value) and (parts[-1] in PATH_KEYS or (len(parts) > 1 and parts[-2] in PATH_PARENTS))
+
+
+def short_variant_part(key: str, value: str) -> str:
+    """``key=value``, or for a path ``key=<file name>-<first 8 hex of sha256(path as written)>``.
+
+    Pure (no file system): the same file written as a relative and as an absolute path gives two variants.
+    """
+    if not is_path_valued(key, value):
+        return f"{key}={value}"
+    digest = hashlib.sha256(value.encode()).hexdigest()[:HASH_CHARS]
+    if value.startswith(("{", "[")):                                # several paths at once: the hash alone
+        return f"{key}={digest}"
+    name = posixpath.basename(value.rstrip("/")) or "root"
+    return f"{key}={name}-{digest}"
+
+
+def short_variant(variant: str) -> str:
+    """``variant`` itself when it has at most ``MAX_VARIANT_CHARS`` bytes, else its start, ``-`` and the first 8 hex
+    of sha256(variant): distinct long variants stay distinct, and the folder name stays legal."""
+    if len(variant.encode()) <= MAX_VARIANT_CHARS:
+        return variant
+    digest = hashlib.sha256(variant.encode()).hexdigest()[:HASH_CHARS]
+    head = variant.encode()[:MAX_VARIANT_CHARS - HASH_CHARS - 1].decode(errors="ignore")
+    return f"{head}-{digest}"
+
+
+_OVERRIDE_SPLIT = re.compile(r",(?=[+~]?[A-Za-z_][\w.]*=)")
+
+
+def parse_variant(variant: Optional[str]) -> list[tuple[str, str]]:
+    """``"method.rho=0.2,model.arch.hidden_size=64"`` -> [("method.rho", "0.2"), ...] (commas in lists kept);
+    ``default`` or nothing -> []. The inverse of ``derive_variant`` up to the sorting and a shortened tail."""
+    if not variant or variant == "default":
+        return []
+    pairs = []
+    for part in _OVERRIDE_SPLIT.split(variant):
+        key, sep, value = part.partition("=")
+        if sep:
+            pairs.append((key.lstrip("+~"), value))
+    return pairs
 
 
 def is_reporting(key: str) -> bool:
@@ -98,10 +159,25 @@ def _safe(part: str) -> str:
     return _UNSAFE.sub("_", part) or "_"
 
 
+def run_folder(model: str, task: str, method: str, variant: str, seed: int) -> Path:
+    """``<model>/<task>/<method>/<variant>/seed<seed>``: where a run's files live under a results or checkpoint root."""
+    return Path(_safe(model)) / _safe(task) / _safe(method) / _safe(variant or "default") / f"seed{seed}"
+
+
 def record_path(results_dir: str | Path, model: str, task: str, method: str, variant: str, seed: int) -> Path:
     """``<results_dir>/<model>/<task>/<method>/<variant>/seed<seed>.json``."""
-    return (Path(results_dir) / _safe(model) / _safe(task) / _safe(method) / _safe(variant or "default")
-            / f"seed{seed}.json")
+    return Path(results_dir) / run_folder(model, task, method, variant, seed).with_suffix(".json")
+
+
+def predictions_path(record: str | Path) -> Path:
+    """``.../seed0.json`` -> ``.../seed0.predictions.jsonl`` (seeds share a folder, so the seed stays in the name)."""
+    record = Path(record)
+    return record.with_name(record.stem + PREDICTIONS_SUFFIX)
+
+
+def checkpoint_root(results_dir: str | Path, checkpoint_dir: Optional[str | Path]) -> Path:
+    """``checkpoint_dir``, or ``<results_dir>/../checkpoints`` (results/runs -> results/checkpoints)."""
+    return Path(checkpoint_dir) if checkpoint_dir else Path(results_dir).parent / "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -109,8 +185,9 @@ class RunSpec:
     """One run's identity, built once from the resolved config and the command-line overrides."""
     config: dict[str, Any]          # the resolved config, with ``variant`` filled in
     variant: str
-    path: Path
+    path: Path                      # the record
     config_hash: str
+    folder: Path                    # <model>/<task>/<method>/<variant>/seed<N>, relative to a root
 
     @classmethod
     def build(cls, config: dict[str, Any], overrides: Iterable[str] = ()) -> "RunSpec":
@@ -129,13 +206,23 @@ class RunSpec:
             check_folder_name("variant", str(named))
         variant = short_variant(variant)             # a folder name has at most 255 bytes
         config["variant"] = variant
-        path = record_path(config["results_dir"], config["model"]["name"], config["task"]["name"],
-                           config["method"]["name"], variant, config["seed"])
-        return cls(config=config, variant=variant, path=path, config_hash=config_hash(config))
+        folder = run_folder(config["model"]["name"], config["task"]["name"], config["method"]["name"], variant,
+                            config["seed"])
+        return cls(config=config, variant=variant, path=Path(config["results_dir"]) / folder.with_suffix(".json"),
+                   config_hash=config_hash(config), folder=folder)
 
     def same_run(self, other_hash: Optional[str]) -> bool:
         """Whether a record or checkpoint with ``other_hash`` computed what this spec computes."""
         return other_hash == self.config_hash
+
+    @property
+    def predictions_path(self) -> Path:
+        return predictions_path(self.path)
+
+    @property
+    def checkpoint_folder(self) -> Path:
+        """The run's checkpoint folder: its record's place under the checkpoint root, without ``.json``."""
+        return checkpoint_root(self.config["results_dir"], self.config.get("checkpoint_dir")) / self.folder
 
     @property
     def name(self) -> str:

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from hizfo.precision import is_low_precision, round_to
+from hizfo.core.precision import is_low_precision, round_to
 
 CHUNK_CPU = 1 << 20     # elements per noise chunk on CPU (4 MiB of fp32)
 CHUNK_CUDA = 1 << 24    # on CUDA: few, large launches

@@ -1,4 +1,5 @@
-"""The one training loop every method runs in: seeded data order, meters, progress, evaluation."""
+"""The one training loop every method runs in: seeded data order, meters, progress, checkpoints, the curve's epoch-end
+points; the evaluation it calls is hizfo/run/evaluation.py."""
 from __future__ import annotations
 
 import math
@@ -9,14 +10,13 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import StoppingCriteriaList
 
 from hizfo.errors import TrainingDiverged
-from hizfo.meters import Meters
-from hizfo.methods import Batch, Method, MethodSummary, TrainContext, causal_lm_loss
-from hizfo.models import LoadedModel
-from hizfo.stopping import StopOnText
-from hizfo.tasks.base import Example, Task, check_fits, collate_train, encode_prompts, encode_train
+from hizfo.run.meters import Meters
+from hizfo.core.methods import Batch, Method, MethodSummary, TrainContext, method_traits
+from hizfo.core.models import LoadedModel
+from hizfo.run.evaluation import eval_loss, evaluate, evaluate_model_only, input_device
+from hizfo.tasks.base import Example, Task, check_fits, collate_train, encode_train
 
 
 def seed_everything(seed: int) -> None:
@@ -30,14 +30,6 @@ def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
-
-
-def input_device(model: torch.nn.Module, fallback: torch.device) -> torch.device:
-    """Where a (possibly sharded) model wants its inputs."""
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return fallback
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
@@ -112,49 +104,6 @@ def encode_split(task: Task, loaded: LoadedModel, examples: list[Example]) -> li
             for e in examples]
 
 
-@torch.no_grad()
-def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: list[Example],
-             device: torch.device, desc: str = "eval") -> list[str]:
-    """Batched, left-padded generation with the task's settings; returns the cut continuations."""
-    tokenizer = loaded.tokenizer
-    gen = task.cfg.generation
-    was_training = model.training
-    model.eval()
-    outputs: list[str] = []
-    batch_size = task.cfg.eval_batch_size
-    kwargs: dict[str, Any] = dict(max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams,
-                                  repetition_penalty=gen.repetition_penalty, do_sample=False,
-                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    if gen.num_beams > 1:
-        kwargs.update(length_penalty=gen.length_penalty, early_stopping=gen.early_stopping)
-    target = input_device(model, device)
-    order = list(range(len(examples)))
-    if task.cfg.group_by_length:                 # longest prompts first, so a batch's left padding is small
-        lengths = [len(tokenizer(e.prompt).input_ids) for e in examples]
-        order.sort(key=lambda i: -lengths[i])
-    # leave=True: the bar ends its line, so what is printed next (``metrics:``) starts a line of its own in a log
-    for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=True, dynamic_ncols=True):
-        chunk = [examples[i] for i in order[start:start + batch_size]]
-        batch = {k: v.to(target) for k, v in encode_prompts(chunk, tokenizer, task.cfg.max_input_length).items()}
-        # stop where task.postprocess will cut, with any tokenizer (transformers' stop_strings cannot take all)
-        stop = StoppingCriteriaList([StopOnText(tokenizer, batch["input_ids"].shape[1], task.stop_index)])
-        generated = model.generate(**batch, **kwargs, stopping_criteria=stop)   # [B, N_prompt + N_new]
-        new_tokens = generated[:, batch["input_ids"].shape[1]:]
-        for row in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
-            outputs.append(task.postprocess(row))
-    model.train(was_training)
-    in_order = [""] * len(examples)
-    for position, index in enumerate(order):                    # back to the examples' own order
-        in_order[index] = outputs[position]
-    return in_order
-
-
-def evaluate(method: Method, loaded: LoadedModel, task: Task, device: torch.device) -> tuple[dict[str, float], list[str]]:
-    examples = task.examples("eval")
-    predictions = generate(method.eval_model(), loaded, task, examples, device)
-    return task.score(predictions, examples), predictions
-
-
 @dataclass
 class DivergenceWatch:
     """Stop a run whose loss is not finite, or stays above ``factor`` × its first loss for ``patience`` steps."""
@@ -193,25 +142,6 @@ def loss_curve(losses: list[float], every: int) -> list[list[float]]:
             for start in range(0, len(losses), every)]
 
 
-@torch.no_grad()
-def eval_loss(model: torch.nn.Module, encoded: list[dict[str, list[int]]], task: Task, pad_token_id: int,
-              device: torch.device) -> float:
-    """Teacher-forced mean token loss on the evaluation split's targets (eval mode; draws no random numbers)."""
-    was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
-    size = task.cfg.eval_batch_size
-    if task.cfg.group_by_length:                 # a sum over tokens: the order only changes the padding
-        encoded = sorted(encoded, key=lambda e: -len(e["input_ids"]))
-    for start in range(0, len(encoded), size):
-        batch = {k: v.to(device) for k, v in collate_train(encoded[start:start + size], pad_token_id).items()}
-        count = int((batch["labels"][:, 1:] != -100).sum())        # the tokens the shifted loss averages over
-        total += float(causal_lm_loss(model, batch)) * count
-        tokens += count
-    model.train(was_training)
-    return total / max(1, tokens)
-
-
 @dataclass
 class LoopResult:
     metrics: dict[str, float]
@@ -231,17 +161,37 @@ def training_examples(method: Method, task: Task, trains: bool = True) -> tuple[
     """The examples the training stream draws from, and the dev split a method with ``holds_out_dev`` draws
     its dev batches from (taken out of the training stream; one line if too few are left for a batch when the run
     trains: an evaluation-only run needs no full batch)."""
-    if getattr(method, "holds_out_dev", False):
+    if method_traits(method).holds_out_dev:
         return task.train_dev_split(batch_size=task.cfg.batch_size if trains else None)
     return task.examples("train"), []
 
 
-def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, task: Task, device: torch.device,
-                       seed: int, meters: Meters, log: Callable[[int, dict[str, float]], None],
-                       checkpoint: Optional[Any] = None, eval_every_epoch: bool = False,
-                       eval_before_training: bool = False, train_dropout: bool = False,
-                       divergence: Optional[DivergenceWatch] = None, eval_loss_every_epoch: bool = True) -> LoopResult:
+@dataclass
+class LoopOptions:
+    """How the shared loop runs a method: the device, the seed and the run's loop keys (conf/config.yaml)."""
+    device: torch.device
+    seed: int = 0
+    train_dropout: bool = False               # dropout on while training, for every method alike
+    eval_before_training: bool = False        # also score the untrained model (``before_*`` metrics)
+    eval_every_epoch: bool = False            # the task's metrics at every epoch's end, in the curve
+    eval_loss_every_epoch: bool = True        # the evaluation split's loss at every epoch's end, in the curve
+    divergence: DivergenceWatch = field(default_factory=DivergenceWatch)
+
+    @classmethod
+    def from_run_config(cls, cfg: Any, device: torch.device) -> "LoopOptions":
+        """The options a run's composed config sets (``divergence_*`` checked here: one line if out of range)."""
+        return cls(device=device, seed=int(cfg.seed), train_dropout=bool(cfg.train_dropout),
+                   eval_before_training=bool(cfg.eval_before_training), eval_every_epoch=bool(cfg.eval_every_epoch),
+                   eval_loss_every_epoch=bool(cfg.eval_loss_every_epoch),
+                   divergence=divergence_watch(cfg.divergence_factor, cfg.divergence_patience))
+
+
+def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, task: Task, options: LoopOptions,
+                       meters: Meters, log: Optional[Callable[[int, dict[str, float]], None]] = None,
+                       checkpoint: Optional[Any] = None) -> LoopResult:
     """Set the method up, train it for its epochs (or ``max_steps``), then evaluate by generation."""
+    device, seed, divergence = options.device, options.seed, options.divergence
+    log = log or (lambda step, row: None)
     tokenizer = loaded.tokenizer
     trains = method_cfg.max_steps != 0                               # max_steps 0: evaluation only
     check_fits(task, tokenizer, "eval")
@@ -275,16 +225,15 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
     ctx = TrainContext(loaded=loaded, task=task, device=model_device, total_steps=total_steps,
                        steps_per_epoch=steps_per_epoch, zo_seeds=zo_seeds,
                        train_batches=lambda: stream("train").endless(salt=101),
-                       dev_batches=lambda: stream("dev").endless(salt=202), train_dropout=train_dropout,
+                       dev_batches=lambda: stream("dev").endless(salt=202), train_dropout=options.train_dropout,
                        n_train=len(split_rows.get("train", [])), n_dev=len(split_rows.get("dev", [])))
-    divergence = divergence or DivergenceWatch()
     history: list[dict[str, float]] = []
     before: dict[str, float] = {}
-    if eval_before_training:
+    if options.eval_before_training:
         with meters.timing("eval_seconds", device):
             before, _ = evaluate_model_only(loaded, task, device)
 
-    eval_encoded = encode_split(task, loaded, task.examples("eval")) if trains and eval_loss_every_epoch else None
+    eval_encoded = encode_split(task, loaded, task.examples("eval")) if trains and options.eval_loss_every_epoch else None
 
     def end_of_epoch(state: LoopState) -> None:
         """The curve's epoch-end point (eval loss; with eval_every_epoch also the task's metrics), not timed as training."""
@@ -294,7 +243,7 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
             if eval_encoded is not None:
                 entry["eval_loss"] = eval_loss(method.eval_model(), eval_encoded, task, tokenizer.pad_token_id,
                                                input_device(method.eval_model(), device))
-            if eval_every_epoch and state.step < total_steps:      # the final evaluation follows anyway
+            if options.eval_every_epoch and state.step < total_steps:      # the final evaluation follows anyway
                 epoch_metrics, _ = evaluate(method, loaded, task, device)
                 entry["metrics"] = epoch_metrics
                 log(state.step, {f"eval/{k}": v for k, v in epoch_metrics.items()})
@@ -304,11 +253,11 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
     meters.reset_peak(device)
     state = LoopState()
     seeds_used = state.zo_seeds_used                              # checkpointed with the loop position
-    loaded.model.train(train_dropout)                    # one dropout setting for every method (train_dropout)
+    loaded.model.train(options.train_dropout)                    # one dropout setting for every method (train_dropout)
     with meters.timing("train_seconds", device):
         with meters.timing("setup_seconds", device):
             method.setup(ctx)
-        method.eval_model().train(train_dropout)           # peft wrappers add modules: set the mode again
+        method.eval_model().train(options.train_dropout)           # peft wrappers add modules: set the mode again
         if checkpoint is not None:
             restored = checkpoint.restore(method, state, meters, zo_seeds)
             if restored:
@@ -361,10 +310,3 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
         metrics.update({f"before_{k}": v for k, v in before.items()})
     return LoopResult(metrics=metrics, predictions=predictions, history=history, summary=summary,
                       zo_seeds=seeds_used, losses=state.losses, epoch_evals=state.epoch_evals)
-
-
-def evaluate_model_only(loaded: LoadedModel, task: Task, device: torch.device) -> tuple[dict[str, float], list[str]]:
-    """Score the model as it is (used for the untrained baseline)."""
-    examples = task.examples("eval")
-    predictions = generate(loaded.model, loaded, task, examples, device, desc="eval (before)")
-    return task.score(predictions, examples), predictions

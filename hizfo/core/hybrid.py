@@ -25,41 +25,21 @@ One step, in the memory-lean order of docs/design.md "The Hi-ZFO step" (never tw
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from hizfo.config import MethodConfig, register_method_schema
+from hizfo.registry import HiZFOConfig, build_config
 from hizfo.errors import ConfigError
-from hizfo.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                           check_common, check_lr, replay_rng_if_training, schedule_factor, set_trainable)
-from hizfo.partition import Partition, check_partition_settings, check_rho, params_of, partition_model
-from hizfo.zo import ZOParams, chunk_seed, draw_seed
+from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
+                                check_common, check_lr, replay_rng_if_training, schedule_factor, set_trainable)
+from hizfo.core.partition import Partition, check_partition_settings, check_rho, params_of, partition_model
+from hizfo.core.zo import ZOParams, chunk_seed, draw_seed
 
 ZO_OPTIMIZERS = ("sgd", "adamw")
 ALPHA_MODES = ("update", "loss")
 ZO_UPDATES = ("estimate", "random_direction", "disabled")
-
-
-@register_method_schema("hizfo")
-@dataclass
-class HiZFOConfig(MethodConfig):
-    _target_: str = "hizfo.hybrid.HiZFO"
-    name: str = "hizfo"
-    lr: float = 2e-5                  # η_FO (§4.2)
-    epochs: int = 3                   # Hi-ZFO stops at 3 epochs (A.2)
-    lr_ratio: float = 0.1             # r = η_ZO / η_FO (§5.3, Fig. 3)
-    zo_lr: Optional[float] = None     # η_ZO explicitly; wins over lr_ratio
-    eps: float = 1e-3                 # ε (§4.2)
-    alpha: float = 0.1                # α (§3.4, Table 5, Fig. 4); what it scales: alpha_mode
-    alpha_mode: str = "update"        # update: α scales the ZO update (App. D eq. 10) | loss: L_FO + α·L_ZO (Alg. 1 l. 10)
-    zo_update: str = "estimate"       # estimate (the method) | random_direction | disabled (controls)
-    rho: float = 0.6                  # FLOPs budget ρ (§5.2, Table 4)
-    zo_optimizer: str = "sgd"         # sgd: eq. 3, no extra memory; adamw: +3×|Θ_ZO| memory
-    zo_scope: str = "all"             # all: every unselected tensor is ZO; below: only those under Θ_FO
-    buckets: int = 1000               # Tq, cost quantisation (GreenTrainer)
 
 
 def random_sign(seed: int) -> float:
@@ -71,7 +51,7 @@ class HiZFO:
     """The Hi-ZFO method: partition once before training (the paper's stated limitation), then dual streams."""
 
     def __init__(self, **cfg: Any) -> None:
-        self.cfg = HiZFOConfig(**cfg)
+        self.cfg = build_config(HiZFOConfig, cfg)
         check_common(self.cfg)
         check_rho(self.cfg.rho)
         check_lr("method.lr_ratio", self.cfg.lr_ratio)
@@ -173,7 +153,7 @@ class HiZFO:
         if has_fo:
             self.fo_trainer.step()
             # share of the stepped elements the update changed: the fp32 masters under precision=bf16, so this shows
-            # an update lost in fp32, not the rounding of the bf16 copies (hizfo.precision.MasterWeights.publish)
+            # an update lost in fp32, not the rounding of the bf16 copies (hizfo.core.precision.MasterWeights.publish)
             moved = self.fo_trainer.changed_fraction
             if moved is not None:
                 logs["fo_changed_fraction"] = moved

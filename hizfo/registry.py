@@ -1,0 +1,155 @@
+"""Every method's config schema, and the one registry table of methods: name -> config class -> implementation.
+
+Torch-free, so analysis reads a method's defaults without importing torch or peft. A config's ``_target_`` names
+the class that implements it (imported only when a run builds the method: ``implementation``); Hydra's config
+store gets every schema from ``METHODS`` (``register_schemas``), so no method registers by the side
+effect of an import. run.py, the tests' compose, analysis (hyperparameter defaults) and benchmarks (the classes
+they time) all read this table. Configs are built one way: ``build_config``.
+
+Each method's docstring and the reference it follows are in its implementation module (hizfo/core/hybrid.py,
+baselines/*.py); the yaml in conf/method/ sets only what differs from the schema.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+from hizfo.config import LoggerConfig, MethodConfig, ModelConfig, RunConfig, TaskConfig
+
+
+@dataclass
+class HiZFOConfig(MethodConfig):
+    _target_: str = "hizfo.core.hybrid.HiZFO"
+    name: str = "hizfo"
+    lr: float = 2e-5                  # η_FO (§4.2)
+    epochs: int = 3                   # Hi-ZFO stops at 3 epochs (A.2)
+    lr_ratio: float = 0.1             # r = η_ZO / η_FO (§5.3, Fig. 3)
+    zo_lr: Optional[float] = None     # η_ZO explicitly; wins over lr_ratio
+    eps: float = 1e-3                 # ε (§4.2)
+    alpha: float = 0.1                # α (§3.4, Table 5, Fig. 4); what it scales: alpha_mode
+    alpha_mode: str = "update"        # update: α scales the ZO update (App. D eq. 10) | loss: L_FO + α·L_ZO (Alg. 1 l. 10)
+    zo_update: str = "estimate"       # estimate (the method) | random_direction | disabled (controls)
+    rho: float = 0.6                  # FLOPs budget ρ (§5.2, Table 4)
+    zo_optimizer: str = "sgd"         # sgd: eq. 3, no extra memory; adamw: +3×|Θ_ZO| memory
+    zo_scope: str = "all"             # all: every unselected tensor is ZO; below: only those under Θ_FO
+    buckets: int = 1000               # Tq, cost quantisation (GreenTrainer)
+
+
+@dataclass
+class FullFTConfig(MethodConfig):
+    _target_: str = "baselines.full_ft.FullFT"
+    name: str = "full_ft"
+
+
+@dataclass
+class FTTop2Config(MethodConfig):
+    _target_: str = "baselines.ft_top2.FTTop2"
+    name: str = "ft_top2"
+    top_blocks: int = 2
+
+
+@dataclass
+class LoRAConfig(MethodConfig):
+    _target_: str = "baselines.lora.LoRA"
+    name: str = "lora"
+    rank: int = 8                                  # r
+    alpha: float = 32.0                            # lora_alpha; the update is scaled by alpha / r
+    lora_dropout: float = 0.1                      # active only with train_dropout=true (train mode)
+    target_modules: Optional[list[str]] = None     # None: the model's lora_target_modules
+
+
+@dataclass
+class PrefixConfig(MethodConfig):
+    _target_: str = "baselines.prefix.PrefixTuning"
+    name: str = "prefix"
+    num_virtual_tokens: int = 20                   # prefix length (key/value pairs per layer)
+    prefix_projection: bool = False                # True: Li & Liang's MLP reparameterisation
+    encoder_hidden_size: Optional[int] = None      # the MLP's width when prefix_projection (None: hidden size)
+
+
+@dataclass
+class GreenTrainerConfig(MethodConfig):
+    _target_: str = "baselines.greentrainer.GreenTrainer"
+    name: str = "greentrainer"
+    rho: float = 0.7          # GT-0.7 (paper Tables 1–3)
+    interval: int = 2         # re-select every 2 epochs
+    buckets: int = 1000       # Tq
+
+
+@dataclass
+class MeZOConfig(MethodConfig):
+    _target_: str = "baselines.mezo.MeZO"
+    name: str = "mezo"
+    lr: float = 1e-6                     # MeZO's full-parameter range is 1e-6 … 1e-7
+    eps: float = 1e-3                    # ε, the perturbation scale
+    schedule: str = "constant"           # MeZO uses a constant learning rate
+
+
+@dataclass
+class BilevelZOFOConfig(MethodConfig):
+    _target_: str = "baselines.bilevel_zofo.BilevelZOFO"
+    name: str = "bilevel_zofo"
+    lr: float = 2e-5                       # must equal upper_lr (the yaml sets lr: ${.upper_lr})
+    upper_lr: float = 2e-5                 # upper AdamW: p_U (and θ unless backbone_lr is set)
+    lower_lr: float = 1e-4                 # lower Adam on p_L (constant)
+    backbone_lr: Optional[float] = None    # upper AdamW's lr for θ (None: upper_lr)
+    lower_steps: int = 10                  # K: batches (one lower step each) per upper step (sweeps 10, 20, 30)
+    lam: float = 1.0                       # λ: weight of the penalty L(θ,p_U;train) − L(θ,p_L;train)
+    eps: float = 1e-3                      # ε of the one-sided ZO estimate on θ
+    rank: int = 8                          # both adapters are LoRA with these values
+    alpha: float = 16.0                    # the reference's sweeps: --lora_alpha=16 (run_bilevel.py's default too)
+    lora_dropout: float = 0.0              # as the reference's LoRA
+    schedule: str = "constant"             # the reference's upper optimizer has no scheduler
+    grad_clip: Optional[float] = 1.0       # the lower step's clip norm (the reference's HF Trainer max_grad_norm)
+    target_modules: Optional[list[str]] = None   # None: the model's lora_target_modules
+
+
+@dataclass
+class ZeroShotConfig(MethodConfig):
+    _target_: str = "baselines.zero_shot.ZeroShot"
+    name: str = "zero_shot"
+    lr: float = 0.0
+    epochs: int = 1
+    max_steps: Optional[int] = 0         # no update step: the loop goes straight to evaluation
+
+
+# the registry: every method a run can name (conf/method/<name>.yaml composes /schema/method/<name>)
+METHODS: dict[str, type] = {
+    "full_ft": FullFTConfig, "ft_top2": FTTop2Config, "lora": LoRAConfig, "prefix": PrefixConfig,
+    "greentrainer": GreenTrainerConfig, "mezo": MeZOConfig, "bilevel_zofo": BilevelZOFOConfig,
+    "zero_shot": ZeroShotConfig, "hizfo": HiZFOConfig,
+}
+
+
+def implementation(name: str) -> type:
+    """The class that implements method ``name`` (its config's ``_target_``), imported now."""
+    module, _, cls = METHODS[name]._target_.rpartition(".")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_config(cls: type, values: dict[str, Any]) -> Any:
+    """A typed config from the keyword arguments Hydra instantiates a method with: the one way a method's
+    config is built. A key the schema lacks is one line (composition refuses it first; this covers direct use)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from hizfo.errors import ConfigError
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"method.{unknown[0]}: not a key of {cls.__name__} "
+                          f"(its keys: {', '.join(sorted(f.name for f in fields(cls) if f.name != '_target_'))})")
+    plain = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+             for k, v in values.items()}
+    return cls(**plain)
+
+
+def register_schemas() -> None:
+    """Store every schema in Hydra's ConfigStore: the run, model, task and logger schemas and each method's as
+    ``/schema/method/<name>`` (conf/method/*.yaml compose them). Safe to call more than once."""
+    from hydra.core.config_store import ConfigStore
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/task", name="task", node=TaskConfig)
+    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
+    for name, schema in METHODS.items():
+        cs.store(group="schema/method", name=name, node=schema)

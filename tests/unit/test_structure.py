@@ -1,0 +1,249 @@
+"""The house's structure, read from the source (AST only, nothing imported): the layers, the sizes of the rooms.
+
+Layers, lowest first. A module may import from its own layer and any lower one, never from a higher one:
+
+    base       hizfo/*.py: errors, config schemas, hub probe, lock-file tool (ROOT_MODULES says why each)
+    eval       hizfo/eval: scoring generated text: metrics, stop rules, the code sandbox
+    tasks      hizfo/tasks: datasets, prompts, references
+    core       hizfo/core: the paper's algorithm and what it runs on: precision, device, models, the Method
+               protocol, ZO kernels, cost model, profiling, selection, partition, the hybrid step
+    run        hizfo/run: one run's infrastructure: spec, records, checkpoints, signals, locks, meters,
+               tracking, validation, the loop
+    baselines  baselines/: the comparison methods (plugins over core)
+    apps       run.py, analysis/, benchmarks/
+
+Every import counts, also those inside functions or under ``TYPE_CHECKING``: a lazy import is still a dependency.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("hizfo", "baselines", "analysis", "benchmarks")
+
+# module-name prefix -> layer; the longest matching prefix wins. A package is one layer.
+LAYER_OF_PREFIX: dict[str, str] = {
+    "hizfo": "base",                # hizfo/*.py at the root: errors, config, hub_probe, lockfile
+    "hizfo.eval": "eval",
+    "hizfo.tasks": "tasks",
+    "hizfo.core": "core",
+    "hizfo.run": "run",
+    "baselines": "baselines",
+    "run": "apps", "analysis": "apps", "benchmarks": "apps",
+}
+# the modules that stay at hizfo's root, and why (a new one needs a reason too)
+ROOT_MODULES: dict[str, str] = {
+    "hizfo.errors": "the error types every layer raises",
+    "hizfo.config": "the structured-config schemas every layer reads",
+    "hizfo.registry": "every method's config schema and the one table of methods; torch-free, so analysis reads "
+                      "defaults without torch",
+    "hizfo.hub_probe": "stdlib-only: is the Hub reachable; read by models (core) and tasks",
+    "hizfo.lockfile": "stdlib-only, run by path by scripts/setup.sh and scripts/update_lock.sh before anything "
+                      "is installed",
+}
+LAYERS = ("base", "eval", "tasks", "core", "run", "baselines", "apps")
+
+# Known upward imports: the baseline this check started from, to shrink to nothing (importer, imported): why
+UPWARD_BASELINE: dict[tuple[str, str], str] = {}
+
+MAX_LINES = 450
+# non-test files over MAX_LINES lines: path -> why it is still one file
+LONG_FILES: dict[str, str] = {
+    "analysis/study.py": "baseline: the real-model study's whole analysis; being edited by the study's owner",
+    "benchmarks/gpu_check.py": "baseline: one self-contained GPU acceptance script, run by path on the GPU node",
+}
+MAX_FUNCTION_LINES = 60
+# run.py functions over MAX_FUNCTION_LINES lines: name -> why
+LONG_RUN_FUNCTIONS: dict[str, str] = {}
+
+
+def _modules() -> dict[str, Path]:
+    """Every importable module of the scanned packages, plus run.py, by dotted name."""
+    found = {"run": ROOT / "run.py"}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The scanned modules that ``name`` imports (``from pkg import mod`` counts as ``pkg.mod``)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            targets = [module] + [f"{module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in MODULES:      # `import a.b.c` depends on the deepest scanned module
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:end])
+        if prefix in LAYER_OF_PREFIX:
+            return LAYER_OF_PREFIX[prefix]
+    raise KeyError(module)
+
+
+def test_every_module_has_a_layer():
+    unplaced = []
+    for module in MODULES:
+        try:
+            layer_of(module)
+        except KeyError:
+            unplaced.append(module)
+    assert not unplaced, f"add these modules to LAYER_OF_PREFIX: {unplaced}"
+
+
+def test_hizfo_root_holds_only_the_named_modules():
+    root = {m for m in MODULES if m.startswith("hizfo.") and m.count(".") == 1 and not MODULES[m].name == "__init__.py"}
+    assert root == set(ROOT_MODULES), f"hizfo/ root modules: {sorted(root)}; put a module in its layer's package"
+
+
+def test_no_upward_import_across_layers():
+    upward = {(a, b) for a, targets in GRAPH.items() for b in targets
+              if LAYERS.index(layer_of(b)) > LAYERS.index(layer_of(a))}
+    new = sorted(upward - set(UPWARD_BASELINE))
+    assert not new, "imports upward across the layers " + ", ".join(
+        f"{a} ({layer_of(a)}) -> {b} ({layer_of(b)})" for a, b in new)
+    gone = sorted(set(UPWARD_BASELINE) - upward)
+    assert not gone, f"fixed: remove {gone} from UPWARD_BASELINE"
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle():
+    # a package's __init__ importing its own modules is how packages re-export, not a cycle between rooms
+    graph = {a: {b for b in targets if not (MODULES[a].name == "__init__.py" and b.startswith(a + "."))}
+             for a, targets in GRAPH.items()}
+    assert _cycles(graph) == []
+
+
+def _line_count(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def test_no_file_over_the_limit_except_the_named_ones():
+    sources = [p for package in PACKAGES for p in (ROOT / package).rglob("*.py")] + [ROOT / "run.py"]
+    long = {str(p.relative_to(ROOT)): _line_count(p) for p in sources if _line_count(p) > MAX_LINES}
+    unnamed = {p: n for p, n in long.items() if p not in LONG_FILES}
+    assert not unnamed, f"over {MAX_LINES} lines: split them, or name them with the reason in LONG_FILES: {unnamed}"
+    shrunk = sorted(set(LONG_FILES) - set(long))
+    assert not shrunk, f"now within {MAX_LINES} lines (or gone): remove {shrunk} from LONG_FILES"
+
+
+def _run_py_function_lengths() -> dict[str, int]:
+    tree = ast.parse((ROOT / "run.py").read_text())
+    return {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def test_run_py_functions_are_short():
+    lengths = _run_py_function_lengths()
+    assert lengths["run"] <= MAX_FUNCTION_LINES, f"run.py run() is {lengths['run']} lines"
+    long = {name: n for name, n in lengths.items() if n > MAX_FUNCTION_LINES}
+    assert set(long) <= set(LONG_RUN_FUNCTIONS), f"run.py functions over {MAX_FUNCTION_LINES} lines: {long}"
+    shrunk = sorted(set(LONG_RUN_FUNCTIONS) - set(long))
+    assert not shrunk, f"now within {MAX_FUNCTION_LINES} lines (or gone): remove {shrunk} from LONG_RUN_FUNCTIONS"
+
+
+def test_the_scan_sees_imports():
+    # the scan must see module-level and lazy imports, or every check above would pass on an empty graph
+    assert GRAPH["run"] >= {"hizfo.registry", "hizfo.run.runspec", "hizfo.run.loop"}
+    assert "hizfo.errors" in GRAPH["hizfo.tasks.base"]
+    assert "hizfo.core.zo" in GRAPH["hizfo.core.hybrid"]
+    assert "hizfo.registry" in GRAPH["baselines.lora"]
+
+
+def test_analysis_specs_and_the_method_registry_load_without_torch_or_peft():
+    import subprocess
+    import sys
+    code = ("import sys, analysis.specs, analysis.paper_reference, hizfo.registry; "
+            "print(sorted(m for m in ('torch', 'peft', 'transformers', 'baselines') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+
+
+def test_every_method_yaml_is_in_the_registry_and_names_its_implementation():
+    from hizfo.registry import METHODS, implementation
+    # conf/method holds the methods and their controls (hizfo_zo_off: hizfo.yaml with other values)
+    def schema_of(stem: str) -> str:
+        text = (ROOT / "conf" / "method" / f"{stem}.yaml").read_text()
+        composed = [line.strip()[2:] for line in text.splitlines() if line.startswith("  - ")]
+        schema = [c.split(": ")[1] for c in composed if c.startswith("/schema/method@_here_: ")]
+        return schema[0] if schema else schema_of(next(c for c in composed if c != "_self_"))
+    for yaml in sorted((ROOT / "conf" / "method").glob("*.yaml")):
+        assert schema_of(yaml.stem) in METHODS, yaml.name
+    assert implementation("lora").__name__ == "LoRA" and implementation("hizfo").__name__ == "HiZFO"
+
+
+def test_the_repository_points_nowhere_outside_itself():
+    # a reader of the repository can open neither another checkout's notes nor an issue tracker's numbers
+    import re
+    pattern = re.compile(r"\bissue[ _]?#?\d+\b|\.\./shared\b|" + "IMPLEMENTATION" + "_NOTES", re.IGNORECASE)
+    sources = [ROOT / "README.md", ROOT / "run.py"]
+    for folder in ("hizfo", "baselines", "analysis", "benchmarks", "conf", "docs", "scripts", "tests", "experiments"):
+        sources += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".yaml", ".sh", ".txt")
+                    and "fixtures" not in p.parts]
+    found = [f"{p.relative_to(ROOT)}:{n}" for p in sources for n, line in enumerate(p.read_text().splitlines(), 1)
+             if pattern.search(line)]
+    assert not found, found
