@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from analysis.specs import SWEPT_DEFAULTS, SWEPT_KEYS, method_label
+from analysis.specs import LABEL_RUN_KEYS, SWEPT_DEFAULTS, SWEPT_KEYS, method_label
 from hizfo.errors import ConfigError
 from hizfo.run.records import RunRecord
 from hizfo.run.runspec import cell_key, is_reporting, parse_variant
@@ -48,7 +48,7 @@ def model_label(model_name: str, variant: Optional[str]) -> str:
     # a reporting model key (model.path, ...) says where the weights come from, not which model it is
     extra = [f"{key[len('model.'):]}={value}" for key, value in parse_variant(variant)
              if key.startswith("model.") and not is_reporting(key)]
-    extra += [f"{key}={value}" for key, value in parse_variant(variant) if key == "precision"]
+    extra += [f"{key}={value}" for key, value in parse_variant(variant) if key in LABEL_RUN_KEYS]
     return f"{model_name} ({', '.join(sorted(extra))})" if extra else model_name
 
 

@@ -1,7 +1,8 @@
 """What each paper table and figure holds: its grid (paper scale and CPU twin), display names, metrics.
 
-This module is the one place that names the grids. ``conf/experiment/<name>.yaml`` and ``<name>_cpu.yaml``
-launch exactly these grids, and ``tests/unit/test_presets.py`` checks that they agree.
+This module is the one place that names the grids. ``scripts/gen_experiment_grids.py`` writes each grid's
+``hydra.sweeper.params`` (``sweeper_params``) into ``conf/experiment/<name>.yaml`` and ``<name>_cpu.yaml``, and
+``tests/unit/test_presets.py`` fails when a committed yaml differs from what it writes.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ MODEL_DISPLAY: dict[str, str] = {
 }
 # the paper writes both "BLOOMZ-3B" (Tables 1, 3) and "BLOOM-3B" (Table 5) for the same model
 MODEL_ALIASES: dict[str, str] = {**{v: k for k, v in MODEL_DISPLAY.items()}, "BLOOM-3B": "bloomz-3b"}
+# a model label carries the run's ``model.*`` overrides (without ``model.``) and these run-level keys
+# (analysis.loading.model_label): ``tiny-opt (arch.hidden_size=64)``, ``tiny-qwen2 (precision=bf16-mixed)``
+LABEL_RUN_KEYS = ("precision",)
 
 METHOD_DISPLAY: dict[str, str] = {
     "zero_shot": "Zero-shot", "full_ft": "Full FT", "ft_top2": "FT-Top2", "prefix": "Prefix-T", "lora": "LoRA",
@@ -186,6 +190,47 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {spec.name: spec for spec in (
                    Grid(("tiny-opt",), ("toy",), ALPHA_READINGS, "alpha", ALPHAS), kind="figure"),
 )}
 TABLES = tuple(name for name, spec in EXPERIMENTS.items() if spec.kind == "table")
+
+
+def _model_overrides(label: str) -> dict[str, str]:
+    """``tiny-opt (arch.hidden_size=64)`` -> {model: tiny-opt, model.arch.hidden_size: 64}: what launches it."""
+    name, _, rest = label.partition(" (")
+    items = [item.partition("=") for item in rest.rstrip(")").split(", ")] if rest else []
+    return {"model": name, **{key if key in LABEL_RUN_KEYS else f"model.{key}": value for key, _, value in items}}
+
+
+def _method_overrides(label: str) -> dict[str, str]:
+    """``hizfo_alpha_loss`` -> {method: hizfo, method.alpha_mode: loss}: the inverse of ``method_label``."""
+    name = label.removesuffix("_alpha_loss")
+    if name != label and name in ALPHA_MODE_METHODS:
+        return {"method": name, "method.alpha_mode": "loss"}
+    return {"method": label}
+
+
+def _axes(rows: list[dict[str, str]], defaults: dict[str, str]) -> dict[str, str]:
+    """One comma-separated value list per key whose product is exactly ``rows`` (a key a row lacks takes its
+    default); ValueError when the rows are no such product."""
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    try:
+        full = [tuple(row[key] if key in row else defaults[key] for key in keys) for row in rows]
+    except KeyError as exc:
+        raise ValueError(f"{exc.args[0]} is set for some grid entries and has no default for the others") from None
+    values = [list(dict.fromkeys(row[i] for row in full)) for i in range(len(keys))]
+    if len(set(full)) != len(full) or set(full) != set(itertools.product(*values)):
+        raise ValueError(f"{rows} is not one value list per key multiplied out")
+    return {key: ",".join(axis) for key, axis in zip(keys, values)}
+
+
+def sweeper_params(grid: Grid) -> dict[str, str]:
+    """The ``hydra.sweeper.params`` that launch exactly ``grid``, in the order Hydra's basic sweeper multiplies
+    them: models (and the overrides their labels carry), tasks, methods (and α's reading), the swept values."""
+    from hizfo.registry import METHODS           # torch-free, as _schema_defaults
+    alpha_mode = {"method.alpha_mode": METHODS["hizfo"]().alpha_mode}
+    params = {**_axes([_model_overrides(m) for m in grid.models], {}), "task": ",".join(grid.tasks),
+              **_axes([_method_overrides(m) for m in grid.methods], alpha_mode)}
+    if grid.sweep_key:
+        params[f"method.{grid.sweep_key}"] = ",".join(str(value) for value in grid.sweep_values)
+    return params
 
 
 def cell_hparams(method: str, sweep_key: Optional[str], value: Optional[float]) -> dict[str, Optional[float]]:
