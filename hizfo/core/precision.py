@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -26,8 +28,6 @@ from hizfo.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16-mixed", "bf16")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-_active = "fp32"            # the precision of the run in progress (set by ``use_precision``)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -69,10 +69,30 @@ def bf16_supported(device: torch.device) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Precision:
+    """A run's precision, made from its ``precision`` key: the weights' dtype and whether forwards autocast."""
+    name: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.name not in PRECISIONS:
+            raise ConfigError(f"precision: '{self.name}' is not one of {', '.join(PRECISIONS)}")
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype the model's weights are held in: fp32 masters unless precision=bf16."""
+        return torch.bfloat16 if self.name == "bf16" else torch.float32
+
+    def compute_context(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bf16 autocast for bf16-mixed (forwards; their backwards follow the recorded dtypes), else nothing."""
+        if self.name == "bf16-mixed":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """One clear line for a value outside PRECISIONS, or a bf16 mode on a device without bf16."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
+    Precision(precision)
     if precision != "fp32" and not bf16_supported(device):
         extra = f", or set {ALLOW_EMULATED_BF16}=1 to emulate it, slowly" if device.type == "cpu" else ""
         raise ConfigError(f"precision: {precision} needs bf16 support, and device {device} has none "
@@ -80,26 +100,35 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 
 def weight_dtype(precision: str) -> torch.dtype:
-    """The dtype the model's weights are held in: fp32 masters unless precision=bf16."""
-    return torch.bfloat16 if precision == "bf16" else torch.float32
+    """The dtype the model's weights are held in for the ``precision`` key (``Precision.weight_dtype``)."""
+    return Precision(precision).weight_dtype
+
+
+# The precision of the run in progress, seen by the losses deep inside every method (``compute_context``). A context
+# variable, not a module global: ``use_precision`` sets it for its block only, each thread sees its own (a new
+# thread starts at fp32), and nothing of one run is left for the next.
+_ACTIVE: ContextVar[Precision] = ContextVar("hizfo_precision", default=Precision())
 
 
 @contextlib.contextmanager
-def use_precision(precision: str) -> Iterator[None]:
-    """Make ``precision`` the one that ``compute_context`` follows, for the duration of a run."""
-    global _active
-    previous, _active = _active, precision
+def use_precision(precision: Union[str, Precision]) -> Iterator[Precision]:
+    """Make ``precision`` the one that ``compute_context`` follows, for the block (a run); yields it."""
+    value = precision if isinstance(precision, Precision) else Precision(precision)
+    token = _ACTIVE.set(value)
     try:
-        yield
+        yield value
     finally:
-        _active = previous
+        _ACTIVE.reset(token)
+
+
+def active_precision() -> Precision:
+    """The precision of the innermost ``use_precision`` block in this context (fp32 outside any)."""
+    return _ACTIVE.get()
 
 
 def compute_context(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for precision=bf16-mixed (forwards; their backwards follow the recorded dtypes), else nothing."""
-    if _active == "bf16-mixed":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """The active precision's compute context: bf16 autocast under bf16-mixed, else nothing."""
+    return _ACTIVE.get().compute_context(device)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -11,12 +11,14 @@ from datetime import datetime, timezone
 from importlib import metadata
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional
 
 from hizfo.lockfile import environment_status
-from hizfo.core.methods import MethodSummary
+
+if TYPE_CHECKING:                     # torch-free at import: analysis reads records without torch
+    import torch
+
+    from hizfo.core.methods import MethodSummary
 
 SCHEMA_VERSION = 2          # 2: typed RunRecord (method_summary, curve, resumes); 1: the untyped dict before it
 STATUSES = ("ok", "failed")
@@ -99,6 +101,7 @@ def git_state(repo: Path = _REPO) -> dict[str, Any]:
 
 def provenance(device: torch.device) -> dict[str, Any]:
     """Git state, package versions, whether they are the lock's (hizfo.lockfile) and the device a run used."""
+    import torch
     versions = {}
     for name in _PACKAGES:
         try:

@@ -17,7 +17,8 @@ from hizfo.run.loop import BatchStream, LoopOptions, encode_split, train_and_eva
 from hizfo.run.meters import Meters
 from hizfo.core.methods import FirstOrderTrainer, causal_lm_loss, unique_named_parameters
 from hizfo.core.models import load_model
-from hizfo.core.precision import ChangeMonitor, check_precision, stochastic_round, use_precision
+from hizfo.core.precision import (ChangeMonitor, Precision, active_precision, check_precision, stochastic_round,
+                                  use_precision)
 from hizfo.core.zo import ZOParams, draw_seed, perturb_
 from tests.conftest import compose
 
@@ -207,6 +208,57 @@ def test_plain_adamw_on_bf16_weights_would_lose_most_updates():
         optimizer.zero_grad(set_to_none=True)
     changed = sum(int((p.detach() != s).sum()) for p, s in zip(params, start)) / sum(s.numel() for s in start)
     assert changed < 0.9, changed
+
+
+# ---------------------------------------------------------------------------------------------------
+# the active precision belongs to its block: two runs in one process never see each other's
+
+
+def test_two_runs_at_once_in_one_process_each_compute_in_their_own_precision():
+    import threading
+    loaded = load(precision="fp32")
+    _, stream = toy(loaded)
+    batch = next(stream.epoch(0))
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(causal_lm_loss(loaded.model, batch))
+
+    fp32_alone = loss()
+    with use_precision("bf16-mixed"):
+        mixed_alone = loss()
+    assert mixed_alone != fp32_alone                               # the probe tells the two precisions apart
+    both_inside, one_at_a_time = threading.Barrier(2), threading.Lock()
+    seen: dict[str, object] = {}
+
+    def run(name: str) -> None:
+        with use_precision(name) as precision:
+            both_inside.wait(timeout=60)                           # both blocks are open before either computes
+            with one_at_a_time:
+                seen[name] = (precision, active_precision(), loss())
+            both_inside.wait(timeout=60)                           # and stay open until both have computed
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("bf16-mixed", "fp32")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert seen["bf16-mixed"] == (Precision("bf16-mixed"), Precision("bf16-mixed"), mixed_alone)
+    assert seen["fp32"] == (Precision("fp32"), Precision("fp32"), fp32_alone)
+
+
+def test_a_run_that_fails_leaves_no_precision_behind():
+    with pytest.raises(RuntimeError):
+        with use_precision("bf16-mixed"):
+            with use_precision("bf16"):
+                assert active_precision() == Precision("bf16")
+            assert active_precision().weight_dtype == torch.float32 and active_precision().name == "bf16-mixed"
+            raise RuntimeError("the run fails")
+    assert active_precision() == Precision("fp32")
+    with pytest.raises(ConfigError, match=r"precision: 'fp16' is not one of fp32, bf16-mixed, bf16"):
+        with use_precision("fp16"):
+            pass
+    assert active_precision() == Precision("fp32")
 
 
 # ---------------------------------------------------------------------------------------------------

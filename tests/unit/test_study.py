@@ -10,8 +10,11 @@ import pytest
 from scipy import stats
 
 from analysis.loading import Report
-from analysis.study import (CONTRADICTED, INCONCLUSIVE, NO_RECORDS, SUPPORTED, Interval, arms_of, find_arm, holm,
-                            load_study, main, min_detectable, paired, study_claims, t_interval, tost, verdict)
+from analysis.study import main
+from analysis.study_arms import arms_of, find_arm, load_study, paired
+from analysis.study_claims import NO_RECORDS, study_claims
+from analysis.study_stats import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, Interval, holm, min_detectable, t_interval,
+                                  tost, verdict)
 
 HIZFO_CFG = {"rho": 0.6, "alpha": 0.1, "lr_ratio": 0.1, "alpha_mode": "update", "lr": 2e-5}
 SWEEP_KEY = {"method.rho": "rho", "method.alpha": "alpha", "method.lr_ratio": "lr_ratio"}
