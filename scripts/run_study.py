@@ -3,6 +3,9 @@
     python scripts/run_study.py smollm2_study_cpu --hours 2          # one slice of at most ~2 h, two workers
     python scripts/run_study.py smollm2_study_cpu --dry-run          # the plan: what is done, what is left
 
+A study with a task that scores generated code (humaneval_split) needs ``--allow-code-execution``, the driver's
+form of run.py's ``task.allow_code_execution=true`` opt-in; without it those runs stop at once with that one line.
+
 The arms are the preset's ``+study_arm`` sweep list; each arm's seed count is its ``study_seeds`` (a reporting key
 set in the arm's yaml; the preset's default otherwise). Runs go seed by seed, so a stopped study has whole seeds of
 every arm first. A run whose ok record exists with today's config hash is skipped before any process starts (the
@@ -92,6 +95,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="runs side by side (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     parser.add_argument("--only", default="", help="comma-separated arms to run (default: all)")
+    parser.add_argument("--allow-code-execution", action="store_true",
+                        help="pass task.allow_code_execution=true to every run: the opt-in that tasks scoring "
+                             "generated code (humaneval_split) need; the code runs in hizfo.eval.sandbox")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.threads < 1 or args.hours <= 0:
@@ -126,6 +132,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             log = open(logs / f"{run.arm}_seed{run.seed}.log", "a")
             cmd = [sys.executable, str(REPO / "run.py"), f"experiment={args.preset}", f"+study_arm={run.arm}",
                    f"seed={run.seed}", f"num_threads={args.threads}"]
+            if args.allow_code_execution:                  # a reporting key: the run's config_hash is unchanged
+                cmd.append("task.allow_code_execution=true")
             print(f"start {run.name}", flush=True)
             running[subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)] = (run, now)
         if now >= deadline and queue:

@@ -73,3 +73,15 @@ def test_the_studys_runs_are_frozen(arm: str):
     overrides = ["experiment=smollm2_study_cpu", f"+study_arm={arm}", "seed=0"]
     config = OmegaConf.to_container(compose(overrides), resolve=True)
     assert RunSpec.build(config, overrides).config_hash == FROZEN[arm]
+
+
+def test_the_code_execution_opt_in_the_driver_passes_leaves_the_hash_alone():
+    """run_study.py --allow-code-execution adds task.allow_code_execution=true to each run: the humaneval_split arms
+    need it to start, and it must not move their frozen hash. The preset's command line carries the flag."""
+    base = ["experiment=smollm2_study_cpu", "+study_arm=he_mezo", "seed=0"]
+    opted = base + ["task.allow_code_execution=true"]
+    config = OmegaConf.to_container(compose(opted), resolve=True)
+    assert config["task"]["allow_code_execution"] is True
+    assert RunSpec.build(config, opted).config_hash == FROZEN["he_mezo"]
+    needs_opt_in = any(arm_config(arm).task.name.startswith("humaneval") for arm in ARMS)
+    assert needs_opt_in == ("--allow-code-execution" in PRESET.read_text().splitlines()[1])
