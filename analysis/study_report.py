@@ -67,6 +67,15 @@ def pair_rows(arms: list[Arm], model: str, task: str, metrics: tuple[str, ...]) 
     return lines
 
 
+def _selected_no_tensor(arm: Arm) -> bool:
+    """True when every seed of a Hi-ZFO arm recorded a partition with zero first-order tensors (pure ZO)."""
+    if arm.method not in HIZFO_READINGS or "partition" not in arm.rows.columns:
+        return False
+    parts = [p for p in arm.rows["partition"] if isinstance(p, dict) and "fo_tensors" in p]
+    return bool(parts) and len(parts) == len(arm.rows) and all(p["fo_tensors"] == 0 and p.get("zo_tensors", 0) > 0
+                                                               for p in parts)
+
+
 def render_report(arms: list[Arm], shared: dict, notes: list[str], frame: pd.DataFrame) -> str:
     lines = ["# Study report", "",
              "Mean ± 95 % t-interval half-width over seeds (t_{0.975, n-1} · s/√n); `–` where an arm has one seed "
@@ -80,6 +89,10 @@ def render_report(arms: list[Arm], shared: dict, notes: list[str], frame: pd.Dat
         if shared.get((model, task)):
             lines += [f"Settings every record of this task shares: `{', '.join(shared[(model, task)])}`.", ""]
         lines += arm_table(these, metrics) + [""]
+        no_fo = [a.label for a in these if _selected_no_tensor(a)]
+        if no_fo:
+            lines += [f"Note: {', '.join(no_fo)}: the budget's selection put no tensor in the first-order set in any "
+                      "seed (`partition.fo_tensors` = 0), so these arms trained every tensor by ZO alone, as MeZO does.", ""]
         single = [a.label for a in these if len(a.seeds) < 2]
         if single:
             lines += [f"Note: {', '.join(single)}: one seed, so no interval (`–`).", ""]

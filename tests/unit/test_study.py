@@ -22,7 +22,7 @@ SWEEP_KEY = {"method.rho": "rho", "method.alpha": "alpha", "method.lr_ratio": "l
 
 def write(root: Path, method: str, variant: str, seeds_scores: dict[int, float], *, task: str = "pydoc",
           seconds: dict[int, float] | None = None, memory: dict[int, float] | None = None, curve: bool = True,
-          status: str = "ok", metric: str | None = None) -> None:
+          status: str = "ok", metric: str | None = None, fo_tensors: int | None = None) -> None:
     """One record per seed, in run.py's layout, with the method config the variant implies."""
     name = "hizfo" if method.startswith("hizfo") else method
     method_cfg = {"name": method, **(HIZFO_CFG if name == "hizfo" else {"lr": 2e-5}),
@@ -46,6 +46,8 @@ def write(root: Path, method: str, variant: str, seeds_scores: dict[int, float],
                       "peak_memory_gb": (memory or {}).get(seed, 5.0)},
             "provenance": {"created": f"2025-01-01T00:00:{seed:02d}+00:00"},
         }
+        if fo_tensors is not None:
+            record["partition"] = {"fo_tensors": fo_tensors, "zo_tensors": 10 - fo_tensors, "frozen_tensors": 0}
         if curve:
             record["curve"] = {"every": 1, "train_loss": [[s, 3.0 - 0.1 * s - 0.01 * seed] for s in range(1, 6)],
                                "eval": [{"epoch": 0, "step": 5, "eval_loss": 2.6 - 0.01 * seed,
@@ -294,3 +296,18 @@ def test_claim_8_shows_the_protocol_and_time_per_epoch(results):
     assert per_epoch["interval"]["mean"] == pytest.approx((10 / 3 + 11 / 3 + 4) / 3)
     assert per_epoch["decides"] is False and per_epoch["p_holm"] is None
     assert "2.00 as run, 1.20 per epoch" in c8["note"]
+
+
+def test_the_report_names_hizfo_arms_whose_budget_selected_no_tensor(tmp_path):
+    """At a small rho the DP can find nothing it can afford: the arm is pure ZO, and the report says so. MeZO (pure
+    ZO by design) and an arm with one first-order seed are not named."""
+    root = tmp_path / "results"
+    write(root, "hizfo", "default", seeds(33, 35, 34), fo_tensors=4)
+    write(root, "hizfo", "method.rho=0.2", seeds(20, 21, 20), fo_tensors=0)
+    write(root, "hizfo", "method.rho=0.4", {0: 20.0}, fo_tensors=0)
+    write(root, "hizfo", "method.rho=0.4", {1: 25.0}, fo_tensors=2)
+    write(root, "mezo", "default", seeds(20, 25, 31), fo_tensors=0)
+    out = tmp_path / "report"
+    assert main(["--results", str(root), "--out", str(out)]) == 0
+    note = next(line for line in (out / "report.md").read_text().splitlines() if "no tensor in the first-order" in line)
+    assert note.split(": the budget")[0] == "Note: Hi-ZFO [method.rho=0.2]"
