@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from analysis.loading import Report
-from analysis.study_arms import arms_of, load_study, task_metrics
+from analysis.study_arms import arms_of, interim_arms, load_study, task_metrics
 from analysis.study_claims import study_claims
 from analysis.study_report import plot_curves, plot_scores, plot_sweeps, read_curves, render_claims, render_report
 from analysis.study_stats import ALPHA, EQUIVALENCE_CONFIDENCE, POWER
@@ -59,9 +59,10 @@ def run_study(results_dir: str | Path, out: str | Path, margin: float = DEFAULT_
         plots += plot_sweeps(these, model, task, metric, out, f"sweeps_{slug}")
     all_notes = report.notes + report.warnings + notes
     (out / "report.md").write_text(render_report(arms, shared, all_notes, frame))
-    (out / "claims.md").write_text(render_claims(claims, margin))
+    (out / "claims.md").write_text(render_claims(claims, margin, arms))
     summary = {
         "arms": [{"model": a.model, "task": a.task, "method": a.method, "variant": a.variant, "seeds": a.seeds,
+                  "planned_seeds": a.planned_seeds,
                   "metrics": {m: asdict(a.interval(f"metric.{m}")) for m in task_metrics(a.task, frame)},
                   "train_seconds": asdict(a.interval("train_seconds")),
                   "seconds_per_epoch": asdict(a.interval("seconds_per_epoch")),
@@ -69,7 +70,7 @@ def run_study(results_dir: str | Path, out: str | Path, margin: float = DEFAULT_
                   "memory_kind": sorted({k for k in a.rows["memory_kind"] if isinstance(k, str)})} for a in arms],
         "claims": [asdict(c) for c in claims],
         "shared_settings": {f"{m}/{t}": v for (m, t), v in shared.items()},
-        "notes": all_notes, "plots": [str(p) for p in plots], "margin": margin,
+        "interim": bool(interim_arms(arms)), "notes": all_notes, "plots": [str(p) for p in plots], "margin": margin,
         "tests": {"alpha": ALPHA, "power": POWER, "equivalence_confidence": EQUIVALENCE_CONFIDENCE,
                   "multiplicity": "Holm, per (model, task)"},
     }

@@ -153,6 +153,19 @@ class Arm:
     def seeds(self) -> list[int]:
         return sorted(int(s) for s in self.rows["seed"])
 
+    @property
+    def planned_seeds(self) -> Optional[int]:
+        """The seeds the study planned for this arm (its records' ``study_seeds``), None when they do not say."""
+        planned = [int(v) for v in self.rows.get("study_seeds", pd.Series(dtype=float)) if v is not None
+                   and not pd.isna(v)]
+        return max(planned) if planned else None
+
+    @property
+    def seeds_shown(self) -> str:
+        """``n``, or ``n of planned`` while the arm has fewer seeds than its study planned."""
+        planned = self.planned_seeds
+        return f"{len(self.seeds)} of {planned}" if planned and planned > len(self.seeds) else str(len(self.seeds))
+
     def values(self, column: str) -> dict[int, float]:
         if column not in self.rows.columns:
             return {}
@@ -177,6 +190,11 @@ def arms_of(frame: pd.DataFrame) -> list[Arm]:
     for (model, task, method, variant), rows in frame.groupby(["model", "task", "method", "arm_variant"], sort=True):
         arms.append(Arm(model, task, method, variant, rows))
     return arms
+
+
+def interim_arms(arms: list[Arm]) -> list[Arm]:
+    """The arms with fewer seeds than their study planned: while any is left, the study is not finished."""
+    return [a for a in arms if a.planned_seeds and a.planned_seeds > len(a.seeds)]
 
 
 def find_arm(arms: list[Arm], model: str, task: str, method: str, variant: str = "default") -> Optional[Arm]:

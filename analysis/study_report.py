@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.specs import METHOD_DISPLAY, TASK_DISPLAY  # noqa: E402
 from analysis.study_arms import (HIZFO, HIZFO_READINGS, SWEEP_KEYS, SWEEP_SYMBOLS, Arm, decimals,  # noqa: E402
-                                 find_arm, paired, sweep_arms, task_metrics)
+                                 find_arm, interim_arms, paired, sweep_arms, task_metrics)
 from analysis.study_claims import Claim, Comparison  # noqa: E402
 from analysis.study_stats import POWER, t_interval  # noqa: E402
 from analysis.sweeps import save_figure  # noqa: E402
@@ -32,7 +32,7 @@ def arm_table(arms: list[Arm], metrics: tuple[str, ...]) -> list[str]:
     for arm in arms:
         kinds = sorted({k for k in arm.rows["memory_kind"] if isinstance(k, str)})
         sd = arm.interval(f"metric.{metrics[0]}").sd
-        lines.append(_md_row([METHOD_DISPLAY.get(arm.method, arm.method), arm.variant, len(arm.seeds),
+        lines.append(_md_row([METHOD_DISPLAY.get(arm.method, arm.method), arm.variant, arm.seeds_shown,
                               *(arm.interval(f"metric.{m}").show(decimals(m)) for m in metrics),
                               "–" if sd is None else f"{sd:.{decimals(metrics[0])}f}",
                               arm.interval("train_seconds").show(1), arm.interval("seconds_per_epoch").show(1),
@@ -76,8 +76,22 @@ def _selected_no_tensor(arm: Arm) -> bool:
                                                                for p in parts)
 
 
+def interim_banner(arms: list[Arm]) -> list[str]:
+    """A paragraph for the top of report.md and claims.md while some arm lacks seeds its study planned."""
+    short = interim_arms(arms)
+    if not short:
+        return []
+    done = sum(len(a.seeds) for a in arms)
+    missing = sum(a.planned_seeds - len(a.seeds) for a in short)
+    listed = ", ".join(f"{a.label} ({TASK_DISPLAY.get(a.task, a.task)}) {a.seeds_shown}" for a in short)
+    return [f"**Interim.** {len(short)} of the {len(arms)} arms with records have fewer seeds than their study "
+            f"planned (`study_seeds`): {done} runs are here and at least {missing} more are planned. "
+            f"Every number and verdict below will change as they arrive; none is the study's result yet. "
+            f"Arms still short: {listed}.", ""]
+
+
 def render_report(arms: list[Arm], shared: dict, notes: list[str], frame: pd.DataFrame) -> str:
-    lines = ["# Study report", "",
+    lines = ["# Study report", "", *interim_banner(arms),
              "Mean ± 95 % t-interval half-width over seeds (t_{0.975, n-1} · s/√n); `–` where an arm has one seed "
              "(no interval can be given). *Seed s.d.* is the s.d. over an arm's seeds of the claims' metric: the "
              "noise floor. Paired differences are over the seeds both arms have: mean [95 % CI]; claims.md adds "
@@ -118,10 +132,10 @@ def _comparison_cell(c: Comparison) -> str:
     return f"{head}, p_Holm={_p(c.p_holm)}{detect} → {c.verdict} / Holm {c.holm_verdict}"
 
 
-def render_claims(claims: list[Claim], margin: float) -> str:
+def render_claims(claims: list[Claim], margin: float, arms: Optional[list[Arm]] = None) -> str:
     families = sorted({(c.model, c.task, c.family_size) for c in claims})
     sizes = "; ".join(f"{TASK_DISPLAY.get(t, t)} ({m}): {k}" for m, t, k in families)
-    lines = ["# The paper's claims on this study", "",
+    lines = ["# The paper's claims on this study", "", *interim_banner(arms or []),
              "Each verdict comes from paired differences over seeds (same seed in both arms), oriented so that a "
              "positive difference is the paper's direction: *supported* when the 95 % t interval lies above 0 "
              "(two-sided paired t test, p < 0.05), *contradicted* when it lies below 0, *inconclusive* otherwise, "

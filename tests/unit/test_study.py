@@ -22,7 +22,8 @@ SWEEP_KEY = {"method.rho": "rho", "method.alpha": "alpha", "method.lr_ratio": "l
 
 def write(root: Path, method: str, variant: str, seeds_scores: dict[int, float], *, task: str = "pydoc",
           seconds: dict[int, float] | None = None, memory: dict[int, float] | None = None, curve: bool = True,
-          status: str = "ok", metric: str | None = None, fo_tensors: int | None = None) -> None:
+          status: str = "ok", metric: str | None = None, fo_tensors: int | None = None,
+          planned: int | None = None) -> None:
     """One record per seed, in run.py's layout, with the method config the variant implies."""
     name = "hizfo" if method.startswith("hizfo") else method
     method_cfg = {"name": method, **(HIZFO_CFG if name == "hizfo" else {"lr": 2e-5}),
@@ -40,7 +41,7 @@ def write(root: Path, method: str, variant: str, seeds_scores: dict[int, float],
         record = {
             "status": status, "error": None if status == "ok" else "boom",
             "config": {"model": {"name": "smollm2-135m"}, "task": {"name": task}, "method": method_cfg,
-                       "seed": seed, "variant": variant},
+                       "seed": seed, "variant": variant, **({"study_seeds": planned} if planned else {})},
             "metrics": metrics if status == "ok" else {},
             "costs": {"train_seconds": (seconds or {}).get(seed, 100.0), "memory_kind": "cuda_max_allocated",
                       "peak_memory_gb": (memory or {}).get(seed, 5.0)},
@@ -311,3 +312,26 @@ def test_the_report_names_hizfo_arms_whose_budget_selected_no_tensor(tmp_path):
     assert main(["--results", str(root), "--out", str(out)]) == 0
     note = next(line for line in (out / "report.md").read_text().splitlines() if "no tensor in the first-order" in line)
     assert note.split(": the budget")[0] == "Note: Hi-ZFO [method.rho=0.2]"
+
+
+def test_a_study_short_of_its_planned_seeds_says_interim_and_a_finished_one_does_not(tmp_path):
+    """Records carry their arm's study_seeds: while an arm has fewer, both files open with an interim banner and the
+    arm's n reads "2 of 3"; once every arm has its seeds the banner goes."""
+    root = tmp_path / "results"
+    write(root, "full_ft", "default", seeds(30, 31, 32), planned=3)
+    write(root, "hizfo", "default", seeds(33, 35), planned=3)
+    out = tmp_path / "report"
+    assert main(["--results", str(root), "--out", str(out)]) == 0
+    report, claims = (out / "report.md").read_text(), (out / "claims.md").read_text()
+    for text in (report, claims):
+        banner = next(line for line in text.splitlines() if line.startswith("**Interim.**"))
+        assert "1 of the 2 arms" in banner and "5 runs are here and at least 1 more" in banner
+        assert banner.endswith("Arms still short: Hi-ZFO (PyDoc (stdlib)) 2 of 3.")
+    assert "| Hi-ZFO | default | 2 of 3 |" in report and "| Full FT | default | 3 |" in report
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["interim"] is True and {a["method"]: a["planned_seeds"] for a in summary["arms"]} == {
+        "full_ft": 3, "hizfo": 3}
+    write(root, "hizfo", "default", {2: 34.0}, planned=3)
+    assert main(["--results", str(root), "--out", str(out)]) == 0
+    assert "Interim" not in (out / "report.md").read_text() + (out / "claims.md").read_text()
+    assert json.loads((out / "study.json").read_text())["interim"] is False
