@@ -139,7 +139,9 @@ def render_claims(claims: list[Claim], margin: float, arms: Optional[list[Arm]] 
              "Each verdict comes from paired differences over seeds (same seed in both arms), oriented so that a "
              "positive difference is the paper's direction: *supported* when the 95 % t interval lies above 0 "
              "(two-sided paired t test, p < 0.05), *contradicted* when it lies below 0, *inconclusive* otherwise, "
-             "including fewer than two paired seeds and missing arms (*inconclusive (no records)*). Scores are each "
+             "including fewer than two paired seeds and missing arms (*inconclusive (no records)*). Paired differences "
+             "that are all equal (s = 0) have no t interval: their p is the exact sign-flip test's (at least "
+             "2 / 2^n two-sided, 0.25 for 3 seeds). Scores are each "
              "task's first metric (ROUGE-1 ×100 for pydoc, pass@1 for humaneval_split, exact match % for "
              "wordnet_revdict).", "",
              f"Multiplicity: the comparisons behind the verdicts of one task are one family, Holm-adjusted "

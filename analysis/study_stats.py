@@ -3,7 +3,9 @@ difference, and the verdict of a difference (analysis/study.py puts them to use)
 
 Intervals are Student-t: mean ± t_{0.975, n-1} · s / √n over seeds (scipy.stats.t), and over the per-seed
 differences of two arms for a paired difference (seeds present in both arms). Fewer than two values give no
-interval ("–"); a verdict then says inconclusive.
+interval ("–"); a verdict then says inconclusive. Paired differences that are all equal (s = 0, which discrete
+scores such as pass@1 on 81 problems make likely) give no t interval either, since a zero-width interval would be
+invented: their p value comes from the exact sign-flip test (sign_flip_p).
 
 Every comparison behind a verdict is one paired test with a p value: a two-sided paired t test of "no difference"
 (significant ⇔ the 95 % CI excludes 0), or, for claim 7's stability, an equivalence test (TOST: significant ⇔ the
@@ -15,6 +17,7 @@ same two-sided paired t test at α = 0.05 has 80 % power, given the pairs' numbe
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -77,17 +80,38 @@ def _clean(values: Sequence[float]) -> list[float]:
 def t_test_p(values: Sequence[float], null: float = 0.0, alternative: str = "two-sided") -> Optional[float]:
     """The one-sample t test's p value for mean = ``null`` (paired differences); None with fewer than two values.
 
-    ``alternative``: two-sided | greater (mean > null) | less. Identical values (s = 0) give p = 0 when their mean
-    is on the alternative's side of ``null`` and 1 otherwise, where scipy would give nan.
+    ``alternative``: two-sided | greater (mean > null) | less. Identical values (s = 0) leave the t statistic
+    undefined (c / 0), and no p value can come from a variance of 0: they get the exact sign-flip test's p instead
+    (sign_flip_p), which needs no variance, so n identical differences are never more significant than n pairs
+    can be (two-sided at least 2 / 2^n: 0.25 for 3 seeds).
     """
     data = _clean(values)
     if len(data) < 2:
         return None
-    mean = float(np.mean(data))
     if float(np.std(data, ddof=1)) == 0.0:
-        beyond = {"two-sided": mean != null, "greater": mean > null, "less": mean < null}[alternative]
-        return 0.0 if beyond else 1.0
+        return sign_flip_p(data, null, alternative)
     return float(stats.ttest_1samp(data, null, alternative=alternative).pvalue)
+
+
+def sign_flip_p(values: Sequence[float], null: float = 0.0, alternative: str = "two-sided") -> Optional[float]:
+    """The exact paired permutation (sign-flip) test of mean = ``null``: under the null each difference from
+    ``null`` is as likely negative as positive, so the p value is the share of the 2^n sign assignments whose mean
+    is at least as far out (in the alternative's direction) as the observed one. Exact; n ≤ 20 (2^n assignments)."""
+    data = [v - null for v in _clean(values)]
+    n = len(data)
+    if n == 0:
+        return None
+    if n > 20:
+        raise ValueError(f"sign_flip_p enumerates 2^n sign assignments; n = {n} > 20")
+    observed = sum(data) / n
+    tolerance = 1e-12 * max(1.0, max(abs(v) for v in data))
+    hits = 0
+    for signs in itertools.product((1, -1), repeat=n):
+        flipped = sum(s * v for s, v in zip(signs, data)) / n
+        hits += {"two-sided": abs(flipped) >= abs(observed) - tolerance,
+                 "greater": flipped >= observed - tolerance,
+                 "less": flipped <= observed + tolerance}[alternative]
+    return hits / 2 ** n
 
 
 def tost(values: Sequence[float], delta: float) -> tuple[Optional[float], Optional[float]]:
@@ -105,11 +129,11 @@ def tost(values: Sequence[float], delta: float) -> tuple[Optional[float], Option
 
 def min_detectable(n: int, sd: Optional[float], alpha: float = ALPHA, power: float = POWER) -> Optional[float]:
     """The smallest true mean difference a two-sided paired t test on ``n`` pairs with s.d. ``sd`` finds with
-    ``power``: solves P(|T| > t_{1-α/2, n-1}) = power for T ~ noncentral t(n-1, δ√n/sd). None for n < 2."""
+    ``power``: solves P(|T| > t_{1-α/2, n-1}) = power for T ~ noncentral t(n-1, δ√n/sd). None for n < 2 or s = 0."""
     if n < 2 or sd is None:
         return None
-    if sd == 0:
-        return 0.0
+    if sd == 0:                                     # no variance estimate: the power is undefined, not perfect
+        return None
     df, crit = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
 
     def shortfall(effect: float) -> float:          # effect in units of sd; the far tail is < 1e-6 (nan in scipy)

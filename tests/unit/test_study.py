@@ -335,3 +335,26 @@ def test_a_study_short_of_its_planned_seeds_says_interim_and_a_finished_one_does
     assert main(["--results", str(root), "--out", str(out)]) == 0
     assert "Interim" not in (out / "report.md").read_text() + (out / "claims.md").read_text()
     assert json.loads((out / "study.json").read_text())["interim"] is False
+
+
+def test_identical_paired_differences_get_the_exact_sign_flip_p_and_no_invented_interval(tmp_path):
+    from analysis.study_stats import sign_flip_p, t_test_p
+    # by hand: n equal differences c ≠ 0 reach |mean| ≥ |c| only with all signs kept or all flipped: 2 / 2^n
+    assert t_test_p([0.062, 0.062]) == 0.5 and t_test_p([5.0, 5.0, 5.0]) == 0.25
+    assert t_test_p([1.0] * 8) == pytest.approx(2 / 256) and t_test_p([0.0, 0.0, 0.0]) == 1.0
+    assert t_test_p([2.0] * 3, 0.0, "greater") == 0.125 and t_test_p([2.0] * 3, 0.0, "less") == 1.0
+    # where s > 0 the sign-flip test is a real permutation test: 1, 2, 3 -> only all-positive (mean 2) and the
+    # all-negative mirror reach |mean| ≥ 2 among 8 assignments; every signing of (1, −2) has |mean| ≥ 0.5
+    assert sign_flip_p([1.0, 2.0, 3.0]) == 0.25 and sign_flip_p([1.0, -2.0]) == 1.0
+    assert min_detectable(3, 0.0) is None
+    root = tmp_path / "results"
+    for method, scores in {"full_ft": (6 / 81, 6 / 81, 6 / 81), "mezo": (1 / 81, 1 / 81, 1 / 81),
+                           "hizfo": (0.0, 0.0, 0.0), "hizfo_zo_off": (0.0, 0.0, 0.0)}.items():
+        write(root, method, "default", seeds(*scores), task="humaneval_split")
+    summary = claims_of(root)
+    c1 = claim(summary, "1", task="humaneval_split")
+    assert c1["comparisons"][0]["interval"]["lo"] is None and c1["comparisons"][0]["p"] == 0.25
+    assert c1["verdict"] == INCONCLUSIVE and "sign-flip" in c1["note"]           # 3 of 3 seeds is not p < 0.05
+    c3 = claim(summary, "3", task="humaneval_split")
+    assert c3["comparisons"][0]["p"] == 1.0 and c3["verdict"] == INCONCLUSIVE
+    assert c1["comparisons"][0]["min_detectable"] is None
