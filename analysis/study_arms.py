@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis.loading import Report, load_records
 from analysis.specs import METHOD_DISPLAY, TASK_SCORES
-from analysis.study_stats import Interval, t_interval
+from analysis.study_stats import Interval, difference_interval, t_interval
 from hizfo.run.runspec import is_reporting, parse_variant
 
 # metric keys per task, the first is the one claims use (hizfo/tasks/pydoc.py, hizfo/tasks/humaneval.py score())
@@ -216,8 +216,9 @@ def sweep_arms(arms: list[Arm], model: str, task: str, method: str, name: str) -
 
 
 def paired(a: Arm, b: Arm, column: str) -> tuple[Interval, list[int]]:
-    """a − b over the seeds both arms have: the mean difference and its 95 % t interval."""
+    """a − b over the seeds both arms have: the mean difference and its 95 % t interval (none where all the
+    differences are equal: study_stats.difference_interval)."""
     va, vb = a.values(column), b.values(column)
     seeds = sorted(set(va) & set(vb))
-    return t_interval([va[s] - vb[s] for s in seeds]), seeds
+    return difference_interval([va[s] - vb[s] for s in seeds]), seeds
 

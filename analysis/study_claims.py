@@ -9,7 +9,7 @@ import pandas as pd
 
 from analysis.study_arms import HIZFO, Arm, find_arm, sweep_arms, task_metrics
 from analysis.study_stats import (ALPHA, CONTRADICTED, EQUIVALENCE_CONFIDENCE, INCONCLUSIVE, SUPPORTED, Interval,
-                                  holm, min_detectable, t_interval, t_test_p, tost)
+                                  difference_interval, holm, min_detectable, t_test_p, tost)
 
 NO_RECORDS = "inconclusive (no records)"
 
@@ -58,13 +58,10 @@ class Claim:
     family_size: int = 0                     # the comparisons of this (model, task) that Holm adjusts over
 
 
-def _t_or_none(interval: Interval) -> tuple[Interval, str]:
-    """Paired differences that are all equal have s = 0 and no t interval (a zero-width one would be invented):
-    the interval is dropped and a note says the p value is the exact sign-flip test's (study_stats.t_test_p)."""
+def _equal_note(interval: Interval) -> str:
     if interval.n < 2 or interval.sd != 0:
-        return interval, ""
-    return (Interval(interval.n, interval.mean, sd=0.0),
-            f"all {interval.n} paired differences equal (s = 0): no t interval; p from the exact sign-flip test")
+        return ""
+    return f"all {interval.n} paired differences equal (s = 0): no t interval; p from the exact sign-flip test"
 
 
 def _compare(better: Optional[Arm], worse: Optional[Arm], column: str, what: str) -> Optional[Comparison]:
@@ -74,10 +71,10 @@ def _compare(better: Optional[Arm], worse: Optional[Arm], column: str, what: str
     va, vb = better.values(column), worse.values(column)
     seeds = sorted(set(va) & set(vb))
     diffs = [va[s] - vb[s] for s in seeds]
-    interval, note = _t_or_none(t_interval(diffs))
+    interval = difference_interval(diffs)
     p = t_test_p(diffs)
     significant = INCONCLUSIVE if interval.mean is None else SUPPORTED if interval.mean > 0 else CONTRADICTED
-    note = note or ("" if interval.n >= 2 else f"{interval.n} paired seed(s): no interval")
+    note = _equal_note(interval) or ("" if interval.n >= 2 else f"{interval.n} paired seed(s): no interval")
     comparison = Comparison(what, column, interval, seeds, INCONCLUSIVE, note, p=p, significant=significant,
                             min_detectable=min_detectable(interval.n, interval.sd))
     comparison.verdict = comparison.verdict_at(p)
@@ -89,10 +86,10 @@ def _equivalent(a: Arm, b: Arm, column: str, what: str, delta: float) -> Compari
     va, vb = a.values(column), b.values(column)
     seeds = sorted(set(va) & set(vb))
     diffs = [va[s] - vb[s] for s in seeds]
-    interval, identical = _t_or_none(t_interval(diffs, EQUIVALENCE_CONFIDENCE))
+    interval = difference_interval(diffs, EQUIVALENCE_CONFIDENCE)
     p_eq, p_ne = tost(diffs, delta)
     note = f"equivalence margin δ = {delta:.3g}" + ("" if interval.n >= 2 else f"; {interval.n} paired seed(s)")
-    note += f"; {identical}" if identical else ""
+    note = "; ".join(x for x in (note, _equal_note(interval)) if x)
     comparison = Comparison(what, column, interval, seeds, INCONCLUSIVE, note, kind="equivalence", margin=delta)
     if p_eq is not None:
         comparison.p, comparison.significant = (p_eq, SUPPORTED) if p_eq <= p_ne else (p_ne, CONTRADICTED)

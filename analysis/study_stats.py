@@ -73,6 +73,13 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Inter
     return Interval(n, mean, mean - half, mean + half, sd)
 
 
+def difference_interval(differences: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """The t interval of paired differences, or none where they are all equal (s = 0): a zero-width interval
+    would be invented, and their test is the exact sign-flip one (t_test_p)."""
+    interval = t_interval(differences, confidence)
+    return Interval(interval.n, interval.mean, sd=0.0) if interval.n >= 2 and interval.sd == 0 else interval
+
+
 def _clean(values: Sequence[float]) -> list[float]:
     return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
 

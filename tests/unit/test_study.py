@@ -358,3 +358,6 @@ def test_identical_paired_differences_get_the_exact_sign_flip_p_and_no_invented_
     c3 = claim(summary, "3", task="humaneval_split")
     assert c3["comparisons"][0]["p"] == 1.0 and c3["verdict"] == INCONCLUSIVE
     assert c1["comparisons"][0]["min_detectable"] is None
+    arms = arms_of(load_study(root, Report(quiet=True))[0])
+    full_ft, mezo = (find_arm(arms, "smollm2-135m", "humaneval_split", m) for m in ("full_ft", "mezo"))
+    assert paired(full_ft, mezo, "metric.pass@1")[0].show_ci(3) == "+0.062 –"  # report.md's table: no interval
