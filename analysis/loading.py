@@ -22,6 +22,8 @@ from hizfo.run.records import RunRecord
 from hizfo.run.runspec import cell_key, is_reporting, parse_variant
 
 CELL_KEYS: tuple[str, ...] = ("model", "task", "method", "rho", "alpha", "lr_ratio")
+# where a run ran, from its provenance (hizfo.run.records.provenance): a row keeps these for the study's report
+MACHINE_KEYS: tuple[str, ...] = ("device", "device_name", "cpu_count", "num_threads", "hostname")
 
 
 @dataclass
@@ -81,7 +83,7 @@ def swept_values(method: str, method_cfg: dict[str, Any]) -> dict[str, Optional[
 
 def _steps_per_epoch(curve: Any) -> Optional[float]:
     """The step of the first epoch's end in a record's curve (its epoch-end evaluations), if it has one."""
-    entries = curve.get("eval") if isinstance(curve, dict) else None
+    entries = curve.get("eval") if isinstance(curve, dict) else getattr(curve, "eval", None)
     for entry in entries or []:
         if entry.get("epoch") == 0 and _number(entry.get("step")):
             return _number(entry["step"])
@@ -112,6 +114,11 @@ def record_protocol(task_config: dict[str, Any]) -> Optional[str]:
     return LEGACY_PROTOCOL if task_protocols(str(task_config.get("name"))) else None
 
 
+def _run_seconds(costs: Any) -> Optional[float]:
+    parts = [_number(costs.setup_seconds), _number(costs.train_seconds), _number(costs.eval_seconds)]
+    return None if parts[1] is None else sum(p for p in parts if p is not None)
+
+
 def _row(path: Path, record: RunRecord) -> dict[str, Any]:
     """One flat row from a record (raises KeyError / TypeError when its config is not a run's)."""
     config = record.config
@@ -135,6 +142,9 @@ def _row(path: Path, record: RunRecord) -> dict[str, Any]:
         "partition": record.partition, "curve": record.curve, "segments": costs.segments,
         "epochs": _number(config["method"].get("epochs")), "max_steps": _number(config["method"].get("max_steps")),
         "steps": _number(costs.steps), "steps_per_epoch": _steps_per_epoch(record.curve),
+        "batch_size": _number(config["task"].get("batch_size")),
+        "run_seconds": _run_seconds(costs),           # model loaded (provenance "created") to record written
+        **{key: provenance.get(key) for key in MACHINE_KEYS},
     }
     for key, value in record.metrics.items():
         number = _number(value)

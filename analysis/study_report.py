@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 from analysis.specs import METHOD_DISPLAY, TASK_DISPLAY  # noqa: E402
 from analysis.study_arms import (HIZFO, HIZFO_READINGS, SWEEP_KEYS, SWEEP_SYMBOLS, Arm, decimals,  # noqa: E402
                                  find_arm, interim_arms, paired, sweep_arms, task_metrics)
+from analysis.study_budget import budget_section  # noqa: E402
 from analysis.study_claims import Claim, Comparison  # noqa: E402
 from analysis.study_stats import POWER, t_interval  # noqa: E402
 from analysis.sweeps import save_figure  # noqa: E402
@@ -111,6 +112,7 @@ def render_report(arms: list[Arm], shared: dict, notes: list[str], frame: pd.Dat
         if single:
             lines += [f"Note: {', '.join(single)}: one seed, so no interval (`–`).", ""]
         lines += ["Paired differences (same seeds):", ""] + pair_rows(arms, model, task, metrics) + [""]
+    lines += budget_section(frame)
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)

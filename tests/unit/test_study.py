@@ -361,3 +361,31 @@ def test_identical_paired_differences_get_the_exact_sign_flip_p_and_no_invented_
     arms = arms_of(load_study(root, Report(quiet=True))[0])
     full_ft, mezo = (find_arm(arms, "smollm2-135m", "humaneval_split", m) for m in ("full_ft", "mezo"))
     assert paired(full_ft, mezo, "metric.pass@1")[0].show_ci(3) == "+0.062 –"  # report.md's table: no interval
+
+
+def test_the_budget_section_counts_sittings_run_time_and_scale_by_hand(tmp_path):
+    """Three runs: two overlapping (two workers), one after a 2-hour gap; wall-clock skips the gap."""
+    starts = {0: "2026-01-01T10:00:00+00:00", 1: "2026-01-01T10:01:00+00:00", 2: "2026-01-01T12:30:00+00:00"}
+    minutes = {0: 10.0, 1: 14.0, 2: 8.0}                          # setup 0 + train + eval (eval is 1 min)
+    for seed in starts:
+        write(tmp_path, "full_ft", "default", {seed: 30.0})
+        path = tmp_path / "smollm2-135m" / "pydoc" / "full_ft" / "default" / f"seed{seed}.json"
+        record = json.loads(path.read_text())
+        record["costs"].update(train_seconds=(minutes[seed] - 1) * 60, eval_seconds=60.0, setup_seconds=0.0,
+                               steps=10)
+        record["config"]["task"]["batch_size"] = 4
+        record["provenance"].update(created=starts[seed], device="cpu", device_name="x86_64", cpu_count=2,
+                                    num_threads=1, hostname="box")
+        path.write_text(json.dumps(record))
+        path.with_suffix(".predictions.jsonl").write_text("{}\n" * 7)
+    out = tmp_path / "report"
+    assert main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    # sittings: [10:00, 10:15] (10:01 + 14 min) and [12:30, 12:38]: 15 + 8 = 23 min = 0.38 h; run time 32 min
+    assert "3 runs, 0.5 h of run time" in report and "0.4 h of wall-clock over 2 sittings" in report
+    assert "median 10.0 min, shortest 8.0, longest 14.0" in report
+    assert "device cpu (x86_64), 2 CPUs, 1 torch thread(s) a run, host box" in report
+    # the curve's first epoch ends at step 5: 5 steps an epoch at batch 4; 7 predictions a run
+    assert "pydoc on smollm2-135m: batch 4, 5 steps an epoch (at most 20 training examples); Full FT 5 epochs = " \
+           "10 steps; 7 evaluation examples a run." in report
+    assert "The paper's scale: OPT-350M to OPT-13B" in report
