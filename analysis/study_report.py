@@ -17,7 +17,7 @@ from analysis.study_arms import (HIZFO, HIZFO_READINGS, SWEEP_KEYS, SWEEP_SYMBOL
                                  find_arm, interim_arms, paired, sweep_arms, task_metrics)
 from analysis.study_budget import budget_section  # noqa: E402
 from analysis.study_claims import Claim, Comparison  # noqa: E402
-from analysis.study_stats import POWER, t_interval  # noqa: E402
+from analysis.study_stats import POWER, Interval, t_interval  # noqa: E402
 from analysis.sweeps import save_figure  # noqa: E402
 
 
@@ -258,8 +258,35 @@ def plot_scores(arms: list[Arm], metric: str, out: Path, stem: str) -> list[Path
     return save_figure(figure, out, stem)
 
 
+def common_seeds(seed_sets: list[set[int]]) -> set[int]:
+    """The seeds every set of two or more seeds has (every seed there is, when no set has two)."""
+    several = [seeds for seeds in seed_sets if len(seeds) > 1]
+    return set.intersection(*several) if several else set().union(*seed_sets)
+
+
+def seed_list(seeds: set[int]) -> str:
+    ordered = sorted(seeds)
+    if len(ordered) > 2 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}–{ordered[-1]}"
+    return ", ".join(map(str, ordered))
+
+
+def sweep_points(sweep: dict[float, Arm], column: str) -> tuple[set[int], dict[float, Interval], list[float]]:
+    """One sweep's points over the seeds its points share (common_seeds): the seeds, each value's interval, and
+    the values that have one seed only (kept as they are)."""
+    values = {x: arm.values(column) for x, arm in sweep.items()}
+    shared = common_seeds([set(v) for v in values.values()])
+    intervals = {x: t_interval([v[s] for s in sorted(set(v) & shared)] if len(v) > 1 else list(v.values()))
+                 for x, v in values.items()}
+    return shared, intervals, [x for x, v in values.items() if len(v) == 1]
+
+
 def plot_sweeps(arms: list[Arm], model: str, task: str, metric: str, out: Path, stem: str) -> list[Path]:
-    """Mean ± 95 % CI against ρ, r and α, one line per reading of α."""
+    """Mean ± 95 % CI against ρ, r and α, one line per reading of α.
+
+    Each line's points use the seeds that all its points with two or more seeds share (a point with one seed keeps
+    it, drawn hollow): the default arm has more seeds than the sweep arms, and a mean over other seeds would show
+    seed-to-seed differences as an effect of the swept value. The legend names the seeds."""
     column = f"metric.{metric}"
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
     drawn = False
@@ -269,11 +296,15 @@ def plot_sweeps(arms: list[Arm], model: str, task: str, metric: str, out: Path, 
             sweep = sweep_arms(arms, model, task, method, name)
             if len(sweep) < 2:
                 continue
-            ivs = [sweep[x].interval(column) for x in sweep]
-            xs = [x for x, iv in zip(sweep, ivs) if iv.mean is not None]
-            ys = [iv.mean for iv in ivs if iv.mean is not None]
-            err = [iv.half or 0.0 for iv in ivs if iv.mean is not None]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=METHOD_DISPLAY.get(method, method))
+            shared, ivs, single = sweep_points(sweep, column)
+            xs = [x for x in ivs if ivs[x].mean is not None]
+            line = ax.errorbar(xs, [ivs[x].mean for x in xs], yerr=[ivs[x].half or 0.0 for x in xs], marker="o",
+                               capsize=3, label=f"{METHOD_DISPLAY.get(method, method)} (seeds {seed_list(shared)})")
+            single = [x for x in single if x in xs]
+            if single:
+                ax.plot(single, [ivs[x].mean for x in single], "o", markerfacecolor="white", zorder=4,
+                        color=line.lines[0].get_color(),
+                        label=f"one seed: {SWEEP_SYMBOLS[name]} = {', '.join(f'{x:g}' for x in single)}")
             any_line = drawn = True
         ax.set(xlabel=SWEEP_SYMBOLS[name], ylabel=f"{metric} (mean ± 95 % CI)")
         if any_line:

@@ -33,10 +33,12 @@ SWEEPS = (("table4", "rho_sweep"), ("fig3", "lr_ratio_sweep"), ("fig4", "alpha_s
 
 
 def save_figure(figure: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``stem``.png and ``stem``.pdf and close the figure."""
+    """Write ``stem``.png and ``stem``.pdf and close the figure; the PDF carries no creation date, so the same
+    records give the same bytes and a regenerated report changes only the plots whose data changed."""
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     for path in paths:
-        figure.savefig(path, dpi=150, bbox_inches="tight")
+        metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
+        figure.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
     plt.close(figure)
     return paths
 

@@ -11,8 +11,9 @@ from scipy import stats
 
 from analysis.loading import Report
 from analysis.study import main
-from analysis.study_arms import arms_of, find_arm, load_study, paired
+from analysis.study_arms import arms_of, find_arm, load_study, paired, sweep_arms
 from analysis.study_claims import NO_RECORDS, study_claims
+from analysis.study_report import common_seeds, seed_list, sweep_points
 from analysis.study_stats import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, Interval, holm, min_detectable, t_interval,
                                   tost, verdict)
 
@@ -389,3 +390,20 @@ def test_the_budget_section_counts_sittings_run_time_and_scale_by_hand(tmp_path)
     assert "pydoc on smollm2-135m: batch 4, 5 steps an epoch (at most 20 training examples); Full FT 5 epochs = " \
            "10 steps; 7 evaluation examples a run." in report
     assert "The paper's scale: OPT-350M to OPT-13B" in report
+
+
+def test_a_sweep_plots_its_points_over_the_seeds_they_share(tmp_path):
+    """The default arm has 5 seeds and the sweep arms 3: every point is over seeds 0-2, the default's extra seeds
+    (much lower here) are left out of its point, and a one-seed point keeps its one value."""
+    write(tmp_path, "hizfo", "default", seeds(34, 35, 36, 10, 10))
+    write(tmp_path, "hizfo", "method.lr_ratio=0.3", seeds(33, 35, 34))
+    write(tmp_path, "hizfo", "method.lr_ratio=0.7", {0: 20.0})
+    frame, _ = load_study(tmp_path)
+    sweep = sweep_arms(arms_of(frame), "smollm2-135m", "pydoc", "hizfo", "lr_ratio")
+    shared, points, single = sweep_points(sweep, "metric.rouge1")
+    assert shared == {0, 1, 2} and single == [0.7]
+    assert points[0.1].mean == pytest.approx(35.0) and points[0.1].n == 3        # not 25.0 over all 5 seeds
+    assert points[0.3].mean == pytest.approx(34.0) and points[0.7].mean == pytest.approx(20.0)
+    assert common_seeds([{0}, {3}]) == {0, 3} and seed_list({0, 1, 2}) == "0–2" and seed_list({0, 4}) == "0, 4"
+    assert main(["--results", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "sweeps_pydoc_smollm2-135m.png").stat().st_size > 1000
