@@ -259,9 +259,11 @@ def plot_scores(arms: list[Arm], metric: str, out: Path, stem: str) -> list[Path
 
 
 def common_seeds(seed_sets: list[set[int]]) -> set[int]:
-    """The seeds every set of two or more seeds has (every seed there is, when no set has two)."""
+    """The seeds every set of two or more seeds has; every seed there is when no set has two, or when those sets
+    share fewer than two seeds (then each point keeps its own seeds: nothing shared is left to compare on)."""
     several = [seeds for seeds in seed_sets if len(seeds) > 1]
-    return set.intersection(*several) if several else set().union(*seed_sets)
+    shared = set.intersection(*several) if several else set()
+    return shared if len(shared) > 1 else set().union(*seed_sets)
 
 
 def seed_list(seeds: set[int]) -> str:

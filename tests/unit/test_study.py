@@ -404,6 +404,7 @@ def test_a_sweep_plots_its_points_over_the_seeds_they_share(tmp_path):
     assert shared == {0, 1, 2} and single == [0.7]
     assert points[0.1].mean == pytest.approx(35.0) and points[0.1].n == 3        # not 25.0 over all 5 seeds
     assert points[0.3].mean == pytest.approx(34.0) and points[0.7].mean == pytest.approx(20.0)
-    assert common_seeds([{0}, {3}]) == {0, 3} and seed_list({0, 1, 2}) == "0–2" and seed_list({0, 4}) == "0, 4"
+    assert common_seeds([{0}, {3}]) == {0, 3} and common_seeds([{0, 1}, {2, 3}, {4}]) == {0, 1, 2, 3, 4}
+    assert seed_list({0, 1, 2}) == "0–2" and seed_list({0, 4}) == "0, 4"
     assert main(["--results", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "sweeps_pydoc_smollm2-135m.png").stat().st_size > 1000
