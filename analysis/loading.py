@@ -22,8 +22,6 @@ from hizfo.run.records import RunRecord
 from hizfo.run.runspec import cell_key, is_reporting, parse_variant
 
 CELL_KEYS: tuple[str, ...] = ("model", "task", "method", "rho", "alpha", "lr_ratio")
-# where a run ran, from its provenance (hizfo.run.records.provenance): a row keeps these for the study's report
-MACHINE_KEYS: tuple[str, ...] = ("device", "device_name", "cpu_count", "num_threads", "hostname")
 
 
 @dataclass
@@ -144,7 +142,7 @@ def _row(path: Path, record: RunRecord) -> dict[str, Any]:
         "steps": _number(costs.steps), "steps_per_epoch": _steps_per_epoch(record.curve),
         "batch_size": _number(config["task"].get("batch_size")),
         "run_seconds": _run_seconds(costs),           # model loaded (provenance "created") to record written
-        **{key: provenance.get(key) for key in MACHINE_KEYS},
+        "provenance": provenance,                     # where it ran (hizfo.run.records.provenance)
     }
     for key, value in record.metrics.items():
         number = _number(value)

@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 import pandas as pd
 
@@ -67,12 +67,22 @@ def study_budget(frame: pd.DataFrame) -> Optional[Budget]:
                   longest_minutes=max(minutes))
 
 
+def _shown(values: Iterable[Any]) -> str:
+    """The distinct values, sorted and joined ("?" when there is none); whole floats without ".0"."""
+    shown = sorted({str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+                    for v in values if v is not None and not pd.isna(v)})
+    return ", ".join(shown) or "?"
+
+
 def _values(frame: pd.DataFrame, column: str) -> str:
-    if column not in frame.columns:
+    return _shown(frame[column]) if column in frame.columns else "?"
+
+
+def _provenance(frame: pd.DataFrame, key: str) -> str:
+    """One provenance field over the runs (analysis.loading keeps each record's provenance in its row)."""
+    if "provenance" not in frame.columns:
         return "?"
-    values = sorted({str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
-                     for v in frame[column] if v is not None and not pd.isna(v)})
-    return ", ".join(values) or "?"
+    return _shown(p.get(key) if isinstance(p, dict) else None for p in frame["provenance"])
 
 
 def evaluated_examples(path: str) -> Optional[int]:
@@ -105,9 +115,9 @@ def scale_lines(frame: pd.DataFrame) -> list[str]:
 def budget_section(frame: pd.DataFrame) -> list[str]:
     """report.md's "Machine, budget and scale" section."""
     lines = ["## Machine, budget and scale", ""]
-    machine = (f"device {_values(frame, 'device')} ({_values(frame, 'device_name')}), "
-               f"{_values(frame, 'cpu_count')} CPUs, {_values(frame, 'num_threads')} torch thread(s) a run, "
-               f"host {_values(frame, 'hostname')}")
+    machine = (f"device {_provenance(frame, 'device')} ({_provenance(frame, 'device_name')}), "
+               f"{_provenance(frame, 'cpu_count')} CPUs, {_provenance(frame, 'num_threads')} torch thread(s) a run, "
+               f"host {_provenance(frame, 'hostname')}")
     lines += [f"Machine (the records' provenance): {machine}.", ""]
     budget = study_budget(frame)
     if budget is not None:
