@@ -105,7 +105,8 @@ def scale_lines(frame: pd.DataFrame) -> list[str]:
                               f"{_values(rows, 'steps')} steps")
         evaluated = sorted({n for n in (evaluated_examples(p) for p in group["path"]) if n is not None})
         batch, per_epoch = _values(trained, "batch_size"), _values(trained, "steps_per_epoch")
-        most = f" (at most {int(batch) * int(per_epoch)} training examples)" if (batch + per_epoch).isdigit() else ""
+        one_each = batch.isdigit() and per_epoch.isdigit()        # one batch size and one epoch length
+        most = f" (at most {int(batch) * int(per_epoch)} training examples)" if one_each else ""
         lines.append(f"- {task} on {model}: batch {batch}, {per_epoch} steps an epoch{most}; "
                      f"{'; '.join(per_method) or 'no trained run'}; "
                      f"{', '.join(map(str, evaluated)) or '?'} evaluation examples a run.")

@@ -408,3 +408,5 @@ def test_a_sweep_plots_its_points_over_the_seeds_they_share(tmp_path):
     assert seed_list({0, 1, 2}) == "0–2" and seed_list({0, 4}) == "0, 4"
     assert main(["--results", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "sweeps_pydoc_smollm2-135m.png").stat().st_size > 1000
+    pdf = (tmp_path / "out" / "sweeps_pydoc_smollm2-135m.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and b"/CreationDate" not in pdf     # same records, same bytes
