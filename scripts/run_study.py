@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 @dataclass
@@ -43,13 +42,9 @@ class PlannedRun:
 
 
 def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
-    from hizfo.registry import register_schemas
-    register_schemas()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)
+    from hizfo.run.session import compose
+    return OmegaConf.to_container(compose(overrides), resolve=True)
 
 
 def arms_of(preset: str) -> list[str]:
