@@ -143,6 +143,8 @@ def _row(path: Path, record: RunRecord) -> dict[str, Any]:
         "batch_size": _number(config["task"].get("batch_size")),
         "run_seconds": _run_seconds(costs),           # model loaded (provenance "created") to record written
         "provenance": provenance,                     # where it ran (hizfo.run.records.provenance)
+        "model_hub_id": config["model"].get("hub_id"), "model_gguf_file": config["model"].get("gguf_file"),
+        "model_dtype": config["model"].get("dtype"),
     }
     for key, value in record.metrics.items():
         number = _number(value)

@@ -6,7 +6,8 @@ checked one by one, and plots.
 Reads only the records under ``--results`` (analysis.loading; status ``ok`` only) and writes to ``--out``:
 ``report.md`` (a table of arms per task and the paired differences), ``claims.md`` (one row per claim of the
 paper, with its numbers, its verdict and the criterion behind it), ``study.json`` (the same numbers), and PNG + PDF
-plots: learning curves, the arms' scores, and the ρ / r / α sweeps.
+plots: learning curves, the arms' scores, and the ρ / r / α sweeps. A ``disclosures.md`` in the folder above
+``--results`` (committed with the study) ends both markdown files.
 
 An *arm* is (model, task, method, variant), its variant cleaned so that the same computation gets the same
 name. The rooms: the arms in analysis/study_arms.py, the statistics in analysis/study_stats.py, the claims and
@@ -31,6 +32,19 @@ from analysis.study_stats import ALPHA, EQUIVALENCE_CONFIDENCE, POWER
 # Claim 7's equivalence margin, fixed before any study result: δ = 0.05 × the r = 0.1 arm's mean score (on pydoc's
 # ROUGE-1 near 30 that is ±1.5 points). --margin changes it; a changed margin must be said in the report.
 DEFAULT_MARGIN = 0.05
+
+
+DISCLOSURES = "disclosures.md"
+
+
+def disclosures(results_dir: str | Path) -> str:
+    """The study's committed disclosures (``<results_dir>/../disclosures.md``: what changed during the study and
+    what its text got wrong, which no record shows), as a section for the end of report.md and claims.md; "" when
+    there is none."""
+    path = Path(results_dir).parent / DISCLOSURES
+    if not path.is_file():
+        return ""
+    return f"\n## Disclosures (`{path.name}`, beside the records)\n\n{path.read_text().strip()}\n"
 
 
 # -- the whole study -------------------------------------------------------------------------------------------
@@ -58,8 +72,9 @@ def run_study(results_dir: str | Path, out: str | Path, margin: float = DEFAULT_
         plots += plot_scores(these, metric, out, f"scores_{slug}")
         plots += plot_sweeps(these, model, task, metric, out, f"sweeps_{slug}")
     all_notes = report.notes + report.warnings + notes
-    (out / "report.md").write_text(render_report(arms, shared, all_notes, frame))
-    (out / "claims.md").write_text(render_claims(claims, margin, arms))
+    disclosed = disclosures(results_dir)
+    (out / "report.md").write_text(render_report(arms, shared, all_notes, frame) + disclosed)
+    (out / "claims.md").write_text(render_claims(claims, margin, arms) + disclosed)
     summary = {
         "arms": [{"model": a.model, "task": a.task, "method": a.method, "variant": a.variant, "seeds": a.seeds,
                   "planned_seeds": a.planned_seeds,

@@ -113,13 +113,33 @@ def scale_lines(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def model_lines(frame: pd.DataFrame) -> list[str]:
+    """What weights the runs loaded (the records' model config): a GGUF file is a quantised copy, dequantised to the
+    model's dtype when it loads, so the trained model is that copy, not the original checkpoint."""
+    if "model_hub_id" not in frame.columns:
+        return []
+    lines = []
+    for (hub, gguf, dtype), rows in frame.groupby(["model_hub_id", "model_gguf_file", "model_dtype"], sort=True,
+                                                   dropna=False):
+        if gguf is None or pd.isna(gguf):
+            continue
+        quant = f" ({gguf.rsplit('.', 2)[-2]} quantisation)" if str(gguf).count(".") >= 2 else ""
+        lines.append(f"Model (the records' config, {len(rows)} runs): the GGUF file `{gguf}`{quant} of `{hub}`, "
+                     f"dequantised to {dtype} when it loads: the weights trained are that quantised copy's, not the "
+                     f"original checkpoint's.")
+    return lines + [""] if lines else []
+
+
 def budget_section(frame: pd.DataFrame) -> list[str]:
     """report.md's "Machine, budget and scale" section."""
     lines = ["## Machine, budget and scale", ""]
     machine = (f"device {_provenance(frame, 'device')} ({_provenance(frame, 'device_name')}), "
                f"{_provenance(frame, 'cpu_count')} CPUs, {_provenance(frame, 'num_threads')} torch thread(s) a run, "
                f"host {_provenance(frame, 'hostname')}")
-    lines += [f"Machine (the records' provenance): {machine}.", ""]
+    cpu = _provenance(frame, "cpu_model")
+    cpu = ("CPU model not recorded (these records predate provenance's `cpu_model`)" if cpu == "?" else
+           f"CPU model {cpu}")
+    lines += [f"Machine (the records' provenance): {machine}; {cpu}.", ""] + model_lines(frame)
     budget = study_budget(frame)
     if budget is not None:
         lines += [f"Budget: {budget.runs} runs, {budget.run_hours:.1f} h of run time (training + evaluation), "

@@ -211,8 +211,9 @@ def cost_claim(arms: list[Arm], model: str, task: str) -> Claim:
     criterion = ("two parts, both needed, each as the paper ran it (its own epochs: Hi-ZFO 3, Full FT 5): the "
                  "paired 95 % CIs of Full FT − Hi-ZFO for train_seconds and for peak_memory_gb lie above 0 (memory "
                  "compared only when both arms measured the same memory kind); contradicted when either lies below 0. "
-                 "Time per epoch (train_seconds / epochs trained) is shown beside it, outside the verdict, so the "
-                 "share of 'faster' that is the epoch count can be read off")
+                 "Time per epoch (train_seconds / epochs trained) is shown beside it, outside the verdict, as a "
+                 "difference with its 95 % CI only: no equivalence test or margin was set for it, so a CI that "
+                 "contains 0 does not show the per-epoch times equal, only that no difference was detected")
     text = "(8) Hi-ZFO trains faster and lighter than Full FT"
     if hizfo is None or full is None:
         return Claim("8", text, task, model, criterion, [], NO_RECORDS, _missing(("Hi-ZFO", hizfo),

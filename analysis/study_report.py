@@ -122,12 +122,19 @@ def _p(value: Optional[float]) -> str:
     return "–" if value is None else "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _headroom(c: Comparison) -> str:
+    """An equivalence comparison's 90 % CI edge farthest from 0, as a share of its margin δ (100 % is the margin)."""
+    if c.interval.lo is None or not c.margin:
+        return ""
+    return f", CI edge at {max(abs(c.interval.lo), abs(c.interval.hi)) / c.margin:.1%} of δ"
+
+
 def _comparison_cell(c: Comparison) -> str:
     metric = c.column.replace("metric.", "")
     places = decimals(metric) if c.column.startswith("metric.") else 1 if "seconds" in c.column else 2
     level = "90 % CI" if c.kind == "equivalence" else "95 % CI"
     shown = "–" if c.min_detectable is None else f"{c.min_detectable:.{places}f}"
-    detect = "" if c.kind == "equivalence" else f", detectable ≥ {shown}"
+    detect = f", detectable ≥ {shown}" if c.kind != "equivalence" else _headroom(c)
     head = f"{c.what} ({metric}): {c.interval.show_ci(places)} {level}, n={len(c.seeds)}, p={_p(c.p)}"
     if not c.decides:
         return f"{head}{detect} → {c.verdict} (context: outside the verdict and Holm's family)"
@@ -142,8 +149,11 @@ def render_claims(claims: list[Claim], margin: float, arms: Optional[list[Arm]] 
              "positive difference is the paper's direction: *supported* when the 95 % t interval lies above 0 "
              "(two-sided paired t test, p < 0.05), *contradicted* when it lies below 0, *inconclusive* otherwise, "
              "including fewer than two paired seeds and missing arms (*inconclusive (no records)*). Paired differences "
-             "that are all equal (s = 0) have no t interval: their p is the exact sign-flip test's (at least "
-             "2 / 2^n two-sided, 0.25 for 3 seeds). Scores are each "
+             "that are all equal (s = 0) have no t interval: their p is the exact sign-flip test's, which cannot go "
+             "below 2 / 2^n two-sided (0.25 for 3 seeds). That bound is the sign-flip test's, not the smallest p 3 "
+             "seeds can give: differences that are not all equal take the t test's p, which can be far smaller "
+             "((5, 5, 6)/81 gives p ≈ 0.004 where (5, 5, 5)/81 gives 0.25), so under this rule more consistent "
+             "evidence can earn a weaker verdict. Scores are each "
              "task's first metric (ROUGE-1 ×100 for pydoc, pass@1 for humaneval_split, exact match % for "
              "wordnet_revdict).", "",
              f"Multiplicity: the comparisons behind the verdicts of one task are one family, Holm-adjusted "

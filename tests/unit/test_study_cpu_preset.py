@@ -2,6 +2,8 @@
 compute is frozen (their config_hash is committed here; change the study by making a new preset)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -15,10 +17,17 @@ SHARED_TASK_KEYS = ("train_limit", "limit", "max_input_length", "group_by_length
                     "batch_size", "eval_batch_size", "max_target_length")
 # config_hash of (arm, seed 0), committed with the study's first records: a change to the code's defaults that
 # moves one of these changes what a committed run computes. Make a new preset instead.
+# Every arm: each value is also the committed seed-0 record's config_hash (test_the_frozen_hashes_are_the_records).
 FROZEN = {
-    "pd_hizfo": "f527b7cb5c340373",
-    "pd_full_ft": "4412f054d0a4c71b",
-    "he_mezo": "cd3dde63b237b87f",
+    "pd_zero_shot": "8da14a2de05f4ba4", "pd_full_ft": "4412f054d0a4c71b", "pd_hizfo": "f527b7cb5c340373",
+    "pd_hizfo_zo_off": "263e234167b72820", "pd_hizfo_random_dir": "40d6753603b30e4b", "pd_mezo": "59bc83de4f94cad3",
+    "pd_hizfo_alpha_loss": "2d87e3b139f9b372", "pd_hizfo_alpha_loss0.0": "2356e1e7ada41bb6",
+    "pd_hizfo_alpha0.0": "c87987f46cf4a2d0", "pd_hizfo_alpha0.4": "a4bdd74c3825dc74",
+    "pd_hizfo_rho0.2": "f0bc793704023130", "pd_hizfo_rho0.4": "17f6e7e3fb98900f",
+    "pd_hizfo_rho0.8": "95133faceb7d1017", "pd_hizfo_r0.3": "a6eeceb558c68000", "pd_hizfo_r0.5": "08b032ccda38dcff",
+    "pd_hizfo_r0.7": "57193bb161e01f0d", "pd_lora": "408d81522eb85886", "pd_greentrainer": "a53017b7f5709722",
+    "he_zero_shot": "7cadf22c201669cb", "he_full_ft": "efd1971cea8968ed", "he_hizfo": "5072a101e4b9819f",
+    "he_hizfo_zo_off": "bcda026c621e996a", "he_hizfo_random_dir": "e0b14d37b38d7c5e", "he_mezo": "cd3dde63b237b87f",
 }
 
 
@@ -72,7 +81,14 @@ def test_seed_counts_are_sized_for_power():
 def test_the_studys_runs_are_frozen(arm: str):
     overrides = ["experiment=smollm2_study_cpu", f"+study_arm={arm}", "seed=0"]
     config = OmegaConf.to_container(compose(overrides), resolve=True)
-    assert RunSpec.build(config, overrides).config_hash == FROZEN[arm]
+    spec = RunSpec.build(config, overrides)
+    assert spec.config_hash == FROZEN[arm]
+    # a frozen value that no committed record carries would freeze nothing real
+    assert json.loads((ROOT / spec.path).read_text())["config_hash"] == FROZEN[arm]
+
+
+def test_every_arm_is_frozen():
+    assert set(FROZEN) == set(ARMS)                 # all 24 arms, not a sample
 
 
 def test_the_code_execution_opt_in_the_driver_passes_leaves_the_hash_alone():
