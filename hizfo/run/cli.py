@@ -9,6 +9,7 @@ that for the call (unless the user set it: then they get Hydra's full traces), c
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from typing import Callable, Optional
@@ -75,8 +76,34 @@ def composition_error_line(exc: BaseException) -> Optional[str]:
     return None
 
 
+def interrupted_line(exc: KeyboardInterrupt) -> str:
+    """The one line a Ctrl-C ends with: where its checkpoint is, or that none was written."""
+    from hizfo.run.signals import Interrupted
+    if isinstance(exc, Interrupted):
+        return f"interrupted (Ctrl-C): {exc}"
+    return "interrupted (Ctrl-C): no checkpoint written (no training step was under way)"
+
+
 def call_main(main: Callable[[], None]) -> int:
-    """Call a ``@hydra.main`` function; return the exit status (2: bad config, 1: a run failed, 0: all ran)."""
+    """Call a ``@hydra.main`` function; return the exit status (2: bad config, 1: a run failed, 130: Ctrl-C,
+    0: all ran). A sweep's summary (hizfo/run/sweep_summary.py) is printed last, whichever way it ended."""
+    from hizfo.run.sweep_summary import finish_sweeps
+    code = 0
+    try:
+        code = _call(main)
+    except KeyboardInterrupt as exc:
+        signal.signal(signal.SIGINT, _exit_at_once)        # a second Ctrl-C during the clean-up: exit now
+        print(interrupted_line(exc), file=sys.stderr, flush=True)
+        code = 130
+    return finish_sweeps(code)
+
+
+def _exit_at_once(signum: int, frame: object) -> None:
+    os._exit(130)
+
+
+def _call(main: Callable[[], None]) -> int:
+    """``main()`` with Hydra's errors raised to us; the exit status, each failure reported in one line."""
     user_wants_traces = "HYDRA_FULL_ERROR" in os.environ
     os.environ["HYDRA_FULL_ERROR"] = "1"                  # Hydra raises its errors to us instead of exiting 1
     try:
@@ -89,9 +116,10 @@ def call_main(main: Callable[[], None]) -> int:
             print(f"error: {line}", file=sys.stderr)
             return 2
         config_error = config_error_in(exc)
+        from hizfo.run.sweep_summary import sweep_active
         if config_error is not None and not getattr(exc, "reported", False):
             print(f"error: {config_error}", file=sys.stderr)
-        elif not getattr(exc, "reported", False):
+        elif not getattr(exc, "reported", False) and not sweep_active():   # a sweep's summary shows its jobs' errors
             traceback.print_exc()
         return 2 if config_error is not None else 1
     finally:

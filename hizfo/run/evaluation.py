@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import StoppingCriteriaList
 
 from hizfo.core.methods import Method, causal_lm_loss
 from hizfo.core.models import LoadedModel
 from hizfo.eval.stopping import StopOnText
+from hizfo.run.progress import progress
 from hizfo.tasks.base import Example, Task, collate_train, encode_prompts
 
 
@@ -43,8 +43,9 @@ def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: 
     if task.cfg.group_by_length:                 # longest prompts first, so a batch's left padding is small
         lengths = [len(tokenizer(e.prompt).input_ids) for e in examples]
         order.sort(key=lambda i: -lengths[i])
-    # leave=True: the bar ends its line, so what is printed next (``metrics:``) starts a line of its own in a log
-    for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=True, dynamic_ncols=True):
+    # counts examples (not batches), so its rate and ETA are per example; leave=True: the bar ends its line
+    bar = progress(total=len(examples), desc=desc, unit="ex", leave=True)
+    for start in range(0, len(examples), batch_size):
         chunk = [examples[i] for i in order[start:start + batch_size]]
         batch = {k: v.to(target) for k, v in encode_prompts(chunk, tokenizer, task.cfg.max_input_length).items()}
         # stop where task.postprocess will cut, with any tokenizer (transformers' stop_strings cannot take all)
@@ -53,6 +54,8 @@ def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: 
         new_tokens = generated[:, batch["input_ids"].shape[1]:]
         for row in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
             outputs.append(task.postprocess(row))
+        bar.update(len(chunk))
+    bar.close()
     model.train(was_training)
     in_order = [""] * len(examples)
     for position, index in enumerate(order):                    # back to the examples' own order

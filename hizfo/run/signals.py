@@ -7,6 +7,10 @@ boundary and then asks the relay to pass the signal on to whoever handled it bef
 handler, which calls the launcher's ``checkpoint`` and requeues the job with ``scontrol requeue``; outside submitit
 the default action ends the process. See docs/slurm.md.
 
+SIGINT (Ctrl-C) is held the same way: the step under way finishes, a checkpoint is written, and the run stops with
+``Interrupted`` (a ``KeyboardInterrupt``) that ``hizfo.run.cli.call_main`` turns into one line, exit status 130.
+A second Ctrl-C while the first is being answered exits at once (``os._exit(130)``), without waiting for the step.
+
 Signal handlers belong to the process, so there is one relay per process, ``RELAY``; runs that follow each other
 in one process (a Hydra multirun on the basic launcher) each make themselves its listener in turn.
 """
@@ -18,10 +22,21 @@ import sys
 from types import FrameType
 from typing import Any, Optional, Protocol
 
-PREEMPTION_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+PREEMPTION_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+INTERRUPT_EXIT = 130          # the shell's status for a process ended by SIGINT (128 + 2)
 REQUEUE_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR2, signal.SIGUSR1)   # submitit's handler is on one
 
 Pending = tuple[int, Optional[FrameType]]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, answered: its message says whether (and where) a checkpoint was written."""
+
+
+def exit_now(why: str) -> None:
+    """A second Ctrl-C: one line, then end the process at once (no cleanup, no traceback)."""
+    print(f"interrupted: {why}; exiting now", file=sys.stderr, flush=True)
+    os._exit(INTERRUPT_EXIT)
 
 
 class SignalListener(Protocol):
@@ -51,6 +66,7 @@ class SignalRelay:
         self.requeue_signals = requeue_signals
         self.previous: dict[int, Any] = {}          # signal -> handler before ours (submitit's, or the default)
         self.active: Optional[SignalListener] = None
+        self.interrupt_note: Optional[str] = None   # what the run did about a Ctrl-C (the ``Interrupted`` message)
 
     @property
     def installed(self) -> bool:
@@ -86,6 +102,7 @@ class SignalRelay:
         """Make ``listener`` the one signals go to. An earlier listener that stopped with a signal still waiting
         (its run ended by an exception) has that signal passed on now."""
         previous, self.active = self.active, listener
+        self.interrupt_note = None
         if previous is not None and previous is not listener:
             pending = previous.take_pending()
             if pending is not None:
@@ -108,6 +125,8 @@ class SignalRelay:
                 if callable(self.previous.get(int(other))):
                     handler = self.previous[int(other)]
                     break
+        if signum == signal.SIGINT and handler is signal.default_int_handler:
+            raise Interrupted(self.interrupt_note or "no checkpoint was written")
         if callable(handler):
             handler(signum, frame)
             return
@@ -146,10 +165,13 @@ class DeferredSignal:
 
     def note(self, signum: int, frame: Optional[FrameType]) -> bool:
         """Record the signal; True if it is to be answered now (no step and no save under way)."""
+        if self.pending is not None and signum == signal.SIGINT:       # Ctrl-C again while the first is answered
+            exit_now(f"a second Ctrl-C while waiting for the step to end (after {signal_name(self.pending[0])})")
         if self.pending is None:
             self.pending = (signum, frame)
         if self.in_training or self.saving:
-            print(f"checkpoint: {signal_name(signum)} received; checkpointing after this step",
+            again = " (Ctrl-C again: exit at once, without it)" if signum == signal.SIGINT else ""
+            print(f"checkpoint: {signal_name(signum)} received; checkpointing after this step{again}",
                   file=sys.stderr, flush=True)
             return False
         return True
@@ -170,7 +192,11 @@ class DeferredSignal:
         if pending is None:
             return
         signum, frame = pending
-        print(f"checkpoint: saved {saved} on {signal_name(signum)}; passing the signal on", file=sys.stderr, flush=True)
+        if signum == signal.SIGINT:
+            self.relay.interrupt_note = f"checkpoint saved at {saved}; run the same command again to resume"
+        else:
+            print(f"checkpoint: saved {saved} on {signal_name(signum)}; passing the signal on", file=sys.stderr,
+                  flush=True)
         self.relay.pass_on(signum, frame)
 
     def stop(self, listener: SignalListener) -> None:

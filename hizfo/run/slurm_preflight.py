@@ -84,41 +84,54 @@ def slurm_nodes() -> list[Node]:
     return parse_nodes(out.stdout)
 
 
-def check_resources(nodes: list[Node], partition: Optional[str], cpus_per_task: Optional[int] = None,
-                    mem_gb: Optional[float] = None, gpus_per_node: Optional[int] = None,
-                    tasks_per_node: Optional[int] = None) -> None:
-    """What one job asks of a node (``cpus_per_task`` x ``tasks_per_node`` CPUs, ``mem_gb`` GB, ``gpus_per_node``
-    GPUs) must fit the partition's largest node; sbatch accepts a job no node can hold, and it pends for ever
-    (Reason=PartitionConfig) while the sweep waits without a word. ``partition`` None: the default partition;
-    a comma-separated list: the job may run on any of them."""
+def resource_problems(nodes: list[Node], partition: Optional[str], cpus_per_task: Optional[int] = None,
+                      mem_gb: Optional[float] = None, gpus_per_node: Optional[int] = None,
+                      tasks_per_node: Optional[int] = None) -> list[str]:
+    """Every way what one job asks of a node (``cpus_per_task`` x ``tasks_per_node`` CPUs, ``mem_gb`` GB,
+    ``gpus_per_node`` GPUs) does not fit the partition's largest node, one line each; sbatch accepts a job no node
+    can hold, and it pends for ever (Reason=PartitionConfig) while the sweep waits without a word. ``partition``
+    None: the default partition; a comma-separated list: the job may run on any of them."""
     names = [p.strip() for p in str(partition).split(",")] if partition is not None else []
     pool = [n for n in nodes if n.partition in names] if names else [n for n in nodes if n.default] or nodes
     if not pool:
-        return                               # sinfo lists no node for it: nothing to compare against
+        return []                            # sinfo lists no node for it: nothing to compare against
     where = f"partition '{partition}'" if partition is not None else f"the default partition '{pool[0].partition}'"
     cpus = (cpus_per_task or 0) * (tasks_per_node or 1)
+    problems = []
     if cpus_per_task and cpus > max(n.cpus for n in pool):
         tasks = f" x tasks_per_node={tasks_per_node}" if (tasks_per_node or 1) > 1 else ""
-        raise ConfigError(f"hydra.launcher.cpus_per_task={cpus_per_task}{tasks}: {where} has at most "
-                          f"{max(n.cpus for n in pool)} CPUs a node (sinfo); lower hydra.launcher.cpus_per_task "
-                          f"or pick another partition")
+        problems.append(f"hydra.launcher.cpus_per_task={cpus_per_task}{tasks}: {where} has at most "
+                        f"{max(n.cpus for n in pool)} CPUs a node (sinfo); lower hydra.launcher.cpus_per_task "
+                        f"or pick another partition")
     if mem_gb and mem_gb * 1024 > max(n.mem_mb for n in pool):
         most = max(n.mem_mb for n in pool)
-        raise ConfigError(f"hydra.launcher.mem_gb={mem_gb:g}: {where} has at most {most} MB ({most / 1024:.1f} GB) "
-                          f"a node (sinfo); lower hydra.launcher.mem_gb to <= {most // 1024}, set it to null "
-                          f"(the partition's default), or pick another partition")
+        problems.append(f"hydra.launcher.mem_gb={mem_gb:g}: {where} has at most {most} MB ({most / 1024:.1f} GB) "
+                        f"a node (sinfo); lower hydra.launcher.mem_gb to <= {most // 1024}, set it to null "
+                        f"(the partition's default), or pick another partition")
     if gpus_per_node and gpus_per_node > max(n.gpus for n in pool):
         most = max(n.gpus for n in pool)
         gres = " ".join(sorted({n.gres for n in pool}))
         what = "has no GPUs" if most == 0 else f"has at most {most} GPUs a node"
-        raise ConfigError(f"hydra.launcher.gpus_per_node={gpus_per_node}: {where} {what} (sinfo %G: {gres}); "
-                          f"{'pick a GPU partition' if most == 0 else f'lower it to <= {most}'} or set "
-                          f"hydra.launcher.gpus_per_node=null")
-    if not any(n.cpus >= cpus and n.mem_mb >= (mem_gb or 0) * 1024 and n.gpus >= (gpus_per_node or 0) for n in pool):
-        raise ConfigError(f"hydra.launcher: no node of {where} has {cpus} CPUs, {mem_gb or 0:g} GB and "
-                          f"{gpus_per_node or 0} GPUs at once (sinfo: "
-                          f"{'; '.join(sorted({f'{n.cpus} CPUs {n.mem_mb} MB {n.gpus} GPUs' for n in pool}))}); "
-                          f"ask for less of one of them")
+        problems.append(f"hydra.launcher.gpus_per_node={gpus_per_node}: {where} {what} (sinfo %G: {gres}); "
+                        f"{'pick a GPU partition' if most == 0 else f'lower it to <= {most}'} or set "
+                        f"hydra.launcher.gpus_per_node=null")
+    if not problems and not any(n.cpus >= cpus and n.mem_mb >= (mem_gb or 0) * 1024
+                                and n.gpus >= (gpus_per_node or 0) for n in pool):
+        problems.append(f"hydra.launcher: no node of {where} has {cpus} CPUs, {mem_gb or 0:g} GB and "
+                        f"{gpus_per_node or 0} GPUs at once (sinfo: "
+                        f"{'; '.join(sorted({f'{n.cpus} CPUs {n.mem_mb} MB {n.gpus} GPUs' for n in pool}))}); "
+                        f"ask for less of one of them")
+    return problems
+
+
+def check_resources(nodes: list[Node], partition: Optional[str], cpus_per_task: Optional[int] = None,
+                    mem_gb: Optional[float] = None, gpus_per_node: Optional[int] = None,
+                    tasks_per_node: Optional[int] = None) -> None:
+    """``resource_problems`` as one ConfigError (one line per problem), if there is any."""
+    problems = resource_problems(nodes, partition, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
+                                 gpus_per_node=gpus_per_node, tasks_per_node=tasks_per_node)
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def check_partition(partition: Optional[str], gpus_per_node: Optional[int] = None,
@@ -136,6 +149,21 @@ def check_partition(partition: Optional[str], gpus_per_node: Optional[int] = Non
     if cpus_per_task or mem_gb or gpus_per_node:
         check_resources(slurm_nodes(), partition, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
                         gpus_per_node=gpus_per_node, tasks_per_node=tasks_per_node)
+
+
+def preflight_problems(launcher: Any, checkpoint_minutes: Optional[float]) -> list[str]:
+    """Every problem of a Slurm launcher config at once: the timeout, the partition, CPUs, memory and GPUs."""
+    problems: list[str] = []
+    for check in (lambda: check_timeout(float(launcher.timeout_min), float(launcher.get("signal_delay_s", 0) or 0),
+                                        checkpoint_minutes),
+                  lambda: check_partition(launcher.get("partition"), gpus_per_node=launcher.get("gpus_per_node"),
+                                          cpus_per_task=launcher.get("cpus_per_task"), mem_gb=launcher.get("mem_gb"),
+                                          tasks_per_node=launcher.get("tasks_per_node"))):
+        try:
+            check()
+        except ConfigError as exc:
+            problems.extend(str(exc).splitlines())
+    return problems
 
 
 def check_timeout(timeout_min: float, signal_delay_s: float, checkpoint_minutes: Optional[float]) -> None:
@@ -186,13 +214,9 @@ class SlurmPreflight(_HydraCallback):
         launcher = config.hydra.launcher
         if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
             return
-        try:
-            check_timeout(float(launcher.timeout_min), float(launcher.get("signal_delay_s", 0) or 0),
-                          self.checkpoint_minutes)
-            check_partition(launcher.get("partition"), gpus_per_node=launcher.get("gpus_per_node"),
-                            cpus_per_task=launcher.get("cpus_per_task"), mem_gb=launcher.get("mem_gb"),
-                            tasks_per_node=launcher.get("tasks_per_node"))
-        except ConfigError as exc:
-            # Hydra turns a callback's Exception into a warning and submits anyway: stop the sweep here
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from exc
+        problems = preflight_problems(launcher, self.checkpoint_minutes)
+        if problems:
+            # every problem in one message, one line each; Hydra turns a callback's Exception into a warning and
+            # submits anyway, so the sweep stops here
+            print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr, flush=True)
+            raise SystemExit(2)

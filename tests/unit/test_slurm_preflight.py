@@ -111,7 +111,11 @@ def test_what_a_job_asks_must_fit_the_partitions_largest_node(asked, expected):
         return
     with pytest.raises(ConfigError) as caught:
         check_resources(nodes, **asked)
-    assert str(caught.value).startswith(expected) and "\n" not in str(caught.value), str(caught.value)
+    # the first problem first; every further line is another key's problem (all reported at once)
+    first, *others = str(caught.value).splitlines()
+    assert first.startswith(expected), str(caught.value)
+    assert all(line.startswith("hydra.launcher.") for line in others), str(caught.value)
+    assert len(others) == (2 if asked.get("partition") is None else 0), str(caught.value)
 
 
 def test_no_single_node_holding_everything_at_once_is_refused():
@@ -134,8 +138,10 @@ def test_the_callback_refuses_the_launchers_defaults_on_a_two_cpu_node_before_sb
         SlurmPreflight(checkpoint_minutes=30).on_multirun_start(config)
     assert exited.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: hydra.launcher.cpus_per_task=8: the default partition 'debug' has at most 2 CPUs a node "
-                   "(sinfo); lower hydra.launcher.cpus_per_task or pick another partition"]
+    assert err[0] == ("error: hydra.launcher.cpus_per_task=8: the default partition 'debug' has at most 2 CPUs a "
+                      "node (sinfo); lower hydra.launcher.cpus_per_task or pick another partition")
+    assert [line.split("=")[0] for line in err[1:]] == ["error: hydra.launcher.mem_gb",
+                                                        "error: hydra.launcher.gpus_per_node"]   # all at once
     config.hydra.launcher.partition = "gpu"                     # the defaults fit a GPU node: no exit
     SlurmPreflight(checkpoint_minutes=30).on_multirun_start(config)
 
@@ -155,7 +161,46 @@ def test_run_py_with_the_launchers_defaults_on_a_two_cpu_node_stops_before_sbatc
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines() == [
-        "error: hydra.launcher.cpus_per_task=8: the default partition 'debug' has at most 2 CPUs a node (sinfo); "
-        "lower hydra.launcher.cpus_per_task or pick another partition"]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == ("error: hydra.launcher.cpus_per_task=8: the default partition 'debug' has at most 2 CPUs a "
+                        "node (sinfo); lower hydra.launcher.cpus_per_task or pick another partition")
+    assert [line.split("=")[0] for line in lines[1:]] == ["error: hydra.launcher.mem_gb",
+                                                          "error: hydra.launcher.gpus_per_node"], lines
     assert not called.exists() and not (tmp_path / "sweep").exists()
+
+
+def test_the_preflight_reports_every_problem_in_one_message(tmp_path, monkeypatch, capsys):
+    """CPUs, memory, GPUs and the timeout wrong at once: one message naming all four keys, exit 2 (one try, not
+    four submissions)."""
+    from omegaconf import OmegaConf
+    from hizfo.run.slurm_preflight import SlurmPreflight
+    fake_sinfo(tmp_path, monkeypatch)
+    launcher = OmegaConf.load(ROOT / "conf" / "launcher" / "slurm.yaml").hydra.launcher
+    launcher._target_ = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    launcher.timeout_min = 20                                  # 18 min before the signal < 30 min checkpoints
+    config = OmegaConf.create({"hydra": {"launcher": launcher}})
+    with pytest.raises(SystemExit) as exited:
+        SlurmPreflight(checkpoint_minutes=30).on_multirun_start(config)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[1].strip().split("=")[0] for line in err] == [
+        "hydra.launcher.timeout_min", "hydra.launcher.cpus_per_task", "hydra.launcher.mem_gb",
+        "hydra.launcher.gpus_per_node"], err
+    assert all(line.startswith("error: ") for line in err)
+
+
+def test_submitit_slurm_chosen_directly_is_refused_in_one_line(capsys):
+    """``hydra/launcher=submitit_slurm`` skips the pre-flight, requeue and timeouts: refused, pointing at
+    launcher=slurm; with the pre-flight callback present it passes."""
+    from omegaconf import OmegaConf
+    from hizfo.run.sweep_summary import refuse_unchecked_slurm
+    target = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    bare = OmegaConf.create({"hydra": {"launcher": {"_target_": target}, "callbacks": {"sweep_summary": {}}}})
+    with pytest.raises(SystemExit) as exited:
+        refuse_unchecked_slurm(bare)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "launcher=slurm" in err[0] and err[0].startswith("error: hydra/launcher=submitit_slurm")
+    checked = OmegaConf.create({"hydra": {"launcher": {"_target_": target},
+                                          "callbacks": {"slurm_preflight": {}, "sweep_summary": {}}}})
+    refuse_unchecked_slurm(checked)
