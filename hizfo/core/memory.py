@@ -1,0 +1,194 @@
+"""What one device holds at the peak of a run, per method × model × precision × world size (the planner's model).
+
+Closed form over hizfo/core/costs.py's per-tensor shapes, for what this framework's code path allocates:
+
+  weights      every tensor, in the precision's weight dtype (fp32; bf16 under precision=bf16); peft adapters too
+  grads        Θ_FO's gradients in the weight dtype; at the AdamW step fp32 (the masters' under bf16)
+  optimizer    AdamW's exp_avg and exp_avg_sq, fp32, for Θ_FO only (torch creates state lazily: only tensors that
+               got a gradient), plus hizfo.core.precision.ChangeMonitor's samples (int64 index + value, ≤ 4096/tensor)
+  masters      fp32 copies of Θ_FO under precision=bf16 (MasterWeights)
+  activations  what autograd saves in the forward: counted on the real model's forward under FakeTensorMode
+               (shapes only, no memory) with the run's trainable set, batch and length limits, autocast and dropout
+  zo_buffers   hizfo/core/zo.py's noise chunk: 2^20 fp32 per CPU thread, 2^24 fp32 on CUDA (CHUNK_CPU/CHUNK_CUDA)
+  temporaries  the head's backward (four [N, V] fp32 tensors at once: the loss's and log_softmax's gradients and
+               the shifted logits' slice backward, as traced on tiny-opt), the no-grad forward's logits,
+               and AdamW's step (torch's foreach path on CUDA allocates sqrt(exp_avg_sq) for a whole param group;
+               the CPU single-tensor path two of the largest tensor)
+
+The peak is the largest of the step's moments: the backward's start (activations and the head's gradients alive),
+a ZO forward (Hi-ZFO holds Θ_FO's gradients through it), and the AdamW step (gradients, state, temporaries).
+Profiling (Hi-ZFO, GreenTrainer) and generation are phases of their own. FSDP2 (issue 35's layout): every block
+``fully_shard``-ed, so weights, gradients, optimizer state and masters are 1/world per rank, plus the two blocks
+FSDP2 holds unsharded (the current one and the prefetched next) in compute dtype; activations are per rank at the
+rank's slice of the global batch. Without sharding, each rank holds the whole model (data parallel).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from hizfo.core.memory_trace import ModelRoles, activations_and_roles
+from hizfo.core.shapes import ModelShape
+from hizfo.errors import ConfigError
+
+CATEGORIES = ("weights", "grads", "optimizer", "masters", "activations", "zo_buffers", "temporaries")
+FP32 = 4
+CHUNK_CPU, CHUNK_CUDA = 1 << 20, 1 << 24          # hizfo/core/zo.py's noise chunks (elements)
+MONITOR_SAMPLE = 4096                               # hizfo.core.precision.ChangeMonitor(sample=4096)
+FO_METHODS = ("full_ft", "ft_top2", "lora", "prefix", "greentrainer")
+GiB = float(1 << 30)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One cell: what a run of it sets that memory depends on."""
+    method: str
+    method_cfg: tuple[tuple[str, Any], ...]
+    precision: str = "fp32"
+    batch: int = 4
+    seq_len: int = 576                 # max_input_length + max_target_length: the longest training sequence
+    eval_batch: int = 8
+    prompt_len: int = 512
+    new_tokens: int = 32
+    beams: int = 1
+    world_size: int = 1
+    fsdp: bool = False
+    device: str = "cuda"
+    threads: int = 1                   # CPU: ZO noise chunks run one per thread
+    train_dropout: bool = False
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    selection: Optional[tuple[str, ...]] = None   # Θ_FO names from a record; None: the cost-only worst case
+
+    def cfg(self) -> dict[str, Any]:
+        """The method's values: its schema's defaults (hizfo/registry.py), then what the cell sets."""
+        from dataclasses import MISSING, fields
+        from hizfo.registry import METHODS
+        schema = METHODS.get(self.method)
+        defaults = {f.name: f.default for f in fields(schema) if f.default is not MISSING} if schema else {}
+        return {**defaults, **dict(self.method_cfg)}
+
+    def check(self) -> None:
+        if self.world_size <= 0:
+            raise ConfigError(f"plan.world_size: must be >= 1, got {self.world_size}")
+        for key in ("batch", "seq_len", "eval_batch", "prompt_len", "beams"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"plan: {key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class Prediction:
+    """Per device: the training step's peak split by category, and the other phases' peaks (bytes)."""
+    training: dict[str, int]
+    moment: str                        # which moment of the step sets the training peak
+    profiling: int = 0
+    generation: int = 0
+    selection: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def training_peak(self) -> int:
+        return sum(self.training.values())
+
+    @property
+    def phases(self) -> dict[str, int]:
+        return {"training": self.training_peak, "profiling": self.profiling, "generation": self.generation}
+
+    @property
+    def peak(self) -> int:
+        return max(self.phases.values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=lambda k: self.phases[k])
+
+
+def _dtypes(precision: str) -> tuple[int, int]:
+    """(weight bytes, compute bytes) of a precision (hizfo/core/precision.py)."""
+    return {"fp32": (4, 4), "bf16-mixed": (4, 2), "bf16": (2, 2)}[precision]
+
+
+def _moments(s: Setting, r: ModelRoles, act: int) -> dict[str, dict[str, int]]:
+    """Each moment of the steady-state step: category -> bytes, on one device."""
+    w, c = _dtypes(s.precision)
+    fo, zo = r.fo_numel, r.zo_numel
+    shard = s.world_size if s.fsdp else 1
+    gathered = 2 * r.block_numel * c if s.fsdp and s.world_size > 1 else 0   # FSDP2: current + prefetched block
+    weights = r.total_numel * w // shard + gathered
+    monitor = sum(min(n, MONITOR_SAMPLE) for n in r.fo_sizes) * 8
+    optimizer = (2 * fo * FP32 + 2 * r.extra_opt_numel * FP32) // shard + monitor
+    masters = (r.master_numel * FP32) // shard if s.precision == "bf16" else 0
+    tokens = s.batch * s.seq_len // s.world_size
+    head = tokens * r.vocab
+    zo_buf = (CHUNK_CUDA if s.device == "cuda" else CHUNK_CPU * max(1, s.threads)) * FP32 if zo else 0
+    if zo and w == 2 and s.device != "cuda":
+        zo_buf = CHUNK_CPU * FP32 * (1 + max(1, s.threads))          # virtual mode's chunk in the main thread too
+    if zo and w == 2:
+        zo_buf += r.largest_zo * w                                    # one module's θ + εu, rounded (ZOParams)
+    base = {"weights": weights, "optimizer": optimizer, "masters": masters}
+    fwd_tmp = head * (c + (FP32 if c != FP32 else 0) + FP32)          # logits, their fp32 copy, log_softmax
+    moments: dict[str, dict[str, int]] = {}
+    if fo:
+        moments["backward"] = {**base, "activations": act, "temporaries": 4 * head * FP32}
+        step_tmp = (r.largest_group * FP32 if s.device == "cuda" else 2 * r.largest_fo * FP32) // shard
+        grads = (fo + r.extra_grad_numel) * FP32 // shard
+        moments["optimizer step"] = {**base, "grads": grads, "temporaries": step_tmp,
+                                     "zo_buffers": zo_buf if r.extra_grad_numel else 0}
+    if zo and r.zo_forward:
+        held = fo * w // shard if s.method == "hizfo" else 0         # Hi-ZFO: Θ_FO's grads live through L_ZO
+        moments["ZO forward"] = {**base, "grads": held, "zo_buffers": zo_buf, "temporaries": fwd_tmp}
+    if not moments:
+        moments["forward"] = {"weights": weights, "temporaries": fwd_tmp}
+    return {k: {cat: int(v.get(cat, 0)) for cat in CATEGORIES} for k, v in moments.items()}
+
+
+def _profiling(s: Setting, r: ModelRoles, act_all: int) -> int:
+    """hizfo/core/profiling.py: weights, one pass's activations (every tensor trainable), one int8 code per element,
+    and one tensor's gradient at a time (the blockwise head keeps no [N, V] logits for fp32 heads)."""
+    if s.method not in ("hizfo", "greentrainer"):
+        return 0
+    w, _ = _dtypes(s.precision)
+    shard = s.world_size if s.fsdp else 1
+    codes = r.total_numel // shard
+    return r.total_numel * w // shard + act_all + codes + 2 * r.largest_any * FP32
+
+
+def _generation(s: Setting, r: ModelRoles) -> int:
+    """Beam search with a KV cache: weights, K and V for every layer over prompt + new tokens, the cache's reorder
+    copy of one layer per step, the last position's logits (generate passes logits_to_keep=1) in c and fp32, and
+    the prefill's widest temporaries (about 8 × hidden per token: q, k, v, the attention output and the FFN's)."""
+    w, c = _dtypes(s.precision)
+    shard = s.world_size if s.fsdp else 1
+    rows = max(1, s.eval_batch // s.world_size) * s.beams
+    length = s.prompt_len + s.new_tokens
+    kv_layer = 2 * rows * length * r.kv_width * c
+    logits = rows * r.vocab * (c + FP32)
+    prefill = rows * s.prompt_len * r.hidden * c * 8
+    return r.total_numel * w // shard + kv_layer * (r.layers + 1) + logits + prefill
+
+
+def predict(shape: ModelShape, s: Setting) -> Prediction:
+    """The per-device prediction for one cell."""
+    s.check()
+    if s.precision not in ("fp32", "bf16-mixed", "bf16"):
+        raise ConfigError(f"precision: '{s.precision}' is not one of fp32, bf16-mixed, bf16")
+    act, act_all, roles = activations_and_roles(shape, s)
+    moments = _moments(s, roles, act)
+    moment = max(moments, key=lambda k: sum(moments[k].values()))
+    pred = Prediction(training=moments[moment], moment=moment, profiling=_profiling(s, roles, act_all),
+                      generation=_generation(s, roles), selection=roles.selection_note)
+    if s.method == "greentrainer":
+        pred.notes.append("GreenTrainer re-selects every 2 epochs; AdamW state then also covers earlier selections")
+    return pred
+
+
+def smallest_world_size(shape: ModelShape, s: Setting, gpu_bytes: int, fsdp: bool, limit: int = 64) -> Optional[int]:
+    """The least world size (a divisor of the global batch, as issue 35 requires) whose per-device peak fits."""
+    from dataclasses import replace
+    for n in range(1, limit + 1):
+        if s.batch % n:
+            continue
+        if predict(shape, replace(s, world_size=n, fsdp=fsdp)).peak <= gpu_bytes:
+            return n
+    return None

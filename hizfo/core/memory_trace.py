@@ -1,0 +1,222 @@
+"""The planner's shape-level facts about one cell: which tensors each method trains and how (its roles), and the
+bytes autograd saves in a training forward, counted on the model's real forward under ``FakeTensorMode``.
+
+Roles follow the methods' own code: Full FT every tensor (baselines/full_ft.py), FT-Top2 the top blocks
+(``decoder_layers``), LoRA / Prefix the peft adapters (their configs as baselines/lora.py and baselines/prefix.py
+build them), MeZO every tensor by ZO, Bilevel-ZOFO both LoRA adapters by backprop and the backbone by ZO with an
+upper AdamW over both, Hi-ZFO / GreenTrainer the selection: a record's stored Θ_FO, else the cost-only worst case
+(``cost_only_selection``).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hizfo.core.costs import backward_budget, integer_budget, quantize_costs, tensor_costs
+from hizfo.core.models import decoder_layers
+from hizfo.core.precision import use_precision
+from hizfo.core.selection import select_tensors
+from hizfo.core.shapes import FakeModel, ModelShape, build_fake, cached_fake
+from hizfo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hizfo.core.memory import Setting
+
+PEFT_METHODS = ("lora", "prefix", "bilevel_zofo")
+
+
+@dataclass
+class ModelRoles:
+    """Element counts the closed form needs."""
+    total_numel: int
+    fo_sizes: list[int]
+    zo_numel: int
+    vocab: int
+    layers: int
+    block_numel: int
+    kv_width: int
+    largest_fo: int
+    largest_any: int
+    largest_zo: int
+    largest_group: int
+    hidden: int = 0
+    extra_opt_numel: int = 0        # Bilevel-ZOFO: the upper AdamW's state over the backbone
+    extra_grad_numel: int = 0       # Bilevel-ZOFO: the backbone's materialised ZO gradient
+    master_numel: int = 0
+    zo_forward: bool = True
+    selection_note: str = ""
+
+    @property
+    def fo_numel(self) -> int:
+        return sum(self.fo_sizes)
+
+
+def cost_only_selection(model: nn.Module, batch: int, seq_len: int, rho: float, buckets: int = 1000
+                        ) -> list[str]:
+    """Θ_FO without a profile: the exact DP (hizfo/core/selection.py) within ρ with importance ∝ size, i.e. the most
+    parameters the budget allows (the most gradient and AdamW memory a selection can cost)."""
+    costs = tensor_costs(model, batch, seq_len)
+    t_dw = np.array([c.t_dw for c in costs], dtype=np.float64)
+    t_dy = np.array([c.t_dy for c in costs], dtype=np.float64)
+    q_dw, q_dy = quantize_costs(t_dw, t_dy, buckets)
+    rho_bp = backward_budget(rho, float(sum(c.t_fp for c in costs)), float(t_dw.sum() + t_dy.sum()))
+    mask = select_tensors(np.array([float(c.numel) for c in costs]), q_dw, q_dy, integer_budget(rho_bp, q_dw, q_dy))
+    return [c.name for c, m in zip(costs, mask) if m]
+
+
+def _peft(fm: FakeModel, s: "Setting") -> nn.Module:
+    """The fake model wrapped as the method wraps it (peft's configs as baselines/lora.py and prefix.py build them)."""
+    from peft import LoraConfig, PrefixTuningConfig
+    cfg = s.cfg()
+    if s.method == "prefix":
+        config: Any = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=int(cfg.get("num_virtual_tokens", 20)),
+                                         prefix_projection=bool(cfg.get("prefix_projection", False)))
+    else:
+        config = LoraConfig(task_type="CAUSAL_LM", r=int(cfg.get("rank", 8)), lora_alpha=float(cfg.get("alpha", 32)),
+                            lora_dropout=float(cfg.get("lora_dropout", 0.1)),
+                            target_modules=list(cfg.get("target_modules") or s.lora_targets))
+    move = nn.Module.to
+    # peft moves each new adapter to its layer's device and dtype (a module._apply, which cannot swap fake tensors);
+    # the adapters are made on the fake CPU device already (under bf16 they stay fp32: ~0.1 % of the model)
+    nn.Module.to = lambda self, *a, **k: self               # type: ignore[method-assign]
+    try:
+        with fm.mode:
+            model = _wrap(fm, s, config)
+    finally:
+        nn.Module.to = move                                 # type: ignore[method-assign]
+    return model
+
+
+def _wrap(fm: FakeModel, s: "Setting", config: Any) -> nn.Module:
+    from peft import get_peft_model
+    model = get_peft_model(fm.model, config, adapter_name="upper" if s.method == "bilevel_zofo" else "default")
+    if s.method == "bilevel_zofo":
+        model.add_adapter("lower", config)
+        model.set_adapter("lower")                          # the lower step: the most frequent forward
+    return model
+
+
+def _named(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return list(model.named_parameters(remove_duplicate=True))
+
+
+def _fo_zo(model: nn.Module, s: "Setting") -> tuple[set[str], set[str], str]:
+    """(Θ_FO names, Θ_ZO names, how Θ_FO was chosen) for the method on ``model``."""
+    names = [n for n, _ in _named(model)]
+    cfg = s.cfg()
+    if s.method in ("full_ft",):
+        return set(names), set(), ""
+    if s.method == "ft_top2":
+        keep = {id(p) for block in list(decoder_layers(model))[-int(cfg.get("top_blocks", 2)):] for p in block.parameters()}
+        return {n for n, p in _named(model) if id(p) in keep}, set(), ""
+    if s.method == "mezo":
+        return set(), set(names), ""
+    if s.method in ("lora", "prefix"):
+        return {n for n, p in _named(model) if p.requires_grad}, set(), ""
+    if s.method == "bilevel_zofo":
+        adapters = {n for n in names if "lora_" in n}
+        return adapters, set(names) - adapters, ""
+    if s.method in ("hizfo", "greentrainer"):
+        for _, p in _named(model):
+            p.requires_grad_(True)                          # every tensor is a candidate (as the methods' set-up)
+        if s.selection is not None:
+            fo, note = set(s.selection) & set(names), "a record's stored partition"
+        else:
+            fo = set(cost_only_selection(model, s.batch, s.seq_len, float(cfg.get("rho", 0.6)), int(cfg.get("buckets", 1000))))
+            note = (f"cost-only worst case for rho {cfg.get('rho', 0.6)} (the DP with importance proportional to "
+                    f"size: the most parameters the budget allows)")
+        zo = set(names) - fo if s.method == "hizfo" and cfg.get("zo_update", "estimate") != "disabled" else set()
+        return fo, zo, note
+    if s.method == "zero_shot":
+        return set(), set(), ""
+    raise ConfigError(f"method.name: the planner has no model of '{s.method}'")
+
+
+def saved_bytes(fm: FakeModel, model: nn.Module, s: "Setting", trainable: set[str]) -> int:
+    """Bytes autograd saves in one training forward with ``trainable`` requiring grad: every saved storage counted
+    once, parameters excluded (they are weights); 0 when nothing requires grad."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+    named = _named(model)
+    for n, p in named:
+        p.requires_grad_(n in trainable)
+    if not trainable:
+        return 0
+    params = {StorageWeakRef(p.untyped_storage()).cdata for _, p in named}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = StorageWeakRef(t.untyped_storage()).cdata
+        if key not in params:
+            seen.setdefault(key, t.untyped_storage().nbytes())
+        return t
+
+    tokens = max(1, s.batch // s.world_size)
+    model.train(s.train_dropout)
+    with fm.mode, use_precision(s.precision), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        from hizfo.core.methods import causal_lm_loss
+        ids = torch.zeros(tokens, s.seq_len, dtype=torch.long)
+        causal_lm_loss(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    return sum(seen.values())
+
+
+def _roles(model: nn.Module, base: nn.Module, s: "Setting", fo: set[str], zo: set[str], note: str) -> ModelRoles:
+    named = _named(model)
+    sizes = {n: p.numel() for n, p in named}
+    blocks = list(decoder_layers(base))
+    config = base.config
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    width = getattr(config, "hidden_size")
+    fo_sizes = [sizes[n] for n in fo]
+    decay = sum(v for n, v in sizes.items() if n in fo and not ("bias" in n or "norm" in n.lower()))
+    roles = ModelRoles(total_numel=sum(sizes.values()), fo_sizes=fo_sizes, zo_numel=sum(sizes[n] for n in zo),
+                       vocab=int(config.vocab_size), layers=len(blocks),
+                       block_numel=sum(p.numel() for p in blocks[0].parameters()),
+                       kv_width=int(width * kv_heads // heads), largest_fo=max(fo_sizes, default=0),
+                       largest_any=max(sizes.values()), largest_zo=max((sizes[n] for n in zo), default=0),
+                       largest_group=max(decay, sum(fo_sizes) - decay), selection_note=note, hidden=int(width),
+                       master_numel=sum(fo_sizes))
+    if s.method == "bilevel_zofo":
+        roles.extra_opt_numel = roles.extra_grad_numel = roles.zo_numel
+        roles.master_numel += roles.zo_numel
+        roles.zo_forward = False            # its ZO forwards run inside the upper step, with no gradient held
+        roles.largest_group = max(roles.largest_group, roles.zo_numel)
+    if s.method == "hizfo" and s.cfg().get("zo_optimizer", "sgd") == "adamw":
+        roles.extra_opt_numel = roles.zo_numel
+    return roles
+
+
+def activations_and_roles(shape: ModelShape, s: "Setting") -> tuple[int, int, ModelRoles]:
+    """(saved bytes with the method's Θ_FO, saved bytes with every tensor trainable (profiling), roles)."""
+    dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
+    fm = build_fake(shape, dtype) if s.method in PEFT_METHODS else cached_fake(shape, dtype)
+    model = _peft(fm, s) if s.method in PEFT_METHODS else fm.model
+    base = fm.model
+    fo, zo, note = _fo_zo(model, s)
+    act = _cached_saved(fm, model, s, frozenset(fo)) if s.method in PEFT_METHODS else \
+        _memo_saved(fm, s, frozenset(fo))
+    act_all = _memo_saved(fm, s, frozenset(n for n, _ in _named(base))) if s.method in ("hizfo", "greentrainer") else 0
+    return act, act_all, _roles(model, base, s, fo, zo, note)
+
+
+def _cached_saved(fm: FakeModel, model: nn.Module, s: "Setting", fo: frozenset) -> int:
+    return saved_bytes(fm, model, s, set(fo))
+
+
+@functools.lru_cache(maxsize=64)
+def _memo_saved_key(shape: ModelShape, dtype: torch.dtype, key: tuple, fo: frozenset) -> int:
+    fm = cached_fake(shape, dtype)
+    from hizfo.core.memory import Setting
+    s = Setting(**dict(key))
+    return saved_bytes(fm, fm.model, s, set(fo))
+
+
+def _memo_saved(fm: FakeModel, s: "Setting", fo: frozenset) -> int:
+    key = (("method", s.method), ("method_cfg", ()), ("precision", s.precision), ("batch", s.batch),
+           ("seq_len", s.seq_len), ("world_size", s.world_size), ("train_dropout", s.train_dropout))
+    return _memo_saved_key(fm.shape, fm.dtype, key, fo)

@@ -1,0 +1,228 @@
+"""Will it fit? ``python -m hizfo.run.plan [-m] [plan.KEY=VALUE ...] [run.py overrides ...]``
+
+Prints, per device, the predicted peak of a run split by category (hizfo/core/memory.py), the phase that sets it,
+and the smallest world size that fits a GPU, with FSDP2 sharding (issue 35's layout) and without. ``-m`` expands
+comma lists and an experiment preset's grid (``experiment=table3``) and prints one row per cell. Never loads
+weights: the model's shape comes from its config (hizfo/core/shapes.py).
+
+Planner keys (not run keys): plan.gpu_gb (default 80), plan.world_size (1), plan.fsdp (true when world_size > 1),
+plan.device (cuda), plan.threads (1), plan.enforce (true; false: report only, exit 0).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Optional
+
+from hizfo.core.memory import GiB, Prediction, Setting, predict, smallest_world_size
+from hizfo.core.shapes import ModelShape, model_shape
+from hizfo.errors import ConfigError
+
+PLAN_KEYS = {"gpu_gb": float, "world_size": int, "fsdp": bool, "device": str, "threads": int, "enforce": bool}
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    gpu_gb: float = 80.0
+    world_size: int = 1
+    fsdp: Optional[bool] = None
+    device: str = "cuda"
+    threads: int = 1
+    enforce: bool = True
+
+    def check(self) -> None:
+        if not self.gpu_gb > 0:
+            raise ConfigError(f"plan.gpu_gb: must be > 0, got {self.gpu_gb:g}")
+        if self.world_size <= 0:
+            raise ConfigError(f"plan.world_size: must be >= 1, got {self.world_size}")
+
+
+def _parse_bool(key: str, text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"plan.{key}: '{text}' is not true or false")
+
+
+def split_args(argv: list[str]) -> tuple[bool, PlanOptions, list[str]]:
+    """(-m given, the plan.* options, the run overrides)."""
+    multi = "-m" in argv or "--multirun" in argv
+    values: dict[str, Any] = {}
+    rest = []
+    for arg in argv:
+        if arg in ("-m", "--multirun"):
+            continue
+        key, eq, value = arg.partition("=")
+        if key.startswith("plan.") and eq:
+            name = key[5:]
+            if name not in PLAN_KEYS:
+                raise ConfigError(f"{key}: not a planner key (keys: {', '.join('plan.' + k for k in PLAN_KEYS)})")
+            try:
+                values[name] = _parse_bool(name, value) if PLAN_KEYS[name] is bool else PLAN_KEYS[name](value)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: '{value}' is not a {PLAN_KEYS[name].__name__}") from exc
+        else:
+            rest.append(arg)
+    options = PlanOptions(**values)
+    options.check()
+    return multi, options, rest
+
+
+def setting_of(cfg: Any, options: PlanOptions, selection: Optional[tuple[str, ...]] = None) -> Setting:
+    """A run config's cell as the memory model reads it."""
+    from omegaconf import OmegaConf
+    task, method = cfg.task, OmegaConf.to_container(cfg.method, resolve=True)
+    gen = task.generation
+    fsdp = options.fsdp if options.fsdp is not None else options.world_size > 1
+    return Setting(method=str(method["name"]), method_cfg=tuple(sorted((k, v if not isinstance(v, list) else tuple(v))
+                                                                        for k, v in method.items())),
+                   precision=str(cfg.precision), batch=int(task.batch_size),
+                   seq_len=int(task.max_input_length) + int(task.max_target_length),
+                   eval_batch=int(task.eval_batch_size), prompt_len=int(task.max_input_length),
+                   new_tokens=int(gen.max_new_tokens), beams=int(gen.num_beams), world_size=options.world_size,
+                   fsdp=fsdp, device=options.device, threads=options.threads, train_dropout=bool(cfg.train_dropout),
+                   lora_targets=tuple(cfg.model.lora_target_modules), selection=selection)
+
+
+def stored_selection(cfg: Any) -> Optional[tuple[str, ...]]:
+    """Θ_FO from this run's ok record, if one exists (hizfo/run/records.py's ``partition.fo_names``)."""
+    try:
+        from hizfo.run.records import RunRecord
+        from hizfo.run.runspec import RunSpec
+        from omegaconf import OmegaConf
+        spec = RunSpec.build(OmegaConf.to_container(cfg, resolve=True), ())
+        record = RunRecord.read(spec.path)
+    except Exception:                               # no record (or an unreadable one): the stated assumption
+        return None
+    names = (record.partition or {}).get("fo_names") if record is not None and record.status == "ok" else None
+    return tuple(names) if names else None
+
+
+def describe(cfg: Any, shape: ModelShape, s: Setting, pred: Prediction, options: PlanOptions) -> list[str]:
+    """The one-config report."""
+    g = lambda b: f"{b / GiB:.2f}"                                          # noqa: E731
+    lines = [f"model {shape.name} (shape from {shape.source}), method {s.method}, precision {s.precision}, "
+             f"batch {s.batch} x {s.seq_len} tokens, world size {s.world_size}"
+             f"{' (FSDP2)' if s.fsdp else ''}, device {s.device}",
+             f"training peak per device: {g(pred.training_peak)} GiB at the {pred.moment}:"]
+    lines += [f"  {k:<12} {g(v):>9} GiB" for k, v in pred.training.items()]
+    lines.append(f"profiling peak {g(pred.profiling)} GiB; generation peak {g(pred.generation)} GiB "
+                 f"(beam {s.beams}, eval batch {s.eval_batch})")
+    lines.append(f"peak: {g(pred.peak)} GiB, set by {pred.peak_phase}")
+    if pred.selection:
+        lines.append(f"selection: {pred.selection}")
+    lines += [f"note: {n}" for n in pred.notes]
+    gpu = int(options.gpu_gb * GiB)
+    for fsdp in (True, False):
+        n = smallest_world_size(shape, replace(s, world_size=1), gpu, fsdp)
+        layout = "with FSDP2 sharding" if fsdp else "data parallel, unsharded"
+        lines.append(f"{options.gpu_gb:g} GB GPUs, {layout}: " + (f"world size {n} fits" if n else
+                     f"no world size dividing the global batch {s.batch} fits"))
+    return lines
+
+
+def plan_config(cfg: Any, options: PlanOptions) -> tuple[ModelShape, Setting, Prediction]:
+    shape = model_shape(cfg.model)
+    s = setting_of(cfg, options, stored_selection(cfg))
+    return shape, s, predict(shape, s)
+
+
+def grid(overrides: list[str]) -> list[list[str]]:
+    """Every cell of a multirun: comma lists on the command line and the preset's hydra.sweeper.params."""
+    from hizfo.run.session import compose
+    plain = [o for o in overrides if "," not in o.partition("=")[2]]
+    swept = {o.partition("=")[0]: o.partition("=")[2].split(",") for o in overrides if o not in plain}
+    cfg = compose(plain, hydra=True)
+    params = cfg.hydra.sweeper.get("params") or {}
+    axes = {**{str(k): str(v).split(",") for k, v in params.items()}, **swept}
+    cells = [plain + [f"{k}={v}" for k, v in zip(axes, values)] for values in itertools.product(*axes.values())]
+    return cells or [plain]
+
+
+def fits_line(pred: Prediction, s: Setting, gpu_bytes: int, shape: ModelShape, what: str) -> Optional[str]:
+    """None when the peak fits; else one line naming the prediction, the GPU memory and what would fit."""
+    if pred.peak <= gpu_bytes:
+        return None
+    n = smallest_world_size(shape, replace(s, world_size=1), gpu_bytes, fsdp=True)
+    fix = f"world size {n} with FSDP2 fits" if n else "no world size dividing the batch fits"
+    if s.precision == "fp32":
+        low = predict(shape, replace(s, precision="bf16"))
+        if low.peak <= gpu_bytes:
+            fix += "; precision=bf16 fits on one"
+    return (f"{what}: predicted peak {pred.peak / GiB:.1f} GiB per GPU ({pred.peak_phase}) exceeds the "
+            f"{gpu_bytes / GiB:.1f} GiB GPU; {fix} (plan.enforce=false to run anyway)")
+
+
+def check_memory_fits(cfg: Any, device: Any) -> None:
+    """Refuse (ConfigError) a CUDA run whose predicted peak exceeds the device's memory; on CPU warn when the
+    prediction exceeds the free RAM. HIZFO_PLAN_ENFORCE=0 turns the refusal into a warning."""
+    kind = getattr(device, "type", str(device))
+    options = PlanOptions(device="cuda" if kind == "cuda" else "cpu")
+    shape, s, pred = plan_config(cfg, options)
+    if kind == "cuda":
+        import torch
+        total = torch.cuda.get_device_properties(device).total_memory
+        line = fits_line(pred, s, total, shape, f"model {shape.name} method {s.method}")
+        if line and os.environ.get("HIZFO_PLAN_ENFORCE", "1").lower() not in ("0", "false"):
+            raise ConfigError(line)
+        if line:
+            print(f"warning: {line}", file=sys.stderr)
+        return
+    free = _free_ram()
+    if free is not None and pred.peak > free:
+        print(f"warning: predicted peak {pred.peak / GiB:.1f} GiB exceeds the {free / GiB:.1f} GiB of free RAM",
+              file=sys.stderr)
+
+
+def _free_ram() -> Optional[int]:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def table(rows: Iterable[tuple[list[str], Setting, Prediction]], gpu_gb: float) -> list[str]:
+    head = "| cell | training GiB | profiling GiB | generation GiB | peak GiB (phase) | fits |"
+    out = [head, "|" + "---|" * 6]
+    for overrides, s, p in rows:
+        cell = " ".join(o for o in overrides if o.split("=")[0] in ("model", "method", "task", "precision"))
+        fits = "yes" if p.peak <= gpu_gb * GiB else "no"
+        out.append(f"| {cell} | {p.training_peak / GiB:.1f} | {p.profiling / GiB:.1f} | {p.generation / GiB:.1f} | "
+                   f"{p.peak / GiB:.1f} ({p.peak_phase}) | {fits} |")
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        from hizfo.run.session import compose
+        multi, options, overrides = split_args(list(sys.argv[1:] if argv is None else argv))
+        if not multi:
+            cfg = compose(overrides)
+            shape, s, pred = plan_config(cfg, options)
+            print("\n".join(describe(cfg, shape, s, pred, options)))
+            return 0
+        rows, failing = [], []
+        for cell in grid(overrides):
+            shape, s, pred = plan_config(compose(cell), options)
+            rows.append((cell, s, pred))
+            line = fits_line(pred, s, int(options.gpu_gb * GiB), shape, " ".join(cell))
+            if line:
+                failing.append(line)
+        print("\n".join(table(rows, options.gpu_gb)))
+        print(f"{len(failing)} of {len(rows)} cells do not fit a {options.gpu_gb:g} GB GPU at world size "
+              f"{options.world_size}" + (":" if failing else ""))
+        print("\n".join(f"  {f}" for f in failing))
+        return 0
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
