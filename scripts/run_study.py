@@ -35,6 +35,8 @@ class PlannedRun:
     seed: int
     path: Path
     done: bool
+    reused: Optional[Path] = None        # another study's record that stands in for this run (--reuse)
+    cpu: Optional[str] = None            # the CPU model of the done run's record, where it has one
 
     @property
     def name(self) -> str:
@@ -58,8 +60,42 @@ def arms_of(preset: str) -> list[str]:
     return [a.strip() for a in str(arms).split(",") if a.strip()]
 
 
-def plan(preset: str, only: Optional[set[str]] = None) -> list[PlannedRun]:
-    """Every run of the study, seeds slowest, with whether its ok record (today's hash) exists."""
+@dataclass
+class Reuse:
+    """--reuse: another study's records stand in for runs with the same config_hash made on this CPU model."""
+    results_dir: Path
+    here_cpu: str
+    legacy_cpu: Optional[str] = None
+
+
+def reused_record(spec, reuse: Optional[Reuse]) -> tuple[Optional[Path], Optional[str]]:
+    """The other study's record of ``spec``'s run when it may stand in (hizfo.run.records.reuse_refusal), and its
+    CPU model; (None, why not) otherwise."""
+    from hizfo.run.records import RunRecord, reuse_refusal
+    if reuse is None:
+        return None, None
+    path = reuse.results_dir / spec.folder.with_suffix(".json")
+    record = RunRecord.read(path)
+    refusal = reuse_refusal(record, spec.config_hash, reuse.here_cpu, reuse.legacy_cpu)
+    if refusal is not None:
+        return None, refusal
+    return path, (record.provenance or {}).get("cpu_model") or reuse.legacy_cpu
+
+
+def mixed_cpu(runs: list[PlannedRun], here_cpu: str) -> Optional[str]:
+    """One line when a done run of this study ran on another CPU model than this machine's: its paired comparisons
+    would mix CPU models, so the study must not go on here (None when every recorded model is this one)."""
+    other = sorted({r.cpu for r in runs if r.done and r.cpu and r.cpu != here_cpu})
+    if not other:
+        return None
+    return (f"this study's records ran on CPU model {', '.join(map(repr, other))} and this machine is {here_cpu!r}: "
+            f"runs here would mix CPU models within paired comparisons; run the study on that CPU model, or start "
+            f"a new preset")
+
+
+def plan(preset: str, only: Optional[set[str]] = None, reuse: Optional[Reuse] = None) -> list[PlannedRun]:
+    """Every run of the study, seeds slowest, with whether its ok record (today's hash) exists, here or (--reuse)
+    in another study's results on this CPU model."""
     from hizfo.run.records import RunRecord
     from hizfo.run.runspec import RunSpec, config_hash
     per_arm: dict[str, int] = {}
@@ -77,7 +113,11 @@ def plan(preset: str, only: Optional[set[str]] = None) -> list[PlannedRun]:
             spec = RunSpec.build(_compose(overrides), overrides)
             record = RunRecord.read(spec.path)
             done = bool(record and record.status == "ok" and spec.same_run(config_hash(record.config)))
-            runs.append(PlannedRun(arm, seed, spec.path, done))
+            cpu = (record.provenance or {}).get("cpu_model") if done else None
+            reused, reused_cpu = (None, None) if done else reused_record(spec, reuse)
+            if reused is not None:
+                done, cpu = True, reused_cpu
+            runs.append(PlannedRun(arm, seed, spec.path, done, reused, cpu))
     return runs
 
 
@@ -93,19 +133,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--allow-code-execution", action="store_true",
                         help="pass task.allow_code_execution=true to every run: the opt-in that tasks scoring "
                              "generated code (humaneval_split) need; the code runs in hizfo.eval.sandbox")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="another study's results_dir whose ok records with the same config_hash, made on this "
+                             "machine's CPU model (provenance cpu_model), count as done (e.g. results/smollm2_cpu/runs)")
+    parser.add_argument("--legacy-cpu-model", default=None,
+                        help="with --reuse: the CPU model that records without a provenance cpu_model ran on, as the "
+                             "person running the study states it; without it such records are not reused")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     args = parser.parse_args(argv)
+    from hizfo.run.records import cpu_model
+    here = cpu_model()
+    reuse = Reuse(args.reuse if args.reuse.is_absolute() else REPO / args.reuse, here,
+                  args.legacy_cpu_model) if args.reuse else None
     if args.workers < 1 or args.threads < 1 or args.hours <= 0:
         parser.error("--workers and --threads must be >= 1 and --hours > 0")
     if not (REPO / "conf" / "experiment" / f"{args.preset}.yaml").is_file():
         print(f"experiment={args.preset}: no such preset under conf/experiment/", file=sys.stderr)
         return 2
-    runs = plan(args.preset, {a for a in args.only.split(",") if a} or None)
+    runs = plan(args.preset, {a for a in args.only.split(",") if a} or None, reuse)
     todo = [r for r in runs if not r.done]
-    print(f"{args.preset}: {len(runs)} runs planned, {len(runs) - len(todo)} done, {len(todo)} to run")
+    print(f"{args.preset}: {len(runs)} runs planned, {len(runs) - len(todo)} done "
+          f"({sum(r.reused is not None for r in runs)} reused from {args.reuse}), {len(todo)} to run; CPU {here!r}")
+    if mixed_cpu(runs, here):
+        print(f"experiment={args.preset}: {mixed_cpu(runs, here)}", file=sys.stderr)
+        return 2
     if args.dry_run:
         for run in runs:
-            print(f"  {'done' if run.done else 'todo'}  {run.name}  {run.path.relative_to(REPO) if run.path.is_relative_to(REPO) else run.path}")
+            where = run.reused or run.path
+            print(f"  {'reused' if run.reused else 'done' if run.done else 'todo'}  {run.name}  "
+                  f"{where.relative_to(REPO) if where.is_relative_to(REPO) else where}")
         return 0
     if not todo:
         return 0
@@ -146,7 +202,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{'done' if proc.returncode == 0 else f'exit {proc.returncode}'} {run.name} "
                   f"({(time.monotonic() - started) / 60:.1f} min)", flush=True)
         time.sleep(2)
-    left = sum(not r.done for r in plan(args.preset, {a for a in args.only.split(",") if a} or None))
+    left = sum(not r.done for r in plan(args.preset, {a for a in args.only.split(",") if a} or None, reuse))
     print(f"{args.preset}: slice over; {left} runs left, {failures} exited non-zero (their logs: {logs})")
     return 1 if failures else 0
 

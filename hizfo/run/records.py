@@ -99,6 +99,22 @@ def git_state(repo: Path = _REPO) -> dict[str, Any]:
     return {"git_sha": sha, "git_dirty": bool(status) if status is not None else None}
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_model(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's model as /proc/cpuinfo names it (its first ``model name`` line: platform.processor() says only
+    "x86_64" on Linux); ``platform.processor()`` or ``platform.machine()`` where the file or the line is absent."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def provenance(device: torch.device) -> dict[str, Any]:
     """Git state, package versions, whether they are the lock's (hizfo.lockfile) and the device a run used."""
     import torch
@@ -112,7 +128,7 @@ def provenance(device: torch.device) -> dict[str, Any]:
     # lock_sha256, env_matches_lock (None without a lock), lock_differences: was this the locked environment?
     return {**git_state(), "python": platform.python_version(), "packages": versions, **environment_status(),
             "device": str(device), "device_name": device_name, "cuda": torch.version.cuda,
-            "hostname": socket.gethostname(), "cpu_count": os.cpu_count(),
+            "hostname": socket.gethostname(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -222,3 +238,24 @@ class RunRecord:
 
 _COST_FIELDS = {f.name for f in fields(Costs)}
 _CURVE_FIELDS = {f.name for f in fields(Curve)}
+
+
+def reuse_refusal(record: Optional["RunRecord"], config_hash: str, here_cpu: str,
+                  legacy_cpu: Optional[str] = None) -> Optional[str]:
+    """Why another study's record may not stand in for a run on this machine (None: it may).
+
+    It must exist, be ok, have computed this run (``config_hash``), and have run on this machine's CPU model: its
+    provenance's ``cpu_model``, or ``legacy_cpu`` (what whoever runs the study states) for a record written before
+    provenance had one. A paired comparison never mixes CPU models, so on another CPU the run is made again."""
+    if record is None:
+        return "no record"
+    if record.status != "ok":
+        return f"status {record.status}"
+    if record.config_hash != config_hash:
+        return f"config_hash {record.config_hash} is not {config_hash}"
+    ran_on = (record.provenance or {}).get("cpu_model") or legacy_cpu
+    if ran_on is None:
+        return "its provenance has no cpu_model (written before provenance had one) and no --legacy-cpu-model given"
+    if ran_on != here_cpu:
+        return f"it ran on CPU model {ran_on!r}, this machine is {here_cpu!r}"
+    return None

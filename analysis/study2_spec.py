@@ -1,0 +1,106 @@
+"""The second CPU study's arms (experiment=smollm2_study2_cpu, issue 36), the one owner of its arm files.
+
+``scripts/gen_study2_arms.py`` writes from here each new arm's ``conf/study_arm/<name>.yaml``, the preset's
+``+study_arm`` list and the per-task sizing files; ``--check`` (tests/unit/test_study2_preset.py) fails when a file
+differs. Arms whose config is study 1's (``reused``) keep study 1's arm file, so their runs have study 1's
+config_hash and scripts/run_study.py --reuse can count study 1's records for them, on the same CPU model only.
+
+An arm that restates another arm's task, method and keys is refused (``check_arms``): two names for one computation
+(study 1's ρ 0.2 and 0.4 were one computation in the end, which only the records showed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRESET = "smollm2_study2_cpu"
+RESULTS_DIR = "results/smollm2_cpu_study2/runs"
+STUDY1_PRESET = "smollm2_study_cpu"
+ADAMW = ("zo_optimizer", "adamw")
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """One arm: its task, method, the method keys it sets (its variant), and its seeds."""
+    name: str
+    task: str
+    method: str
+    seeds: int
+    keys: tuple[tuple[str, object], ...] = ()
+    reused: bool = False                 # study 1's arm file, unchanged: the same config_hash
+    why: str = ""
+
+    @property
+    def variant(self) -> str:
+        return ",".join(f"method.{k}={v}" for k, v in sorted(self.keys)) or "default"
+
+
+def _wn(name: str, method: str, seeds: int, *keys: tuple[str, object], why: str = "") -> ArmSpec:
+    return ArmSpec(f"s2_wn_{name}", "wordnet_revdict", method, seeds, tuple(keys), why=why)
+
+
+ARMS: tuple[ArmSpec, ...] = (
+    # pydoc: study 1's task settings; Full FT and ZO-off are study 1's arms (ZO-off computes no ZO update, so the
+    # ZO optimizer does not reach it: the same computation under either reading)
+    ArmSpec("pd_full_ft", "pydoc", "full_ft", 8, reused=True, why="claim 2's baseline"),
+    ArmSpec("pd_hizfo_zo_off", "pydoc", "hizfo_zo_off", 8, reused=True, why="claim 3's control"),
+    ArmSpec("s2_pd_hizfo_adamw", "pydoc", "hizfo", 8, (ADAMW,), why="Hi-ZFO with the paper's ZO AdamW (§4.2)"),
+    ArmSpec("s2_pd_hizfo_random_dir_adamw", "pydoc", "hizfo_random_dir", 8, (ADAMW,),
+            why="claim 4's control under AdamW"),
+    *(ArmSpec(f"s2_pd_hizfo_adamw_r{r}", "pydoc", "hizfo", 3, (ADAMW, ("lr_ratio", r)),
+              why="claim 7 where the ZO step is not inert") for r in (0.3, 0.5, 0.7)),
+    # wordnet_revdict: the short-answer task (the paper's WebQuestions role)
+    _wn("zero_shot", "zero_shot", 1, why="deterministic: one seed"),
+    _wn("full_ft", "full_ft", 8),
+    _wn("hizfo", "hizfo", 8, why="the SGD reading (eq. 3)"),
+    _wn("hizfo_adamw", "hizfo", 8, ADAMW, why="the AdamW reading (§4.2)"),
+    _wn("hizfo_zo_off", "hizfo_zo_off", 8, why="one control for both readings"),
+    _wn("hizfo_random_dir", "hizfo_random_dir", 8),
+    _wn("hizfo_random_dir_adamw", "hizfo_random_dir", 8, ADAMW),
+    _wn("mezo", "mezo", 5),
+    _wn("lora", "lora", 3),
+    _wn("greentrainer", "greentrainer", 3, why="GT-0.7"),
+)
+
+# Per-task sizing files (conf/study_task/<preset>_<task>.yaml): pydoc's is study 1's, byte for byte below its
+# first line, so the reused arms compute what study 1's did.
+SIZING_HEADER = {
+    "pydoc": "# pydoc's sizing in experiment=smollm2_study2_cpu: study 1's (conf/study_task/smollm2_study_cpu_pydoc.yaml),\n"
+             "# unchanged, so arms with study 1's config have its config_hash (written by scripts/gen_study2_arms.py)\n",
+    "wordnet_revdict": "# wordnet_revdict's sizing in experiment=smollm2_study2_cpu (written by scripts/gen_study2_arms.py):\n"
+                       "# to be set from the pilot on an AMX-BF16 machine (a fixed training subset, evaluation rows,\n"
+                       "# prompt cap), as study 1 sized pydoc; until then the task's defaults (all 1493 training and\n"
+                       "# 311 evaluation rows, greedy decoding). Setting it changes the wn arms' frozen config_hash,\n"
+                       "# which is allowed only before their first record (tests/unit/test_study2_preset.py).\n",
+}
+WORDNET_SIZING = "task: {}\n"
+
+
+def check_arms(arms: tuple[ArmSpec, ...] = ARMS) -> list[str]:
+    """Why the arms are not a study: a name twice, or two arms that restate one computation (same task, method and
+    keys). Empty when they are."""
+    problems, seen_names, seen = [], set(), {}
+    for arm in arms:
+        if arm.name in seen_names:
+            problems.append(f"{arm.name}: named twice")
+        seen_names.add(arm.name)
+        key = (arm.task, arm.method, tuple(sorted(arm.keys)))
+        if key in seen:
+            problems.append(f"{arm.name}: restates {seen[key]} (task {arm.task}, method {arm.method}, "
+                            f"variant {arm.variant})")
+        seen.setdefault(key, arm.name)
+        if arm.seeds < 1:
+            problems.append(f"{arm.name}: seeds must be >= 1, got {arm.seeds}")
+    return problems
+
+
+def arm_yaml(arm: ArmSpec) -> str:
+    """The arm file scripts/gen_study2_arms.py writes (study 1's arm files have the same shape)."""
+    lines = ["# @package _global_",
+             f"# study arm: {arm.method} on {arm.task}"
+             f"{' (' + arm.why + ')' if arm.why else ''} (conf/experiment/{PRESET}.yaml; written by "
+             f"scripts/gen_study2_arms.py from analysis/study2_spec.py)",
+             "defaults:", f"  - override /task: {arm.task}", f"  - override /method: {arm.method}", "",
+             f"variant: {arm.variant}", f"study_seeds: {arm.seeds}"]
+    if arm.keys:
+        lines += ["method:"] + [f"  {k}: {v}" for k, v in arm.keys]
+    return "\n".join(lines) + "\n"
