@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.study_prereg import (PER_EPOCH_MARGIN, STABILITY_MARGIN, binomial_two_sided, example_equivalence,
+from analysis.study2_spec import ARMS, COMPARISONS
+from analysis.study_prereg import (PER_EPOCH_MARGIN, STABILITY_MARGIN, binomial_two_sided, cost_test,
+                                   example_equivalence,
                                    example_scores, example_test, holm_verdicts, preregistration_violations,
                                    seed_equivalence, seed_level, sign_flip_examples)
 from analysis.study_stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from conftest import ROOT
 
 STUDY2_RUNS = ROOT / "results" / "smollm2_cpu_study2" / "runs"
-RULES = "analysis/study_prereg.py"
+RULES = ("analysis/study_prereg.py", "analysis/study2_spec.py")     # the rules and the arms and comparisons
 
 
 def passes(n_pass: int, n: int = 81) -> list[float]:
@@ -116,6 +118,30 @@ def test_holm_per_task_by_hand():
     assert holm_verdicts([(1.0, 0.03, "difference"), (1.0, 0.04, "difference")]) == [INCONCLUSIVE, INCONCLUSIVE]
 
 
+def test_claim_8s_cost_differences_by_hand():
+    """Full FT − Hi-ZFO seconds (10, 12, 14): mean 12, s 2, t = 12 / (2/√3) on 2 df; equal ones are undefined."""
+    from scipy import stats
+    mean, p, verdict = cost_test([10.0, 12.0, 14.0])
+    assert mean == pytest.approx(12.0) and p == pytest.approx(2 * stats.t.sf(12 / (2 / math.sqrt(3)), 2))
+    assert verdict == SUPPORTED
+    assert cost_test([5.0, 5.0, 5.0])[1:] == (None, INCONCLUSIVE)
+
+
+def test_every_comparison_names_arms_of_the_study_in_their_reading():
+    arms = {a.name: a for a in ARMS}
+    for c in COMPARISONS:
+        assert c.better in arms and c.worse in arms, c
+        assert arms[c.better].task == arms[c.worse].task == c.task, c
+        assert c.kind in ("difference", "equivalence") and c.measure in (
+            "score", "train_seconds", "peak_memory_gb", "seconds_per_epoch"), c
+        hizfo = [arms[n] for n in (c.better, c.worse) if arms[n].method == "hizfo"]
+        if c.reading and hizfo:
+            assert all((("zo_optimizer", "adamw") in a.keys) == (c.reading == "adamw") for a in hizfo), c
+    families = {task: sum(c.task == task for c in COMPARISONS) for task in ("pydoc", "wordnet_revdict")}
+    assert families == {"pydoc": 6, "wordnet_revdict": 13}
+    assert {c.claim for c in COMPARISONS if c.task == "pydoc"} == {"2", "3", "4", "7"}
+
+
 def test_per_example_scores_give_the_records_metric():
     """On study 1's committed pydoc runs: the mean of the per-example ROUGE-1 is the record's rouge1."""
     folder = ROOT / "results" / "smollm2_cpu" / "runs" / "smollm2-135m" / "pydoc" / "hizfo_zo_off" / "default"
@@ -132,10 +158,11 @@ def git(*args: str) -> subprocess.CompletedProcess:
 
 
 def rules_commit() -> str | None:
-    """The commit that added the rules (the pre-registration), from git history."""
-    out = git("log", "--diff-filter=A", "--format=%H", "--", RULES)
+    """The last commit that changed the rules (the pre-registration), from git history: every record must descend
+    from it, so a rule changed after a record fails this test."""
+    out = git("log", "-1", "--format=%H", "--", *RULES)
     commits = out.stdout.split() if out.returncode == 0 else []
-    return commits[-1] if commits else None
+    return commits[0] if commits else None
 
 
 def is_ancestor(ancestor: str, descendant: str) -> bool:
