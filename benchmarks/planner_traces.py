@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hizfo.core.memory import Setting                        # noqa: E402
-from hizfo.core.memory_trace import _fo_zo                   # noqa: E402
-from hizfo.core.precision import use_precision               # noqa: E402
-from hizfo.core.shapes import KNOWN_SHAPES, ModelShape, build_fake, model_shape   # noqa: E402
+from hizfo.core.memory import Setting                      
+from hizfo.core.memory_trace import _fo_zo                 
+from hizfo.core.precision import use_precision             
+from hizfo.core.shapes import KNOWN_SHAPES, ModelShape, build_fake, model_shape 
 
 METHODS = ("full_ft", "ft_top2", "lora", "prefix", "greentrainer", "mezo", "bilevel_zofo", "hizfo")
 PRECISIONS = ("fp32", "bf16-mixed", "bf16")

@@ -17,7 +17,7 @@ Closed form over hizfo/core/costs.py's per-tensor shapes, for what this framewor
 
 The peak is the largest of the step's moments: the backward's start (activations and the head's gradients alive),
 a ZO forward (Hi-ZFO holds Θ_FO's gradients through it), and the AdamW step (gradients, state, temporaries).
-Profiling (Hi-ZFO, GreenTrainer) and generation are phases of their own. FSDP2 (issue 35's layout): every block
+Profiling (Hi-ZFO, GreenTrainer) and generation are phases of their own. FSDP2 (the distributed layout: docs/design.md, "Many processes"): every block
 ``fully_shard``-ed, so weights, gradients, optimizer state and masters are 1/world per rank, plus the two blocks
 FSDP2 holds unsharded (the current one and the prefetched next) in compute dtype; activations are per rank at the
 rank's slice of the global batch. Without sharding, each rank holds the whole model (data parallel).
@@ -184,7 +184,7 @@ def predict(shape: ModelShape, s: Setting) -> Prediction:
 
 
 def smallest_world_size(shape: ModelShape, s: Setting, gpu_bytes: int, fsdp: bool, limit: int = 64) -> Optional[int]:
-    """The least world size (a divisor of the global batch, as issue 35 requires) whose per-device peak fits."""
+    """The least world size (a divisor of the global batch, as a distributed run requires) whose per-device peak fits."""
     from dataclasses import replace
     for n in range(1, limit + 1):
         if s.batch % n:

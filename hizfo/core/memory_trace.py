@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +25,7 @@ from hizfo.core.selection import select_tensors
 from hizfo.core.shapes import FakeModel, ModelShape, build_fake, cached_fake
 from hizfo.errors import ConfigError
 
-if TYPE_CHECKING:
-    from hizfo.core.memory import Setting
+Setting = Any      # hizfo.core.memory.Setting (not imported: memory imports this module)
 
 PEFT_METHODS = ("lora", "prefix", "bilevel_zofo")
 
@@ -69,7 +69,7 @@ def cost_only_selection(model: nn.Module, batch: int, seq_len: int, rho: float, 
     return [c.name for c, m in zip(costs, mask) if m]
 
 
-def _peft(fm: FakeModel, s: "Setting") -> nn.Module:
+def _peft(fm: FakeModel, s: Setting) -> nn.Module:
     """The fake model wrapped as the method wraps it (peft's configs as baselines/lora.py and prefix.py build them)."""
     from peft import LoraConfig, PrefixTuningConfig
     cfg = s.cfg()
@@ -92,7 +92,7 @@ def _peft(fm: FakeModel, s: "Setting") -> nn.Module:
     return model
 
 
-def _wrap(fm: FakeModel, s: "Setting", config: Any) -> nn.Module:
+def _wrap(fm: FakeModel, s: Setting, config: Any) -> nn.Module:
     from peft import get_peft_model
     model = get_peft_model(fm.model, config, adapter_name="upper" if s.method == "bilevel_zofo" else "default")
     if s.method == "bilevel_zofo":
@@ -105,7 +105,7 @@ def _named(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return list(model.named_parameters(remove_duplicate=True))
 
 
-def _fo_zo(model: nn.Module, s: "Setting") -> tuple[set[str], set[str], str]:
+def _fo_zo(model: nn.Module, s: Setting) -> tuple[set[str], set[str], str]:
     """(Θ_FO names, Θ_ZO names, how Θ_FO was chosen) for the method on ``model``."""
     names = [n for n, _ in _named(model)]
     cfg = s.cfg()
@@ -137,7 +137,7 @@ def _fo_zo(model: nn.Module, s: "Setting") -> tuple[set[str], set[str], str]:
     raise ConfigError(f"method.name: the planner has no model of '{s.method}'")
 
 
-def saved_bytes(fm: FakeModel, model: nn.Module, s: "Setting", trainable: set[str]) -> int:
+def saved_bytes(fm: FakeModel, model: nn.Module, s: Setting, trainable: set[str]) -> int:
     """Bytes autograd saves in one training forward with ``trainable`` requiring grad: every saved storage counted
     once, parameters excluded (they are weights); 0 when nothing requires grad."""
     from torch.multiprocessing.reductions import StorageWeakRef
@@ -164,7 +164,7 @@ def saved_bytes(fm: FakeModel, model: nn.Module, s: "Setting", trainable: set[st
     return sum(seen.values())
 
 
-def _roles(model: nn.Module, base: nn.Module, s: "Setting", fo: set[str], zo: set[str], note: str) -> ModelRoles:
+def _roles(model: nn.Module, base: nn.Module, s: Setting, fo: set[str], zo: set[str], note: str) -> ModelRoles:
     named = _named(model)
     sizes = {n: p.numel() for n, p in named}
     blocks = list(decoder_layers(base))
@@ -191,7 +191,7 @@ def _roles(model: nn.Module, base: nn.Module, s: "Setting", fo: set[str], zo: se
     return roles
 
 
-def activations_and_roles(shape: ModelShape, s: "Setting") -> tuple[int, int, ModelRoles]:
+def activations_and_roles(shape: ModelShape, s: Setting) -> tuple[int, int, ModelRoles]:
     """(saved bytes with the method's Θ_FO, saved bytes with every tensor trainable (profiling), roles)."""
     dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
     fm = build_fake(shape, dtype) if s.method in PEFT_METHODS else cached_fake(shape, dtype)
@@ -204,19 +204,18 @@ def activations_and_roles(shape: ModelShape, s: "Setting") -> tuple[int, int, Mo
     return act, act_all, _roles(model, base, s, fo, zo, note)
 
 
-def _cached_saved(fm: FakeModel, model: nn.Module, s: "Setting", fo: frozenset) -> int:
+def _cached_saved(fm: FakeModel, model: nn.Module, s: Setting, fo: frozenset) -> int:
     return saved_bytes(fm, model, s, set(fo))
 
 
 @functools.lru_cache(maxsize=64)
 def _memo_saved_key(shape: ModelShape, dtype: torch.dtype, key: tuple, fo: frozenset) -> int:
     fm = cached_fake(shape, dtype)
-    from hizfo.core.memory import Setting
-    s = Setting(**dict(key))
+    s = SimpleNamespace(**dict(key))
     return saved_bytes(fm, fm.model, s, set(fo))
 
 
-def _memo_saved(fm: FakeModel, s: "Setting", fo: frozenset) -> int:
+def _memo_saved(fm: FakeModel, s: Setting, fo: frozenset) -> int:
     key = (("method", s.method), ("method_cfg", ()), ("precision", s.precision), ("batch", s.batch),
            ("seq_len", s.seq_len), ("world_size", s.world_size), ("train_dropout", s.train_dropout))
     return _memo_saved_key(fm.shape, fm.dtype, key, fo)

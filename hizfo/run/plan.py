@@ -1,7 +1,7 @@
 """Will it fit? ``python -m hizfo.run.plan [-m] [plan.KEY=VALUE ...] [run.py overrides ...]``
 
 Prints, per device, the predicted peak of a run split by category (hizfo/core/memory.py), the phase that sets it,
-and the smallest world size that fits a GPU, with FSDP2 sharding (issue 35's layout) and without. ``-m`` expands
+and the smallest world size that fits a GPU, with FSDP2 sharding (the distributed layout: docs/design.md, "Many processes") and without. ``-m`` expands
 comma lists and an experiment preset's grid (``experiment=table3``) and prints one row per cell. Never loads
 weights: the model's shape comes from its config (hizfo/core/shapes.py).
 

@@ -1,8 +1,7 @@
-"""The planner (issue 34): the analytic model against committed MemTracker traces and one live trace, bad input."""
+"""The planner ("Will it fit?"): the analytic model against committed MemTracker traces and one live trace, bad input."""
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from hizfo.core.memory import Setting, predict
 from hizfo.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 TRACES = json.loads((ROOT / "benchmarks" / "planner_traces.json").read_text())["cells"]
 FO = ("full_ft", "ft_top2", "lora", "prefix", "greentrainer", "hizfo")
 
