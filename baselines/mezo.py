@@ -30,6 +30,7 @@ from hizfo.registry import MeZOConfig, build_config
 from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, MethodSummary, StepResult, TrainContext, causal_lm_loss, check_common, no_decay,
                                 replay_rng_if_training, schedule_factor, simple_summary, unique_named_parameters)
+from hizfo.core.distributed import data_parallel_losses
 from hizfo.core.zo import ZOParams, draw_seed
 
 
@@ -37,6 +38,7 @@ class MeZO:
     """Memory-efficient ZO-SGD: two forwards per step, no backward, no optimizer state."""
 
     config_class = MeZOConfig
+    data_parallel = True     # ranks share the step seed and the all-reduced losses: the same update everywhere
 
     def __init__(self, **cfg: Any) -> None:
         self.cfg = build_config(self.config_class, cfg)
@@ -78,6 +80,8 @@ class MeZO:
         self.zo.perturb(seed, -2.0 * eps)                 # θ − εz
         same_masks()
         loss_minus = self._loss(batch)
+        # several processes: the global batch's losses, one all-reduce (identity in one process)
+        loss_plus, loss_minus = data_parallel_losses([loss_plus, loss_minus], batch)
         projected_grad = (loss_plus - loss_minus) / (2.0 * eps)   # MeZO's g: directional derivative along z
         self.zo.restore(-lr * projected_grad)             # restore (+εz) and SGD step (−ηgz), fused
         if self.cfg.weight_decay:

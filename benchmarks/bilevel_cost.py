@@ -1,6 +1,6 @@
 """Bilevel-ZOFO's cost per training batch against a Full FT step, in one process.
 
-    python benchmarks/bilevel_cost.py [--shape opt-125m|...] [--precision ...] [--batch 4] [--tokens 128]
+    python -m benchmarks.bilevel_cost [--shape opt-125m|...] [--precision ...] [--batch 4] [--tokens 128]
                                       [--steps 3]
 
 Under the reference's loop (one lower step a batch; an upper step after batches K, 2K-1, 3K-2, ..., so every K-1
@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from baselines.bilevel_zofo import BilevelZOFOConfig  # noqa: E402
-from benchmarks.harness import add_arguments, describe, prepare  # noqa: E402
+from baselines.bilevel_zofo import BilevelZOFOConfig
+from benchmarks.harness import add_arguments, describe, prepare
 
 
 def seconds(fn) -> float:

@@ -7,7 +7,7 @@ What it does, in one process:
   1. installs what is missing (hydra-core, omegaconf, rouge-score and their dependencies) offline from wheelhouse/
      (scripts/make_wheelhouse.sh builds it), and says in one line what it could not install;
   2. runs every training method and both controls (every conf/method/*.yaml but zero_shot) x precision in
-     {fp32, bf16-mixed, bf16} through ``run.run`` (what ``python run.py`` calls, so the same validation, loop,
+     {fp32, bf16-mixed, bf16} through ``hizfo.run.session.run`` (what ``python run.py`` calls, so the same validation, loop,
      meters and record), 10 steps each on ``task=toy`` with random-init weights at OPT-1.3B shape
      (conf/model/opt-1.3b-shape.yaml, built once by run.py's load_model and saved, then loaded by every cell;
      --cpu-smoke: tiny-opt), zero-shot once per precision, and bf16 MeZO at lr 0;
@@ -43,8 +43,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 PRECISIONS = ("fp32", "bf16-mixed", "bf16")      # hizfo.core.precision.PRECISIONS (not imported: torch loads later)
 STEPS = 10                                      # per training cell: the Θ_FO check is "in 10 steps"
@@ -200,14 +198,13 @@ def install_missing(wheelhouse: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# step 2-3: the cells, through run.run
+# step 2-3: the cells, through hizfo.run.session.run
 
 
 def compose_run(overrides: list[str]):
-    """The run config ``python run.py <overrides>`` composes, with its Hydra part (``HydraConfig``) kept."""
-    from hydra import compose, initialize_config_dir
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    """The run config ``python run.py <overrides>`` composes (hizfo.run.session.compose)."""
+    from hizfo.run.session import compose
+    return compose(overrides)
 
 
 def save_random_weights(scale: Scale, out: Path) -> list[str]:
@@ -232,25 +229,21 @@ def save_random_weights(scale: Scale, out: Path) -> list[str]:
 
 
 def run_cell(cell: Cell, scale: Scale, out: Path, model: list[str]) -> dict[str, Any]:
-    """``run.run`` on the config ``python run.py <overrides>`` composes (tests/unit/test_paper_tasks_on_tiny_models.py
-    does the same): the record it wrote, or the failed record, or a dict with the error."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
+    """``hizfo.run.session.run`` on the config ``python run.py <overrides>`` composes (as
+    tests/unit/test_paper_tasks_on_tiny_models.py does): the record it wrote, or the failed record, or a dict with
+    the error."""
+    from omegaconf import OmegaConf
 
-    import run as entry
-    from hizfo.run.cli import config_error_in
     from hizfo.errors import one_line
+    from hizfo.run.cli import config_error_in
     from hizfo.run.records import read_record
     from hizfo.run.runspec import RunSpec
+    from hizfo.run.session import RunInputs, run
 
     overrides = [*COMMON, *model, *scale.threads, f"device={scale.device}", f"results_dir={out / 'runs'}",
                  *cell.overrides]
     cfg = compose_run(overrides)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out / "hydra" / cell.name.replace("/", "_"))
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    inputs = RunInputs(overrides=tuple(overrides), output_dir=out / "hydra" / cell.name.replace("/", "_"))
     path = RunSpec.build(OmegaConf.to_container(cfg, resolve=True), overrides).path
     cell.record = str(path)
     log = out / "logs" / f"{cell.name.replace('/', '_')}.log"
@@ -258,8 +251,8 @@ def run_cell(cell: Cell, scale: Scale, out: Path, model: list[str]) -> dict[str,
     cell.log = str(log)
     with open(log, "w") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
         try:
-            return entry.run(cfg)
-        except Exception as exc:                  # run.run wrote a failed record where it got that far
+            return run(cfg, inputs)
+        except Exception as exc:                  # run wrote a failed record where it got that far
             traceback.print_exc()
             config_error = config_error_in(exc)
             record = read_record(path) or {}

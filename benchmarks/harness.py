@@ -26,11 +26,10 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from hizfo.core.device import synchronize  # noqa: E402
-from hizfo.run.meters import Meters  # noqa: E402
-from hizfo.core.precision import PRECISIONS, check_precision, use_precision, weight_dtype  # noqa: E402
+from hizfo.core.device import synchronize
+from hizfo.run.meters import Meters
+from hizfo.core.precision import PRECISIONS, check_precision, use_precision, weight_dtype
 
 # the real models' shapes (random init: the benchmarks measure cost, not quality)
 SHAPES: dict[str, dict[str, Any]] = {
@@ -305,8 +304,9 @@ def _argv(args: argparse.Namespace, row: str) -> list[str]:
 
 
 def peak_in_subprocess(script: str, args: argparse.Namespace, row: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, script, *_argv(args, row)], capture_output=True, text=True,
-                         env={**os.environ, **_PEAK_ENV})
+    module = f"benchmarks.{Path(script).stem}"              # as ``python -m benchmarks.<name>`` from the root
+    out = subprocess.run([sys.executable, "-m", module, *_argv(args, row)], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, **_PEAK_ENV})
     if out.returncode != 0:
         return {"row": row, "error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """Benchmark: exact O(N·T) tensor selection vs a GreenTrainer-style approximate O(N²·T) DP.
 
-Run: ``python benchmarks/selection_dp.py`` (one process, pinned to one CPU core).
+Run: ``python -m benchmarks.selection_dp`` (one process, pinned to one CPU core).
 
 Instances come from the real cost model (hizfo.core.costs.tensor_costs) on meta-device models
 shaped like OPT-350M (388 tensors) and OPT-13B (644 tensors), batch 4 × 512 tokens,
@@ -13,19 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from hizfo.core.costs import backward_budget, cost_arrays, integer_budget, quantize_costs, tensor_costs  # noqa: E402
-from hizfo.core.selection import select_tensors, selection_cost  # noqa: E402
+from hizfo.core.costs import backward_budget, cost_arrays, integer_budget, quantize_costs, tensor_costs
+from hizfo.core.selection import select_tensors, selection_cost
 
 SHAPES = {  # transformers.OPTConfig arguments
     "OPT-350M": dict(hidden_size=1024, num_hidden_layers=24, ffn_dim=4096, num_attention_heads=16,

@@ -1,7 +1,7 @@
 """Step cost of Hi-ZFO against Full FT (and a forward, and MeZO) at a real model's shape, with the cost model's
 prediction.
 
-    python benchmarks/step_cost.py [--shape opt-125m|opt-1.3b|qwen2-0.5b] [--layers N --hidden H --ffn F]
+    python -m benchmarks.step_cost [--shape opt-125m|opt-1.3b|qwen2-0.5b] [--layers N --hidden H --ffn F]
                                    [--precision fp32|bf16-mixed|bf16] [--batch 4] [--tokens 128] [--steps 3]
 
 Prints one table (step time and peak memory of every row, as ratios to Full FT; MeZO's peak against an
@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import build_model, main_for, make_batch, sync  # noqa: E402
+from benchmarks.harness import build_model, main_for, make_batch, sync
 
 ROWS = ("forward", "full_ft", "hizfo", "profiling", "mezo")
 

@@ -1,6 +1,6 @@
 """Step cost of every method at a real model's shape, in one table.
 
-    python benchmarks/step_cost_baselines.py [--shape opt-125m|opt-1.3b|qwen2-0.5b] [--layers N --hidden H --ffn F]
+    python -m benchmarks.step_cost_baselines [--shape opt-125m|opt-1.3b|qwen2-0.5b] [--layers N --hidden H --ffn F]
                                              [--precision fp32|bf16-mixed|bf16] [--batch 4] [--tokens 128]
                                              [--steps 3] [--rows forward,full_ft,...]
 
@@ -19,12 +19,9 @@ How time and peak are measured: benchmarks/harness.py.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import main_for  # noqa: E402
+from benchmarks.harness import main_for
 
 ROWS = ("forward", "full_ft", "hizfo", "profiling", "ft_top2", "greentrainer", "lora", "prefix", "mezo",
         "mezo_reference", "bilevel_zofo")

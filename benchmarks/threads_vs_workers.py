@@ -1,6 +1,6 @@
 """Two one-thread runs side by side, or one two-thread run after another: which finishes a study slice sooner?
 
-    python benchmarks/threads_vs_workers.py [--steps 6] [--generate 2] [--cores 2]
+    python -m benchmarks.threads_vs_workers [--steps 6] [--generate 2] [--cores 2]
 
 One "job" is a small piece of a study run on SmolLM2-135M-Instruct under bf16 autocast (the study's precision):
 ``--steps`` Full FT training steps (AdamW, batch 4 × 128 tokens) and ``--generate`` greedy generation batches
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def _job(model, tokenizer, steps: int, generate: int) -> tuple[float, float]:

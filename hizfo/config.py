@@ -85,6 +85,9 @@ class LoggerConfig:
     mode: str = "offline"                # offline (no account needed) | online | disabled
     log_every: int = 1
     tags: list[str] = field(default_factory=list)
+    group: Optional[str] = None          # W&B group; None: the preset (experiment=...) or the sweep's folder
+    memory_every: int = 10               # log the memory in use (memory/*) every this many steps; 0: never
+    system_stats: bool = False           # W&B's own system metrics (a sampling process beside the run)
 
 
 @dataclass
@@ -95,6 +98,7 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     device: str = "auto"                 # auto (CUDA when present) | cpu | cuda | cuda:N
+    backend: str = "auto"                # several processes (torchrun): auto (nccl on CUDA, gloo on CPU) | gloo | nccl
     num_threads: Optional[int] = None    # torch CPU threads; null: the CPUs this process may use (hizfo/run/threads.py)
     results_dir: str = "results/runs"
     variant: Optional[str] = None        # None: derived from the command-line overrides

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from analysis.specs import EXPERIMENTS, sweeper_params  # noqa: E402  (after the path set-up)
+from analysis.specs import EXPERIMENTS, sweeper_params
 
 PARAMS_LINE = "    params:"
 HEADER = f"{PARAMS_LINE}   # written by scripts/gen_experiment_grids.py from analysis/specs.py: edit the grid there\n"

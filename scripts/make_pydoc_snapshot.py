@@ -229,7 +229,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     if args.check:
-        sys.path.insert(0, str(REPO))
         from hizfo.errors import ConfigError
         from hizfo.tasks.pydoc import read_manifest, verify_snapshot
         try:

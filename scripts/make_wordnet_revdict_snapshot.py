@@ -205,7 +205,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     missing = (f"no WordNet database in {args.wordnet} (data.noun); install it with `apt-get install wordnet-base` "
                f"or pass --wordnet DIR")
     if args.check:
-        sys.path.insert(0, str(REPO))
         from hizfo.errors import ConfigError
         from hizfo.tasks.wordnet_revdict import verify_snapshot
         try:

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -19,12 +17,9 @@ os.environ.setdefault("HIZFO_ALLOW_EMULATED_BF16", "1")
 
 
 def compose(overrides: list[str] | None = None):
-    """The composed run config, exactly as run.py sees it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hizfo.registry import register_schemas
-    register_schemas()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides or [])
+    """The composed run config, exactly as run.py sees it (the one composer: hizfo.run.session.compose)."""
+    from hizfo.run.session import compose as session_compose
+    return session_compose(overrides or [])
 
 
 def tiny(name: str = "tiny-opt", seed: int = 0):

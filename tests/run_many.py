@@ -5,7 +5,7 @@ returns (as ``python run.py`` would exit with), its stderr and stdout, and wheth
 called. The code path is run.py's own: ``main`` under ``hizfo.run.cli.call_main``; only the interpreter start (torch,
 transformers: most of a bad command's time) is shared.
 
-    python tests/run_many.py < cases.jsonl
+    python -m tests.run_many < cases.jsonl      # from the repository root
 """
 from __future__ import annotations
 
@@ -14,10 +14,7 @@ import io
 import json
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:

@@ -116,12 +116,15 @@ class MethodTraits:
     """What the loop and the run's checks ask of a method instance, beyond the protocol's calls."""
     holds_out_dev: bool = False
     reserved_positions: int = 0
+    data_parallel: bool = False     # runs on several processes (hizfo/core/distributed.py): every rank its slice
 
 
 def method_traits(method: Any) -> MethodTraits:
-    """A method's ``holds_out_dev`` and ``reserved_positions``, False / 0 where it does not set them."""
+    """A method's ``holds_out_dev``, ``reserved_positions`` and ``data_parallel``, False / 0 where it does not set
+    them."""
     return MethodTraits(holds_out_dev=bool(getattr(method, "holds_out_dev", False)),
-                        reserved_positions=int(getattr(method, "reserved_positions", 0) or 0))
+                        reserved_positions=int(getattr(method, "reserved_positions", 0) or 0),
+                        data_parallel=bool(getattr(method, "data_parallel", False)))
 
 
 # ---------------------------------------------------------------------------------------------------

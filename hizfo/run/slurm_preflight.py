@@ -185,20 +185,6 @@ def check_timeout(timeout_min: float, signal_delay_s: float, checkpoint_minutes:
             f"lower checkpoint_minutes")
 
 
-def checkpoint_minutes_from_hydra() -> Optional[float]:
-    """``hydra.callbacks.slurm_preflight.checkpoint_minutes`` when launcher=slurm set it, else None (read by the
-    job through its Hydra config; the checkpointer then saves at least this often)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from omegaconf import OmegaConf
-        if not HydraConfig.initialized():
-            return None
-        value = OmegaConf.select(HydraConfig.get(), "callbacks.slurm_preflight.checkpoint_minutes", default=None)
-    except Exception:   # no Hydra context (a library caller): no time-based checkpoints
-        return None
-    return float(value) if value is not None else None
-
-
 class SlurmPreflight(_HydraCallback):
     """Hydra callback (conf/launcher/slurm.yaml): refuses before sbatch a partition that does not exist, a job its
     largest node cannot hold (CPUs, memory, GPUs), or a too short timeout."""

@@ -10,7 +10,8 @@ from hydra.utils import instantiate
 
 from conftest import compose, tiny
 from hizfo.errors import ConfigError
-from hizfo.run.loop import BatchStream, LoopOptions, LoopResult, encode_split, train_and_evaluate
+from hizfo.run.batching import BatchStream, encode_split
+from hizfo.run.loop import LoopOptions, LoopResult, train_and_evaluate
 from hizfo.run.meters import Meters
 from hizfo.tasks.base import encode_train
 from hizfo.core.methods import TrainContext, causal_lm_loss, check_common, unique_named_parameters

@@ -52,7 +52,7 @@ def build(method_name: str, extra: tuple[str, ...] = ()):
     """The pieces run.py builds, from a fresh seed (as a relaunched process would)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-    from hizfo.run.loop import seed_everything
+    from hizfo.core.device import seed_everything
     from hizfo.core.models import load_model
     cfg = compose([f"method={method_name}", *SMALL, *extra])
     seed_everything(cfg.seed)

@@ -233,7 +233,7 @@ def test_mezo_with_a_huge_learning_rate_ends_failed_as_diverged(tmp_path):
 
 def test_a_slowly_rising_loss_is_stopped_by_the_factor_and_patience():
     from hizfo.errors import TrainingDiverged
-    from hizfo.run.loop import DivergenceWatch
+    from hizfo.run.divergence import DivergenceWatch
     watch = DivergenceWatch(factor=10.0, patience=3)
     for step, loss in enumerate([2.0, 5.0, 25.0, 30.0, 3.0, 21.0, 22.0]):   # a dip resets the count
         watch.check(step, loss)

@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 
 from hizfo.errors import ConfigError
 from hizfo.core.hybrid import HiZFO
-from hizfo.run.loop import BatchStream, LoopOptions, encode_split, train_and_evaluate
+from hizfo.run.batching import BatchStream, encode_split
+from hizfo.run.loop import LoopOptions, train_and_evaluate
 from hizfo.run.meters import Meters
 from hizfo.core.methods import TrainContext, causal_lm_loss, unique_named_parameters
 from hizfo.core.profiling import tensor_importance

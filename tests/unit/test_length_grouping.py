@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hizfo.run.evaluation import eval_loss, generate
-from hizfo.run.loop import BatchStream
+from hizfo.run.batching import BatchStream
 from hizfo.run.runspec import config_hash
 from hizfo.tasks.base import Example
 from tests.conftest import compose, tiny
@@ -89,7 +89,7 @@ def test_grouped_generation_and_eval_loss_keep_the_examples_order():
     task.cfg.eval_batch_size = 3
     task.cfg.group_by_length = True
     assert generate(loaded.model, loaded, task, examples, torch.device("cpu")) == alone
-    from hizfo.run.loop import encode_split
+    from hizfo.run.batching import encode_split
     task._cache["eval"] = examples
     encoded = encode_split(task, loaded, examples)
     grouped = eval_loss(loaded.model, encoded, task, loaded.tokenizer.pad_token_id, torch.device("cpu"))

@@ -25,25 +25,9 @@ FAMILIES = ("tiny-opt", "tiny-qwen2", "tiny-bloom")
 
 
 def run_in_process(overrides: list[str], tmp_path: Path) -> dict:
-    """``run.run`` on the config ``python run.py <overrides>`` composes, without a subprocess (seconds, not tens)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-
-
-    from hizfo.registry import register_schemas
-    from run import run
-
-    register_schemas()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "hydra")
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return run(cfg)
+    """The run ``python run.py <overrides>`` makes, in this process (seconds, not tens)."""
+    from hizfo.run.session import RunInputs, compose, run
+    return run(compose(overrides), RunInputs(overrides=tuple(overrides), output_dir=tmp_path / "hydra"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

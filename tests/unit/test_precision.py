@@ -13,7 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hizfo.errors import ConfigError
-from hizfo.run.loop import BatchStream, LoopOptions, encode_split, train_and_evaluate
+from hizfo.run.batching import BatchStream, encode_split
+from hizfo.run.loop import LoopOptions, train_and_evaluate
 from hizfo.run.meters import Meters
 from hizfo.core.methods import FirstOrderTrainer, causal_lm_loss, unique_named_parameters
 from hizfo.core.models import load_model

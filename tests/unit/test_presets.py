@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
@@ -47,8 +46,7 @@ def preset_name(name: str, scale: str) -> str:
 def hydra_conf() -> Iterator[None]:
     from hizfo.registry import register_schemas
     register_schemas()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        yield
+    yield
 
 
 def compose_preset(preset: str, extra: list[str] | None = None, hydra_config: bool = False) -> Any:
@@ -58,7 +56,8 @@ def compose_preset(preset: str, extra: list[str] | None = None, hydra_config: bo
 
 @functools.lru_cache(maxsize=None)
 def _compose_cached(preset: str, extra: tuple[str, ...], hydra_config: bool) -> Any:
-    return compose(config_name="config", overrides=[f"experiment={preset}", *extra], return_hydra_config=hydra_config)
+    from hizfo.run.session import compose
+    return compose([f"experiment={preset}", *extra], hydra=hydra_config)
 
 
 def expand_jobs(params: dict[str, str]) -> list[list[str]]:

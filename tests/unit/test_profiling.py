@@ -14,7 +14,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from hizfo.run.loop import BatchStream, encode_split
+from hizfo.run.batching import BatchStream, encode_split
 from hizfo.core.methods import adamw, causal_lm_loss, unique_named_parameters
 from hizfo.core.profiling import tensor_importance
 from tests.conftest import compose, tiny

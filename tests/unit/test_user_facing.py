@@ -148,7 +148,7 @@ def test_a_failed_overwrite_keeps_the_ok_record_and_says_so(tmp_path):
               "method.max_steps=2", "task.options.n_train=8", "task.options.n_eval=2", "num_threads=1",
               "variant=v"]
     failing = [*common, "overwrite=true", "divergence_factor=1e-9", "divergence_patience=1"]   # stops at step 1
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "run_many.py")], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "tests.run_many"], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, input=f"{json.dumps(common)}\n{json.dumps(failing)}\n",
                           env={**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"})
     first, second = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

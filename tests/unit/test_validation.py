@@ -166,7 +166,7 @@ def unclean_runs(tmp_path_factory):
         lines.append(json.dumps(["logger=none", f"results_dir={where}/runs", f"hydra.run.dir={where}/out", "num_threads=1",
                                  *extra, *override.split()]))
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "run_many.py")], input="\n".join(lines) + "\n",
+    proc = subprocess.run([sys.executable, "-m", "tests.run_many"], input="\n".join(lines) + "\n",
                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -1,0 +1,275 @@
+"""One run, from a composed config to its record: the pipeline ``python run.py`` calls and every other caller
+(tests, scripts, benchmarks) calls the same way.
+
+    from hizfo.run.session import RunInputs, compose, run
+    cfg = compose(["method=mezo", "method.max_steps=2"])
+    record = run(cfg, RunInputs(overrides=("method=mezo", "method.max_steps=2")))
+
+The steps, in order: ``prepare`` (config-only checks, the run's identity, the method and task objects), ``finished``
+(an ok record of this very run: skip), ``lock`` (one writer per run), ``load`` (threads, model, provenance),
+``train`` (the shared loop, hizfo/run/loop.py), ``record`` (the ok record and predictions, or a failed record).
+Nothing here reads Hydra's global state: what the command line adds (its overrides, Hydra's run folder, the Slurm
+launcher's checkpoint cadence) comes in ``RunInputs``; ``run.py`` builds it from ``HydraConfig``.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from hizfo.core import distributed
+from hizfo.core.device import pick_device, seed_everything
+from hizfo.core.methods import Method, method_traits
+from hizfo.core.models import LoadedModel
+from hizfo.core.precision import check_precision, use_precision
+from hizfo.errors import ConfigError, one_line
+from hizfo.registry import register_schemas
+from hizfo.run.checkpoint import Checkpointer
+from hizfo.run.checkpoint_files import params_sha256
+from hizfo.run.loop import LoopOptions, LoopResult, train_and_evaluate
+from hizfo.run.meters import Meters
+from hizfo.run.predictions import prediction_rows, write_jsonl_atomic
+from hizfo.run.records import Costs, Curve, RunRecord, check_writable, provenance
+from hizfo.run.runspec import RunSpec, config_hash
+from hizfo.run.threads import apply_num_threads
+from hizfo.run.tracking import Tracker
+from hizfo.run.validation import check_model_positions, validate_run_config
+from hizfo.tasks.base import Task
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+VERSION_BASE = "1.3"          # run.py's @hydra.main uses the same
+
+
+def compose(overrides: Iterable[str] = (), *, hydra: bool = False) -> DictConfig:
+    """The run config ``python run.py <overrides>`` composes (``hydra=True``: with its ``hydra`` node kept)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=VERSION_BASE):
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run takes besides its config: the command line's overrides (they name the variant), the folder for
+    the tracker's files (Hydra's run folder under run.py; None: beside the record) and the Slurm launcher's
+    checkpoint cadence in minutes (None: only ``checkpoint_every`` steps and signals)."""
+    overrides: tuple[str, ...] = ()
+    output_dir: Optional[Path] = None
+    checkpoint_minutes: Optional[float] = None
+
+
+@dataclass
+class Prepared:
+    """A run's config checked and its identity and objects built, before any lock or model."""
+    cfg: DictConfig
+    spec: RunSpec
+    method: Method
+    task: Task
+    inputs: RunInputs
+    backend: str = "none"             # the process group's, under torchrun (check_world)
+
+    def finished(self) -> Optional[RunRecord]:
+        """The ok record of this very run, if one exists (a different config's is refused)."""
+        path = self.spec.path
+        existing = RunRecord.read(path)
+        if existing is None or existing.status != "ok" or self.cfg.overwrite:
+            return None
+        if not self.spec.same_run(config_hash(existing.config)):  # by today's rules: older records hash otherwise
+            raise ConfigError(f"results: {path} holds an ok record from a different config; "
+                              f"pass overwrite=true to replace it, or variant=NAME to keep both")
+        print(f"skip: ok record exists at {path} (overwrite=true to run again)")
+        return existing
+
+
+def prepare(cfg: DictConfig, inputs: RunInputs) -> Prepared:
+    """Every config-only check, one line each (ConfigError), before any lock or load."""
+    validate_run_config(cfg)
+    check_precision(cfg.precision, pick_device(cfg.device))   # a value or a device without bf16: before any load
+    spec = RunSpec.build(OmegaConf.to_container(cfg, resolve=True), inputs.overrides)
+    seed_everything(cfg.seed)
+    method = instantiate(cfg.method, _convert_="all")       # validates the method's values (before any lock)
+    task = instantiate(cfg.task, _convert_="all")           # validates the task's values (data loads later)
+    if cfg.method.max_steps != 0 and method_traits(method).holds_out_dev:
+        task.train_dev_split(batch_size=task.cfg.batch_size)   # a dev split held out leaves a batch: before any lock
+    backend = check_world(cfg, method)
+    return Prepared(cfg=cfg, spec=spec, method=method, task=task, inputs=inputs, backend=backend)
+
+
+def check_world(cfg: DictConfig, method: Method) -> str:
+    """The process-group backend for a ``torchrun`` launch, its batch and method checked (one line each, on every
+    rank alike, before any model loads); ``none`` for one process."""
+    backend = distributed.pick_backend(cfg.backend, pick_device(cfg.device).type)
+    size = distributed.launched_world_size()
+    if size == 1:
+        return "none"
+    distributed.check_global_batch(int(cfg.task.batch_size), distributed.World(size=size))
+    if cfg.method.max_steps != 0 and not method_traits(method).data_parallel:
+        raise ConfigError(f"method: {cfg.method.name} cannot run on several processes yet (data-parallel so far: "
+                          f"mezo, and every method with method.max_steps=0); launch it as one process")
+    return backend
+
+
+def run(cfg: DictConfig, inputs: RunInputs = RunInputs()) -> dict[str, Any]:
+    """One run: validate, build, train, evaluate, record. Returns the record written (as JSON)."""
+    prepared = prepare(cfg, inputs)
+    world = distributed.init(prepared.backend)         # under torchrun: every rank joins here, after the checks
+    try:
+        return _run_in_world(prepared, world)
+    finally:
+        distributed.shutdown()
+
+
+def _run_in_world(prepared: Prepared, world: distributed.World) -> dict[str, Any]:
+    """Skip a finished run, or take the run's lock (rank 0) and run it."""
+    cfg = prepared.cfg
+    done = prepared.finished()
+    if done is not None:
+        return done.to_json()
+    checkpointer: Optional[Checkpointer] = None
+    error = None
+    if world.is_main:
+        # one writer per run: locks the run's checkpoint folder, so a duplicate launch stops here, before the
+        # model loads; then look again, in case the other launch finished the run between the first look and
+        # the lock
+        try:
+            check_writable(cfg.results_dir)
+            checkpointer = Checkpointer.for_run(prepared.spec, every_steps=int(cfg.checkpoint_every or 0),
+                                                every_minutes=prepared.inputs.checkpoint_minutes)
+        except ConfigError as exc:
+            error = exc
+    distributed.agree(error)                           # the other ranks stop too, in one line on rank 0
+    try:                    # every way out frees the lock (its files go; checkpoints stay for a resume)
+        return _locked_run(prepared, checkpointer, world)
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+
+
+def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world: distributed.World) -> dict[str, Any]:
+    """The part of ``run`` that holds the checkpoint folder's lock: load, train, evaluate, record."""
+    cfg, spec = prepared.cfg, prepared.spec
+    done = prepared.finished()
+    if done is not None:
+        if checkpointer is not None:
+            checkpointer.discard()
+        return done.to_json()
+    device = distributed.rank_device(pick_device(cfg.device), world)
+    options = LoopOptions.from_run_config(cfg, device)       # divergence_* checked before the model loads
+    loaded, prov = load(cfg, prepared.method, prepared.task, device)
+    tracker = open_tracker(cfg, spec, prepared.inputs) if world.is_main else _no_tracker()
+    meters = Meters()
+    try:
+        with use_precision(cfg.precision):                    # bf16-mixed: autocast in the methods' losses
+            result = train_and_evaluate(prepared.method, cfg.method, loaded, prepared.task, options, meters,
+                                        tracker.log, checkpoint=loop_checkpoint(checkpointer, world))
+    except ConfigError:
+        tracker.finish(failed=True)
+        raise
+    except Exception as exc:                                  # any failure leaves a failed record ...
+        if world.is_main:
+            _record_failure(spec, exc, meters, prov)
+        tracker.finish(failed=True)
+        raise
+    prov.update(distributed.world_provenance(world, meters.peak_memory_bytes))
+    meters.peak_memory_bytes = max(prov.get("rank_peak_memory_bytes", [meters.peak_memory_bytes]))
+    if not world.is_main:
+        return {"status": "ok", "rank": world.rank}
+    record = write_ok_record(prepared, result, meters, prov, tracker)
+    if checkpointer is not None:
+        checkpointer.discard()
+    where = tracker.location or "not logged (logger=none)"
+    tracker.finish()
+    print_summary(result.metrics, record, spec.path, where)
+    return record.to_json()
+
+
+def loop_checkpoint(checkpointer: Optional[Checkpointer], world: distributed.World) -> Optional[Checkpointer]:
+    """The checkpointer the loop saves and restores through: under several processes none yet (rank 0 still
+    holds the run's lock), said in one line; a stopped multi-process run restarts from step 0."""
+    if world.size == 1:
+        return checkpointer
+    if world.is_main:
+        print(f"distributed: {world.size} processes ({world.backend}); checkpoints are not written under several "
+              f"processes yet, so a stopped run restarts from step 0", file=sys.stderr)
+    return None
+
+
+def load(cfg: DictConfig, method: Method, task: Task, device: Any) -> tuple[LoadedModel, dict[str, Any]]:
+    """The model on its device, checked against the task's lengths; and the run's provenance."""
+    from hizfo.core.models import load_model      # looked up at call time: tests/run_many.py counts the loads
+    model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    model_kwargs.pop("_target_")
+    num_threads = apply_num_threads(cfg.num_threads)       # before the model loads (null: the CPUs we may use)
+    loaded = load_model(**model_kwargs, seed=cfg.seed, precision=cfg.precision)
+    check_model_positions(task, loaded, trains=cfg.method.max_steps != 0,
+                          reserved=method_traits(method).reserved_positions)   # prefix-tuning's virtual tokens
+    if loaded.device_map is None:
+        loaded.model.to(device)
+    return loaded, {**provenance(device), "num_threads": num_threads}
+
+
+def open_tracker(cfg: DictConfig, spec: RunSpec, inputs: RunInputs) -> Tracker:
+    """The W&B run (or none) for this run; its files in Hydra's run folder, else beside the record."""
+    run_dir = inputs.output_dir if inputs.output_dir is not None else spec.path.parent
+    return Tracker(kind=cfg.logger.kind, project=cfg.logger.project, mode=cfg.logger.mode, run_dir=Path(run_dir),
+                   name=spec.name, config=spec.config, entity=cfg.logger.entity, tags=list(cfg.logger.tags),
+                   log_every=cfg.logger.log_every)
+
+
+def _no_tracker() -> Tracker:
+    """The tracker of a rank other than 0: it logs nothing (rank 0 logs the run)."""
+    return Tracker(kind="none", project="", mode="disabled", run_dir=Path("."), name="", config={})
+
+
+def _record_failure(spec: RunSpec, exc: Exception, meters: Meters, prov: dict[str, Any]) -> None:
+    """A failed record for ``exc`` (never in place of an ok one), one line on stderr; ``exc`` marked reported."""
+    record = RunRecord(status="failed", config=spec.config, config_hash=spec.config_hash,
+                       costs=Costs.from_meters(meters), provenance=prov, error=one_line(exc),
+                       failed_step=getattr(exc, "step", None), traceback=traceback.format_exc())
+    current = RunRecord.read(spec.path)
+    kept_ok = current is not None and current.status == "ok"
+    if not kept_ok:
+        record.write(spec.path)
+    where = (f"the ok record at {spec.path} was kept (overwrite=true: no failed record replaces it)" if kept_ok
+             else f"record at {spec.path}")
+    print(f"failed: {one_line(exc)}; {where}", file=sys.stderr)
+    exc.reported = True                                        # type: ignore[attr-defined]
+
+
+def write_ok_record(prepared: Prepared, result: LoopResult, meters: Meters, prov: dict[str, Any],
+                    tracker: Tracker) -> RunRecord:
+    """The ok record and every prediction, written next to each other; the final figures logged."""
+    spec, task = prepared.spec, prepared.task
+    summary = result.summary
+    costs = Costs.from_meters(meters, summary)
+    record = RunRecord(
+        status="ok", config=spec.config, config_hash=spec.config_hash, metrics=result.metrics, costs=costs,
+        partition=summary.partition, method_summary=summary.details, provenance=prov,
+        curve=Curve(**result.curve(prepared.cfg.curve_every)), zo_seeds=result.zo_seeds,
+        final_train_loss=result.losses[-1] if result.losses else None,
+        final_params_sha256=params_sha256(prepared.method.eval_model()),
+        samples=[{"prompt": e.prompt[-300:], "prediction": p, "references": e.references}
+                 for e, p in zip(task.examples("eval"), result.predictions[:5])])
+    tracker.log_final(meters.steps, {**{f"eval/{k}": v for k, v in result.metrics.items()},
+                                     **{f"costs/{k}": v for k, v in vars(costs).items()
+                                        if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+    write_jsonl_atomic(spec.predictions_path, prediction_rows(task.examples("eval"), result.predictions))
+    record.write(spec.path)
+    return record
+
+
+def print_summary(metrics: dict[str, Any], record: RunRecord, path: Path, where: str) -> None:
+    """The run's last lines: metrics, costs, where the record and the W&B run are."""
+    costs = record.costs
+    shown = ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    print(f"metrics: {shown}")
+    resumed = f", resumed {record.resumed}x" if record.resumed else ""
+    print(f"costs: peak {costs.peak_memory_gb:.2f} GB ({costs.memory_kind}), train {costs.train_seconds:.1f} s"
+          f"{resumed}, eval {costs.eval_seconds:.1f} s, {costs.n_forward} forwards / {costs.n_backward} backwards")
+    print(f"record: {path}")
+    print(f"wandb: {where}")
