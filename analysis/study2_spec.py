@@ -1,4 +1,4 @@
-"""The second CPU study's arms (experiment=smollm2_study2_cpu, issue 36), the one owner of its arm files.
+"""The second CPU study's arms (experiment=smollm2_study2_cpu), the one owner of its arm files.
 
 ``scripts/gen_study2_arms.py`` writes from here each new arm's ``conf/study_arm/<name>.yaml``, the preset's
 ``+study_arm`` list and the per-task sizing files; ``--check`` (tests/unit/test_study2_preset.py) fails when a file

@@ -1,4 +1,4 @@
-"""Several processes compute the same run as one (issue 35), on CPU with gloo: torchrun with 2 processes against one
+"""Several processes compute the same run as one, on CPU with gloo: torchrun with 2 processes against one
 process, on the tiny OPT and the toy task. Two processes at one thread each (the box has 2 cores)."""
 from __future__ import annotations
 
