@@ -93,7 +93,9 @@ def call_main(main: Callable[[], None]) -> int:
         code = _call(main)
     except KeyboardInterrupt as exc:
         signal.signal(signal.SIGINT, _exit_at_once)        # a second Ctrl-C during the clean-up: exit now
-        print(interrupted_line(exc), file=sys.stderr, flush=True)
+        from tqdm import tqdm
+        bar_open = bool(getattr(tqdm, "_instances", None))   # a bar's line has no end yet: start a new one
+        print(("\n" if bar_open else "") + interrupted_line(exc), file=sys.stderr, flush=True)
         code = 130
     return finish_sweeps(code)
 

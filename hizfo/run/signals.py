@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 from types import FrameType
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 PREEMPTION_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 INTERRUPT_EXIT = 130          # the shell's status for a process ended by SIGINT (128 + 2)
@@ -67,6 +67,23 @@ class SignalRelay:
         self.previous: dict[int, Any] = {}          # signal -> handler before ours (submitit's, or the default)
         self.active: Optional[SignalListener] = None
         self.interrupt_note: Optional[str] = None   # what the run did about a Ctrl-C (the ``Interrupted`` message)
+        self.exit_hooks: list[Callable[[], None]] = []   # run before a signal ends the process (the W&B run's flush)
+
+    def add_exit_hook(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` before a passed-on signal ends (or requeues) the process: what is buffered is saved."""
+        self.exit_hooks.append(hook)
+
+    def remove_exit_hook(self, hook: Callable[[], None]) -> None:
+        if hook in self.exit_hooks:
+            self.exit_hooks.remove(hook)
+
+    def _run_exit_hooks(self) -> None:
+        for hook in list(self.exit_hooks):
+            self.remove_exit_hook(hook)
+            try:
+                hook()
+            except Exception as exc:            # noqa: BLE001 - a flush that fails must not stop the signal
+                print(f"warning: before {hook}: {exc}", file=sys.stderr, flush=True)
 
     @property
     def installed(self) -> bool:
@@ -80,7 +97,10 @@ class SignalRelay:
             return True
         try:
             for sig in self.signals:
-                self.previous[int(sig)] = signal.getsignal(sig)
+                current = signal.getsignal(sig)
+                if sig == signal.SIGINT and current == signal.SIG_IGN:
+                    continue            # Ctrl-C ignored (nohup, a background job of a script): it stays ignored
+                self.previous[int(sig)] = current
                 signal.signal(sig, self._dispatch)
         except ValueError:          # not the main thread
             for sig, handler in self.previous.items():
@@ -125,12 +145,13 @@ class SignalRelay:
                 if callable(self.previous.get(int(other))):
                     handler = self.previous[int(other)]
                     break
+        if handler == signal.SIG_IGN:
+            return
+        self._run_exit_hooks()                  # the process ends (or is requeued) now
         if signum == signal.SIGINT and handler is signal.default_int_handler:
             raise Interrupted(self.interrupt_note or "no checkpoint was written")
         if callable(handler):
             handler(signum, frame)
-            return
-        if handler == signal.SIG_IGN:
             return
         self.uninstall()
         signal.signal(signum, signal.SIG_DFL)
