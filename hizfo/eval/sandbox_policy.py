@@ -22,8 +22,8 @@ from hizfo.errors import ConfigError
 # returns EPERM: sockets and socketpair, SysV and POSIX IPC, new processes, exec, signals to any process, every
 # change to the file system, mounts and namespaces, and whatever the kernel adds in the future.
 _ALLOWED_SYSCALLS = (
-    # memory
-    "brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "msync", "mincore",
+    # memory (mmap and mprotect are allowed below without write+execute)
+    "brk", "munmap", "mremap", "madvise", "msync", "mincore",
     # descriptors it already holds or opens read-only (open/openat are allowed below without write flags)
     "read", "readv", "pread64", "preadv", "preadv2", "write", "writev", "lseek", "close", "close_range",
     "dup", "dup2", "dup3", "pipe", "pipe2", "poll", "ppoll", "select", "pselect6", "epoll_create1", "epoll_ctl",
@@ -49,6 +49,7 @@ _ALLOWED_FCNTLS = (0, 1, 2, 3, 4, 1030)        # F_DUPFD, F_GETFD, F_SETFD, F_GE
 _ALLOWED_IOCTLS = (0x5401, 0x5413, 0x541B, 0x5421, 0x5450, 0x5451)
 _ALLOWED_PRCTLS = (15, 16)                      # PR_SET_NAME, PR_GET_NAME (this thread's name)
 _CLONE_THREAD = 0x00010000
+_PROT_WRITE, _PROT_EXEC, _MAP_ANONYMOUS = 0x2, 0x4, 0x20
 
 
 def _build_seccomp_filter() -> bytes:
@@ -70,6 +71,12 @@ def _build_seccomp_filter() -> bytes:
     allow("open", sc.Arg(1, sc.MASKED_EQ, _WRITE_OPEN_FLAGS, 0))     # read-only opens only
     allow("openat", sc.Arg(2, sc.MASKED_EQ, _WRITE_OPEN_FLAGS, 0))
     allow("clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, _CLONE_THREAD))   # a thread, never a process
+    # no code the program writes itself: memory is never writable and executable, and only a file it may read
+    # (a library of the runtime) is mapped executable; mprotect never adds execute
+    allow("mmap", sc.Arg(2, sc.MASKED_EQ, _PROT_EXEC, 0))
+    allow("mmap", sc.Arg(2, sc.MASKED_EQ, _PROT_WRITE | _PROT_EXEC, _PROT_EXEC),
+          sc.Arg(3, sc.MASKED_EQ, _MAP_ANONYMOUS, 0))
+    allow("mprotect", sc.Arg(2, sc.MASKED_EQ, _PROT_EXEC, 0))
     for command in _ALLOWED_FCNTLS:
         allow("fcntl", sc.Arg(1, sc.EQ, command))
     for command in _ALLOWED_IOCTLS:

@@ -49,13 +49,30 @@ class CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def drop_privileges():
-    # root (process level): empty the capability bounding set and clear every capability set; everyone:
-    # no_new_privs, so that no exec could gain privileges back (and Landlock and seccomp can be loaded)
+def switch_user(uid, whole):
+    # root: become the program's own unprivileged host uid, so that RLIMIT_NPROC binds (the kernel never applies
+    # it to real uid 0). ``whole``: real, effective and saved ids; else the real uid only (the effective uid stays
+    # 0 without capabilities, where the runtime is readable by root alone); seccomp refuses every set*id call
+    os.setgroups([])
+    if whole:
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    else:
+        os.setresuid(uid, 0, 0)
+    if os.getuid() != uid:
+        raise SetupError("could not switch to uid %d" % uid)
+
+
+def drop_privileges(job):
+    # root: empty the capability bounding set, switch to the program's own uid, clear every capability set;
+    # everyone: no_new_privs, so that no exec could gain privileges back (and Landlock and seccomp can be loaded)
     if os.geteuid() == 0:
         cap = 0
         while LIBC.prctl(24, cap, 0, 0, 0) == 0:          # PR_CAPBSET_DROP, until EINVAL past the last one
             cap += 1
+    if job.get("uid") is not None:
+        switch_user(int(job["uid"]), bool(job.get("whole_uid")))
+    if os.geteuid() == 0:
         check(LIBC.capset(ctypes.byref(CapHeader(0x20080522, 0)), (CapData * 2)()), "capset")
     check(LIBC.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
 
@@ -123,7 +140,9 @@ def load_seccomp(bpf):
 def contain(job):
     # the untrusted side, before its code runs: Landlock (what it may read), then seccomp (what it may ask the
     # kernel). Kernel state only: there is no Python-level guard to find and switch off
-    load_landlock(job["landlock"] + [[os.getcwd(), "tree"], ["/proc/%d" % os.getpid(), "tree"]])
+    own = "/proc/%d/" % os.getpid()                     # its own status and descriptors: not net/, not mounts
+    load_landlock(job["landlock"] + [[os.getcwd(), "tree"], [own + "fd", "list"]]
+                  + [[own + name, "tree"] for name in ("stat", "statm", "status", "limits")])
     load_seccomp(bytes.fromhex(job["seccomp"]))
 
 
@@ -210,8 +229,23 @@ def on_alarm(signum, frame):
     raise SandboxTimeout()
 
 
-def report(error):
-    os.write(2, ("sandbox: %s: %s\n" % (type(error).__name__, error))[:2000].encode("utf-8", "replace"))
+REASON_FD = [2]      # the supervisor's own channel to the evaluator (the job's reason_fd); the program never holds it
+
+
+def report(error, fd=None):
+    try:
+        os.write(REASON_FD[0] if fd is None else fd,
+                 ("sandbox: %s: %s\n" % (type(error).__name__, error))[:2000].encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def close_reason_channel():
+    # the untrusted side, right after the fork: it reports on stderr, which it may fill; the supervisor's
+    # reason stays readable whatever the program writes
+    if REASON_FD[0] != 2:
+        os.close(REASON_FD[0])
+        REASON_FD[0] = 2
 
 
 def supervise(child):
@@ -234,6 +268,7 @@ def run_program(job):
     child = os.fork()
     if child:
         supervise(child)
+    close_reason_channel()
     try:
         contain(job)
     except BaseException as error:
@@ -338,6 +373,7 @@ def run_check(job):
     child = os.fork()
     if child == 0:
         stdin_to_devnull()                                # before any untrusted code: the tests are still there
+        close_reason_channel()
         os.close(requests_write)
         os.close(replies_read)
         try:
@@ -365,7 +401,7 @@ def run_check(job):
         scope[tests["check"]](candidate)
         signal.setitimer(signal.ITIMER_REAL, 0)
     except SandboxTimeout:
-        os.write(2, b"sandbox: timed out\n")
+        os.write(REASON_FD[0], b"sandbox: timed out\n")
         os._exit(124)
     except BaseException as error:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -377,8 +413,10 @@ def run_check(job):
 
 def main():
     job = json.loads(receive(0, 1 << 30))
+    if job.get("reason_fd") is not None:
+        REASON_FD[0] = int(job["reason_fd"])
     try:
-        drop_privileges()
+        drop_privileges(job)
         set_limits(job)
     except BaseException as error:
         report(error)
