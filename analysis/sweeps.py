@@ -101,7 +101,9 @@ def sweep_figure(spec: ExperimentSpec, grid: Grid, scale: str, lookup: dict[Cell
                    ("memory", "mem_gb", "peak RSS (GB, CPU)" if scale == "cpu" else "peak memory (GB)")]
     figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     paper_only = _is_paper_only(grid, lookup)
-    overlay = bool(paper_lookup) and not paper_only
+    # the paper's points only beside measurements of the paper's own models and tasks (a toy run is no OPT-2.7B)
+    same_setting = bool(set(grid.models) & set(spec.paper.models)) and bool(set(grid.tasks) & set(spec.paper.tasks))
+    overlay = bool(paper_lookup) and not paper_only and same_setting
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, (panel, column, ylabel) in zip(axes[0], panels):
         for j, method in enumerate(grid.methods):

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from analysis.coverage import left_out, table_grids
 from analysis.loading import CELL_KEYS, Report, aggregate, load_records, settle_cells
 from analysis.render import MISSING, DisplayTable, to_latex, to_markdown
 from analysis.specs import (EXPERIMENTS, SWEEP_SYMBOL, SWEPT_KEYS, TABLES, TASK_DISPLAY, TASK_SCORES, ROUGE,
@@ -371,6 +372,9 @@ def write_tables(results_dir: Path, out_dir: Path, paper_dir: Optional[Path] = D
             view.unlink(missing_ok=True)
             report.note(f"{name}: no cell is one the paper reports; no {view.name} written")
         written[name] = files
+    keys = {grid_key(m, t, meth, g.sweep_key, v) for g in table_grids() for m, t, meth, v in g.cells()}
+    for line in left_out(lookup, keys):
+        report.warn(f"left out of every table: {line}")
     return written
 
 

@@ -88,3 +88,16 @@ def test_the_reference_arm_can_be_any_arm_of_the_records(tmp_path, capsys, arm):
     assert main(["--results", str(tmp_path / "runs"), "--against", "mezo", "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "| arm − mezo | paired seeds | rougeL |" in out and f"| {arm} | 3 | +10.00 [+7.52, +12.48] |" in out
+
+
+def test_tables_name_the_records_they_leave_out_and_why(tmp_path):
+    """analysis.tables has no table for smollm2-135m × pydoc: it says so per cell, with the records' paths."""
+    from analysis.loading import Report
+    from analysis.tables import write_tables
+    write_sweep(tmp_path / "runs")
+    report = Report(quiet=True)
+    assert write_tables(tmp_path / "runs", tmp_path / "tables", None, report) == {}
+    left = [w for w in report.warnings if w.startswith("left out of every table: ")]
+    assert len(left) == 3, report.warnings                          # full_ft, hizfo, mezo
+    mezo = next(w for w in left if "/mezo:" in w)
+    assert "smollm2-135m/pydoc/mezo: no table has smollm2-135m × pydoc" in mezo and "seed2.json" in mezo
