@@ -204,3 +204,18 @@ def test_submitit_slurm_chosen_directly_is_refused_in_one_line(capsys):
     checked = OmegaConf.create({"hydra": {"launcher": {"_target_": target},
                                           "callbacks": {"slurm_preflight": {}, "sweep_summary": {}}}})
     refuse_unchecked_slurm(checked)
+
+
+def test_slurm_job_names_carry_the_method_and_the_task():
+    """launcher=slurm submits one array per method x task, named hizfo-<method>-<task> (squeue shows what runs)."""
+    from hydra.utils import instantiate
+    from hizfo.run.session import compose
+    from hizfo.run.slurm_launcher import NamedSlurmLauncher, group_jobs
+    sweep = [["method=hizfo", "task=scitldr", "seed=0"], ["method=mezo", "task=scitldr"],
+             ["method=hizfo", "task=scitldr", "seed=1"], ["task=dialogsum"]]
+    assert group_jobs(sweep, {"method": "hizfo", "task": "toy"}) == {
+        "hizfo-hizfo-scitldr": [0, 2], "hizfo-mezo-scitldr": [1], "hizfo-hizfo-dialogsum": [3]}
+    cfg = compose(["launcher=slurm"], hydra=True)
+    assert cfg.hydra.launcher._target_ == "hizfo.run.slurm_launcher.NamedSlurmLauncher"
+    launcher = instantiate(cfg.hydra.launcher)
+    assert isinstance(launcher, NamedSlurmLauncher) and launcher.params["name"] == "hizfo"
