@@ -19,8 +19,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 VPY=$VENV/bin/python
 inputs=$(cat pyproject.toml "$LOCKFILE" 2>/dev/null | sha256sum | cut -c1-12)
-stamp=$VENV/.hizfo-setup-$inputs${1:-}
-if [ ! -f "$stamp" ]; then
+# with a lock, --dev installs the same packages (pytest is in the lock): one stamp, so test.sh after setup.sh
+# (or the other way round) only checks; without a lock, --dev adds the dev extras and has a stamp of its own
+suffix=""
+if [ "$lock_state" != 0 ] && [ "${1:-}" = "--dev" ]; then suffix="--dev"; fi
+stamp=$VENV/.hizfo-setup-$inputs$suffix
+if [ ! -f "$stamp" ] && { [ -n "$suffix" ] || [ ! -f "$stamp--dev" ]; }; then
   $VPY -m pip install -q --upgrade pip
   if [ "$lock_state" = 0 ]; then
     $VPY -m pip install -q "torch==$("$PY" hizfo/lockfile.py torch "$LOCKFILE")"

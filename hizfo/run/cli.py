@@ -16,6 +16,31 @@ from typing import Callable, Optional
 
 from hizfo.errors import ConfigError
 
+USER_GROUPS = ("model", "task", "method", "logger", "launcher", "experiment", "debug")   # what --help lists
+HIDDEN_OPTIONS = ("site", "site.example")          # launcher=slurm reads these itself
+
+
+def help_groups() -> str:
+    """The config groups a user picks from (``--help``; conf/config.yaml's help template), one line each: not the
+    schemas, study arms, tunings and site files the presets compose by themselves."""
+    from pathlib import Path
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    lines = []
+    for group in USER_GROUPS:
+        options = sorted(p.stem for p in (conf / group).glob("*.yaml") if p.stem not in HIDDEN_OPTIONS)
+        lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+def register_help_resolver() -> None:
+    """``${hizfo_help_groups:}`` in the help template (before Hydra composes the help)."""
+    from omegaconf import OmegaConf
+    if not OmegaConf.has_resolver("hizfo_help_groups"):
+        OmegaConf.register_new_resolver("hizfo_help_groups", help_groups)
+
+
+register_help_resolver()
+
 
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]

@@ -54,10 +54,12 @@ class LogLines(tqdm):
 
 
 def progress(total: Optional[int] = None, desc: str = "", unit: str = "it", initial: int = 0,
-             leave: bool = True, file: Any = None) -> tqdm:
-    """A progress bar: tqdm on a terminal, ``LogLines`` in a log."""
+             leave: bool = True, file: Any = None, disable: Optional[bool] = None) -> tqdm:
+    """A progress bar: tqdm on a terminal, ``LogLines`` in a log (``disable`` None: ``TQDM_DISABLE`` decides)."""
     stream = file if file is not None else sys.stderr
     interactive = hasattr(stream, "isatty") and stream.isatty()
     cls = tqdm if interactive else LogLines
     extra: dict[str, Any] = {"dynamic_ncols": True} if interactive else {}
+    if disable is not None:
+        extra["disable"] = disable
     return cls(total=total, desc=desc, unit=unit, initial=initial, leave=leave, file=stream, **extra)
