@@ -223,8 +223,16 @@ def _trace_calls(model: nn.Module, owners: list[str]) -> list[str]:
     return calls
 
 
-def tensor_costs(model: nn.Module, batch_size: int, seq_len: int, trainable_only: bool = True) -> list[TensorCost]:
-    """Costs of each unique (trainable) tensor for a batch_size × seq_len batch, index 0 nearest the output."""
+def forward_order(model: nn.Module) -> list[str]:
+    """The parameter-owning modules in the order the forward calls them (``tensor_costs``' ``calls``: the order does
+    not depend on the batch, so a caller costing one model at many batch shapes traces it once)."""
+    return _trace_calls(model, [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))])
+
+
+def tensor_costs(model: nn.Module, batch_size: int, seq_len: int, trainable_only: bool = True,
+                 calls: Optional[list[str]] = None) -> list[TensorCost]:
+    """Costs of each unique (trainable) tensor for a batch_size × seq_len batch, index 0 nearest the output
+    (``calls``: ``forward_order(model)`` when the caller has it already)."""
     if batch_size <= 0 or seq_len <= 0:
         raise ConfigError(f"cost model: batch_size and seq_len must be positive (got {batch_size}, {seq_len})")
     tokens = batch_size * seq_len
@@ -236,7 +244,7 @@ def tensor_costs(model: nn.Module, batch_size: int, seq_len: int, trainable_only
     modules = dict(model.named_modules())
 
     slots: list[_Slot] = []  # execution order
-    for call in _trace_calls(model, owners):
+    for call in calls if calls is not None else _trace_calls(model, owners):
         parent = attention.get(call.rsplit(".", 1)[0] if "." in call else "")
         slots.extend(_module_slots(call, modules[call], tokens, seq_len, parent, config))
 

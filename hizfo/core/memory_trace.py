@@ -1,5 +1,6 @@
 """The planner's shape-level facts about one cell: which tensors each method trains and how (its roles), and the
-bytes autograd saves in a training forward, counted on the model's real forward under ``FakeTensorMode``.
+bytes autograd saves in a training forward, counted under ``FakeTensorMode`` block by block on a 2-block copy of the
+model (hizfo/core/memory_blocks.py; ``saved_bytes`` on the whole model is the slow reference).
 
 Roles follow the methods' own code: Full FT every tensor (baselines/full_ft.py), FT-Top2 the top blocks
 (``decoder_layers``), LoRA / Prefix the peft adapters (their configs as baselines/lora.py and baselines/prefix.py
@@ -9,20 +10,20 @@ upper AdamW over both, Hi-ZFO / GreenTrainer the selection: a record's stored Θ
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from hizfo.core.costs import backward_budget, integer_budget, quantize_costs, tensor_costs
+from hizfo.core.costs import TensorCost, backward_budget, integer_budget, quantize_costs, tensor_costs
 from hizfo.core.models import decoder_layers
 from hizfo.core.precision import use_precision
 from hizfo.core.selection import select_tensors
-from hizfo.core.shapes import FakeModel, ModelShape, build_fake, cached_fake
+from hizfo.core.memory_blocks import (SHORT, Param, ShortModel, depth, expanded_costs, fast_saved_bytes, short_model,
+                                      with_depth)
+from hizfo.core.shapes import FakeModel, ModelShape, build_fake
 from hizfo.errors import ConfigError
 
 Setting = Any      # hizfo.core.memory.Setting (not imported: memory imports this module)
@@ -56,17 +57,21 @@ class ModelRoles:
         return sum(self.fo_sizes)
 
 
-def cost_only_selection(model: nn.Module, batch: int, seq_len: int, rho: float, buckets: int = 1000
-                        ) -> list[str]:
+def selection_from_costs(costs: list[TensorCost], rho: float, buckets: int = 1000) -> list[str]:
     """Θ_FO without a profile: the exact DP (hizfo/core/selection.py) within ρ with importance ∝ size, i.e. the most
     parameters the budget allows (the most gradient and AdamW memory a selection can cost)."""
-    costs = tensor_costs(model, batch, seq_len)
     t_dw = np.array([c.t_dw for c in costs], dtype=np.float64)
     t_dy = np.array([c.t_dy for c in costs], dtype=np.float64)
     q_dw, q_dy = quantize_costs(t_dw, t_dy, buckets)
     rho_bp = backward_budget(rho, float(sum(c.t_fp for c in costs)), float(t_dw.sum() + t_dy.sum()))
     mask = select_tensors(np.array([float(c.numel) for c in costs]), q_dw, q_dy, integer_budget(rho_bp, q_dw, q_dy))
     return [c.name for c, m in zip(costs, mask) if m]
+
+
+def cost_only_selection(model: nn.Module, batch: int, seq_len: int, rho: float, buckets: int = 1000
+                        ) -> list[str]:
+    """``selection_from_costs`` over the costs of ``model``'s trainable tensors."""
+    return selection_from_costs(tensor_costs(model, batch, seq_len), rho, buckets)
 
 
 def _peft(fm: FakeModel, s: Setting) -> nn.Module:
@@ -105,29 +110,35 @@ def _named(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return list(model.named_parameters(remove_duplicate=True))
 
 
-def _fo_zo(model: nn.Module, s: Setting) -> tuple[set[str], set[str], str]:
-    """(Θ_FO names, Θ_ZO names, how Θ_FO was chosen) for the method on ``model``."""
-    names = [n for n, _ in _named(model)]
+def model_params(model: nn.Module) -> list[Param]:
+    """The tensors of a built model as the planner's table (block index from ``decoder_layers``)."""
+    owner = {id(p): i for i, block in enumerate(decoder_layers(model)) for p in block.parameters()}
+    return [Param(n, p.numel(), owner.get(id(p)), n, p.requires_grad) for n, p in _named(model)]
+
+
+def fo_zo(params: list[Param], s: Setting, select: Callable[[float, int], list[str]], layers: int
+          ) -> tuple[set[str], set[str], str]:
+    """(Θ_FO names, Θ_ZO names, how Θ_FO was chosen) for the method over the model's tensors (``select(rho,
+    buckets)``: the cost-only worst case)."""
+    names = [q.name for q in params]
     cfg = s.cfg()
-    if s.method in ("full_ft",):
+    if s.method == "full_ft":
         return set(names), set(), ""
     if s.method == "ft_top2":
-        keep = {id(p) for block in list(decoder_layers(model))[-int(cfg.get("top_blocks", 2)):] for p in block.parameters()}
-        return {n for n, p in _named(model) if id(p) in keep}, set(), ""
+        top = layers - int(cfg.get("top_blocks", 2))
+        return {q.name for q in params if q.block is not None and q.block >= top}, set(), ""
     if s.method == "mezo":
         return set(), set(names), ""
     if s.method in ("lora", "prefix"):
-        return {n for n, p in _named(model) if p.requires_grad}, set(), ""
+        return {q.name for q in params if q.trainable}, set(), ""
     if s.method == "bilevel_zofo":
         adapters = {n for n in names if "lora_" in n}
         return adapters, set(names) - adapters, ""
     if s.method in ("hizfo", "greentrainer"):
-        for _, p in _named(model):
-            p.requires_grad_(True)                          # every tensor is a candidate (as the methods' set-up)
         if s.selection is not None:
             fo, note = set(s.selection) & set(names), "a record's stored partition"
         else:
-            fo = set(cost_only_selection(model, s.batch, s.seq_len, float(cfg.get("rho", 0.6)), int(cfg.get("buckets", 1000))))
+            fo = set(select(float(cfg.get("rho", 0.6)), int(cfg.get("buckets", 1000))))
             note = (f"cost-only worst case for rho {cfg.get('rho', 0.6)} (the DP with importance proportional to "
                     f"size: the most parameters the budget allows)")
         zo = set(names) - fo if s.method == "hizfo" and cfg.get("zo_update", "estimate") != "disabled" else set()
@@ -137,9 +148,20 @@ def _fo_zo(model: nn.Module, s: Setting) -> tuple[set[str], set[str], str]:
     raise ConfigError(f"method.name: the planner has no model of '{s.method}'")
 
 
+def _fo_zo(model: nn.Module, s: Setting) -> tuple[set[str], set[str], str]:
+    """``fo_zo`` on a built model (the trace harness: benchmarks/planner_traces.py)."""
+    params = model_params(model)
+    if s.method in ("hizfo", "greentrainer"):
+        for _, p in _named(model):
+            p.requires_grad_(True)                          # every tensor is a candidate (as the methods' set-up)
+    return fo_zo(params, s, lambda rho, buckets: selection_from_costs(tensor_costs(model, s.batch, s.seq_len), rho,
+                                                                    buckets), len(decoder_layers(model)))
+
+
 def saved_bytes(fm: FakeModel, model: nn.Module, s: Setting, trainable: set[str]) -> int:
-    """Bytes autograd saves in one training forward with ``trainable`` requiring grad: every saved storage counted
-    once, parameters excluded (they are weights); 0 when nothing requires grad."""
+    """Bytes autograd saves in one training forward of the whole ``model`` with ``trainable`` requiring grad: every
+    saved storage counted once, parameters excluded (they are weights); 0 when nothing requires grad. The slow
+    reference of hizfo/core/memory_blocks.py's ``fast_saved_bytes``."""
     from torch.multiprocessing.reductions import StorageWeakRef
     named = _named(model)
     for n, p in named:
@@ -155,19 +177,18 @@ def saved_bytes(fm: FakeModel, model: nn.Module, s: Setting, trainable: set[str]
             seen.setdefault(key, t.untyped_storage().nbytes())
         return t
 
-    tokens = max(1, s.batch // s.world_size)
+    rows = max(1, s.batch // s.world_size)
     model.train(s.train_dropout)
     with fm.mode, use_precision(s.precision), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         from hizfo.core.methods import causal_lm_loss
-        ids = torch.zeros(tokens, s.seq_len, dtype=torch.long)
+        ids = torch.zeros(rows, s.seq_len, dtype=torch.long)
         causal_lm_loss(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
     return sum(seen.values())
 
 
-def _roles(model: nn.Module, base: nn.Module, s: Setting, fo: set[str], zo: set[str], note: str) -> ModelRoles:
-    named = _named(model)
-    sizes = {n: p.numel() for n, p in named}
-    blocks = list(decoder_layers(base))
+def _roles(short: ShortModel, params: list[Param], s: Setting, fo: set[str], zo: set[str], note: str) -> ModelRoles:
+    sizes = {q.name: q.numel for q in params}
+    base = short.fm.model
     config = base.config
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -175,8 +196,8 @@ def _roles(model: nn.Module, base: nn.Module, s: Setting, fo: set[str], zo: set[
     fo_sizes = [sizes[n] for n in fo]
     decay = sum(v for n, v in sizes.items() if n in fo and not ("bias" in n or "norm" in n.lower()))
     roles = ModelRoles(total_numel=sum(sizes.values()), fo_sizes=fo_sizes, zo_numel=sum(sizes[n] for n in zo),
-                       vocab=int(config.vocab_size), layers=len(blocks),
-                       block_numel=sum(p.numel() for p in blocks[0].parameters()),
+                       vocab=int(config.vocab_size), layers=short.layers,
+                       block_numel=sum(q.numel for q in params if q.block == 0),
                        kv_width=int(width * kv_heads // heads), largest_fo=max(fo_sizes, default=0),
                        largest_any=max(sizes.values()), largest_zo=max((sizes[n] for n in zo), default=0),
                        largest_group=max(decay, sum(fo_sizes) - decay), selection_note=note, hidden=int(width),
@@ -191,31 +212,42 @@ def _roles(model: nn.Module, base: nn.Module, s: Setting, fo: set[str], zo: set[
     return roles
 
 
+_SHORT: dict[tuple, ShortModel] = {}
+
+
+def short_for(shape: ModelShape, s: Setting) -> ShortModel:
+    """The 2-block copy of ``shape`` as the method wraps it (kept for the next cell: a grid plans many)."""
+    dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
+    wrap = (s.method, s.method_cfg, s.lora_targets) if s.method in PEFT_METHODS else None
+    key = (shape, dtype, wrap)
+    if key not in _SHORT:
+        layers = depth(shape)
+        fm = build_fake(with_depth(shape, min(layers, SHORT)), dtype)
+        _SHORT[key] = short_model(fm, _peft(fm, s) if wrap else fm.model, layers)
+    return _SHORT[key]
+
+
 def activations_and_roles(shape: ModelShape, s: Setting) -> tuple[int, int, ModelRoles]:
     """(saved bytes with the method's Θ_FO, saved bytes with every tensor trainable (profiling), roles)."""
+    short = short_for(shape, s)
+    params = short.params()
+
+    def select(rho: float, buckets: int) -> list[str]:
+        key = ("selection", s.batch, s.seq_len, rho, buckets)
+        if key not in short.memo:
+            short.memo[key] = selection_from_costs(expanded_costs(short, s.batch, s.seq_len), rho, buckets)
+        return short.memo[key]
+    fo, zo, note = fo_zo(params, s, select, short.layers)
+    act = fast_saved_bytes(short, s, frozenset(fo))
+    every = frozenset(q.name for q in params)
+    act_all = fast_saved_bytes(short, s, every) if s.method in ("hizfo", "greentrainer") else 0
+    return act, act_all, _roles(short, params, s, fo, zo, note)
+
+
+def full_saved_bytes(shape: ModelShape, s: Setting) -> int:
+    """The slow reference: the method's Θ_FO on the whole model built on fake tensors, one full forward."""
     dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
-    fm = build_fake(shape, dtype) if s.method in PEFT_METHODS else cached_fake(shape, dtype)
+    fm = build_fake(shape, dtype)
     model = _peft(fm, s) if s.method in PEFT_METHODS else fm.model
-    base = fm.model
-    fo, zo, note = _fo_zo(model, s)
-    act = _cached_saved(fm, model, s, frozenset(fo)) if s.method in PEFT_METHODS else \
-        _memo_saved(fm, s, frozenset(fo))
-    act_all = _memo_saved(fm, s, frozenset(n for n, _ in _named(base))) if s.method in ("hizfo", "greentrainer") else 0
-    return act, act_all, _roles(model, base, s, fo, zo, note)
-
-
-def _cached_saved(fm: FakeModel, model: nn.Module, s: Setting, fo: frozenset) -> int:
-    return saved_bytes(fm, model, s, set(fo))
-
-
-@functools.lru_cache(maxsize=64)
-def _memo_saved_key(shape: ModelShape, dtype: torch.dtype, key: tuple, fo: frozenset) -> int:
-    fm = cached_fake(shape, dtype)
-    s = SimpleNamespace(**dict(key))
-    return saved_bytes(fm, fm.model, s, set(fo))
-
-
-def _memo_saved(fm: FakeModel, s: Setting, fo: frozenset) -> int:
-    key = (("method", s.method), ("method_cfg", ()), ("precision", s.precision), ("batch", s.batch),
-           ("seq_len", s.seq_len), ("world_size", s.world_size), ("train_dropout", s.train_dropout))
-    return _memo_saved_key(fm.shape, fm.dtype, key, fo)
+    fo, _, _ = _fo_zo(model, s)
+    return saved_bytes(fm, model, s, fo)

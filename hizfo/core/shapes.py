@@ -60,7 +60,8 @@ class ModelShape:
     def config(self) -> Any:
         import transformers
         config = getattr(transformers, _CONFIG_CLASSES[self.family])(**dict(self.kwargs))
-        config._attn_implementation = "sdpa"      # what from_pretrained / from_config pick in this torch
+        # what from_pretrained / from_config pick in this torch (BLOOM has no sdpa path: eager)
+        config._attn_implementation = "eager" if self.family == "bloom" else "sdpa"
         return config
 
 

@@ -95,3 +95,15 @@ def test_unknown_model_shape_is_refused():
     from hizfo.core.shapes import model_shape
     with pytest.raises(ConfigError, match="not known offline"):
         model_shape(OmegaConf.create({"name": "x", "family": "opt", "hub_id": "nobody/none"}))
+
+
+def test_the_block_by_block_count_equals_the_full_forward(tiny):
+    """The fast count (a 2-block copy, per-block patterns) against one forward of the whole 5-block model."""
+    from hizfo.core.memory_blocks import with_depth
+    from hizfo.core.memory_trace import activations_and_roles, full_saved_bytes
+    deep = with_depth(tiny, 5)
+    for method, precision in (("full_ft", "fp32"), ("lora", "fp32"), ("prefix", "bf16-mixed"), ("hizfo", "fp32"),
+                              ("greentrainer", "bf16")):
+        s = Setting(method=method, method_cfg=(), precision=precision, batch=4, seq_len=24, device="cpu")
+        fast = activations_and_roles(deep, s)[0]
+        assert fast > 0 and fast == full_saved_bytes(deep, s), (method, precision)
