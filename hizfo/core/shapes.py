@@ -129,7 +129,7 @@ def build_fake(shape: ModelShape, dtype: torch.dtype) -> FakeModel:
     from transformers import AutoModelForCausalLM
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     with mode:
-        model = AutoModelForCausalLM.from_config(shape.config(), torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_config(shape.config(), dtype=dtype)
     return FakeModel(model=model, mode=mode, shape=shape, dtype=dtype)
 
 

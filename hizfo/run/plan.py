@@ -153,7 +153,7 @@ def fits_line(pred: Prediction, s: Setting, gpu_bytes: int, shape: ModelShape, w
         if low.peak <= gpu_bytes:
             fix += "; precision=bf16 fits on one"
     return (f"{what}: predicted peak {pred.peak / GiB:.1f} GiB per GPU ({pred.peak_phase}) exceeds the "
-            f"{gpu_bytes / GiB:.1f} GiB GPU; {fix} (plan.enforce=false to run anyway)")
+            f"{gpu_bytes / GiB:.1f} GiB GPU; {fix} (HIZFO_PLAN_ENFORCE=0 to run anyway)")
 
 
 def check_memory_fits(cfg: Any, device: Any) -> None:

@@ -187,13 +187,34 @@ def check_timeout(timeout_min: float, signal_delay_s: float, checkpoint_minutes:
 
 class SlurmPreflight(_HydraCallback):
     """Hydra callback (conf/launcher/slurm.yaml): refuses before sbatch a partition that does not exist, a job its
-    largest node cannot hold (CPUs, memory, GPUs), or a too short timeout."""
+    largest node cannot hold (CPUs, memory, GPUs), a too short timeout, or a cell of the sweep whose predicted
+    per-GPU peak exceeds the partition's GPU memory (hizfo/run/plan_slurm.py; ``plan_enforce=false`` or
+    HIZFO_PLAN_ENFORCE=0: warned, submitted anyway). ``gpu_gb``: the partition's GPU memory when sinfo's gres type
+    does not say it."""
 
-    def __init__(self, checkpoint_minutes: Optional[float] = None) -> None:
+    def __init__(self, checkpoint_minutes: Optional[float] = None, plan_enforce: bool = True,
+                 gpu_gb: Optional[float] = None) -> None:
         if checkpoint_minutes is not None and not checkpoint_minutes > 0:
             raise ConfigError(f"hydra.callbacks.slurm_preflight.checkpoint_minutes: must be > 0 or null, "
                               f"got {checkpoint_minutes}")
+        if gpu_gb is not None and not gpu_gb > 0:
+            raise ConfigError(f"hydra.callbacks.slurm_preflight.gpu_gb: must be > 0 or null, got {gpu_gb}")
         self.checkpoint_minutes = checkpoint_minutes
+        self.plan_enforce = bool(plan_enforce)
+        self.gpu_gb = gpu_gb
+
+    def memory(self, config: Any) -> list[str]:
+        """The memory check's refusals (or, not enforced, its warnings printed and nothing refused)."""
+        from hizfo.run.plan_slurm import enforced, memory_problems
+        if shutil.which("sinfo") is None or not config.hydra.get("overrides"):
+            return []                        # no cluster (reported by the partition check) or no sweep to plan
+        try:
+            problems, warnings = memory_problems(config, slurm_nodes(), self.gpu_gb)
+        except ConfigError as exc:
+            return [str(exc)]
+        for line in warnings + ([] if enforced(self.plan_enforce) else problems):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+        return problems if enforced(self.plan_enforce) else []
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         """Runs on the submitting machine before any job is submitted."""
@@ -201,6 +222,8 @@ class SlurmPreflight(_HydraCallback):
         if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
             return
         problems = preflight_problems(launcher, self.checkpoint_minutes)
+        if not problems:
+            problems = self.memory(config)   # plans every cell: only once the job itself can be placed
         if problems:
             # every problem in one message, one line each; Hydra turns a callback's Exception into a warning and
             # submits anyway, so the sweep stops here

@@ -219,3 +219,61 @@ def test_slurm_job_names_carry_the_method_and_the_task():
     assert cfg.hydra.launcher._target_ == "hizfo.run.slurm_launcher.NamedSlurmLauncher"
     launcher = instantiate(cfg.hydra.launcher)
     assert isinstance(launcher, NamedSlurmLauncher) and launcher.params["name"] == "hizfo"
+
+
+H100_SINFO = "debug*|2|16000|(null)\ngpu|64|515000|gpu:h100:8(S:0-1)\nodd|64|515000|gpu:4\n"
+
+
+def _sweep(partition: str, cells: list[str]):
+    from omegaconf import OmegaConf
+    launcher = OmegaConf.load(ROOT / "conf" / "launcher" / "slurm.yaml").hydra.launcher
+    launcher._target_ = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    launcher.partition, launcher.cpus_per_task, launcher.mem_gb = partition, 8, 64
+    return OmegaConf.create({"hydra": {"launcher": launcher, "sweeper": {"params": {}},
+                                       "overrides": {"task": cells + ["task=scitldr", "logger=none"]}}})
+
+
+def test_gres_types_name_their_gpu_memory():
+    from hizfo.run.plan_slurm import gpu_type_memory_gb
+    assert [gpu_type_memory_gb(g) for g in ("gpu:h100:8(S:0-1)", "gpu:a100_80gb:4", "gpu:a100:2,gpu:v100:1",
+                                            "gpu:4", "gpu:weird:2", "(null)")] == [80, 80, 16, None, None, None]
+
+
+def test_every_cell_of_a_sweep_that_cannot_fit_the_partitions_gpus_is_refused_at_once(tmp_path, monkeypatch, capsys):
+    """A fake sinfo with 8 x H100 nodes: Full FT and Hi-ZFO on OPT-13B cannot fit 80 GiB at world size 1, OPT-350m
+    can; both refusals in one message with the prediction, the GPU memory and a world size that fits; exit 2."""
+    from hizfo.run.slurm_preflight import SlurmPreflight
+    fake_sinfo(tmp_path, monkeypatch, H100_SINFO)
+    monkeypatch.delenv("HIZFO_PLAN_ENFORCE", raising=False)
+    config = _sweep("gpu", ["model=opt-350m,opt-13b", "method=full_ft,hizfo"])
+    with pytest.raises(SystemExit) as exited:
+        SlurmPreflight(checkpoint_minutes=30).on_multirun_start(config)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err), err
+    assert all("model=opt-13b" in line and "exceeds the 80.0 GiB GPU" in line and "world size" in line and
+               "predicted peak" in line for line in err[:2]), err
+    assert "method=full_ft" in err[0] and "method=hizfo" in err[1]
+    assert err[2].startswith("error: 2 of 4 cells cannot fit 80.0 GiB GPUs at world size 1")
+    monkeypatch.setenv("HIZFO_PLAN_ENFORCE", "0")                # overridden: warned, submitted
+    SlurmPreflight(checkpoint_minutes=30).on_multirun_start(config)
+    assert capsys.readouterr().err.count("warning: ") == 3
+
+
+def test_a_stated_gpu_size_and_an_unknown_gres_type(tmp_path, monkeypatch, capsys):
+    """Untyped gres (gpu:4): not checked, one warning naming the key; with gpu_gb=24 stated, OPT-1.3B Full FT is
+    refused, and plan_enforce=false only warns."""
+    from hizfo.run.slurm_preflight import SlurmPreflight
+    fake_sinfo(tmp_path, monkeypatch, H100_SINFO)
+    monkeypatch.delenv("HIZFO_PLAN_ENFORCE", raising=False)
+    config = _sweep("odd", ["model=opt-1.3b", "method=full_ft"])
+    SlurmPreflight(checkpoint_minutes=30).on_multirun_start(config)
+    assert "hydra.callbacks.slurm_preflight.gpu_gb" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        SlurmPreflight(checkpoint_minutes=30, gpu_gb=24).on_multirun_start(config)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "exceeds the 24.0 GiB GPU" in err[0] and "precision=bf16" in err[0] or "world size" in err[0], err
+    SlurmPreflight(checkpoint_minutes=30, gpu_gb=24, plan_enforce=False).on_multirun_start(config)
+    assert capsys.readouterr().err.startswith("warning: model=opt-1.3b")
+    with pytest.raises(ConfigError, match="gpu_gb: must be > 0"):
+        SlurmPreflight(gpu_gb=0)
