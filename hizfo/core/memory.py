@@ -86,6 +86,7 @@ class Prediction:
     generation: int = 0
     selection: str = ""
     notes: list[str] = field(default_factory=list)
+    fo_names: frozenset = frozenset()
 
     @property
     def training_peak(self) -> int:
@@ -177,7 +178,7 @@ def predict(shape: ModelShape, s: Setting) -> Prediction:
     moments = _moments(s, roles, act)
     moment = max(moments, key=lambda k: sum(moments[k].values()))
     pred = Prediction(training=moments[moment], moment=moment, profiling=_profiling(s, roles, act_all),
-                      generation=_generation(s, roles), selection=roles.selection_note)
+                      generation=_generation(s, roles), selection=roles.selection_note, fo_names=roles.fo_names)
     if s.method == "greentrainer":
         pred.notes.append("GreenTrainer re-selects every 2 epochs; AdamW state then also covers earlier selections")
     return pred

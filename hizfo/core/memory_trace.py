@@ -51,6 +51,7 @@ class ModelRoles:
     master_numel: int = 0
     zo_forward: bool = True
     selection_note: str = ""
+    fo_names: frozenset = frozenset()
 
     @property
     def fo_numel(self) -> int:
@@ -201,7 +202,7 @@ def _roles(short: ShortModel, params: list[Param], s: Setting, fo: set[str], zo:
                        kv_width=int(width * kv_heads // heads), largest_fo=max(fo_sizes, default=0),
                        largest_any=max(sizes.values()), largest_zo=max((sizes[n] for n in zo), default=0),
                        largest_group=max(decay, sum(fo_sizes) - decay), selection_note=note, hidden=int(width),
-                       master_numel=sum(fo_sizes))
+                       master_numel=sum(fo_sizes), fo_names=frozenset(fo))
     if s.method == "bilevel_zofo":
         roles.extra_opt_numel = roles.extra_grad_numel = roles.zo_numel
         roles.master_numel += roles.zo_numel
@@ -235,13 +236,23 @@ def activations_and_roles(shape: ModelShape, s: Setting) -> tuple[int, int, Mode
     def select(rho: float, buckets: int) -> list[str]:
         key = ("selection", s.batch, s.seq_len, rho, buckets)
         if key not in short.memo:
-            short.memo[key] = selection_from_costs(expanded_costs(short, s.batch, s.seq_len), rho, buckets)
+            short.memo[key] = selection_from_costs(base_costs(shape, s), rho, buckets)
         return short.memo[key]
     fo, zo, note = fo_zo(params, s, select, short.layers)
     act = fast_saved_bytes(short, s, frozenset(fo))
     every = frozenset(q.name for q in params)
     act_all = fast_saved_bytes(short, s, every) if s.method in ("hizfo", "greentrainer") else 0
     return act, act_all, _roles(short, params, s, fo, zo, note)
+
+
+def base_costs(shape: ModelShape, s: Setting) -> list[TensorCost]:
+    """Per-tensor costs of the unwrapped model (every tensor) at the cell's batch and length (memoised)."""
+    from dataclasses import replace
+    short = short_for(shape, replace(s, method="full_ft"))
+    key = ("costs", s.batch, s.seq_len)
+    if key not in short.memo:
+        short.memo[key] = expanded_costs(short, s.batch, s.seq_len)
+    return short.memo[key]
 
 
 def full_saved_bytes(shape: ModelShape, s: Setting) -> int:

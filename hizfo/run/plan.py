@@ -6,11 +6,11 @@ comma lists and an experiment preset's grid (``experiment=table3``) and prints o
 weights: the model's shape comes from its config (hizfo/core/shapes.py).
 
 Planner keys (not run keys): plan.gpu_gb (default 80), plan.world_size (1), plan.fsdp (true when world_size > 1),
-plan.device (cuda), plan.threads (1), plan.enforce (true; false: report only, exit 0).
+plan.device (cuda), plan.threads (1), plan.enforce (true; false: report only, exit 0), plan.tflops (100: the
+sustained TFLOP/s per device the rough time per epoch assumes), plan.train_examples (the task's train split size).
 """
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -20,7 +20,8 @@ from hizfo.core.memory import GiB, Prediction, Setting, predict, smallest_world_
 from hizfo.core.shapes import ModelShape, model_shape
 from hizfo.errors import ConfigError
 
-PLAN_KEYS = {"gpu_gb": float, "world_size": int, "fsdp": bool, "device": str, "threads": int, "enforce": bool}
+PLAN_KEYS = {"gpu_gb": float, "world_size": int, "fsdp": bool, "device": str, "threads": int, "enforce": bool,
+             "tflops": float, "train_examples": int}
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,16 @@ class PlanOptions:
     device: str = "cuda"
     threads: int = 1
     enforce: bool = True
+    tflops: float = 100.0              # the rough time estimate's sustained throughput per device
+    train_examples: Optional[int] = None
 
     def check(self) -> None:
         if not self.gpu_gb > 0:
             raise ConfigError(f"plan.gpu_gb: must be > 0, got {self.gpu_gb:g}")
+        if not self.tflops > 0:
+            raise ConfigError(f"plan.tflops: must be > 0, got {self.tflops:g}")
+        if self.train_examples is not None and self.train_examples <= 0:
+            raise ConfigError(f"plan.train_examples: must be >= 1, got {self.train_examples}")
         if self.world_size <= 0:
             raise ConfigError(f"plan.world_size: must be >= 1, got {self.world_size}")
 
@@ -115,6 +122,7 @@ def describe(cfg: Any, shape: ModelShape, s: Setting, pred: Prediction, options:
     if pred.selection:
         lines.append(f"selection: {pred.selection}")
     lines += [f"note: {n}" for n in pred.notes]
+    lines.append(epoch_line(cfg, shape, s, pred, options))
     gpu = int(options.gpu_gb * GiB)
     for fsdp in (True, False):
         n = smallest_world_size(shape, replace(s, world_size=1), gpu, fsdp)
@@ -124,22 +132,40 @@ def describe(cfg: Any, shape: ModelShape, s: Setting, pred: Prediction, options:
     return lines
 
 
+def epoch_line(cfg: Any, shape: ModelShape, s: Setting, pred: Prediction, options: PlanOptions) -> str:
+    """The rough time per epoch (hizfo/core/step_time.py), or why there is none."""
+    from hizfo.core.memory_trace import base_costs
+    from hizfo.core.step_time import epoch_estimate
+    limit = cfg.task.get("train_limit")
+    examples = options.train_examples or (int(limit) if limit else None)
+    est = epoch_estimate(base_costs(shape, s), s.method, set(pred.fo_names), s.cfg(), str(cfg.task.name), s.batch,
+                         s.world_size, options.tflops, examples)
+    return est.line() if est else (f"rough time per epoch: the train size of task '{cfg.task.name}' is not known "
+                                   f"offline (plan.train_examples=N gives it)")
+
+
 def plan_config(cfg: Any, options: PlanOptions) -> tuple[ModelShape, Setting, Prediction]:
     shape = model_shape(cfg.model)
     s = setting_of(cfg, options, stored_selection(cfg))
     return shape, s, predict(shape, s)
 
 
+def sweep_cells(task_overrides: list[str], sweeper_params: dict[str, Any]) -> list[list[str]]:
+    """Every job of a multirun, as Hydra's basic sweeper expands it (sweeper params first, then the command line)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    arguments = [f"{k}={v}" for k, v in (sweeper_params or {}).items()] + list(task_overrides)
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    batches = BasicSweeper.split_arguments(parsed, None)
+    return batches[0] if batches and batches[0] else [list(task_overrides)]
+
+
 def grid(overrides: list[str]) -> list[list[str]]:
     """Every cell of a multirun: comma lists on the command line and the preset's hydra.sweeper.params."""
     from hizfo.run.session import compose
     plain = [o for o in overrides if "," not in o.partition("=")[2]]
-    swept = {o.partition("=")[0]: o.partition("=")[2].split(",") for o in overrides if o not in plain}
     cfg = compose(plain, hydra=True)
-    params = cfg.hydra.sweeper.get("params") or {}
-    axes = {**{str(k): str(v).split(",") for k, v in params.items()}, **swept}
-    cells = [plain + [f"{k}={v}" for k, v in zip(axes, values)] for values in itertools.product(*axes.values())]
-    return cells or [plain]
+    return sweep_cells(overrides, {str(k): v for k, v in (cfg.hydra.sweeper.get("params") or {}).items()})
 
 
 def fits_line(pred: Prediction, s: Setting, gpu_bytes: int, shape: ModelShape, what: str) -> Optional[str]:

@@ -57,16 +57,6 @@ def partition_gpu_gb(nodes: list[Any], partition: Optional[str]) -> tuple[Option
     return (None, gres) if any(s is None for s in sizes) else (min(sizes), gres)     # type: ignore[type-var]
 
 
-def sweep_cells(task_overrides: list[str], sweeper_params: dict[str, Any]) -> list[list[str]]:
-    """Every job of a multirun, as Hydra's basic sweeper expands it (sweeper params first, then the command line)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    arguments = [f"{k}={v}" for k, v in (sweeper_params or {}).items()] + list(task_overrides)
-    parsed = OverridesParser.create().parse_overrides(arguments)
-    batches = BasicSweeper.split_arguments(parsed, None)
-    return batches[0] if batches and batches[0] else [list(task_overrides)]
-
-
 def job_layout(launcher: Any) -> tuple[int, int]:
     """(processes in the world, GPUs one process spreads a model over with device_map=auto)."""
     world = int(launcher.get("tasks_per_node") or 1) * int(launcher.get("nodes") or 1)
@@ -122,6 +112,7 @@ def memory_problems(config: Any, nodes: list[Any], gpu_gb: Optional[float]) -> t
     gpu_bytes = int(gpu_gb * GiB)                 # HBM sizes are binary: "80 GB" is 80 GiB, as plan.gpu_gb
     world, spread = job_layout(launcher)
     task = list(config.hydra.overrides.get("task") or [])
+    from hizfo.run.plan import sweep_cells
     cells = sweep_cells(task, dict(config.hydra.sweeper.get("params") or {}))
     problems = [p for p in (cell_problem(c, gpu_bytes, world, spread) for c in cells) if p]
     if problems:
