@@ -17,6 +17,7 @@ import hashlib
 import json
 import posixpath
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -147,6 +148,20 @@ def derive_variant(overrides: Iterable[str]) -> str:
     return ",".join(sorted(parts)) or "default"
 
 
+def last_of_each_key(overrides: Iterable[str]) -> list[str]:
+    """The overrides with a key given twice (``method.lr=1 method.lr=2``) kept once, the last, as Hydra applies
+    it; one warning line for each such key, so the variant names what ran and the user hears of it."""
+    last: dict[str, str] = {}
+    for item in overrides:
+        key = item.lstrip("+~").partition("=")[0]
+        if key in last and last[key] != item:
+            print(f"warning: {key}: given twice on the command line ({last[key]}, then {item}); the last wins",
+                  file=sys.stderr)
+        last.pop(key, None)
+        last[key] = item
+    return list(last.values())
+
+
 def check_folder_name(key: str, value: str) -> None:
     """A name that becomes one folder of the record path stays one folder under ``results_dir``: not empty, ``.``
     or ``..``, and without a path separator or NUL (``model.name=..`` would write the record above results_dir)."""
@@ -191,7 +206,7 @@ class RunSpec:
 
     @classmethod
     def build(cls, config: dict[str, Any], overrides: Iterable[str] = ()) -> "RunSpec":
-        overrides = list(overrides)
+        overrides = last_of_each_key(overrides)
         config = dict(config)
         variant = derive_variant(overrides)
         named = config.get("variant")

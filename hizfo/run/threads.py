@@ -41,7 +41,20 @@ def resolve_num_threads(requested: Optional[int]) -> int:
         return available_cpus()[0]
     if requested < 1:
         raise ConfigError(f"num_threads: must be >= 1, or null for the CPUs this process may use, got {requested}")
+    cpus = usable_cpus()
+    if requested > cpus:      # more threads than CPUs only spin (and 100000 would exhaust the host's process table)
+        raise ConfigError(f"num_threads: must be <= {cpus}, the CPUs this process may use, got {requested}; "
+                          f"or null for all of them")
     return int(requested)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count`` where there is none): the cap on
+    ``num_threads``, whatever ``OMP_NUM_THREADS`` asks."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def apply_num_threads(requested: Optional[int]) -> int:

@@ -70,6 +70,8 @@ def validate_run_config(cfg: Any) -> None:
     check_logger(str(cfg.logger.kind), str(cfg.logger.mode))
     if cfg.seed < 0:
         raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+    from hizfo.run.input_checks import check_values
+    check_values(cfg)
     check_device(str(cfg.device))
     check_limit("task.limit", cfg.task.limit)
     check_limit("task.train_limit", cfg.task.train_limit)

@@ -45,6 +45,8 @@ class Task:
     """Base class: subclasses implement ``load_split`` and ``score``."""
 
     splits: dict[str, str] = {"train": "train", "eval": "test"}
+    # the task.options it reads, and their kinds (hizfo.run.input_checks.check_options): checked before any load
+    options_schema: dict[str, str] = {"protocols": "dict"}
 
     def __init__(self, **settings: Any) -> None:
         settings.pop("_target_", None)

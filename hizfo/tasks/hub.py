@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -66,15 +66,33 @@ def _check_rows(dataset, where: str, columns: tuple[str, ...], task_name: str, s
                               f"the {split} split needs the columns of {schema_of}: {', '.join(columns)}")
     if len(dataset) == 0:
         raise ConfigError(f"task {task_name}: the {split} split from {where} is empty")
-    return dataset.to_list()
+    rows = dataset.to_list()
+    for index, row in enumerate(rows):
+        for column in columns:
+            value = row[column]
+            if value is None or not isinstance(value, (str, list)):
+                kind = "null" if value is None else f"{type(value).__name__} {value!r:.40}, not text"
+                raise ConfigError(f"task {task_name}: {where}, {_row_name(where, index)}: column '{column}' is "
+                                  f"{kind}; every row of the {split} split needs {', '.join(columns)} as text")
+    return rows
+
+
+def _row_name(where: str, index: int) -> str:
+    """How a user finds row ``index`` (0-based) of ``where``: its line in a json lines or csv file."""
+    if where.endswith(".jsonl"):
+        return f"line {index + 1}"
+    return f"line {index + 2}" if where.endswith(".csv") else f"row {index + 1}"
 
 
 def _has_no_rows(file: Path) -> bool:
     """An empty text file, or a CSV with only its header line."""
     if file.suffix.lower() == ".parquet":
         return False
-    with open(file, "rb") as handle:
-        lines = [line for line in handle.read(1 << 16).splitlines() if line.strip()]
+    try:
+        with open(file, "rb") as handle:
+            lines = [line for line in handle.read(1 << 16).splitlines() if line.strip()]
+    except OSError:
+        return False                      # unreadable: the caller names the file and why
     return len(lines) <= (1 if file.suffix.lower() == ".csv" else 0)
 
 
@@ -131,6 +149,7 @@ class HubTask(Task):
 
     sources: dict[str, HubSource] = {}
     columns: dict[str, tuple[str, ...]] = {}
+    options_schema = {**Task.options_schema, "hub": "dict"}
 
     def source(self, split: str) -> HubSource:
         """The split's hub source: the class default, updated by ``task.options.hub.<split>``."""
@@ -164,13 +183,14 @@ class HubTask(Task):
         raise NotImplementedError
 
     def load_split(self, split: str) -> list[Example]:
-        examples, skipped = [], 0
-        for row in self.rows(split):
+        """The split's examples. A row whose target is empty (an empty answer list, a blank summary or code) is
+        skipped, and one line counts the skipped rows; a row with a null or non-text column stopped in ``rows``."""
+        examples, rows = [], self.rows(split)
+        for row in rows:
             example = self.to_example(row, split)
-            if example is None:
-                skipped += 1
-            else:
+            if example is not None:
                 examples.append(example)
-        if skipped:
-            warnings.warn(f"task {self.name}: skipped {skipped} {split} rows without a usable target", stacklevel=2)
+        if len(examples) < len(rows):
+            print(f"task {self.name}: skipped {len(rows) - len(examples)} of {len(rows)} {split} rows without a "
+                  f"usable target (an empty answer list, or a blank target)", file=sys.stderr)
         return examples

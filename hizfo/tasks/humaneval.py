@@ -46,6 +46,9 @@ class HumanEvalTask(HubTask):
     sources = {"train": HubSource("google-research-datasets/mbpp", "full", "train"),
                "eval": HubSource("openai/openai_humaneval", None, "test")}
     columns = {"train": ("text", "code"), "eval": HUMANEVAL_COLUMNS}
+    options_schema = {**HubTask.options_schema, "code_stops": "list[str]", "eval_source": "str",
+                      "sandbox_timeout": "float>0", "sandbox_memory_mb": "int>=1", "sandbox_workers": "int>=1|null",
+                      "sandbox_isolation": "str"}
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)

@@ -48,6 +48,8 @@ def solution_body(canonical_solution: str) -> str:
 class HumanEvalSplitTask(HumanEvalTask):
     """HumanEval, half trained on and half evaluated; option ``eval_half`` (odd | even) and the sandbox's."""
 
+    options_schema = {**HumanEvalTask.options_schema, "eval_half": "str"}
+
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)               # refuses without task.allow_code_execution=true
         if self.cfg.data_files or self.cfg.data_dir:

@@ -46,6 +46,8 @@ def make_example(rng: random.Random, source_length: int = 12) -> Example:
 class ToyTask(Task):
     """Synthetic topic-summary task; ``options.n_train`` / ``options.n_eval`` / ``options.data_seed``."""
 
+    options_schema = {**Task.options_schema, "n_train": "int>=1", "n_eval": "int>=1", "data_seed": "int"}
+
     def __init__(self, **settings) -> None:
         super().__init__(**settings)
         given = {k: v for k, v in (self.cfg.data_files or {}).items() if v}

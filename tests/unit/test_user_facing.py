@@ -69,7 +69,11 @@ def test_num_threads_default_is_the_cpus_this_process_may_use(monkeypatch):
     assert available_cpus() == (3, "SLURM_CPUS_PER_TASK")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")                                  # the user's explicit request wins
     assert available_cpus() == (1, "OMP_NUM_THREADS")
-    assert resolve_num_threads(5) == 5
+    from hizfo.errors import ConfigError
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert resolve_num_threads(5) == 5                  # up to the CPUs it may use, whatever OMP_NUM_THREADS says
+    with pytest.raises(ConfigError, match=r"^num_threads: must be <= 8, the CPUs this process may use, got 9"):
+        resolve_num_threads(9)
 
 
 def test_an_unreachable_hub_fails_in_one_line_within_seconds(tmp_path):

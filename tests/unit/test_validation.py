@@ -140,7 +140,46 @@ UNCLEAN = [                                                # (override(s), the s
     ("variant=a/b", "variant: 'a/b' cannot name a results folder"),
     ("method.lr=-1", "method.lr: must be a finite number >= 0"),                   # a method value ...
     ("task.batch_size=0", "task.batch_size: must be >= 1"),                           # ... a task value: no lock
+    # free-form dicts, typed and range-checked against what reads them (hizfo/run/input_checks.py)
+    ("model.arch.hidden_size=abc", "model.arch.hidden_size: must be a whole number, got 'abc'"),
+    ("+model.arch.bogus_key=1", "model.arch.bogus_key: not a setting of opt models (OPTConfig)"),
+    ("model.arch.num_attention_heads=3", "model.arch.num_attention_heads: 3 heads do not divide the hidden size 128"),
+    ("model.arch.num_hidden_layers=0", "model.arch.num_hidden_layers: must be >= 1, got 0"),
+    ("task.options.n_train=abc", "task.options.n_train: must be a whole number >= 1, got 'abc'"),
+    ("+task.options.bogus=1", "task.options.bogus: not an option of task toy (its options: data_seed, n_eval, "),
+    ("task=humaneval task.allow_code_execution=true task.options.code_stops=5",
+     "task.options.code_stops: must be a list of strings, got 5"),
+    ("task=humaneval task.allow_code_execution=true task.options.sandbox_timeout=inf",
+     "task.options.sandbox_timeout: must be a finite number, got inf"),
+    ("task=humaneval task.allow_code_execution=true task.options.sandbox_workers=0",
+     "task.options.sandbox_workers: must be a whole number >= 1 or null, got 0"),
+    ("task=gsm8k +task.data_files.validation=F", "task.data_files.validation: task gsm8k reads no split 'validation'"),
+    # finite floats everywhere, and the run's own ranges
+    ("method.alpha=inf", "method.alpha: must be a finite number, got inf"),
+    ("method.weight_decay=nan", "method.weight_decay: must be a finite number, got nan"),
+    ("task.generation.repetition_penalty=nan", "task.generation.repetition_penalty: must be a finite number, got nan"),
+    ("seed=99999999999999999999", "seed: must be >= 0 and <= 9223372036854775807 (torch's generator range)"),
+    ("num_threads=100000", "num_threads: must be <= "),
+    ("results_dir=", "results_dir: must name a folder, got an empty string"),
+    ("curve_every=0", "curve_every: must be >= 1"),
+    ("logger.log_every=0", "logger.log_every: must be >= 1"),
 ]
+# bad data rows: one line naming the file and line (before the model loads once session.prepare calls
+# validation.check_before_load; until then right after it), exit 2, no record. {data}: the fixture's folder
+FIXTURE_DATA = f"task.data_files.eval={FIXTURES}/gsm8k/test.jsonl"
+DATA_ROWS = [
+    (f"task=gsm8k task.data_files.train={{data}}/ints.jsonl {FIXTURE_DATA}",
+     "task gsm8k: {data}/ints.jsonl, line 2: column 'question' is int 1, not text"),
+    (f"task=gsm8k task.data_files.train={{data}}/nulls.jsonl {FIXTURE_DATA}",
+     "task gsm8k: {data}/nulls.jsonl, line 1: column 'question' is null"),
+    (f"task=gsm8k task.data_files.train={{data}}/unreadable.jsonl {FIXTURE_DATA}",
+     "task gsm8k: could not read {data}/unreadable.jsonl as json: "),
+]
+# skipped with one line that counts them (documented: docs/tasks.md "Pointing at local data")
+EMPTY_TARGETS = (f"task=webquestions task.data_files.train={{data}}/empty_answers.jsonl "
+                 f"task.data_files.eval={FIXTURES}/webquestions/test.jsonl method.max_steps=1 task.limit=2")
+# a key given twice: one warning line, the last wins, and the variant names only what ran
+TWICE = "method=zero_shot task.options.n_eval=2 task.limit=1 task.limit=2"
 # fail after the run took its checkpoint folder's lock: the lock files must go all the same
 AFTER_THE_LOCK = [("model.tokenizer=/no/such/tokenizer", "model.tokenizer: cannot load '/no/such/tokenizer'")]
 
@@ -150,8 +189,9 @@ def unclean_runs(tmp_path_factory):
     """Every case of UNCLEAN and AFTER_THE_LOCK, and one over-long variant, through run.py in one process
     (tests/run_many.py): {override: (result, its results_dir)}."""
     tmp = tmp_path_factory.mktemp("unclean")
+    data = write_bad_rows(tmp / "data")
     cases = {}
-    for index, (override, _) in enumerate(UNCLEAN + AFTER_THE_LOCK):
+    for index, (override, _) in enumerate(UNCLEAN + AFTER_THE_LOCK + DATA_ROWS + [(EMPTY_TARGETS, ""), (TWICE, "")]):
         cases[override] = tmp / f"case{index}"
     cases[f"variant={LONG_VARIANT}"] = tmp / "long"
     cases[PLANTED_LOCK] = tmp / "planted"                  # the default run, its folder's .lock a planted link
@@ -162,16 +202,36 @@ def unclean_runs(tmp_path_factory):
     lines = []
     for override, where in cases.items():
         extra = ["method=zero_shot", "task.options.n_eval=2"] if override.startswith(f"variant={LONG_VARIANT}") else []
-        override = "" if override == PLANTED_LOCK else override
-        lines.append(json.dumps(["logger=none", f"results_dir={where}/runs", f"hydra.run.dir={where}/out", "num_threads=1",
-                                 *extra, *override.split()]))
+        override = "" if override == PLANTED_LOCK else override.replace("{data}", str(data))
+        given = {item.lstrip("+").partition("=")[0] for item in override.split()}
+        defaults = [item for item in (f"results_dir={where}/runs", f"hydra.run.dir={where}/out", "num_threads=1")
+                    if item.partition("=")[0] not in given]                     # each key once on a command line
+        lines.append(json.dumps(["logger=none", *defaults, *extra, *override.split()]))
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run([sys.executable, "-m", "tests.run_many"], input="\n".join(lines) + "\n",
                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(results) == len(cases), proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {override: (result, where) for (override, where), result in zip(cases.items(), results)}
+    return {override: (result, where) for (override, where), result in zip(cases.items(), results)} | {"{data}": data}
+
+
+def write_bad_rows(folder):
+    """gsm8k rows with an int field (line 2) and a null field (line 1), a file that cannot be read, and
+    WebQuestions rows one of which has an empty answer list."""
+    folder.mkdir()
+    good = {"question": "What is 1 + 1?", "answer": "1 + 1 = 2\n#### 2"}
+    (folder / "ints.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"question": 1, "answer": 2}) + "\n")
+    (folder / "nulls.jsonl").write_text(json.dumps({**good, "question": None}) + "\n" + json.dumps(good) + "\n")
+    (folder / "empty_answers.jsonl").write_text(
+        json.dumps({"question": "q?", "answers": []}) + "\n" + json.dumps({"question": "r?", "answers": ["a"]}) + "\n")
+    unreadable = folder / "unreadable.jsonl"
+    if os.geteuid() == 0:                                 # root reads any mode: a file whose read fails anyway
+        unreadable.symlink_to("/proc/self/mem")
+    else:
+        unreadable.write_text(json.dumps(good) + "\n")
+        unreadable.chmod(0)
+    return folder
 
 
 @pytest.mark.parametrize("override,expected", UNCLEAN + AFTER_THE_LOCK, ids=[o for o, _ in UNCLEAN + AFTER_THE_LOCK])
@@ -188,6 +248,39 @@ def test_unclean_input_ends_in_one_line_and_exit_2(unclean_runs, override, expec
         assert (where / "checkpoints").is_dir() and not any((where / "checkpoints").iterdir())
     assert not list(where.rglob("*.json")), "a record was written"                   # no record, anywhere
     assert not [p for p in where.rglob(".lock*")], "a lock file was left behind"
+
+
+@pytest.mark.parametrize("override,expected", DATA_ROWS, ids=["int field", "null field", "unreadable file"])
+def test_a_bad_data_row_or_file_ends_in_one_line_naming_it(unclean_runs, override, expected):
+    result, where = unclean_runs[override]
+    expected = expected.replace("{data}", str(unclean_runs["{data}"]))
+    assert result["status"] == 2, result["stderr"][-2000:]
+    assert result["stderr"].strip().splitlines()[-1:] == [line for line in result["stderr"].splitlines()
+                                                           if line.startswith("error:")]
+    assert result["stderr"].strip().splitlines()[-1].startswith(f"error: {expected}"), result["stderr"][-2000:]
+    assert "Traceback" not in result["stderr"] and not list(where.rglob("*.json"))
+
+
+def test_rows_without_a_usable_target_are_skipped_with_one_line_that_counts_them(unclean_runs):
+    result, where = unclean_runs[EMPTY_TARGETS]
+    assert result["status"] == 0, result["stderr"][-2000:]
+    assert "task webquestions: skipped 1 of 2 train rows without a usable target" in result["stderr"]
+    assert len(list(where.rglob("seed0.json"))) == 1
+
+
+def test_a_key_given_twice_warns_in_one_line_and_the_last_wins(unclean_runs):
+    result, where = unclean_runs[TWICE]
+    assert result["status"] == 0, result["stderr"][-2000:]
+    assert ("warning: task.limit: given twice on the command line (task.limit=1, then task.limit=2); the last wins"
+            in result["stderr"].splitlines())
+    (record,) = where.rglob("seed0.json")
+    assert record.parent.name == "task.limit=2,task.options.n_eval=2"
+    assert json.loads(record.read_text())["config"]["task"]["limit"] == 2
+
+
+def test_a_zero_learning_rate_is_accepted_as_a_control():
+    validate_run_config(compose(["method.lr=0"]))           # zero-shot's own default; documented in README.md
+    validate_run_config(compose(["method=full_ft", "method.lr=0"]))
 
 
 def test_an_over_long_variant_is_shortened_with_a_hash(unclean_runs):
