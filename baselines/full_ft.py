@@ -5,6 +5,7 @@ from typing import Any
 
 from torch import nn
 
+from hizfo.core.distributed import data_parallel_loss, shard
 from hizfo.registry import FullFTConfig, build_config
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                                 check_common, set_trainable, simple_summary, unique_named_parameters)
@@ -20,6 +21,7 @@ class FullFT:
         self.model: nn.Module | None = None
 
     config_class = FullFTConfig
+    data_parallel = True        # FSDP2: each rank its slice of the global batch, its shard of every tensor
 
     def trainable_names(self, model: nn.Module) -> set[str]:
         return {name for name, _ in unique_named_parameters(model)}
@@ -28,6 +30,7 @@ class FullFT:
         self.model = ctx.loaded.model
         names = self.trainable_names(self.model)
         set_trainable(self.model, names)
+        shard(self.model)                   # several processes: FSDP2 per decoder block (one process: unchanged)
         self.trainer = FirstOrderTrainer(self.model, names, self.cfg.lr, self.cfg.weight_decay, self.cfg.schedule,
                                          ctx.total_steps, self.cfg.grad_clip)
 
@@ -35,10 +38,10 @@ class FullFT:
         pass
 
     def train_step(self, batch: Batch) -> StepResult:
-        loss = causal_lm_loss(self.model, batch)
+        loss, value = data_parallel_loss(causal_lm_loss(self.model, batch), batch)   # global batch's loss
         loss.backward()
         self.trainer.step()
-        return StepResult(loss=float(loss.detach()), n_forward=1, n_backward=1)
+        return StepResult(loss=value, n_forward=1, n_backward=1)
 
     def eval_model(self) -> nn.Module:
         return self.model

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from torch import nn
 
+from hizfo.core.distributed import data_parallel_loss, shard
 from hizfo.config import MethodConfig
 from hizfo.registry import LoRAConfig, build_config
 from hizfo.errors import ConfigError
@@ -44,6 +45,7 @@ class PeftAdapterMethod:
     """A peft adapter trained with AdamW; subclasses say which peft config to build and check their values."""
 
     config_class: type = MethodConfig
+    data_parallel = True        # FSDP2: each rank its slice of the global batch, its shard of every tensor
 
     def __init__(self, **cfg: Any) -> None:
         self.cfg = build_config(self.config_class, cfg)
@@ -67,6 +69,7 @@ class PeftAdapterMethod:
         except ValueError as exc:
             raise ConfigError(f"method: peft refused the adapter config: {exc}".splitlines()[0]) from exc
         names = {n for n, p in unique_named_parameters(self.peft_model) if p.requires_grad}
+        shard(self.peft_model)              # several processes: FSDP2 per decoder block (one process: unchanged)
         self.trainer = FirstOrderTrainer(self.peft_model, names, self.cfg.lr, self.cfg.weight_decay,
                                          self.cfg.schedule, ctx.total_steps, self.cfg.grad_clip)
 
@@ -74,10 +77,10 @@ class PeftAdapterMethod:
         pass
 
     def train_step(self, batch: Batch) -> StepResult:
-        loss = causal_lm_loss(self.peft_model, batch)
+        loss, value = data_parallel_loss(causal_lm_loss(self.peft_model, batch), batch)   # global batch's loss
         loss.backward()                      # reaches only the adapters; the frozen backbone gets no .grad
         self.trainer.step()
-        return StepResult(loss=float(loss.detach()), n_forward=1, n_backward=1)
+        return StepResult(loss=value, n_forward=1, n_backward=1)
 
     def eval_model(self) -> nn.Module:
         return self.peft_model

@@ -14,11 +14,14 @@ element) (hizfo/core/zo.py), never on the rank.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
 
 from hizfo.errors import ConfigError
 
@@ -38,18 +41,42 @@ class World:
         return self.rank == 0
 
 
+def slurm_rendezvous(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """torch.distributed's ``env://`` variables from a Slurm step of several tasks (``srun``, as submitit runs a job
+    with ``tasks_per_node`` > 1): rank, world size and local rank from Slurm's, the first node of the step as the
+    master, a port from the job id. Empty outside such a step, or when a launcher (torchrun) already set them."""
+    env = os.environ if environ is None else environ
+    tasks = env.get("SLURM_STEP_NUM_TASKS")
+    if "WORLD_SIZE" in env or tasks is None or not tasks.isdigit() or int(tasks) < 2:
+        return {}
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")
+    job = int(env.get("SLURM_JOB_ID", "0") or 0)
+    return {"RANK": env.get("SLURM_PROCID", "0"), "WORLD_SIZE": tasks, "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+            "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(nodes),
+            "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + job % 20000)}
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: ``gpu[07-09,12],cpu1`` -> ``gpu07`` (Slurm's own compressed form)."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[:nodelist.index("]") + 1]
+    if "[" not in head:
+        return head or "127.0.0.1"
+    prefix, ranges = head[:head.index("[")], head[head.index("[") + 1:-1]
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
 def launched_rank() -> int:
     """This process's rank as ``torchrun`` announced it in ``RANK`` (0 without a launcher): before any group exists,
     it says which process prints a bad config's one line."""
     try:
-        return int(os.environ.get("RANK", "0"))
+        return int(os.environ.get("RANK") or slurm_rendezvous().get("RANK", "0"))
     except ValueError:
         return 0
 
 
 def launched_world_size() -> int:
     """The world size ``torchrun`` (or Slurm through it) announced in ``WORLD_SIZE``; 1 without a launcher."""
-    value = os.environ.get("WORLD_SIZE", "1")
+    value = os.environ.get("WORLD_SIZE") or slurm_rendezvous().get("WORLD_SIZE", "1")
     try:
         size = int(value)
     except ValueError:
@@ -76,13 +103,14 @@ def current() -> World:
     if not (dist.is_available() and dist.is_initialized()):
         return World()
     return World(rank=dist.get_rank(), size=dist.get_world_size(),
-                 local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=dist.get_backend())
+                 local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=str(dist.get_backend()))
 
 
 def init(backend: str) -> World:
     """Join the process group ``torchrun`` describes (idempotent); one process: nothing to join."""
     if launched_world_size() == 1:
         return World()
+    os.environ.update(slurm_rendezvous())              # a Slurm step of several tasks: the env:// variables
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return current()
@@ -173,3 +201,79 @@ def world_provenance(world: World, peak_memory_bytes: int) -> dict[str, Any]:
     peaks: list[Any] = [None] * world.size
     dist.all_gather_object(peaks, int(peak_memory_bytes))
     return {"world_size": world.size, "backend": world.backend, "rank_peak_memory_bytes": [int(b) for b in peaks]}
+
+
+# ---------------------------------------------------------------------------------------------------
+# first-order parts: FSDP2 (torch.distributed.fsdp.fully_shard), one unit per decoder block
+
+
+def shard(model: nn.Module, replicate: Sequence[torch.Tensor] = ()) -> nn.Module:
+    """Under several processes, shard ``model`` with FSDP2: each decoder block one unit, then the rest (embeddings,
+    final norm, head) under the root; each rank holds 1/size of every tensor (a DTensor) and its optimizer state
+    follows. The blocks are all-gathered for their forward and backward and freed after; gradients are
+    reduce-scattered as an average over ranks (``data_parallel_loss`` scales the loss so that average is the global
+    batch's gradient). ``replicate``: tensors FSDP leaves alone, whole on every rank (a zeroth-order part, which
+    every rank updates alike from the all-reduced losses). One process: ``model`` unchanged."""
+    world = current()
+    if world.size == 1:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from hizfo.core.models import decoder_layers
+    device_type = "cuda" if world.backend == "nccl" else "cpu"
+    mesh = init_device_mesh(device_type, (world.size,))
+    ignored = {p for p in replicate if isinstance(p, nn.Parameter)} or None
+    for block in decoder_layers(model):
+        fully_shard(block, mesh=mesh, ignored_params=ignored)
+    # the root too reshards after every forward (FSDP2 keeps it whole by default, expecting a backward to follow):
+    # a forward without backward (a ZO stream) would otherwise leave stale whole copies that the next forward
+    # reads after the optimizer has stepped the shards
+    fully_shard(model, mesh=mesh, ignored_params=ignored, reshard_after_forward=True)
+    return model
+
+
+def data_parallel_loss(loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """The loss to call ``backward`` on and the global batch's mean token loss, from this rank's mean token loss on
+    its slice. Several processes: ``loss · tokens · size / Σ tokens``, whose gradient FSDP averages over the ranks
+    into the global batch's gradient (one all-reduce of two scalars). One process: ``loss`` and its value."""
+    world = current()
+    if world.size == 1:
+        return loss, float(loss.detach())
+    tokens = target_tokens(batch)
+    packed = torch.tensor([float(loss.detach()) * tokens, float(tokens)], dtype=torch.float64)
+    if world.backend == "nccl":
+        packed = packed.to(torch.device("cuda", world.local_rank))
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    total_sum, total_tokens = packed.tolist()
+    return loss * (tokens * world.size / total_tokens), total_sum / total_tokens
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) parameter; any other tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def full_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter once (tied weights under their first name), detached and whole: a sharded one is gathered
+    (a collective: every rank must call this, in the same order)."""
+    return {name: (p.detach().full_tensor() if isinstance(p, DTensor) else p.detach())
+            for name, p in model.named_parameters(remove_duplicate=True)}
+
+
+@contextmanager
+def gathered(model: nn.Module) -> Iterator[None]:
+    """Every FSDP2 unit of ``model`` all-gathered once and kept whole inside the block (generation calls the model
+    in ways FSDP's forward hooks do not all see, e.g. peft's ``generate``), resharded after. Costs the full model on
+    every rank while it lasts. Not sharded: nothing to do."""
+    from torch.distributed.fsdp import FSDPModule
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True)

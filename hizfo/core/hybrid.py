@@ -32,6 +32,7 @@ from torch import nn
 
 from hizfo.registry import HiZFOConfig, build_config
 from hizfo.errors import ConfigError
+from hizfo.core.distributed import data_parallel_loss, shard
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                                 check_common, check_lr, replay_rng_if_training, schedule_factor, set_trainable)
 from hizfo.core.partition import Partition, check_partition_settings, check_rho, params_of, partition_model
@@ -49,6 +50,8 @@ def random_sign(seed: int) -> float:
 
 class HiZFO:
     """The Hi-ZFO method: partition once before training (the paper's stated limitation), then dual streams."""
+
+    data_parallel = True    # Θ_FO sharded by FSDP2, Θ_ZO whole on every rank, every loss the global batch's
 
     def __init__(self, **cfg: Any) -> None:
         self.cfg = build_config(HiZFOConfig, cfg)
@@ -82,7 +85,7 @@ class HiZFO:
         self.zo_seeds = ctx.zo_seeds
         for p in self.model.parameters():
             p.requires_grad_(True)
-        profile_batch = next(ctx.train_batches())
+        profile_batch = next(ctx.profile_batches())       # whole: every rank selects the same tensors
         self.partition = partition_model(self.model, profile_batch, self.cfg.rho, self.cfg.lr,
                                          self.cfg.weight_decay, self.cfg.zo_scope, self.cfg.buckets)
         self._apply_partition()
@@ -90,6 +93,8 @@ class HiZFO:
     def _apply_partition(self) -> None:
         part = self.partition
         set_trainable(self.model, set(part.fo))                    # autograd only for Θ_FO
+        # several processes: FSDP2 shards Θ_FO (and the frozen rest); Θ_ZO stays whole on every rank, stepped alike
+        shard(self.model, replicate=params_of(self.model, part.zo))
         self.fo_trainer = (FirstOrderTrainer(self.model, set(part.fo), self.cfg.lr, self.cfg.weight_decay,
                                              self.cfg.schedule, self.total_steps, self.cfg.grad_clip)
                            if part.fo else None)
@@ -112,10 +117,9 @@ class HiZFO:
         same_masks = replay_rng_if_training(self.model, self.device)
         # 1. clean stream: L_FO, backward for Θ_FO, graph freed
         with torch.set_grad_enabled(has_fo):
-            loss_fo = causal_lm_loss(self.model, batch)
+            loss_fo, l_fo = data_parallel_loss(causal_lm_loss(self.model, batch), batch)   # the global batch's
             if has_fo:
                 loss_fo.backward()
-        l_fo = float(loss_fo.detach())
         del loss_fo
         zo_lr = self.zo_lr * schedule_factor(cfg.schedule, self.step_count, self.total_steps)
         loss_reading = cfg.alpha_mode == "loss"
@@ -131,10 +135,9 @@ class HiZFO:
             same_masks()                                               # same dropout masks in both streams
             # 3. perturbed stream: L_ZO; in the loss reading α·L_ZO joins L_total for Θ_FO (Alg. 1 line 10)
             with torch.set_grad_enabled(backward_zo):
-                loss_zo = causal_lm_loss(self.model, batch)
+                loss_zo, l_zo = data_parallel_loss(causal_lm_loss(self.model, batch), batch)
                 if backward_zo:
                     (cfg.alpha * loss_zo).backward()
-            l_zo = float(loss_zo.detach())
             del loss_zo
             # 4. restore + ZO update in one pass (eqs. 2–3): ĝ = (L_ZO − L_FO)/ε · u, scaled by c
             projected = (l_zo - l_fo) / cfg.eps

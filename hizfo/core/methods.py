@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from hizfo.errors import ConfigError
+from hizfo.core.distributed import local
 from hizfo.core.models import LoadedModel
 from hizfo.core.precision import ChangeMonitor, MasterWeights, compute_context, is_low_precision
 from hizfo.tasks.base import Task
@@ -39,6 +40,13 @@ class TrainContext:
     train_dropout: bool = False         # the run's one dropout setting; the loop sets the model's mode from it
     n_train: int = 0                    # training examples in the training stream
     n_dev: int = 0                      # dev examples held out of it (a method with ``holds_out_dev``)
+    # the same training batches whole, not cut into the ranks' slices (several processes: a profile every rank
+    # computes alike, as one process would); None: ``train_batches``, which in one process are whole anyway
+    whole_train_batches: Optional[Callable[[], Iterator[Batch]]] = None
+
+    def profile_batches(self) -> Iterator[Batch]:
+        """The whole global batches, for a profile that must select the same tensors on every rank."""
+        return (self.whole_train_batches or self.train_batches)()
 
 
 @dataclass
@@ -253,8 +261,8 @@ class FirstOrderTrainer:
         stepped = self.masters.masters if self.masters else self.params
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(stepped, self.grad_clip)
-        with_grad = [t for t in stepped if t.grad is not None]    # (GreenTrainer: the selected ones)
-        self.monitor.before(with_grad)
+        with_grad = [local(t) for t in stepped if t.grad is not None]    # (GreenTrainer: the selected ones)
+        self.monitor.before(with_grad)                                   # (sharded: this rank's shards)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -131,9 +131,14 @@ class Streams:
             self._streams[split] = stream
         return self._streams[split]
 
-    def endless(self, split: str) -> Iterator[Batch]:
-        """The endless stream a method draws extra batches from (its own seeded order per split)."""
-        return self.get(split).endless(salt=TRAIN_ENDLESS_SALT if split == "train" else DEV_ENDLESS_SALT)
+    def endless(self, split: str, whole: bool = False) -> Iterator[Batch]:
+        """The endless stream a method draws extra batches from (its own seeded order per split); ``whole``: every
+        global batch uncut (the same on every rank; one process: the same stream)."""
+        stream = self.get(split)
+        if whole and stream.world.size > 1:
+            stream = BatchStream(stream.encoded, stream.batch_size, stream.pad_token_id, stream.seed, stream.device,
+                                 stream.group_by_length)
+        return stream.endless(salt=TRAIN_ENDLESS_SALT if split == "train" else DEV_ENDLESS_SALT)
 
 
 def check_every_rank_has_rows(stream: BatchStream, split: str) -> None:

@@ -49,8 +49,13 @@ def unique_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def params_sha256(model: nn.Module) -> str:
     """SHA-256 over names, dtypes, shapes and bytes of every unique parameter (equal iff bit-identical)."""
+    return tensors_sha256(unique_parameters(model))
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of named tensors, in order (``params_sha256``'s digest)."""
     digest = hashlib.sha256()
-    for name, tensor in unique_parameters(model).items():
+    for name, tensor in tensors.items():
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         flat = tensor.reshape(-1).contiguous().cpu()
         digest.update(flat.view(torch.uint8).numpy().tobytes())

@@ -104,7 +104,8 @@ def train_context(loaded: LoadedModel, task: Task, streams: Streams, plan: StepP
     return TrainContext(loaded=loaded, task=task, device=streams.device, total_steps=plan.total_steps,
                         steps_per_epoch=plan.steps_per_epoch, zo_seeds=zo_seeds,
                         train_batches=lambda: streams.endless("train"), dev_batches=lambda: streams.endless("dev"),
-                        train_dropout=options.train_dropout, n_train=n_train, n_dev=n_dev)
+                        train_dropout=options.train_dropout, n_train=n_train, n_dev=n_dev,
+                        whole_train_batches=lambda: streams.endless("train", whole=True))
 
 
 class Training:
@@ -192,7 +193,8 @@ class Training:
         state, device, method = self.state, self.options.device, self.method
         entry: dict[str, Any] = {"epoch": state.epoch, "step": state.step}
         self.meters.read_peak(device)
-        with self.meters.timing("eval_seconds", device), self.meters.paused("train_seconds", device):
+        with self.meters.timing("eval_seconds", device), self.meters.paused("train_seconds", device), \
+                distributed.gathered(method.eval_model()):
             if self.eval_encoded is not None:
                 entry["eval_loss"] = eval_loss(method.eval_model(), self.eval_encoded, self.task,
                                                self.loaded.tokenizer.pad_token_id,
@@ -227,7 +229,7 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
     summary = method.summary()
     meters.n_forward += summary.setup_forwards                    # profiling's passes, outside the update steps
     meters.n_backward += summary.setup_backwards
-    with meters.timing("eval_seconds", device):
+    with meters.timing("eval_seconds", device), distributed.gathered(method.eval_model()):
         metrics, predictions = evaluate(method, loaded, task, device)
     if before:
         metrics.update({f"before_{k}": v for k, v in before.items()})

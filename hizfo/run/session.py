@@ -30,7 +30,7 @@ from hizfo.core.precision import check_precision, use_precision
 from hizfo.errors import ConfigError, one_line
 from hizfo.registry import register_schemas
 from hizfo.run.checkpoint import Checkpointer
-from hizfo.run.checkpoint_files import params_sha256
+from hizfo.run.checkpoint_files import tensors_sha256
 from hizfo.run.loop import LoopOptions, LoopResult, train_and_evaluate
 from hizfo.run.meters import Meters
 from hizfo.run.predictions import prediction_rows, write_jsonl_atomic
@@ -109,8 +109,8 @@ def check_world(cfg: DictConfig, method: Method) -> str:
         return "none"
     distributed.check_global_batch(int(cfg.task.batch_size), distributed.World(size=size))
     if cfg.method.max_steps != 0 and not method_traits(method).data_parallel:
-        raise ConfigError(f"method: {cfg.method.name} cannot run on several processes yet (data-parallel so far: "
-                          f"mezo, and every method with method.max_steps=0); launch it as one process")
+        raise ConfigError(f"method: {cfg.method.name} cannot run on several processes yet (docs/design.md, "
+                          f"'Many processes', lists those that can); launch it as one process")
     return backend
 
 
@@ -177,9 +177,10 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
         raise
     prov.update(distributed.world_provenance(world, meters.peak_memory_bytes))
     meters.peak_memory_bytes = max(prov.get("rank_peak_memory_bytes", [meters.peak_memory_bytes]))
+    final_sha = tensors_sha256(distributed.full_parameters(prepared.method.eval_model()))   # every rank gathers
     if not world.is_main:
         return {"status": "ok", "rank": world.rank}
-    record = write_ok_record(prepared, result, meters, prov, tracker)
+    record = write_ok_record(prepared, result, meters, prov, tracker, final_sha)
     if checkpointer is not None:
         checkpointer.discard()
     where = tracker.location or "not logged (logger=none)"
@@ -242,7 +243,7 @@ def _record_failure(spec: RunSpec, exc: Exception, meters: Meters, prov: dict[st
 
 
 def write_ok_record(prepared: Prepared, result: LoopResult, meters: Meters, prov: dict[str, Any],
-                    tracker: Tracker) -> RunRecord:
+                    tracker: Tracker, final_params_sha256: str) -> RunRecord:
     """The ok record and every prediction, written next to each other; the final figures logged."""
     spec, task = prepared.spec, prepared.task
     summary = result.summary
@@ -252,7 +253,7 @@ def write_ok_record(prepared: Prepared, result: LoopResult, meters: Meters, prov
         partition=summary.partition, method_summary=summary.details, provenance=prov,
         curve=Curve(**result.curve(prepared.cfg.curve_every)), zo_seeds=result.zo_seeds,
         final_train_loss=result.losses[-1] if result.losses else None,
-        final_params_sha256=params_sha256(prepared.method.eval_model()),
+        final_params_sha256=final_params_sha256,
         samples=[{"prompt": e.prompt[-300:], "prediction": p, "references": e.references}
                  for e, p in zip(task.examples("eval"), result.predictions[:5])])
     tracker.log_final(meters.steps, {**{f"eval/{k}": v for k, v in result.metrics.items()},

@@ -1,43 +1,73 @@
-"""One training run through the shared loop, in one process or under ``torchrun``, writing what the equality tests
-compare: rank 0's final parameters, every step's loss, the ZO step seeds and the metrics.
+"""Training runs through the shared loop, in one process or under ``torchrun``, writing what the equality tests
+compare: rank 0's final parameters (whole), every step's loss and log row, the ZO step seeds, the metrics, and each
+rank's bytes of parameters, gradients and optimizer state (counted from the local shards, not RSS).
 
-    python -m tests.distributed.worker OUT [overrides...]
-    torchrun --nproc_per_node 2 -m tests.distributed.worker OUT [overrides...]
+    python -m tests.distributed.worker OUT RUNS_JSON                 # RUNS_JSON: {"name": [overrides...], ...}
+    torchrun --nproc_per_node 2 -m tests.distributed.worker OUT RUNS_JSON
+
+Several runs share one interpreter and one process group (most of a tiny run's time is the start of Python).
 """
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 
-def main(out: Path, overrides: list[str]) -> None:
+def local_bytes(method: Any) -> dict[str, int]:
+    """This rank's bytes of parameters, of the gradients the trained ones take, and of optimizer state."""
+    from hizfo.core.distributed import local
+    model = method.eval_model()
+    params = [local(p) for p in model.parameters()]
+    trained = [local(p) for p in model.parameters() if p.requires_grad]
+    trainers = [getattr(method, name, None) for name in ("trainer", "fo_trainer")]
+    state = [v for t in trainers if t is not None for s in t.optimizer.state.values() for v in s.values()
+             if isinstance(v, torch.Tensor) and v.dim() > 0]
+    size = lambda ts: sum(t.numel() * t.element_size() for t in ts)       # noqa: E731
+    return {"params": size(params), "grads": size(trained), "optimizer": size(local(t) for t in state)}
+
+
+def one_run(out: Path, overrides: list[str]) -> None:
     from hizfo.core import distributed
     from hizfo.run.loop import LoopOptions, train_and_evaluate
     from hizfo.run.meters import Meters
     from hizfo.run.session import RunInputs, compose, load, prepare
 
-    torch.set_num_threads(1)
     cfg = compose(overrides)
     prepared = prepare(cfg, RunInputs(overrides=tuple(overrides)))
     world = distributed.init(prepared.backend)
+    device = torch.device("cpu")
+    loaded, _ = load(cfg, prepared.method, prepared.task, device)
+    result = train_and_evaluate(prepared.method, cfg.method, loaded, prepared.task,
+                                LoopOptions.from_run_config(cfg, device), Meters())
+    memory: list[Any] = [None] * world.size
+    mine = local_bytes(prepared.method)
+    if world.size > 1:
+        torch.distributed.all_gather_object(memory, mine)
+    else:
+        memory = [mine]
+    params = distributed.full_parameters(prepared.method.eval_model())      # every rank gathers
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({n: p.clone() for n, p in params.items()}, out / "params.pt")
+        (out / "result.json").write_text(json.dumps({
+            "world_size": world.size, "losses": result.losses, "zo_seeds": result.zo_seeds,
+            "metrics": result.metrics, "predictions": result.predictions, "history": result.history,
+            "rank_bytes": memory}))
+
+
+def main(out: Path, runs: dict[str, list[str]]) -> None:
+    from hizfo.core import distributed
+    torch.set_num_threads(1)
     try:
-        device = torch.device("cpu")
-        loaded, _ = load(cfg, prepared.method, prepared.task, device)
-        result = train_and_evaluate(prepared.method, cfg.method, loaded, prepared.task,
-                                    LoopOptions.from_run_config(cfg, device), Meters())
-        if world.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            model = prepared.method.eval_model()
-            torch.save({n: p.detach().clone() for n, p in model.state_dict().items()}, out / "params.pt")
-            (out / "result.json").write_text(json.dumps({
-                "world_size": world.size, "losses": result.losses, "zo_seeds": result.zo_seeds,
-                "metrics": result.metrics, "predictions": result.predictions}))
+        for name, overrides in runs.items():
+            one_run(out / name, overrides)
     finally:
         distributed.shutdown()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2:])
+    main(Path(sys.argv[1]), json.loads(sys.argv[2]))
