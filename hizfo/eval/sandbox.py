@@ -180,8 +180,8 @@ class _UidPool:
         if os.geteuid() != 0:
             yield None                           # an unprivileged evaluator: the runner keeps its uid
             return
-        with self._lock:
-            slot = self._free.pop() if self._free else None
+        with self._lock:                         # the least recently used: its last program is long gone
+            slot = self._free.pop(0) if self._free else None
         if slot is None:
             raise BlockingIOError(errno.EAGAIN, f"more than {_UID_SLOTS} programs in flight")
         try:

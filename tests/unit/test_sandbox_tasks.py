@@ -134,3 +134,12 @@ def test_the_process_level_hides_sockets_and_mounts():
     result = run_program(code, LIMITS, isolation="process")
     assert result.passed, result.stderr
     assert result.stdout.split() == ["5", "Name:"]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_program_cannot_raise_its_task_limit(level):
+    code = ("import resource\nsoft, hard = resource.getrlimit(resource.RLIMIT_NPROC)\ntry:\n"
+            "    resource.setrlimit(resource.RLIMIT_NPROC, (hard + 1000, hard + 1000))\n    print('raised')\n"
+            "except (ValueError, OSError):\n    print('refused', soft == hard)\n")
+    result = run_program(code, LIMITS, isolation=level)
+    assert result.passed and result.stdout.strip() == "refused True", (result.stdout, result.stderr)
