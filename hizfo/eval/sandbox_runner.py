@@ -50,9 +50,8 @@ class CapData(ctypes.Structure):
 
 
 def switch_user(uid, whole):
-    # root: become the program's own unprivileged host uid, so that RLIMIT_NPROC binds (the kernel never applies
-    # it to real uid 0). ``whole``: real, effective and saved ids; else the real uid only (the effective uid stays
-    # 0 without capabilities, where the runtime is readable by root alone); seccomp refuses every set*id call
+    # root: become the program's own host uid, so that RLIMIT_NPROC binds (never applied to real uid 0); ``whole``:
+    # every id, else the real one only (effective uid 0 with no capability: a runtime only root can read)
     os.setgroups([])
     if whole:
         os.setresgid(uid, uid, uid)
@@ -176,9 +175,7 @@ def set_limits(job):
     limit(resource.RLIMIT_FSIZE, int(limits["max_output_bytes"]))
     limit(resource.RLIMIT_NOFILE, int(limits["max_open_files"]))
     if os.getuid() != 0 and hasattr(resource, "RLIMIT_NPROC"):
-        if job.get("uid") is not None:
-            # its own fresh uid: this process is its only task (no scan of /proc, ~30 ms on a busy host); the hard
-            # limit is set after the fork (fork_within_limit), which scans only if a previous program left tasks
+        if job.get("uid") is not None:       # a fresh uid: this is its only task (no /proc scan, ~30 ms)
             resource.setrlimit(resource.RLIMIT_NPROC, (1 + int(limits["max_processes"]),
                                                        resource.getrlimit(resource.RLIMIT_NPROC)[1]))
         else:
@@ -186,8 +183,8 @@ def set_limits(job):
 
 
 def fork_within_limit(job):
-    # fork; where a previous program's tasks of this uid still linger (a zombie under an init that does not reap),
-    # count them once and fork again; then both sides fix the task limit for good (soft = hard)
+    # where a previous program's tasks linger on this uid (under an init that does not reap), count them and fork
+    # again; then both sides fix the task limit for good (soft = hard)
     try:
         child = os.fork()
     except BlockingIOError:
@@ -265,8 +262,7 @@ def report(error, fd=None):
 
 
 def close_reason_channel():
-    # the untrusted side, right after the fork: it reports on stderr, which it may fill; the supervisor's
-    # reason stays readable whatever the program writes
+    # the untrusted side, right after the fork: it reports on stderr (which it may fill), never on the reason pipe
     if REASON_FD[0] != 2:
         os.close(REASON_FD[0])
         REASON_FD[0] = 2
