@@ -11,7 +11,8 @@ here the fp32 masters).
 
 What the harness changes, and why: a fake tensor has no value, so ``float()`` / ``.item()`` of one return 1.0 (the
 losses and the ZO step seed); Hi-ZFO's and GreenTrainer's selection comes from the planner's cost-only worst case
-(profiling reads values, e.g. ``torch.unique``, so it cannot run on fake tensors); peft's adapter move
+(profiling reads values, e.g. ``torch.unique``, so it cannot run on fake tensors); Bilevel-ZOFO warms up past its
+first upper step (the traced step is then a lower step with the upper AdamW's state alive); peft's adapter move
 (``Module.to``) is skipped as in the planner; MemTracker refuses a second forward of the root module in one step,
 so a subclass lets Hi-ZFO's and MeZO's second forward through. Noise chunks made in hizfo/core/zo.py's worker
 threads are invisible to MemTracker (dispatch modes are thread-local).
@@ -151,7 +152,10 @@ def trace_cell(shape: ModelShape, name: str, precision: str, batch: int, seq_len
     try:
         with fm.mode, use_precision(precision):
             method = build_method(name, fm, s, one, stream)
-            method.train_step(one)                            # warm-up: AdamW state and masters now exist
+            # warm-up: AdamW state and masters now exist; Bilevel-ZOFO's upper step (and its upper AdamW's state
+            # over the backbone, kept from then on) comes after lower_steps batches: warm up past it
+            for _ in range(int(method.cfg.lower_steps) if name == "bilevel_zofo" else 1):
+                method.train_step(one)
             optims, masters = _externals(method)
             tracker = tracker_class()()
             tracker.track_external(fm.model, *optims, *masters)

@@ -122,16 +122,14 @@ def _moments(s: Setting, r: ModelRoles, act: int) -> dict[str, dict[str, int]]:
     masters = (r.master_numel * FP32) // shard if s.precision == "bf16" else 0
     tokens = s.batch * s.seq_len // s.world_size
     head = tokens * r.vocab
-    zo_buf = (CHUNK_CUDA if s.device == "cuda" else CHUNK_CPU * max(1, s.threads)) * FP32 if zo else 0
-    if zo and w == 2 and s.device != "cuda":
-        zo_buf = CHUNK_CPU * FP32 * (1 + max(1, s.threads))          # virtual mode's chunk in the main thread too
-    if zo and w == 2:
-        zo_buf += r.largest_zo * w                                    # one module's θ + εu, rounded (ZOParams)
+    zo_buf = _zo_buffers(s, r, w) if zo else 0
     base = {"weights": weights, "optimizer": optimizer, "masters": masters}
-    fwd_tmp = head * (c + (FP32 if c != FP32 else 0) + FP32)          # logits, their fp32 copy, log_softmax
+    shifted = r.largest_zo * w + min(CHUNK_CUDA if s.device == "cuda" else CHUNK_CPU, r.largest_zo) * FP32 \
+        if zo and w == 2 else 0                                       # virtual mode: one module's θ + εu at a time
+    fwd_tmp = _no_grad_forward(r, tokens, head, c, shifted)
     moments: dict[str, dict[str, int]] = {}
     if fo:
-        moments["backward"] = {**base, "activations": act, "temporaries": 4 * head * FP32}
+        moments.update(_backward_moments(s, r, act, base, tokens, head, c))
         step_tmp = (r.largest_group * FP32 if s.device == "cuda" else 2 * r.largest_fo * FP32) // shard
         grads = (fo + r.extra_grad_numel) * FP32 // shard
         moments["optimizer step"] = {**base, "grads": grads, "temporaries": step_tmp,
@@ -142,6 +140,50 @@ def _moments(s: Setting, r: ModelRoles, act: int) -> dict[str, dict[str, int]]:
     if not moments:
         moments["forward"] = {"weights": weights, "temporaries": fwd_tmp}
     return {k: {cat: int(v.get(cat, 0)) for cat in CATEGORIES} for k, v in moments.items()}
+
+
+def _backward_moments(s: Setting, r: ModelRoles, act: int, base: dict[str, int], tokens: int, head: int, c: int
+                      ) -> dict[str, dict[str, int]]:
+    """The FO step's moments around the backward (as MemTracker traces them on tiny-opt and OPT-125m):
+
+    loss             the saved activations and the logits (plus their fp32 copy under bf16 compute)
+    head backward    the saved activations and two [N, V] fp32 tensors (log_softmax's and the logits' gradients)
+    block backward   the last block's FFN backward: two [N, ffn] (three when gated) and one [N, hidden] in compute
+                     dtype, once the loss's log_softmax output and the head's saved input have been freed
+    """
+    ffn = tokens * ((3 if r.gated_ffn else 2) * r.ffn_width + r.hidden) * c
+    freed = min(act, head * FP32 + tokens * r.hidden * c)
+    return {"loss": {**base, "activations": act, "temporaries": head * (c + (FP32 if c != FP32 else 0))},
+            "head backward": {**base, "activations": act, "temporaries": 2 * head * FP32},
+            "block backward": {**base, "activations": act - freed, "temporaries": ffn}}
+
+
+def _no_grad_forward(r: ModelRoles, tokens: int, head: int, c: int, shifted: int = 0) -> int:
+    """What a no-grad training forward (a ZO loss) holds beyond the weights: the KV cache transformers builds (the
+    training forward does not pass use_cache=False: K and V of every block, in compute dtype), and the larger of its
+    widest block point (the FFN's input and activation outputs, 3 under a gated FFN, with the residual stream and
+    the normed input) and the loss (the logits and, under bf16 compute, their fp32 copy: MemTracker sees no
+    log_softmax output beside them in a no-grad forward), or, under bf16 weights, ``shifted``: the module whose
+    θ + εu (and its fp32 chunk copy) is largest, alive only during that module's forward."""
+    kv = 2 * r.layers * tokens * r.kv_width * c
+    ffn = tokens * ((3 if r.gated_ffn else 2) * r.ffn_width + 3 * r.hidden) * c
+    return kv + max(ffn, head * (c + (FP32 if c != FP32 else 0)), shifted)
+
+
+def _zo_buffers(s: Setting, r: ModelRoles, w: int) -> int:
+    """hizfo/core/zo.py's noise buffers (thread-local, cached at the largest chunk each thread has filled).
+
+    fp32 weights (``perturb_``): on CUDA one chunk of min(2^24, |Θ_ZO|) in the main thread; on CPU one chunk of
+    |Θ_ZO| in the main thread when it fits 2^20, else a 2^20 chunk per worker thread (``threads``; 0: none, which is
+    what MemTracker sees, since dispatch modes are thread-local). bf16 weights (virtual mode, per tensor in the main
+    thread): the cached fp32 noise chunk of the largest tensor.
+    """
+    step = CHUNK_CUDA if s.device == "cuda" else CHUNK_CPU
+    if w == 2:
+        return min(step, r.largest_zo) * FP32           # the cached fp32 noise chunk (the shifted θ: a temporary)
+    if s.device == "cuda" or r.zo_numel <= step:
+        return min(step, r.zo_numel) * w
+    return step * w * s.threads
 
 
 def _profiling(s: Setting, r: ModelRoles, act_all: int) -> int:

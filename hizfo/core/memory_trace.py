@@ -52,6 +52,8 @@ class ModelRoles:
     zo_forward: bool = True
     selection_note: str = ""
     fo_names: frozenset = frozenset()
+    ffn_width: int = 0
+    gated_ffn: bool = False
 
     @property
     def fo_numel(self) -> int:
@@ -202,7 +204,9 @@ def _roles(short: ShortModel, params: list[Param], s: Setting, fo: set[str], zo:
                        kv_width=int(width * kv_heads // heads), largest_fo=max(fo_sizes, default=0),
                        largest_any=max(sizes.values()), largest_zo=max((sizes[n] for n in zo), default=0),
                        largest_group=max(decay, sum(fo_sizes) - decay), selection_note=note, hidden=int(width),
-                       master_numel=sum(fo_sizes), fo_names=frozenset(fo))
+                       master_numel=sum(fo_sizes), fo_names=frozenset(fo),
+                       ffn_width=int(getattr(config, "ffn_dim", None) or getattr(config, "intermediate_size", None)
+                                     or 4 * width), gated_ffn=config.model_type in ("llama", "qwen2"))
     if s.method == "bilevel_zofo":
         roles.extra_opt_numel = roles.extra_grad_numel = roles.zo_numel
         roles.master_numel += roles.zo_numel

@@ -38,6 +38,8 @@ class PlanOptions:
     def check(self) -> None:
         if not self.gpu_gb > 0:
             raise ConfigError(f"plan.gpu_gb: must be > 0, got {self.gpu_gb:g}")
+        if self.threads <= 0:
+            raise ConfigError(f"plan.threads: must be >= 1, got {self.threads}")
         if not self.tflops > 0:
             raise ConfigError(f"plan.tflops: must be > 0, got {self.tflops:g}")
         if self.train_examples is not None and self.train_examples <= 0:

@@ -17,42 +17,62 @@ TRACES = json.loads((ROOT / "benchmarks" / "planner_traces.json").read_text())["
 FO = ("full_ft", "ft_top2", "lora", "prefix", "greentrainer", "hizfo")
 
 
+ALLOC = json.loads((ROOT / "benchmarks" / "planner_alloc.json").read_text())["cells"]
+TOLERANCE = 0.17       # the largest |predicted / measured - 1| of any committed cell (benchmarks/RESULTS_planner.md)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     from benchmarks.planner_traces import shape_of
     return shape_of("tiny-opt")
 
 
+@pytest.fixture(scope="module")
+def shapes():
+    from benchmarks.planner_traces import shape_of
+    return {name: shape_of(name) for name in sorted({c["shape"] for c in TRACES} | {"tiny-opt"})}
+
+
 def _predict(shape, cell):
+    # threads=0: no noise chunks in hizfo/core/zo.py's worker threads, which MemTracker (thread-local) cannot see
     return predict(shape, Setting(method=cell["method"], method_cfg=(), precision=cell["precision"],
-                                  batch=cell["batch"], seq_len=cell["seq_len"], device="cpu"))
+                                  batch=cell["batch"], seq_len=cell["seq_len"], device="cpu", threads=0))
 
 
-def test_weights_and_optimizer_match_the_committed_traces(tiny):
-    for cell in (c for c in TRACES if c["shape"] == "tiny-opt"):
-        pred, peak = _predict(tiny, cell), cell["peak"]
+def _ratios(shapes) -> list[tuple[str, float]]:
+    """predicted / measured for every committed MemTracker trace and real-allocation cell."""
+    out = [(f"{c['shape']} {c['method']} {c['precision']}", _predict(shapes[c["shape"]], c).training_peak /
+            c["peak"]["Total"]) for c in TRACES]
+    return out + [(f"alloc {c['method']} {c['precision']}", _predict(shapes["tiny-opt"], c).training_peak /
+                   c["peak"]) for c in ALLOC]
+
+
+def test_weights_and_optimizer_match_the_committed_traces(shapes):
+    for cell in TRACES:
+        pred, peak = _predict(shapes[cell["shape"]], cell), cell["peak"]
         assert abs(pred.training["weights"] / peak["PARAM"] - 1) < 0.03, cell
-        if cell["method"] in ("full_ft", "ft_top2", "greentrainer", "hizfo"):
+        if cell["method"] in ("full_ft", "ft_top2", "greentrainer", "hizfo") and pred.moment != "optimizer step":
             # ChangeMonitor's samples are in the planner's optimizer, in MemTracker's Activation
             assert abs(pred.training["optimizer"] / peak["OPT"] - 1) < 0.15, cell
 
 
-def test_fo_totals_within_the_recorded_error(tiny):
-    for cell in (c for c in TRACES if c["shape"] == "tiny-opt" and c["method"] in FO):
-        ratio = _predict(tiny, cell).training_peak / cell["peak"]["Total"]
-        assert 0.9 < ratio < 1.4, (cell["method"], cell["precision"], ratio)
+def test_every_method_and_precision_within_the_stated_error(shapes):
+    bad = [(name, round(r, 3)) for name, r in _ratios(shapes) if abs(r - 1) > TOLERANCE]
+    assert not bad, bad
+    assert {c["method"] for c in TRACES} == {"full_ft", "ft_top2", "lora", "prefix", "greentrainer", "mezo",
+                                             "bilevel_zofo", "hizfo"}
 
 
-def test_dropping_a_category_breaks_the_match(tiny, monkeypatch):
-    cell = next(c for c in TRACES if (c["shape"], c["method"], c["precision"]) == ("tiny-opt", "full_ft", "fp32"))
-    whole = _predict(tiny, cell).training_peak
+@pytest.mark.parametrize("category", memory.CATEGORIES)
+def test_dropping_a_category_breaks_the_match(shapes, monkeypatch, category):
+    """Some cell the model gets within 5 % is more than 10 % off once ``category`` is dropped from every moment."""
+    close = {name for name, r in _ratios(shapes) if abs(r - 1) <= 0.05}
     original = memory._moments
 
-    def without_activations(s, r, act):
-        return original(s, r, 0)
-    monkeypatch.setattr(memory, "_moments", without_activations)
-    dropped = _predict(tiny, cell).training_peak
-    assert dropped / cell["peak"]["Total"] < 0.9 <= whole / cell["peak"]["Total"]
+    def without(s, r, act):
+        return {k: {**v, category: 0} for k, v in original(s, r, act).items()}
+    monkeypatch.setattr(memory, "_moments", without)
+    assert any(name in close and abs(r - 1) > 0.10 for name, r in _ratios(shapes)), category
 
 
 def test_one_live_trace_agrees_with_the_committed_one(tiny):
