@@ -27,8 +27,9 @@ def inputs_from_hydra() -> RunInputs:
     """What Hydra's global state adds to the config: the overrides, the run folder, Slurm's checkpoint cadence."""
     hydra_cfg = HydraConfig.get()
     minutes = OmegaConf.select(hydra_cfg, "callbacks.slurm_preflight.checkpoint_minutes", default=None)
+    sweep = str(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
     return RunInputs(overrides=tuple(hydra_cfg.overrides.task), output_dir=Path(hydra_cfg.runtime.output_dir),
-                     checkpoint_minutes=float(minutes) if minutes is not None else None)
+                     checkpoint_minutes=float(minutes) if minutes is not None else None, sweep_dir=sweep)
 
 
 @hydra.main(version_base=VERSION_BASE, config_path="conf", config_name="config")

@@ -167,6 +167,32 @@ def data_parallel_losses(losses: Sequence[float], batch: dict[str, torch.Tensor]
     return global_means([loss * tokens for loss in losses], tokens, world)
 
 
+def evaluation_split(model: nn.Module) -> World:
+    """The ranks evaluation splits its batches over: all of them for a whole, replicated model; none (every rank
+    evaluates everything, in step) for an FSDP-sharded one, whose forward hooks are collectives that every rank
+    must run alike even while ``gathered``."""
+    from torch.distributed.fsdp import FSDPModule
+    world = current()
+    if world.size == 1 or any(isinstance(m, FSDPModule) for m in model.modules()):
+        return World()
+    return world
+
+
+def my_share(items: list[Any], split: World) -> list[Any]:
+    """This rank's items r, r + N, r + 2N, ... of a ``split`` over N ranks (all of them for a split over one)."""
+    return items if split.size == 1 else items[split.rank::split.size]
+
+
+def gather_to_main(items: list[Any], split: World) -> list[Any]:
+    """Every rank's ``items`` of a ``split`` joined on rank 0 (picklable objects, rank order); [] on the other ranks.
+    A split over one: ``items``, on every rank."""
+    if split.size == 1:
+        return items
+    parts: Optional[list[Any]] = [None] * split.size if split.is_main else None
+    dist.gather_object(items, parts, dst=0)
+    return [item for part in parts for item in part] if parts is not None else []
+
+
 def agree(error: Optional[Exception]) -> None:
     """Rank 0's verdict on a step only it takes (the run's lock), sent to every rank: rank 0 raises ``error``, the
     others raise a ConfigError that rank 0 has already reported (so they exit without a second line)."""

@@ -100,7 +100,7 @@ def _load_pretrained(name: str, hub_id: Optional[str], path: Optional[str], dtyp
                else f"the hub ({hub_endpoint()}) could not be reached within {probe_timeout():g} s")
         raise ConfigError(
             f"model '{name}': cannot load '{hub_id}' ({why}, and it is not in the local Hugging Face cache). "
-            f"Download it on a machine with a network (huggingface-cli download {hub_id} --local-dir DIR) "
+            f"Download it on a machine with a network (hf download {hub_id} --local-dir DIR) "
             f"and pass model.path=DIR") from exc
     return model, tokenizer
 

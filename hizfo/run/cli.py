@@ -15,8 +15,10 @@ import traceback
 from typing import Callable, Optional
 
 from hizfo.errors import ConfigError
+from hizfo.run.runspec import GROUPS
 
-USER_GROUPS = ("model", "task", "method", "logger", "launcher", "experiment", "debug")   # what --help lists
+INTERNAL_GROUPS = ("tuning", "study_arm")         # composed by the presets themselves, never picked by a user
+USER_GROUPS = tuple(g for g in GROUPS if g not in INTERNAL_GROUPS) + ("debug",)   # what --help lists
 HIDDEN_OPTIONS = ("site", "site.example")          # launcher=slurm reads these itself
 
 

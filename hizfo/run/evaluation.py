@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteriaList
 
+from hizfo.core import distributed
 from hizfo.core.methods import Method, causal_lm_loss
 from hizfo.core.models import LoadedModel
 from hizfo.eval.stopping import StopOnText
@@ -43,23 +44,28 @@ def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: 
     if task.cfg.group_by_length:                 # longest prompts first, so a batch's left padding is small
         lengths = [len(tokenizer(e.prompt).input_ids) for e in examples]
         order.sort(key=lambda i: -lengths[i])
+    # several processes, a replicated model: rank r generates the one-process batches r, r + N, ... (the same
+    # batches, so the same tokens), and rank 0 gathers them; a sharded model or one process: every batch
+    split = distributed.evaluation_split(model)
+    starts = distributed.my_share(list(range(0, len(examples), batch_size)), split)
     # counts examples (not batches), so its rate and ETA are per example; leave=True: the bar ends its line
-    bar = progress(total=len(examples), desc=desc, unit="ex", leave=True)
-    for start in range(0, len(examples), batch_size):
+    bar = progress(total=sum(len(order[s:s + batch_size]) for s in starts), desc=desc, unit="ex", leave=True)
+    for start in starts:
         chunk = [examples[i] for i in order[start:start + batch_size]]
         batch = {k: v.to(target) for k, v in encode_prompts(chunk, tokenizer, task.cfg.max_input_length).items()}
         # stop where task.postprocess will cut, with any tokenizer (transformers' stop_strings cannot take all)
         stop = StoppingCriteriaList([StopOnText(tokenizer, batch["input_ids"].shape[1], task.stop_index)])
         generated = model.generate(**batch, **kwargs, stopping_criteria=stop)   # [B, N_prompt + N_new]
         new_tokens = generated[:, batch["input_ids"].shape[1]:]
-        for row in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
-            outputs.append(task.postprocess(row))
+        texts = [task.postprocess(row) for row in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        outputs.extend(zip(order[start:start + batch_size], texts))
         bar.update(len(chunk))
     bar.close()
     model.train(was_training)
-    in_order = [""] * len(examples)
-    for position, index in enumerate(order):                    # back to the examples' own order
-        in_order[index] = outputs[position]
+    everyone = distributed.gather_to_main(outputs, split)       # rank 0: every rank's; other ranks: []
+    in_order = [""] * len(examples) if everyone else []
+    for index, text in everyone:                                # back to the examples' own order
+        in_order[index] = text
     return in_order
 
 
@@ -67,6 +73,8 @@ def evaluate(method: Method, loaded: LoadedModel, task: Task,
              device: torch.device) -> tuple[dict[str, float], list[str]]:
     examples = task.examples("eval")
     predictions = generate(method.eval_model(), loaded, task, examples, device)
+    if not distributed.current().is_main:                       # rank 0 scores (and runs any sandbox) alone
+        return {}, []
     return task.score(predictions, examples), predictions
 
 
@@ -80,12 +88,15 @@ def eval_loss(model: torch.nn.Module, encoded: list[dict[str, list[int]]], task:
     size = task.cfg.eval_batch_size
     if task.cfg.group_by_length:                 # a sum over tokens: the order only changes the padding
         encoded = sorted(encoded, key=lambda e: -len(e["input_ids"]))
-    for start in range(0, len(encoded), size):
+    split = distributed.evaluation_split(model)
+    for start in distributed.my_share(list(range(0, len(encoded), size)), split):   # several processes: a share
         batch = {k: v.to(device) for k, v in collate_train(encoded[start:start + size], pad_token_id).items()}
         count = int((batch["labels"][:, 1:] != -100).sum())        # the tokens the shifted loss averages over
         total += float(causal_lm_loss(model, batch)) * count
         tokens += count
     model.train(was_training)
+    if split.size > 1:
+        return distributed.global_means([total], tokens, split)[0]
     return total / max(1, tokens)
 
 
@@ -93,4 +104,6 @@ def evaluate_model_only(loaded: LoadedModel, task: Task, device: torch.device) -
     """Score the model as it is (used for the untrained baseline)."""
     examples = task.examples("eval")
     predictions = generate(loaded.model, loaded, task, examples, device, desc="eval (before)")
+    if not distributed.current().is_main:
+        return {}, []
     return task.score(predictions, examples), predictions

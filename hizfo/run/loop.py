@@ -19,6 +19,7 @@ from hizfo.run.batching import Streams, encode_split
 from hizfo.run.divergence import DivergenceWatch, divergence_watch
 from hizfo.run.evaluation import eval_loss, evaluate, evaluate_model_only, input_device
 from hizfo.run.meters import Meters
+from hizfo.run.progress import progress
 from hizfo.tasks.base import Task, check_fits
 
 ZO_SEED_OFFSET = 424242        # the run's generator of ZO step seeds: seed + 424242
@@ -131,8 +132,8 @@ class Training:
                 self.method.setup(ctx)
             self.method.eval_model().train(self.options.train_dropout)   # peft wrappers add modules: set it again
             self._restore()
-            quiet = {} if distributed.current().is_main else {"disable": True}     # progress from rank 0 only
-            bar = tqdm(total=self.plan.total_steps, initial=state.step, desc="train", dynamic_ncols=True, **quiet)
+            quiet = None if distributed.current().is_main else True              # progress from rank 0 only
+            bar = progress(total=self.plan.total_steps, initial=state.step, desc="train", unit="step", disable=quiet)
             while state.step < self.plan.total_steps:
                 if self._epoch(bar):
                     break
@@ -205,6 +206,8 @@ class Training:
                 self.log(state.step, {f"eval/{k}": v for k, v in epoch_metrics.items()})
         if len(entry) > 2:
             state.epoch_evals.append(entry)
+            if "eval_loss" in entry:                                   # W&B: on the step axis, beside the curve
+                self.log(state.step, {"eval/loss": entry["eval_loss"], "eval/epoch": state.epoch})
 
 
 def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, task: Task, options: LoopOptions,

@@ -37,8 +37,8 @@ from hizfo.run.predictions import prediction_rows, write_jsonl_atomic
 from hizfo.run.records import Costs, Curve, RunRecord, check_writable, provenance
 from hizfo.run.runspec import RunSpec, config_hash
 from hizfo.run.threads import apply_num_threads
-from hizfo.run.tracking import Tracker
-from hizfo.run.validation import check_model_positions, validate_run_config
+from hizfo.run.tracking import Tracker, stable_run_id
+from hizfo.run.validation import check_before_load, check_model_positions, validate_run_config
 from hizfo.tasks.base import Task
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -56,11 +56,13 @@ def compose(overrides: Iterable[str] = (), *, hydra: bool = False) -> DictConfig
 @dataclass(frozen=True)
 class RunInputs:
     """What a run takes besides its config: the command line's overrides (they name the variant), the folder for
-    the tracker's files (Hydra's run folder under run.py; None: beside the record) and the Slurm launcher's
-    checkpoint cadence in minutes (None: only ``checkpoint_every`` steps and signals)."""
+    the tracker's files (Hydra's run folder under run.py; None: beside the record), the Slurm launcher's
+    checkpoint cadence in minutes (None: only ``checkpoint_every`` steps and signals) and, in a multirun, its
+    folder."""
     overrides: tuple[str, ...] = ()
     output_dir: Optional[Path] = None
     checkpoint_minutes: Optional[float] = None
+    sweep_dir: Optional[str] = None         # the multirun's folder: W&B groups a sweep's runs by it
 
 
 @dataclass
@@ -94,6 +96,7 @@ def prepare(cfg: DictConfig, inputs: RunInputs) -> Prepared:
     seed_everything(cfg.seed)
     method = instantiate(cfg.method, _convert_="all")       # validates the method's values (before any lock)
     task = instantiate(cfg.task, _convert_="all")           # validates the task's values (data loads later)
+    check_before_load(cfg, task)          # sandbox opt-in, the weights present, the data readable: before any load
     if cfg.method.max_steps != 0 and method_traits(method).holds_out_dev:
         task.train_dev_split(batch_size=task.cfg.batch_size)   # a dev split held out leaves a batch: before any lock
     backend = check_world(cfg, method)
@@ -219,7 +222,8 @@ def open_tracker(cfg: DictConfig, spec: RunSpec, inputs: RunInputs) -> Tracker:
     run_dir = inputs.output_dir if inputs.output_dir is not None else spec.path.parent
     return Tracker(kind=cfg.logger.kind, project=cfg.logger.project, mode=cfg.logger.mode, run_dir=Path(run_dir),
                    name=spec.name, config=spec.config, entity=cfg.logger.entity, tags=list(cfg.logger.tags),
-                   log_every=cfg.logger.log_every)
+                   log_every=cfg.logger.log_every, run_id=stable_run_id(spec.path, spec.config_hash),
+                   sweep_dir=inputs.sweep_dir)
 
 
 def _no_tracker() -> Tracker:

@@ -156,6 +156,7 @@ def preflight_problems(launcher: Any, checkpoint_minutes: Optional[float]) -> li
     problems: list[str] = []
     for check in (lambda: check_timeout(float(launcher.timeout_min), float(launcher.get("signal_delay_s", 0) or 0),
                                         checkpoint_minutes),
+                  lambda: check_ranks_per_gpu(launcher.get("tasks_per_node"), launcher.get("gpus_per_node")),
                   lambda: check_partition(launcher.get("partition"), gpus_per_node=launcher.get("gpus_per_node"),
                                           cpus_per_task=launcher.get("cpus_per_task"), mem_gb=launcher.get("mem_gb"),
                                           tasks_per_node=launcher.get("tasks_per_node"))):
@@ -164,6 +165,15 @@ def preflight_problems(launcher: Any, checkpoint_minutes: Optional[float]) -> li
         except ConfigError as exc:
             problems.extend(str(exc).splitlines())
     return problems
+
+
+def check_ranks_per_gpu(tasks_per_node: Optional[int], gpus_per_node: Optional[int]) -> None:
+    """Several tasks per node are the ranks of one run (launcher=slurm_multinode): one per GPU, so on a GPU partition
+    their number must equal the GPUs per node (a CPU partition, gpus_per_node 0 or null, runs gloo ranks)."""
+    tasks, gpus = int(tasks_per_node or 1), int(gpus_per_node or 0)
+    if tasks > 1 and gpus and tasks != gpus:
+        raise ConfigError(f"hydra.launcher.tasks_per_node: {tasks} ranks per node but gpus_per_node is {gpus}; "
+                          f"a run's ranks take one GPU each: set both to the same number")
 
 
 def check_timeout(timeout_min: float, signal_delay_s: float, checkpoint_minutes: Optional[float]) -> None:

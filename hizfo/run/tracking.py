@@ -45,18 +45,6 @@ def run_group(experiment: Optional[str], sweep_dir: Optional[str | Path]) -> Opt
     return None
 
 
-def hydra_sweep_dir() -> Optional[str]:
-    """The sweep folder of the Hydra multirun this process is a job of (None outside one)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-            return None
-        return str(HydraConfig.get().sweep.dir)
-    except Exception:                                   # noqa: BLE001 - no Hydra context: no sweep
-        return None
-
-
 def memory_now() -> dict[str, float]:
     """The memory in use now: the GPU's allocated and reserved memory with CUDA, and the process's RSS (GB)."""
     values: dict[str, float] = {}
@@ -75,14 +63,14 @@ def memory_now() -> dict[str, float]:
     return values
 
 
-def options_from_config(name: str, config: dict[str, Any]) -> dict[str, Any]:
+def options_from_config(name: str, config: dict[str, Any], sweep_dir: Optional[str] = None) -> dict[str, Any]:
     """What a run's resolved config says of its W&B run: the stable id (from the record's path and config hash),
-    the group (``logger.group``, else the preset or the sweep), the job type (the method), the memory series and
-    W&B's system stats. A config without these keys (a test's) gives none of them."""
+    the group (``logger.group``, else the preset or the sweep folder, which run.py reads from Hydra), the job type
+    (the method), the memory series and W&B's system stats. A config without these keys (a test's) gives none."""
     from hizfo.run.runspec import config_hash
     logger = config.get("logger") or {}
     method = config.get("method") or {}
-    options: dict[str, Any] = {"group": logger.get("group") or run_group(config.get("experiment"), hydra_sweep_dir()),
+    options: dict[str, Any] = {"group": logger.get("group") or run_group(config.get("experiment"), sweep_dir),
                                "job_type": method.get("name"),
                                "memory_every": int(logger.get("memory_every", 0) or 0),
                                "system_stats": bool(logger.get("system_stats", False)), "run_id": None}
@@ -102,8 +90,9 @@ class Tracker:
     def __init__(self, kind: str, project: str, mode: str, run_dir: Path, name: str, config: dict[str, Any],
                  entity: Optional[str] = None, tags: Optional[list[str]] = None, log_every: int = 1,
                  run_id: Optional[str] = None, group: Optional[str] = None, job_type: Optional[str] = None,
-                 memory_every: Optional[int] = None, system_stats: Optional[bool] = None) -> None:
-        derived = options_from_config(name, config)          # a keyword given here wins over the config's
+                 memory_every: Optional[int] = None, system_stats: Optional[bool] = None,
+                 sweep_dir: Optional[str] = None) -> None:
+        derived = options_from_config(name, config, sweep_dir)   # a keyword given here wins over the config's
         run_id = run_id or derived["run_id"]
         group, job_type = group or derived["group"], job_type or derived["job_type"]
         memory_every = derived["memory_every"] if memory_every is None else memory_every

@@ -277,3 +277,18 @@ def test_a_stated_gpu_size_and_an_unknown_gres_type(tmp_path, monkeypatch, capsy
     assert capsys.readouterr().err.startswith("warning: model=opt-1.3b")
     with pytest.raises(ConfigError, match="gpu_gb: must be > 0"):
         SlurmPreflight(gpu_gb=0)
+
+
+def test_multinode_ranks_take_one_gpu_each():
+    from hizfo.run.slurm_preflight import check_ranks_per_gpu
+    check_ranks_per_gpu(8, 8)
+    check_ranks_per_gpu(1, 8)              # one rank driving a node's GPUs (model.device_map=auto)
+    check_ranks_per_gpu(2, 0)              # a CPU partition: gloo ranks
+    with pytest.raises(ConfigError, match="tasks_per_node: 8 ranks per node but gpus_per_node is 4"):
+        check_ranks_per_gpu(8, 4)
+
+
+def test_the_multinode_launcher_asks_one_task_per_gpu():
+    from hizfo.run.session import compose
+    launcher = compose(["launcher=slurm_multinode"], hydra=True).hydra.launcher
+    assert launcher.nodes == 2 and launcher.tasks_per_node == launcher.gpus_per_node == 8
