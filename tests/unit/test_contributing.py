@@ -1,0 +1,40 @@
+"""docs/contributing.md's recipes, checked where a file can be looked for: every method, control and task has the
+files the recipe names (the test names the missing one)."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import ROOT
+
+METHOD_YAMLS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+TASK_YAMLS = sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml"))
+
+
+def test_the_recipes_cover_the_registry():
+    from hizfo.registry import METHODS
+    assert set(METHODS) <= set(METHOD_YAMLS), "every registered method has conf/method/<name>.yaml"
+    assert len(METHOD_YAMLS) >= len(METHODS) and len(TASK_YAMLS) >= 5
+
+
+@pytest.mark.parametrize("name", METHOD_YAMLS)
+def test_every_method_and_control_has_its_files(name):
+    from analysis.specs import METHOD_DISPLAY
+    assert (ROOT / "conf" / "tuning" / f"toy_{name}.yaml").is_file(), f"conf/tuning/toy_{name}.yaml"
+    assert name in METHOD_DISPLAY, f"analysis/specs.py METHOD_DISPLAY['{name}']"
+
+
+@pytest.mark.parametrize("name", TASK_YAMLS)
+def test_every_task_has_its_files(name):
+    from analysis.specs import TASK_SCORES
+    assert (ROOT / "hizfo" / "tasks" / f"{name}.py").is_file(), f"hizfo/tasks/{name}.py"
+    assert name in TASK_SCORES, f"analysis/specs.py TASK_SCORES['{name}']"
+    assert name in (ROOT / "docs" / "tasks.md").read_text(), f"docs/tasks.md names {name}"
+
+
+def test_the_guide_names_files_that_exist():
+    import re
+    text = (ROOT / "docs" / "contributing.md").read_text()
+    named = set(re.findall(r"`((?:hizfo|baselines|analysis|scripts|tests|conf|docs)/[A-Za-z0-9_./]+\.(?:py|md|yaml))`",
+                           text))
+    missing = sorted(p for p in named if "<" not in p and not (ROOT / p).exists())
+    assert named and not missing, missing
