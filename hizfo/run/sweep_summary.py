@@ -235,6 +235,10 @@ class SweepSummary(_HydraCallback):
         self._started = 0.0
         self._streams: Optional[tuple[TextIO, TextIO, TextIO]] = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Without the open log: submitit pickles the launcher, callbacks included, to requeue a preempted job."""
+        return {**self.__dict__, "_streams": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         refuse_unchecked_slurm(config)
         _WATCHES.append(SweepWatch(sweep_dir=Path(str(config.hydra.sweep.dir)), started=time.time()))

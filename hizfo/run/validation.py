@@ -70,14 +70,15 @@ def validate_run_config(cfg: Any) -> None:
     check_logger(str(cfg.logger.kind), str(cfg.logger.mode))
     if cfg.seed < 0:
         raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+    from hizfo.tasks.base import check_protocol
+    options = cfg.task.get("options") or {}
+    # the protocol first: the generation settings interpolate from it, and the value checks resolve them
+    check_protocol(cfg.task.name, cfg.task.get("protocol"), options.get("protocols"))
     from hizfo.run.input_checks import check_values
     check_values(cfg)
     check_device(str(cfg.device))
     check_limit("task.limit", cfg.task.limit)
     check_limit("task.train_limit", cfg.task.train_limit)
-    from hizfo.tasks.base import check_protocol
-    options = cfg.task.get("options") or {}
-    check_protocol(cfg.task.name, cfg.task.get("protocol"), options.get("protocols"))
     if cfg.model.get("arch") is not None and cfg.model.get("path") is not None:
         raise ConfigError(f"model.path: {cfg.model.name} is built from its arch (random init) and loads no weights, "
                           f"so a path would be ignored; drop model.path, or pick a pretrained model "

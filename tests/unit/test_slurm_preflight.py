@@ -216,7 +216,7 @@ def test_slurm_job_names_carry_the_method_and_the_task():
     assert group_jobs(sweep, {"method": "hizfo", "task": "toy"}) == {
         "hizfo-hizfo-scitldr": [0, 2], "hizfo-mezo-scitldr": [1], "hizfo-hizfo-dialogsum": [3]}
     cfg = compose(["launcher=slurm"], hydra=True)
-    assert cfg.hydra.launcher._target_ == "hizfo.run.slurm_launcher.NamedSlurmLauncher"
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hizfo_launcher.named_slurm.NamedSlurmLauncher"
     launcher = instantiate(cfg.hydra.launcher)
     assert isinstance(launcher, NamedSlurmLauncher) and launcher.params["name"] == "hizfo"
 
