@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def read_until(fd: int, marker: bytes, timeout: float) -> bytes:
+    """Bytes from a pipe until ``marker`` shows up (a progress bar ends no line, so no readline)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(fd, False)
+    while marker not in seen:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {marker!r} in {timeout} s: {seen[-2000:]!r}")
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            time.sleep(0.05)
+            continue
+        if not chunk:
+            raise AssertionError(f"process ended before {marker!r}: {seen[-3000:]!r}")
+        seen += chunk
+    os.set_blocking(fd, True)
+    return seen

@@ -143,15 +143,20 @@ def target_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
 
+def summed(values: Sequence[float], world: World) -> list[float]:
+    """Each of ``values`` summed over the ranks: one all-reduce, in float64."""
+    packed = torch.tensor(list(values), dtype=torch.float64)
+    if world.backend == "nccl":
+        packed = packed.to(torch.device("cuda", world.local_rank))
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    return packed.tolist()
+
+
 def global_means(sums: Sequence[float], tokens: int, world: World) -> list[float]:
     """Each of ``sums`` (a loss summed over this rank's target tokens) as the global batch's mean token loss, from
     ONE all-reduce of ``len(sums) + 1`` scalars in float64 (the summation order over ranks is the only difference
     from one process)."""
-    packed = torch.tensor([*sums, float(tokens)], dtype=torch.float64)
-    if world.backend == "nccl":
-        packed = packed.to(torch.device("cuda", world.local_rank))
-    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-    *total_sums, total_tokens = packed.tolist()
+    *total_sums, total_tokens = summed([*sums, float(tokens)], world)
     if total_tokens <= 0:
         raise ConfigError("task: a global batch has no target tokens on any rank")
     return [s / total_tokens for s in total_sums]
@@ -267,11 +272,7 @@ def data_parallel_loss(loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> tu
     if world.size == 1:
         return loss, float(loss.detach())
     tokens = target_tokens(batch)
-    packed = torch.tensor([float(loss.detach()) * tokens, float(tokens)], dtype=torch.float64)
-    if world.backend == "nccl":
-        packed = packed.to(torch.device("cuda", world.local_rank))
-    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-    total_sum, total_tokens = packed.tolist()
+    total_sum, total_tokens = summed([float(loss.detach()) * tokens, float(tokens)], world)
     return loss * (tokens * world.size / total_tokens), total_sum / total_tokens
 
 

@@ -11,27 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import read_until as _read_until
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
-    """Bytes from a pipe until ``marker`` shows up (a progress bar ends no line, so no readline)."""
-    seen = b""
-    deadline = time.monotonic() + timeout
-    os.set_blocking(fd, False)
-    while marker not in seen:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {marker!r} in {timeout} s: {seen[-2000:]!r}")
-        try:
-            chunk = os.read(fd, 4096)
-        except BlockingIOError:
-            time.sleep(0.05)
-            continue
-        if not chunk:
-            raise AssertionError(f"process ended before {marker!r}: {seen[-3000:]!r}")
-        seen += chunk
-    os.set_blocking(fd, True)
-    return seen
 
 
 def test_sigint_during_training_checkpoints_and_ends_in_one_line(tmp_path):

@@ -12,26 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from tests.conftest import read_until as _read_until
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
        "TQDM_DISABLE": "1", "WANDB_SILENT": "true"}
-
-def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
-    """Bytes from a pipe until ``marker`` shows up (a progress bar ends no line, so no readline)."""
-    seen, deadline = b"", time.monotonic() + timeout
-    os.set_blocking(fd, False)
-    while marker not in seen and time.monotonic() < deadline:
-        try:
-            chunk = os.read(fd, 4096)
-        except BlockingIOError:
-            time.sleep(0.05)
-            continue
-        if not chunk:
-            break
-        seen += chunk
-    os.set_blocking(fd, True)
-    assert marker in seen, seen[-3000:]
-    return seen
 
 
 LOGGING = """
