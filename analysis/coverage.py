@@ -17,7 +17,7 @@ def table_grids() -> list[Grid]:
 
 def left_out(lookup: dict[tuple[Any, ...], pd.Series], grid_keys: set[tuple[Any, ...]]) -> list[str]:
     """One line per cell with records that no table shows: its records and why (``grid_keys``: every cell key the
-    tables' grids hold, as ``analysis.tables.grid_key`` builds them)."""
+    tables' grids hold, as ``analysis.cells.grid_key`` builds them)."""
     pairs = {(model, task) for grid in table_grids() for model in grid.models for task in grid.tasks}
     lines = []
     for key, row in sorted(lookup.items(), key=lambda item: tuple(map(str, item[0]))):

@@ -18,9 +18,10 @@ from typing import Optional
 
 import pandas as pd
 
+from analysis.cells import grid_key, load_cells
 from analysis.loading import Report
 from analysis.specs import EXPERIMENTS
-from analysis.tables import DEFAULT_PAPER, grid_key, load_cells
+from analysis.tables import DEFAULT_PAPER
 
 
 def preset_costs(paper_dir: Path = DEFAULT_PAPER, gpu_memory_gb: float = 80.0) -> pd.DataFrame:

@@ -24,12 +24,11 @@ import pandas as pd  # noqa: E402
 from analysis.loading import Report, aggregate, load_records, settle_cells  # noqa: E402
 from analysis.specs import (ALPHA_READINGS, EXPERIMENTS, METHOD_DISPLAY, SWEEP_SYMBOL, SWEPT_DEFAULTS,  # noqa: E402
                             TASK_DISPLAY, ExperimentSpec, Grid, method_display, model_display)
-from analysis.tables import (DEFAULT_PAPER, CellKey, parse_cli, cell_lookup, grid_has_records, grid_key,  # noqa: E402
-                             task_score)
+from analysis.cells import CellKey, cell_lookup, grid_has_records, grid_key, task_score  # noqa: E402
+from analysis.tables import DEFAULT_PAPER, parse_cli  # noqa: E402
 
 SET_COLOURS = {"fo": "#d62728", "zo": "#1f77b4", "frozen": "#c7c7c7"}
 SET_NAMES = {"fo": "first-order (Θ_FO)", "zo": "zeroth-order (Θ_ZO)", "frozen": "frozen"}
-SWEEPS = (("table4", "rho_sweep"), ("fig3", "lr_ratio_sweep"), ("fig4", "alpha_sweep"))
 
 
 def save_figure(figure: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
@@ -92,7 +91,7 @@ def sweep_figure(spec: ExperimentSpec, grid: Grid, scale: str, lookup: dict[Cell
     """Score (and for ρ also time and memory) against the swept value: a line per model and method of the grid
     (both readings of α in Figure 4), the paper's points overlaid, one legend below the panels."""
     task = grid.tasks[0]
-    with_costs = spec.name == "table4"
+    with_costs = spec.costs
     panels = [("score", f"metric.{score_key(task)}", score_label(task))]
     if with_costs:
         seconds = scale == "cpu"
@@ -355,8 +354,8 @@ def write_sweeps(results_dir: Path, out_dir: Path, paper_dir: Optional[Path] = D
                                                           Report(quiet=True))))
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for name, stem in SWEEPS:
-        spec = EXPERIMENTS[name]
+    for spec in (spec for spec in EXPERIMENTS.values() if spec.plot):
+        stem = spec.plot
         for scale, grid in (("paper", spec.paper), ("cpu", spec.cpu)):
             if grid_has_records(grid, lookup):
                 written += plot_sweep(spec, grid, scale, lookup, paper_lookup, out_dir,

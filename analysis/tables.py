@@ -8,79 +8,25 @@ Each table is written for every grid it has records for: the paper-scale grid an
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import pandas as pd
 
+from analysis.cells import CellKey, grid_has_records, grid_key, load_cells, task_score
 from analysis.coverage import left_out, table_grids
-from analysis.loading import CELL_KEYS, Report, aggregate, load_records, settle_cells
+from analysis.loading import Report
 from analysis.render import MISSING, DisplayTable, to_latex, to_markdown
-from analysis.specs import (EXPERIMENTS, SWEEP_SYMBOL, SWEPT_KEYS, TABLES, TASK_DISPLAY, TASK_SCORES, ROUGE,
-                            ExperimentSpec, Grid, TaskScore, cell_hparams, method_display, model_display)
+from analysis.specs import (EXPERIMENTS, QUANTITY_HEADERS, SWEEP_SYMBOL, TABLES, TASK_DISPLAY, ExperimentSpec, Grid,
+                            method_display, model_display)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PAPER = REPO / "results" / "paper"
-CellKey = tuple[Any, ...]
 GPU_KINDS = {"cuda_max_allocated", "paper_reported"}
 # below this many hours in a whole table, times are shown in seconds (CPU-scale runs take seconds)
 SECONDS_BELOW_HOURS = 0.1
-
-
-# ---------------------------------------------------------------------------------------------------
-# cells
-
-
-def _key_part(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return round(float(value), 6) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-
-# the partition block's share of a full backward pass the selection spends (hizfo/core/partition.py), per seed
-FLOPS_SHARE = "backward_flops_share"
-FLOPS_SHARE_HEADER = "backward FLOPs (share of Full FT)"
-
-
-def _flops_share(partition: Any) -> float:
-    value = partition.get(FLOPS_SHARE) if isinstance(partition, dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-
-
-def aggregate_cells(settled: pd.DataFrame) -> pd.DataFrame:
-    """analysis.loading.aggregate, plus mean / std / n over seeds of the partition's backward-FLOPs share."""
-    aggregated = aggregate(settled)
-    if settled.empty:
-        return aggregated
-    frame = settled[list(CELL_KEYS)].copy()
-    frame[FLOPS_SHARE] = settled["partition"].map(_flops_share).astype(float)
-    grouped = frame.groupby(list(CELL_KEYS), dropna=False, sort=False)[FLOPS_SHARE]
-    shares = pd.concat([grouped.mean().rename(f"{FLOPS_SHARE}:mean"), grouped.std(ddof=1).rename(f"{FLOPS_SHARE}:std"),
-                        grouped.count().rename(f"{FLOPS_SHARE}:n")], axis=1).reset_index()
-    # pandas matches missing keys (a method without ρ) to each other in a merge, as the groupby made them
-    return aggregated.merge(shares, on=list(CELL_KEYS), how="left", validate="one_to_one")
-
-
-def cell_lookup(aggregated: pd.DataFrame) -> dict[CellKey, pd.Series]:
-    """Aggregated rows by cell key (model, task, method, ρ, α, r), with NaN read as 'not applicable'."""
-    return {tuple(_key_part(row[k]) for k in CELL_KEYS): row for _, row in aggregated.iterrows()}
-
-
-def grid_key(model: str, task: str, method: str, sweep_key: Optional[str], value: Optional[float]) -> CellKey:
-    """The cell key a grid point requires (swept hyperparameters at the paper's defaults unless swept)."""
-    wanted = cell_hparams(method, sweep_key, value)
-    return (model, task, method, *(_key_part(wanted[k]) for k in SWEPT_KEYS))
-
-
-def grid_has_records(grid: Grid, lookup: dict[CellKey, pd.Series]) -> bool:
-    return any(grid_key(m, t, meth, grid.sweep_key, v) in lookup for m, t, meth, v in grid.cells())
-
-
-def task_score(task: str) -> TaskScore:
-    return TASK_SCORES.get(task, ROUGE)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -150,15 +96,14 @@ def score_header(task: str, with_task: bool = False) -> str:
 # layouts
 
 
-def layout_methods_by_task(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Series],
-                           with_costs: bool) -> DisplayTable:
-    """Tables 1–3: a section per model, a row per method; per task Mem., Time and the score (or the score only)."""
+def layout_methods_by_task(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Series]) -> DisplayTable:
+    """A section per model, a row per method; per task Mem., Time and the score (the score only without costs)."""
     found = [lookup.get(grid_key(*cell[:3], None, None)) for cell in grid.cells()]
     units = choose_units([r for r in found if r is not None])
     columns: list[tuple[str, str]] = []
     for task in grid.tasks:
         group = TASK_DISPLAY.get(task, task)
-        if with_costs:
+        if spec.costs:
             columns += [(group, units.memory_header), (group, units.time_header), (group, score_header(task))]
         else:
             columns.append((group, task_score(task).header))
@@ -169,19 +114,18 @@ def layout_methods_by_task(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKe
             cells: list[str] = []
             for task in grid.tasks:
                 row = lookup.get(grid_key(model, task, method, None, None))
-                cells += [fmt_memory(row), fmt_time(row, units)] if with_costs else []
+                cells += [fmt_memory(row), fmt_time(row, units)] if spec.costs else []
                 cells.append(fmt_score(row, task))
             rows.append(cells)
             labels.append(method_display(method))
     body = pd.DataFrame(rows, index=labels, columns=pd.MultiIndex.from_tuples(columns))
-    notes = [units.memory_note] if with_costs and units.memory_note else []
-    return DisplayTable(spec.title, "Model & Method", body, sections, notes)
+    notes = _spec_notes(spec, grid) + ([units.memory_note] if spec.costs and units.memory_note else [])
+    return DisplayTable(spec.title, spec.row_header or "Model & Method", body, sections, notes)
 
 
-def _sweep_label(spec: ExperimentSpec, key: str, value: float) -> str:
-    if spec.name == "table5":
-        return "Hi-ZFO" if value else "w/o ZO-Loss"
-    return f"{SWEEP_SYMBOL.get(key, key)} = {value:g}"
+def _spec_notes(spec: ExperimentSpec, grid: Grid) -> list[str]:
+    """The spec's own notes, and those it adds where its grid holds several methods."""
+    return list(spec.notes) + (list(spec.methods_notes) if len(grid.methods) > 1 else [])
 
 
 def _method_sections(grid: Grid, rows_per_method: int) -> dict[int, str]:
@@ -191,42 +135,38 @@ def _method_sections(grid: Grid, rows_per_method: int) -> dict[int, str]:
     return {i * rows_per_method: method_display(method) for i, method in enumerate(grid.methods)}
 
 
-def fmt_share(row: Optional[pd.Series]) -> str:
-    """The mean over seeds of the backward-FLOPs share (a fraction of Full FT's backward pass); "–" if unrecorded."""
-    return fmt_number(row, FLOPS_SHARE, 2)
+def fmt_quantity(row: Optional[pd.Series], quantity: str) -> str:
+    """An extra quantity's mean over seeds (the backward-FLOPs share: a fraction of Full FT's backward pass)."""
+    return fmt_number(row, quantity, 2)
 
 
 def layout_sweep_rows(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Series]) -> DisplayTable:
-    """Table 4: a row per ρ (per method); per model Time, Mem, R1/R2/RL and the backward FLOPs spent."""
+    """A row per swept value (a section per method); per model (Time, Mem,) the score and the spec's extras."""
     task = grid.tasks[0]
     found = [lookup.get(grid_key(m, t, meth, grid.sweep_key, v)) for m, t, meth, v in grid.cells()]
     units = choose_units([r for r in found if r is not None], memory_header="Mem (GB)")
-    columns = []
-    for model in grid.models:
-        columns += [(model_display(model), units.time_header), (model_display(model), units.memory_header),
-                    (model_display(model), score_header(task)), (model_display(model), FLOPS_SHARE_HEADER)]
+    subs = ([units.time_header, units.memory_header] if spec.costs else []) + [score_header(task)]
+    subs += [QUANTITY_HEADERS[q] for q in spec.extra]
+    columns = [(model_display(model), sub) for model in grid.models for sub in subs]
     rows, labels = [], []
     for method in grid.methods:
         for value in grid.sweep_values:
             cells = []
             for model in grid.models:
                 row = lookup.get(grid_key(model, task, method, grid.sweep_key, value))
-                cells += [fmt_time(row, units), fmt_memory(row), fmt_score(row, task), fmt_share(row)]
+                cells += [fmt_time(row, units), fmt_memory(row)] if spec.costs else []
+                cells += [fmt_score(row, task)] + [fmt_quantity(row, q) for q in spec.extra]
             rows.append(cells)
-            labels.append(_sweep_label(spec, grid.sweep_key or "", value))
+            labels.append(spec.row_label(grid.sweep_key or "", value))
     body = pd.DataFrame(rows, index=labels, columns=pd.MultiIndex.from_tuples(columns))
-    notes = [f"Task: {TASK_DISPLAY.get(task, task)}.",
-             f"{FLOPS_SHARE_HEADER[0].upper() + FLOPS_SHARE_HEADER[1:]}: the backward MACs the selected first-order "
-             "set spends over those of a full backward pass, from the record's partition block (mean over seeds; "
-             f"'{MISSING}' where the record has none, as for the paper's numbers). ρ is a share of forward + backward "
-             "FLOPs; where ρ leaves no backward budget (ρ_bp ≤ 0), ρ_bp is set to 0.05 (hizfo/core/costs.py "
-             "backward_budget, as GreenTrainer), so small ρ select the same set and give identical rows."]
-    notes += [units.memory_note] if units.memory_note else []
-    return DisplayTable(spec.title, "Method", body, _method_sections(grid, len(grid.sweep_values)), notes)
+    notes = [f"Task: {TASK_DISPLAY.get(task, task)}."] + _spec_notes(spec, grid)
+    notes += [units.memory_note] if spec.costs and units.memory_note else []
+    return DisplayTable(spec.title, spec.row_header or "Method", body, _method_sections(grid, len(grid.sweep_values)),
+                        notes)
 
 
 def layout_sweep_by_model_task(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Series]) -> DisplayTable:
-    """Table 5: a row per α, a section per reading of α; per model, a score column per task."""
+    """A row per swept value, a section per method; per model, a score column per task."""
     columns = [(model_display(model), score_header(task, with_task=True))
                for model in grid.models for task in grid.tasks]
     rows, labels = [], []
@@ -234,29 +174,21 @@ def layout_sweep_by_model_task(spec: ExperimentSpec, grid: Grid, lookup: dict[Ce
         for value in grid.sweep_values:
             rows.append([fmt_score(lookup.get(grid_key(model, task, method, grid.sweep_key, value)), task)
                          for model in grid.models for task in grid.tasks])
-            labels.append(_sweep_label(spec, grid.sweep_key or "", value))
+            labels.append(spec.row_label(grid.sweep_key or "", value))
     body = pd.DataFrame(rows, index=labels, columns=pd.MultiIndex.from_tuples(columns))
-    notes = ['"w/o ZO-Loss" is α = 0; "Hi-ZFO" is α = 0.1.']
-    if len(grid.methods) > 1:
-        notes.append(f"{method_display('hizfo')}: α scales the ZO update (method.alpha_mode=update, App. D eq. 10; "
-                     f"α = 0 is the ZO-off control). {method_display('hizfo_alpha_loss')}: L_FO + α·L_ZO "
-                     "(alpha_mode=loss, Alg. 1 line 10), also records written before alpha_mode existed; its α = 0 row "
-                     "keeps the ZO update and drops only the coupling. Effective ZO step at α = 0.1: α·η_ZO = 2e-7 "
-                     "(update) against η_ZO = 2e-6 (loss, §4.2's ZO rate).")
-    return DisplayTable(spec.title, "Method (α)", body, _method_sections(grid, len(grid.sweep_values)), notes)
+    return DisplayTable(spec.title, spec.row_header or "Method", body, _method_sections(grid, len(grid.sweep_values)),
+                        _spec_notes(spec, grid))
+
+
+LAYOUTS = {"methods_by_task": layout_methods_by_task, "sweep_rows": layout_sweep_rows,
+           "sweep_by_model_task": layout_sweep_by_model_task}
 
 
 def layout_table(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Series]) -> DisplayTable:
-    """The paper's layout for ``spec`` filled from ``lookup``."""
-    if spec.name in ("table1", "table3"):
-        return layout_methods_by_task(spec, grid, lookup, with_costs=True)
-    if spec.name == "table2":
-        return layout_methods_by_task(spec, grid, lookup, with_costs=False)
-    if spec.name == "table4":
-        return layout_sweep_rows(spec, grid, lookup)
-    if spec.name == "table5":
-        return layout_sweep_by_model_task(spec, grid, lookup)
-    raise ValueError(f"no table layout for {spec.name}")
+    """The paper's layout for ``spec`` (its ``layout``) filled from ``lookup``."""
+    if spec.layout not in LAYOUTS:
+        raise ValueError(f"{spec.name}: no table layout {spec.layout!r}")
+    return LAYOUTS[spec.layout](spec, grid, lookup)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -270,8 +202,7 @@ def long_form(spec: ExperimentSpec, grid: Grid, scale: str, lookup: dict[CellKey
     rows = []
     for model, task, method, value in grid.cells():
         row = lookup.get(grid_key(model, task, method, grid.sweep_key, value))
-        extra = (FLOPS_SHARE,) if spec.name == "table4" else ()
-        for quantity in QUANTITIES + extra + tuple(f"metric.{k}" for k in task_score(task).keys):
+        for quantity in QUANTITIES + spec.extra + tuple(f"metric.{k}" for k in task_score(task).keys):
             present = row is not None and not pd.isna(row.get(f"{quantity}:mean"))
             rows.append({"table": spec.name, "scale": scale, "model": model, "task": task, "method": method,
                          "sweep_key": grid.sweep_key, "sweep_value": value,
@@ -310,17 +241,6 @@ def comparison_markdown(spec: ExperimentSpec, both: pd.DataFrame) -> str:
 # ---------------------------------------------------------------------------------------------------
 # driver
 
-
-def load_cells(results_dir: Path, report: Report) -> tuple[dict[CellKey, pd.Series], int, dict[CellKey, list[str]]]:
-    """The aggregated cells of a results directory, how many ok records fed them, and failed runs by cell."""
-    frame = load_records(results_dir, report)
-    settled = settle_cells(frame, report)
-    failed: dict[CellKey, list[str]] = {}
-    if not frame.empty:
-        for _, row in frame[frame["status"] == "failed"].iterrows():
-            key = tuple(_key_part(row[k]) for k in CELL_KEYS)
-            failed.setdefault(key, []).append(f"{row['error'] or 'failed'} ({row['path']})")
-    return cell_lookup(aggregate_cells(settled)), len(settled), failed
 
 
 def write_tables(results_dir: Path, out_dir: Path, paper_dir: Optional[Path] = DEFAULT_PAPER,
@@ -399,7 +319,7 @@ def _common_notes(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Ser
         notes.append(f"Evaluation protocol (task.protocol; docs/tasks.md): {'; '.join(used)}.")
     if seeds and seeds != [1]:
         notes.append(f"Cells are mean ± sample std over seeds (seeds per cell: {', '.join(map(str, seeds))}).")
-    if spec.name in ("table1", "table3", "table4"):
+    if spec.costs:
         notes.append("Time is training wall-clock including importance profiling and selection, evaluation "
                      "excluded.")
     if any(task_score(task).decimals == 3 for task in grid.tasks):

@@ -12,8 +12,8 @@ import pytest
 
 from analysis import gpu_hours, paper_reference, sweeps, tables
 from analysis.loading import Report, load_records, settle_cells
-from analysis.specs import (EXPERIMENTS, METHOD_ALIASES, METHOD_DISPLAY, MODEL_ALIASES, TASK_DISPLAY, TASK_SCORES,
-                            method_label, model_display)
+from analysis.specs import (EXPERIMENTS, FLOPS_SHARE, METHOD_ALIASES, METHOD_DISPLAY, MODEL_ALIASES,
+                            QUANTITY_HEADERS, TASK_DISPLAY, TASK_SCORES, method_label, model_display)
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_RECORDS = ROOT / "results" / "paper"
@@ -255,7 +255,7 @@ def test_width_ladder_rows_and_rho_rows(cpu_tables: Path) -> None:
 
 
 def test_table4_shows_the_backward_flops_share_per_rho(cpu_tables: Path, paper_tables: Path) -> None:
-    header = tables.FLOPS_SHARE_HEADER
+    header = QUANTITY_HEADERS[FLOPS_SHARE]
     assert header == "backward FLOPs (share of Full FT)"
     shown = parse_markdown_tables((cpu_tables / "table4.md").read_text())["CPU-scale twin (stand-in models, toy task)"]
     for width in (64, 128):
