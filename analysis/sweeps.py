@@ -21,25 +21,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.cells import CellKey, cell_lookup, grid_has_records, grid_key, task_score  # noqa: E402
+from analysis.figures import save_figure  # noqa: E402
 from analysis.loading import Report, aggregate, load_records, settle_cells  # noqa: E402
 from analysis.specs import (ALPHA_READINGS, EXPERIMENTS, METHOD_DISPLAY, SWEEP_SYMBOL, SWEPT_DEFAULTS,  # noqa: E402
                             TASK_DISPLAY, ExperimentSpec, Grid, method_display, model_display)
-from analysis.cells import CellKey, cell_lookup, grid_has_records, grid_key, task_score  # noqa: E402
 from analysis.tables import DEFAULT_PAPER, parse_cli  # noqa: E402
 
 SET_COLOURS = {"fo": "#d62728", "zo": "#1f77b4", "frozen": "#c7c7c7"}
 SET_NAMES = {"fo": "first-order (Θ_FO)", "zo": "zeroth-order (Θ_ZO)", "frozen": "frozen"}
-
-
-def save_figure(figure: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``stem``.png and ``stem``.pdf and close the figure; the PDF carries no creation date, so the same
-    records give the same bytes and a regenerated report changes only the plots whose data changed."""
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    for path in paths:
-        metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
-        figure.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
-    plt.close(figure)
-    return paths
 
 
 def score_key(task: str) -> str:
