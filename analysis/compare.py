@@ -21,7 +21,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from analysis.loading import Report, load_records
-from analysis.study_stats import difference_interval, t_interval
+from analysis.study.stats import difference_interval, t_interval
 
 DEFAULT_OUT = Path("outputs") / "compare"        # gitignored: nothing committed is written unless asked
 COST_COLUMNS = {"mem_gb": "memory (GB)", "train_seconds": "train (s)"}

@@ -1,4 +1,4 @@
-"""Write the second CPU study's files from analysis/study2_spec.py, their one owner.
+"""Write the second CPU study's files from analysis/study/study2_spec.py, their one owner.
 
     python scripts/gen_study2_arms.py            # write conf/study_arm/s2_*.yaml, the sizing files, the arm list
     python scripts/gen_study2_arms.py --check    # write nothing; exit 1 naming each file that differs
@@ -6,7 +6,7 @@
 Written: each new arm's ``conf/study_arm/<name>.yaml``; ``conf/study_task/smollm2_study2_cpu_<task>.yaml`` (pydoc's
 is study 1's below its header, so reused arms keep study 1's config_hash); and the ``+study_arm:`` line of
 ``conf/experiment/smollm2_study2_cpu.yaml`` (the rest of the preset is hand-written and kept). Arms that restate
-one computation are refused (analysis.study2_spec.check_arms): exit 2 with one line each.
+one computation are refused (analysis.study.study2_spec.check_arms): exit 2 with one line each.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from analysis.study2_spec import (ARMS, PRESET, SIZING_HEADER, STUDY1_PRESET, WORDNET_SIZING, ArmSpec, arm_yaml,
+from analysis.study.study2_spec import (ARMS, PRESET, SIZING_HEADER, STUDY1_PRESET, WORDNET_SIZING, ArmSpec, arm_yaml,
                                   check_arms)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     stale = [p for p, text in files.items() if not p.is_file() or p.read_text() != text]
     if args.check:
         if stale:
-            print(f"not what analysis/study2_spec.py writes (run python scripts/gen_study2_arms.py): "
+            print(f"not what analysis/study/study2_spec.py writes (run python scripts/gen_study2_arms.py): "
                   f"{', '.join(str(p) for p in stale)}", file=sys.stderr)
             return 1
         return 0

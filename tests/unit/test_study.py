@@ -10,11 +10,11 @@ import pytest
 from scipy import stats
 
 from analysis.loading import Report
-from analysis.study import main
-from analysis.study_arms import arms_of, find_arm, load_study, paired, sweep_arms
-from analysis.study_claims import NO_RECORDS, study_claims
-from analysis.study_report import common_seeds, seed_list, sweep_points
-from analysis.study_stats import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, Interval, holm, min_detectable, t_interval,
+from analysis.study.arms import arms_of, find_arm, load_study, paired, sweep_arms
+from analysis.study.claims import NO_RECORDS, study_claims
+from analysis.study.driver import main
+from analysis.study.report import common_seeds, seed_list, sweep_points
+from analysis.study.stats import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, Interval, holm, min_detectable, t_interval,
                                   tost, verdict)
 
 HIZFO_CFG = {"rho": 0.6, "alpha": 0.1, "lr_ratio": 0.1, "alpha_mode": "update", "lr": 2e-5}
@@ -339,7 +339,7 @@ def test_a_study_short_of_its_planned_seeds_says_interim_and_a_finished_one_does
 
 
 def test_identical_paired_differences_get_the_exact_sign_flip_p_and_no_invented_interval(tmp_path):
-    from analysis.study_stats import sign_flip_p, t_test_p
+    from analysis.study.stats import sign_flip_p, t_test_p
     # by hand: n equal differences c ≠ 0 reach |mean| ≥ |c| only with all signs kept or all flipped: 2 / 2^n
     assert t_test_p([0.062, 0.062]) == 0.5 and t_test_p([5.0, 5.0, 5.0]) == 0.25
     assert t_test_p([1.0] * 8) == pytest.approx(2 / 256) and t_test_p([0.0, 0.0, 0.0]) == 1.0

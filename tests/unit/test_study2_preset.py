@@ -1,4 +1,4 @@
-"""experiment=smollm2_study2_cpu: its files are what analysis/study2_spec.py writes, its arms are frozen (every
+"""experiment=smollm2_study2_cpu: its files are what analysis/study/study2_spec.py writes, its arms are frozen (every
 config_hash, committed before the first record), study 1's reused arms keep study 1's hash, no two arms are one
 computation, and scripts/run_study.py reuses a study-1 record only on the same CPU model."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from analysis.study2_spec import ARMS, PRESET, ArmSpec, check_arms
+from analysis.study.study2_spec import ARMS, PRESET, ArmSpec, check_arms
 from conftest import ROOT, compose
 from hizfo.run.records import RunRecord, cpu_model, reuse_refusal
 from hizfo.run.runspec import RunSpec

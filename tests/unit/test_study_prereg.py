@@ -1,4 +1,4 @@
-"""The second CPU study's pre-registered analysis rules (analysis/study_prereg.py) against hand-computed values, and
+"""The second CPU study's pre-registered analysis rules (analysis/study/prereg.py) against hand-computed values, and
 the check that its rules' commit precedes every study-2 record."""
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.study2_spec import ARMS, COMPARISONS
-from analysis.study_prereg import (PER_EPOCH_MARGIN, STABILITY_MARGIN, binomial_two_sided, cost_test,
+from analysis.study.study2_spec import ARMS, COMPARISONS
+from analysis.study.prereg import (PER_EPOCH_MARGIN, STABILITY_MARGIN, binomial_two_sided, cost_test,
                                    example_equivalence,
                                    example_scores, example_test, holm_verdicts, preregistration_violations,
                                    seed_equivalence, seed_level, sign_flip_examples)
-from analysis.study_stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+from analysis.study.stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from conftest import ROOT
 
 STUDY2_RUNS = ROOT / "results" / "smollm2_cpu_study2" / "runs"
-RULES = ("analysis/study_prereg.py", "analysis/study2_spec.py")     # the rules and the arms and comparisons
+RULES = ("analysis/study/prereg.py", "analysis/study/study2_spec.py")     # the rules and the arms and comparisons
 
 
 def passes(n_pass: int, n: int = 81) -> list[float]:

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 from analysis.loading import Report
-from analysis.study import DEFAULT_MARGIN, run_study
+from analysis.study.driver import DEFAULT_MARGIN, run_study
 from conftest import ROOT
 
 STUDY = Path("results/smollm2_cpu")

@@ -98,7 +98,7 @@ def arm_yaml(arm: ArmSpec) -> str:
     lines = ["# @package _global_",
              f"# study arm: {arm.method} on {arm.task}"
              f"{' (' + arm.why + ')' if arm.why else ''} (conf/experiment/{PRESET}.yaml; written by "
-             f"scripts/gen_study2_arms.py from analysis/study2_spec.py)",
+             f"scripts/gen_study2_arms.py from analysis/study/study2_spec.py)",
              "defaults:", f"  - override /task: {arm.task}", f"  - override /method: {arm.method}", "",
              f"variant: {arm.variant}", f"study_seeds: {arm.seeds}"]
     if arm.keys:
@@ -109,7 +109,7 @@ def arm_yaml(arm: ArmSpec) -> str:
 @dataclass(frozen=True)
 class ComparisonSpec:
     """One deciding comparison of a claim: ``better`` − ``worse`` (the paper's direction is > 0) on ``measure``, by
-    the pre-registered test of its ``kind`` (analysis/study_prereg.py)."""
+    the pre-registered test of its ``kind`` (analysis/study/prereg.py)."""
     claim: str
     task: str
     better: str
@@ -126,7 +126,7 @@ def _both_readings(claim: str, worse_sgd: str, worse_adamw: str) -> tuple[Compar
 
 # The Holm family of a task is every comparison listed for it. wordnet_revdict has no arms for claims 5-7 in the
 # issue's list: they read "no records" there. Claim 8 is tested as the paper ran it (3 epochs against 5) on time
-# and memory, and per epoch as an equivalence within ±10 % (analysis.study_prereg.PER_EPOCH_MARGIN).
+# and memory, and per epoch as an equivalence within ±10 % (analysis.study.prereg.PER_EPOCH_MARGIN).
 COMPARISONS: tuple[ComparisonSpec, ...] = (
     ComparisonSpec("2", "pydoc", "s2_pd_hizfo_adamw", "pd_full_ft"),
     ComparisonSpec("3", "pydoc", "s2_pd_hizfo_adamw", "pd_hizfo_zo_off"),

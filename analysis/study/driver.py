@@ -10,8 +10,8 @@ plots: learning curves, the arms' scores, and the ρ / r / α sweeps. A ``disclo
 ``--results`` (committed with the study) ends both markdown files.
 
 An *arm* is (model, task, method, variant), its variant cleaned so that the same computation gets the same
-name. The rooms: the arms in analysis/study_arms.py, the statistics in analysis/study_stats.py, the claims and
-their criteria in analysis/study_claims.py, report.md, claims.md and the plots in analysis/study_report.py.
+name. The rooms: the arms in analysis/study/arms.py, the statistics in analysis/study/stats.py, the claims and
+their criteria in analysis/study/claims.py, report.md, claims.md and the plots in analysis/study/report.py.
 """
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from analysis.loading import Report
-from analysis.study_arms import arms_of, interim_arms, load_study, task_metrics
-from analysis.study_claims import study_claims
-from analysis.study_report import plot_curves, plot_scores, plot_sweeps, read_curves, render_claims, render_report
-from analysis.study_stats import ALPHA, EQUIVALENCE_CONFIDENCE, POWER
+from analysis.study.arms import arms_of, interim_arms, load_study, task_metrics
+from analysis.study.claims import study_claims
+from analysis.study.report import plot_curves, plot_scores, plot_sweeps, read_curves, render_claims, render_report
+from analysis.study.stats import ALPHA, EQUIVALENCE_CONFIDENCE, POWER
 
 # Claim 7's equivalence margin, fixed before any study result: δ = 0.05 × the r = 0.1 arm's mean score (on pydoc's
 # ROUGE-1 near 30 that is ±1.5 points). --margin changes it; a changed margin must be said in the report.
@@ -94,7 +94,7 @@ def run_study(results_dir: str | Path, out: str | Path, margin: float = DEFAULT_
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m analysis.study", description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, required=True, help="a results directory (records, any depth)")
     parser.add_argument("--out", type=Path, required=True, help="where report.md, claims.md and the plots go")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,

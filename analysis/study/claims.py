@@ -1,5 +1,5 @@
 """The paper's eight claims checked on the study's arms: each claim's paired comparisons, its verdict by a stated
-criterion, and Holm's adjustment over each (model, task)'s comparisons (analysis.study_stats for the tests)."""
+criterion, and Holm's adjustment over each (model, task)'s comparisons (analysis.study.stats for the tests)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,8 +7,8 @@ from typing import Optional
 
 import pandas as pd
 
-from analysis.study_arms import HIZFO, Arm, find_arm, sweep_arms, task_metrics
-from analysis.study_stats import (ALPHA, CONTRADICTED, EQUIVALENCE_CONFIDENCE, INCONCLUSIVE, SUPPORTED, Interval,
+from analysis.study.arms import HIZFO, Arm, find_arm, sweep_arms, task_metrics
+from analysis.study.stats import (ALPHA, CONTRADICTED, EQUIVALENCE_CONFIDENCE, INCONCLUSIVE, SUPPORTED, Interval,
                                   difference_interval, holm, min_detectable, t_test_p, tost)
 
 NO_RECORDS = "inconclusive (no records)"

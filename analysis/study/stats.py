@@ -1,5 +1,5 @@
 """The real-model study's statistics: Student-t intervals, paired t tests, TOST, Holm, the smallest detectable
-difference, and the verdict of a difference (analysis/study.py puts them to use).
+difference, and the verdict of a difference (analysis/study/driver.py puts them to use).
 
 Intervals are Student-t: mean ± t_{0.975, n-1} · s / √n over seeds (scipy.stats.t), and over the per-seed
 differences of two arms for a paired difference (seeds present in both arms). Fewer than two values give no

@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis.loading import Report, load_records
 from analysis.specs import METHOD_DISPLAY, TASK_SCORES
-from analysis.study_stats import Interval, difference_interval, t_interval
+from analysis.study.stats import Interval, difference_interval, t_interval
 from hizfo.run.runspec import is_reporting, parse_variant
 
 # metric keys per task, the first is the one claims use (hizfo/tasks/pydoc.py, hizfo/tasks/humaneval.py score())

@@ -14,11 +14,11 @@ import pandas as pd  # noqa: E402
 
 from analysis.figures import save_figure  # noqa: E402
 from analysis.specs import METHOD_DISPLAY, TASK_DISPLAY  # noqa: E402
-from analysis.study_arms import (HIZFO, HIZFO_READINGS, SWEEP_KEYS, SWEEP_SYMBOLS, Arm, decimals,  # noqa: E402
+from analysis.study.arms import (HIZFO, HIZFO_READINGS, SWEEP_KEYS, SWEEP_SYMBOLS, Arm, decimals,  # noqa: E402
                                  find_arm, interim_arms, paired, sweep_arms, task_metrics)
-from analysis.study_budget import budget_section  # noqa: E402
-from analysis.study_claims import Claim, Comparison  # noqa: E402
-from analysis.study_stats import POWER, Interval, t_interval  # noqa: E402
+from analysis.study.budget import budget_section  # noqa: E402
+from analysis.study.claims import Claim, Comparison  # noqa: E402
+from analysis.study.stats import POWER, Interval, t_interval  # noqa: E402
 
 
 def _md_row(cells: list[Any]) -> str:

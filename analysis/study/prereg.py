@@ -21,7 +21,7 @@ One test per comparison type, the same for every task, with no switch on the dat
   by the seed-level two-sided paired t test (p < α in the paper's direction supports); where it is undefined
   (fewer than two pairs, or every difference equal) the comparison is inconclusive.
 * **Holm** over the deciding comparisons of each task (claim 8 per epoch included: it is pre-registered here). The
-  comparisons, and so each task's family, are listed in analysis.study2_spec.COMPARISONS.
+  comparisons, and so each task's family, are listed in analysis.study.study2_spec.COMPARISONS.
 
 The rule holds that more consistent evidence never gets a weaker verdict: for 0/1 scores, one more discordant
 example in the same direction never raises p (tests/unit/test_study_prereg.py checks it, and the all-equal case).
@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from analysis.study_stats import (ALPHA, CONTRADICTED, INCONCLUSIVE, SUPPORTED, Interval, difference_interval, holm,
+from analysis.study.stats import (ALPHA, CONTRADICTED, INCONCLUSIVE, SUPPORTED, Interval, difference_interval, holm,
                                   sign_flip_p, t_test_p)
 
 PERMUTATIONS = 100_000

@@ -1,0 +1,6 @@
+"""``python -m analysis.study``: the study's report from its records (analysis/study/driver.py)."""
+import sys
+
+from analysis.study.driver import main
+
+sys.exit(main())
