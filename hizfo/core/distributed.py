@@ -216,6 +216,34 @@ def agree(error: Optional[Exception]) -> None:
         raise quiet
 
 
+def from_main(value: Any) -> Any:
+    """Rank 0's ``value`` (picklable) on every rank; in one process, ``value``."""
+    if current().size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def agree_all(error: Optional[Exception]) -> None:
+    """Any rank's failure of a step every rank takes (writing its part of a checkpoint), raised on every rank: a
+    failed rank raises its own error; the others a ConfigError naming it, printed by rank 0 only."""
+    world = current()
+    if world.size == 1 or not dist.is_initialized():
+        if error is not None:
+            raise error
+        return
+    errors: list[Any] = [None] * world.size
+    dist.all_gather_object(errors, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [rank for rank, e in enumerate(errors) if e is not None]
+    if failed:
+        quiet = ConfigError(f"rank {failed[0]} failed: {errors[failed[0]]}")
+        quiet.reported = not world.is_main                    # type: ignore[attr-defined]
+        raise quiet
+
+
 def rank_device(device: torch.device, world: World) -> torch.device:
     """Each rank's own GPU (``cuda:LOCAL_RANK``) under several processes on CUDA; else ``device``."""
     if world.size == 1 or device.type != "cuda":

@@ -11,6 +11,12 @@ One process writes a run's folder: the run holds ``<folder>/.lock`` (``hizfo.run
 duplicate launch of the same run stops with one line instead of racing on the same files. Folders and files are
 created with the process's umask (0755 / 0644 under umask 022), like any other output of the run.
 
+Under several processes (``torchrun``) every rank has a checkpointer and they act together: rank 0 holds the lock,
+picks the checkpoint to resume and manages the folders; every rank writes its shard of each checkpoint
+(``hizfo.run.checkpoint_dist``, through torch.distributed.checkpoint). Whether to checkpoint after a step is agreed
+by one all-reduce (a signal may reach one rank only, a time-based cadence may fall due on one only); the end of
+training always writes one, since a signal during evaluation cannot start a collective write from its handler.
+
 Preemption signals reach the checkpointer through ``hizfo.run.signals.RELAY``; Slurm's pre-submission checks live in
 ``hizfo.run.slurm_preflight``. See docs/slurm.md.
 """
@@ -28,7 +34,10 @@ from typing import Any, Optional
 
 import torch
 
+from hizfo.core import distributed
+from hizfo.core.distributed import World
 from hizfo.errors import ConfigError
+from hizfo.run.checkpoint_dist import is_distributed, read_distributed, write_shards, write_state
 from hizfo.run.checkpoint_files import (MANIFEST, TMP_PREFIX, fsync_dir, read_checkpoint, verify_checkpoint,
                                         write_checkpoint)
 from hizfo.run.locks import RunLock
@@ -62,7 +71,8 @@ class Checkpointer:
     refuses another config's; one writer per folder (``<folder>/.lock``)."""
 
     def __init__(self, folder: Path, config_hash: str, every_steps: int = 0,
-                 every_minutes: Optional[float] = None, handle_signals: bool = True, keep: int = 1) -> None:
+                 every_minutes: Optional[float] = None, handle_signals: bool = True, keep: int = 1,
+                 world: World = World()) -> None:
         if every_steps < 0:
             raise ConfigError(f"checkpoint_every: must be >= 0 (0: only on preemption signals), got {every_steps}")
         if every_minutes is not None and not every_minutes > 0:
@@ -75,20 +85,23 @@ class Checkpointer:
         self.every_minutes = every_minutes
         self.handle_signals = handle_signals
         self.keep = keep                    # newest checkpoints kept: more than 1 gives a corrupt one a fallback
+        self.world = world                  # several processes: rank 0 manages the folder, every rank writes
         self.restored_from: Optional[Path] = None
         self._lock = RunLock(self.folder / LOCK_NAME, name=f"checkpoint: {self.folder}")
         self._saved_step: Optional[int] = None
         self._last_save = time.monotonic()
         self._live: Optional[tuple[Any, Any, Any, Optional[torch.Generator]]] = None
         self._signal = DeferredSignal(RELAY)
+        self._signal.quiet = not world.is_main
 
     @classmethod
-    def for_run(cls, spec: Any, every_steps: int = 0, every_minutes: Optional[float] = None) -> "Checkpointer":
-        """The run's checkpointer, its folder already locked: the folder and the config hash are the run's
-        (``RunSpec.checkpoint_folder``, ``RunSpec.config_hash``). A second launch of the same run raises
+    def for_run(cls, spec: Any, every_steps: int = 0, every_minutes: Optional[float] = None,
+                world: World = World()) -> "Checkpointer":
+        """The run's checkpointer, its folder already locked (by rank 0): the folder and the config hash are the
+        run's (``RunSpec.checkpoint_folder``, ``RunSpec.config_hash``). A second launch of the same run raises
         ``ConfigError`` here."""
         checkpointer = cls(spec.checkpoint_folder, spec.config_hash, every_steps=every_steps,
-                           every_minutes=every_minutes)
+                           every_minutes=every_minutes, world=world)
         checkpointer.lock()
         return checkpointer
 
@@ -113,8 +126,10 @@ class Checkpointer:
 
     # -- one writer ---------------------------------------------------------------------------------------
     def lock(self) -> None:
-        """Hold the folder's lock (no-op if held); ``ConfigError`` if another process holds it."""
-        self._lock.acquire()
+        """Hold the folder's lock (no-op if held, or on a rank other than 0); ``ConfigError`` if another process
+        holds it."""
+        if self.world.is_main:
+            self._lock.acquire()
 
     # -- the loop's hooks ---------------------------------------------------------------------------------
     def restore(self, method: Any, state: Any, meters: Any, zo_seeds: Optional[torch.Generator]) -> bool:
@@ -129,11 +144,20 @@ class Checkpointer:
         self._live = (method, state, meters, zo_seeds)
         self._signal.in_training = True
         self._last_save = time.monotonic()
-        self._remove_partial()
-        latest = self._newest_intact()
+        latest = None
+        if self.world.is_main:
+            self._remove_partial()
+            latest = self._newest_intact()
+        latest = distributed.from_main(latest)          # rank 0 chose; every rank reads the same one
         if latest is None:
             return False
-        read_checkpoint(latest, method, state, meters, zo_seeds, self.config_hash, self.folder)
+        if is_distributed(latest):
+            read_distributed(latest, method, state, meters, zo_seeds, self.config_hash, self.folder, self.world)
+        elif self.world.size > 1:
+            raise ConfigError(f"checkpoint: {latest} was written by one process; resume it with one process, or "
+                              f"remove it (rm -r {self.folder}) to start afresh on {self.world.size}")
+        else:
+            read_checkpoint(latest, method, state, meters, zo_seeds, self.config_hash, self.folder)
         self.restored_from = latest
         self._saved_step = state.step
         return True
@@ -144,9 +168,13 @@ class Checkpointer:
         self._live = (method, state, meters, zo_seeds)
         due = ((self.every_steps and state.step % self.every_steps == 0)
                or (self.every_minutes is not None and time.monotonic() - self._last_save >= self.every_minutes * 60))
+        signalled = self._signal.pending is not None
+        if self.world.size > 1:             # every rank writes its part: all agree, in one all-reduce
+            due, signalled = (v > 0 for v in distributed.summed([float(bool(due)), float(signalled)], self.world))
         written = None
-        if due or self._signal.pending is not None:
-            written = self.save(method, state, meters, zo_seeds, reason=self._signal.reason or "periodic")
+        if due or signalled:
+            reason = self._signal.reason or ("a signal to another rank" if signalled and not due else "periodic")
+            written = self.save(method, state, meters, zo_seeds, reason=reason)
         self._deliver_pending()
         return written
 
@@ -154,7 +182,10 @@ class Checkpointer:
         """After the last step: from now on a signal is answered at once (parameters no longer change)."""
         self._live = (method, state, meters, zo_seeds)
         self._signal.in_training = False
-        if self._signal.pending is not None:
+        if self.world.size > 1:         # a signal during evaluation cannot write collectively: write now, always
+            self.save(method, state, meters, zo_seeds, reason=self._signal.reason or "end of training")
+            self._deliver_pending()
+        elif self._signal.pending is not None:
             self.save(method, state, meters, zo_seeds, reason=self._signal.reason)
             self._deliver_pending()
 
@@ -166,6 +197,9 @@ class Checkpointer:
             return final
         self._signal.saving = True
         try:
+            if self.world.size > 1:
+                self._save_together(final, method, state, meters, zo_seeds, reason)
+                return final
             self.lock()
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp = self.folder / f"{TMP_PREFIX}{final.name}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -185,6 +219,45 @@ class Checkpointer:
             return final
         finally:
             self._signal.saving = False
+
+    def _save_together(self, final: Path, method: Any, state: Any, meters: Any,
+                       zo_seeds: Optional[torch.Generator], reason: str) -> None:
+        """Several processes: rank 0 makes the temp folder, every rank writes its part into it, then rank 0
+        writes the state and the manifest (last) and renames it into place. A rank that dies before the manifest
+        leaves a temp folder, which no resume reads."""
+        tmp, error = None, None
+        if self.world.is_main:
+            try:
+                self.lock()
+                self.folder.mkdir(parents=True, exist_ok=True)
+                tmp = self.folder / f"{TMP_PREFIX}{final.name}-{os.getpid()}-{secrets.token_hex(4)}"
+                os.mkdir(tmp)
+            except (OSError, ConfigError) as exc:
+                error = exc
+        distributed.agree(error)
+        tmp = distributed.from_main(tmp)
+        error = None
+        try:
+            write_shards(tmp, method, meters, zo_seeds, self.world)
+        except Exception as exc:                        # noqa: BLE001 (every rank hears of it below)
+            error = exc
+        distributed.agree_all(error)
+        if self.world.is_main:
+            try:
+                write_state(tmp, state, self.config_hash, reason, self.world)
+                if final.exists():
+                    _remove(final)
+                os.rename(tmp, final)
+                fsync_dir(self.folder)
+                self._prune(final)
+            except BaseException as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                error = exc if isinstance(exc, Exception) else None
+                if error is None:
+                    raise
+        distributed.agree(error)
+        self._saved_step = state.step
+        self._last_save = time.monotonic()
 
     def discard(self) -> None:
         """The run's record is written: its checkpoints are no longer needed (the lock goes with the folder)."""
@@ -239,7 +312,7 @@ class Checkpointer:
         """The relay's call: note the signal; answer it now unless a step (or a save) is under way."""
         if not self._signal.note(signum, frame):
             return
-        if self._live is not None:
+        if self._live is not None and self.world.size == 1:    # several: no collective write from a handler
             self.save(*self._live, reason=signal_name(signum))
         self._deliver_pending()
 

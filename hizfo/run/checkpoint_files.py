@@ -10,6 +10,10 @@
     manifest.json        size and sha256 of each file above; written last (temp file, fsync, rename), so a
                          checkpoint without a valid manifest is incomplete
 
+That is the ``single`` layout, one process's. Several processes write the ``distributed`` layout
+(``hizfo.run.checkpoint_dist``): ``dcp/`` (torch.distributed.checkpoint's files, every rank its shard),
+``rank-<r>.pt`` (rank r's RNG states and meters) and ``state.json``, under the same manifest, which names its layout.
+
 Where checkpoints live, when they are written, which are kept, and who may write them is the checkpointer's
 policy (``hizfo.run.checkpoint``); this module knows one checkpoint's files only.
 """
@@ -20,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -34,6 +39,12 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 CHECKPOINT_FILES = ("params.safetensors", "method.pt", "rng.pt", "state.json")
+# each layout's files: those a checkpoint must have, and the pattern every file its manifest lists must match
+LAYOUTS: dict[str, tuple[tuple[str, ...], re.Pattern]] = {
+    "single": (CHECKPOINT_FILES, re.compile("|".join(re.escape(name) for name in CHECKPOINT_FILES))),
+    "distributed": (("state.json", "dcp/.metadata", "rank-0.pt"),
+                    re.compile(r"state\.json|rank-\d+\.pt|dcp/(\.metadata|__\d+_\d+\.distcp)")),
+}
 _HASH_CHUNK = 8 << 20
 TMP_PREFIX = ".tmp-"      # a name being written; whoever finds one left over may remove it
 
@@ -170,14 +181,24 @@ def sha256_file(path: Path, fsync: bool = False) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def write_manifest(folder: Path, files: dict[str, dict[str, Any]]) -> None:
+def write_manifest(folder: Path, files: dict[str, dict[str, Any]], layout: str = "single") -> None:
     """``manifest.json`` written atomically: a temp file (mode from the umask), fsync, rename."""
     tmp = folder / f"{TMP_PREFIX}{MANIFEST}"
     with open(tmp, "w") as handle:
-        json.dump({"format": MANIFEST_FORMAT, "files": files}, handle, indent=1)
+        json.dump({"format": MANIFEST_FORMAT, "layout": layout, "files": files}, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, folder / MANIFEST)
+
+
+def manifest_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file under ``folder`` (names relative to it), read back from disk and flushed: the
+    checksums cover what was written."""
+    files = {}
+    for item in sorted(p for p in folder.rglob("*") if p.is_file()):
+        sha, size = sha256_file(item, fsync=True)
+        files[item.relative_to(folder).as_posix()] = {"bytes": size, "sha256": sha}
+    return files
 
 
 def verify_checkpoint(path: Path) -> Optional[str]:
@@ -187,18 +208,19 @@ def verify_checkpoint(path: Path) -> Optional[str]:
         files = manifest["files"]
         if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
             raise ValueError(f"format {manifest.get('format')}")
+        required, allowed = LAYOUTS[manifest.get("layout", "single")]
     except FileNotFoundError:
         return f"{path} has no {MANIFEST}: it is incomplete (or was written before checkpoints carried checksums)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{path / MANIFEST} is unreadable ({type(exc).__name__}: {exc}): the checkpoint is incomplete"
-    missing = [name for name in CHECKPOINT_FILES if name not in files]
+    missing = [name for name in required if name not in files]
     if missing:
         return f"{path / MANIFEST} lists no {', '.join(missing)}: the checkpoint is incomplete"
     for name, expected in files.items():     # every entry {"bytes": int, "sha256": str}, of a file it should have
-        if (name not in CHECKPOINT_FILES or not isinstance(expected, dict)
+        if (not isinstance(name, str) or not allowed.fullmatch(name) or not isinstance(expected, dict)
                 or not isinstance(expected.get("bytes"), int) or not isinstance(expected.get("sha256"), str)):
             return (f"{path / MANIFEST} is malformed (its entry {name!r} is not one of "
-                    f"{', '.join(CHECKPOINT_FILES)} with bytes and sha256): the checkpoint is damaged")
+                    f"{', '.join(required)} with bytes and sha256): the checkpoint is damaged")
     for name, expected in files.items():
         item = path / name
         try:
@@ -231,11 +253,7 @@ def write_checkpoint(folder: Path, method: Any, state: Any, meters: Any, zo_seed
             "reason": reason, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "loop": dataclasses.asdict(state), "meters": meters.state_dict(), "rng": rng_scalars}
     (folder / "state.json").write_text(json.dumps(info))
-    files = {}
-    for name in CHECKPOINT_FILES:       # read back from disk: the checksum covers what was written
-        sha, size = sha256_file(folder / name, fsync=True)
-        files[name] = {"bytes": size, "sha256": sha}
-    write_manifest(folder, files)       # last: a checkpoint without it is incomplete
+    write_manifest(folder, manifest_files(folder))      # last: a checkpoint without it is incomplete
     fsync_dir(folder)
 
 
@@ -243,6 +261,18 @@ def read_checkpoint(path: Path, method: Any, state: Any, meters: Any, zo_seeds: 
                     config_hash: str, run_folder: Path) -> None:
     """Restore the method, the loop position, the meters and every RNG from the checkpoint at ``path``; one
     line (``ConfigError``) if it is another format's or another config's."""
+    info = checked_state(path, config_hash, run_folder)
+    load_parameters(method.eval_model(), path / "params.safetensors")
+    method.load_state_dict(torch.load(path / "method.pt", map_location="cpu", weights_only=True))
+    rng_tensors = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
+    restore_rng(rng_tensors, info["rng"], zo_seeds)
+    meters.load_state_dict(info["meters"])
+    restore_loop(state, info["loop"])
+
+
+def checked_state(path: Path, config_hash: str, run_folder: Path) -> dict[str, Any]:
+    """``state.json`` of the checkpoint at ``path``; one line (``ConfigError``) if it is another format's or
+    another config's."""
     info = json.loads((path / "state.json").read_text())
     if info.get("format") != FORMAT_VERSION:
         raise ConfigError(f"checkpoint: {path} has format {info.get('format')}, this code reads "
@@ -253,12 +283,12 @@ def read_checkpoint(path: Path, method: Any, state: Any, meters: Any, zo_seeds: 
             f"this run's is {config_hash}: a different config under the same record path. "
             f"It will not be resumed. Remove it (rm -r {run_folder}) to start afresh, or pass variant=NAME "
             f"to keep both")
-    load_parameters(method.eval_model(), path / "params.safetensors")
-    method.load_state_dict(torch.load(path / "method.pt", map_location="cpu", weights_only=True))
-    rng_tensors = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
-    restore_rng(rng_tensors, info["rng"], zo_seeds)
-    meters.load_state_dict(info["meters"])
-    for name, value in info["loop"].items():
+    return info
+
+
+def restore_loop(state: Any, loop: dict[str, Any]) -> None:
+    """The loop's position (``LoopState``'s fields) as a checkpoint's ``state.json`` holds it."""
+    for name, value in loop.items():
         current = getattr(state, name)
         if isinstance(current, list):
             current[:] = value              # in place: the loop may hold this list under another name

@@ -145,7 +145,7 @@ class Training:
 
     def _restore(self) -> None:
         if self.checkpoint is not None and self.checkpoint.restore(self.method, self.state, self.meters,
-                                                                   self.zo_seeds):
+                                                                   self.zo_seeds) and distributed.current().is_main:
             tqdm.write(f"resumed from {self.checkpoint.path} at step {self.state.step}")
         if self.state.losses:
             self.options.divergence.first_loss = self.state.losses[0]   # a resumed run keeps its reference loss

@@ -135,16 +135,15 @@ def _run_in_world(prepared: Prepared, world: distributed.World) -> dict[str, Any
         return done.to_json()
     checkpointer: Optional[Checkpointer] = None
     error = None
-    if world.is_main:
-        # one writer per run: locks the run's checkpoint folder, so a duplicate launch stops here, before the
-        # model loads; then look again, in case the other launch finished the run between the first look and
-        # the lock
-        try:
+    # one writer per run: rank 0 locks the run's checkpoint folder, so a duplicate launch stops here, before the
+    # model loads; then look again, in case the other launch finished the run between the first look and the lock
+    try:
+        if world.is_main:
             check_writable(cfg.results_dir)
-            checkpointer = Checkpointer.for_run(prepared.spec, every_steps=int(cfg.checkpoint_every or 0),
-                                                every_minutes=prepared.inputs.checkpoint_minutes)
-        except ConfigError as exc:
-            error = exc
+        checkpointer = Checkpointer.for_run(prepared.spec, every_steps=int(cfg.checkpoint_every or 0),
+                                            every_minutes=prepared.inputs.checkpoint_minutes, world=world)
+    except ConfigError as exc:
+        error = exc
     distributed.agree(error)                           # the other ranks stop too, in one line on rank 0
     try:                    # every way out frees the lock (its files go; checkpoints stay for a resume)
         return _locked_run(prepared, checkpointer, world)
@@ -169,7 +168,7 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
     try:
         with use_precision(cfg.precision):                    # bf16-mixed: autocast in the methods' losses
             result = train_and_evaluate(prepared.method, cfg.method, loaded, prepared.task, options, meters,
-                                        tracker.log, checkpoint=loop_checkpoint(checkpointer, world))
+                                        tracker.log, checkpoint=checkpointer)
     except ConfigError:
         tracker.finish(failed=True)
         raise
@@ -182,7 +181,7 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
     meters.peak_memory_bytes = max(prov.get("rank_peak_memory_bytes", [meters.peak_memory_bytes]))
     final_sha = tensors_sha256(distributed.full_parameters(prepared.method.eval_model()))   # every rank gathers
     if not world.is_main:
-        return {"status": "ok", "rank": world.rank}
+        return {"status": "ok", "rank": world.rank}     # its checkpointer only stops listening (rank 0 discards)
     record = write_ok_record(prepared, result, meters, prov, tracker, final_sha)
     if checkpointer is not None:
         checkpointer.discard()
@@ -190,17 +189,6 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
     tracker.finish()
     print_summary(result.metrics, record, spec.path, where)
     return record.to_json()
-
-
-def loop_checkpoint(checkpointer: Optional[Checkpointer], world: distributed.World) -> Optional[Checkpointer]:
-    """The checkpointer the loop saves and restores through: under several processes none yet (rank 0 still
-    holds the run's lock), said in one line; a stopped multi-process run restarts from step 0."""
-    if world.size == 1:
-        return checkpointer
-    if world.is_main:
-        print(f"distributed: {world.size} processes ({world.backend}); checkpoints are not written under several "
-              f"processes yet, so a stopped run restarts from step 0", file=sys.stderr)
-    return None
 
 
 def load(cfg: DictConfig, method: Method, task: Task, device: Any) -> tuple[LoadedModel, dict[str, Any]]:

@@ -183,6 +183,7 @@ class DeferredSignal:
         self.in_training = False        # a training step may be under way: answer at the next step boundary
         self.saving = False             # a checkpoint is being written: answer when it is done
         self.stopped = False
+        self.quiet = False              # several processes: only rank 0 prints what it does
 
     def note(self, signum: int, frame: Optional[FrameType]) -> bool:
         """Record the signal; True if it is to be answered now (no step and no save under way)."""
@@ -192,8 +193,9 @@ class DeferredSignal:
             self.pending = (signum, frame)
         if self.in_training or self.saving:
             again = " (Ctrl-C again: exit at once, without it)" if signum == signal.SIGINT else ""
-            print(f"checkpoint: {signal_name(signum)} received; checkpointing after this step{again}",
-                  file=sys.stderr, flush=True)
+            if not self.quiet:
+                print(f"checkpoint: {signal_name(signum)} received; checkpointing after this step{again}",
+                      file=sys.stderr, flush=True)
             return False
         return True
 
@@ -215,7 +217,7 @@ class DeferredSignal:
         signum, frame = pending
         if signum == signal.SIGINT:
             self.relay.interrupt_note = f"checkpoint saved at {saved}; run the same command again to resume"
-        else:
+        elif not self.quiet:
             print(f"checkpoint: saved {saved} on {signal_name(signum)}; passing the signal on", file=sys.stderr,
                   flush=True)
         self.relay.pass_on(signum, frame)
