@@ -1,9 +1,9 @@
-"""Write each paper preset's grid into its yaml from analysis/specs.py, the grids' one owner.
+"""Write each paper preset's grid into its yaml from analysis/paper/experiments.py, the grids' one owner.
 
     python scripts/gen_experiment_grids.py            # rewrite hydra.sweeper.params of conf/experiment/<name>(_cpu).yaml
     python scripts/gen_experiment_grids.py --check    # exit 1, naming the files, when one differs (tests/unit/test_presets.py)
 
-Only the ``params:`` block that ends each preset is written (``analysis.specs.sweeper_params``); the rest of the
+Only the ``params:`` block that ends each preset is written (``analysis.paper.experiments.sweeper_params``); the rest of the
 yaml (comments, per-preset settings, the sweep directory) is kept as it is. The study presets list study arms, not a
 paper grid, and are not touched.
 """
@@ -16,10 +16,10 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 
-from analysis.specs import EXPERIMENTS, sweeper_params
+from analysis.paper.experiments import EXPERIMENTS, sweeper_params
 
 PARAMS_LINE = "    params:"
-HEADER = f"{PARAMS_LINE}   # written by scripts/gen_experiment_grids.py from analysis/specs.py: edit the grid there\n"
+HEADER = f"{PARAMS_LINE}   # written by scripts/gen_experiment_grids.py from analysis/paper/experiments.py: edit the grid there\n"
 
 
 def shown(path: Path) -> str:
@@ -63,7 +63,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.check and stale:
-        print(f"not what analysis/specs.py writes (run python scripts/gen_experiment_grids.py): {', '.join(stale)}",
+        print(f"not what analysis/paper/experiments.py writes (run python scripts/gen_experiment_grids.py): {', '.join(stale)}",
               file=sys.stderr)
         return 1
     for path in stale:

@@ -1,13 +1,14 @@
-"""Which records the paper's tables (analysis.tables) leave out, and why: a record whose model × task no table has
-(an ad-hoc task such as pydoc), or whose method or hyperparameters no table's grid holds. ``analysis.compare``
-tables any records; this module only names what the fixed templates cannot show."""
+"""Which records the paper's tables (analysis.paper.tables) leave out, and why: a record whose model × task no
+table has (an ad-hoc task such as pydoc), or whose method or hyperparameters no table's grid holds.
+``analysis.compare`` tables any records; this module only names what the fixed templates cannot show."""
 from __future__ import annotations
 
 from typing import Any
 
 import pandas as pd
 
-from analysis.specs import EXPERIMENTS, TABLES, Grid
+from analysis.paper.experiments import EXPERIMENTS, TABLES
+from analysis.specs import Grid
 
 
 def table_grids() -> list[Grid]:

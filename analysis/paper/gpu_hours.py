@@ -1,6 +1,6 @@
 """What each paper-scale preset costs, estimated from the paper's own Time (h) and Mem. (GB) columns.
 
-    python -m analysis.gpu_hours [--paper results/paper] [--gpu-memory 80]
+    python -m analysis.paper.gpu_hours [--paper results/paper] [--gpu-memory 80]
 
 Assumptions (printed with the table): training time only, evaluation excluded (the paper's Time column);
 a job needs ceil(Mem / GPU memory) GPUs of the paper's kind (H100 80 GB), and holds them all for its Time;
@@ -20,8 +20,8 @@ import pandas as pd
 
 from analysis.cells import grid_key, load_cells
 from analysis.loading import Report
-from analysis.specs import EXPERIMENTS
-from analysis.tables import DEFAULT_PAPER
+from analysis.paper.experiments import EXPERIMENTS
+from analysis.paper.tables import DEFAULT_PAPER
 
 
 def preset_costs(paper_dir: Path = DEFAULT_PAPER, gpu_memory_gb: float = 80.0) -> pd.DataFrame:

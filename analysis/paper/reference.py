@@ -1,6 +1,6 @@
 """Turn the paper's reported numbers (results/paper/source/*.csv) into results records under results/paper/.
 
-    python -m analysis.paper_reference [--out results/paper]
+    python -m analysis.paper.reference [--out results/paper]
 
 The CSVs in results/paper/source/ are the paper's Tables 1–5 and the points it quotes from Figures 3–4, cell for
 cell; they are the repository's own copy and the only input this script reads. One record per cell, in the
@@ -23,7 +23,7 @@ import pandas as pd
 from analysis.specs import ALPHA_MODE_METHODS, METHOD_ALIASES, MODEL_ALIASES, SWEPT_DEFAULTS, SWEPT_KEYS
 from hizfo.run.runspec import derive_variant
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "results" / "paper"
 SOURCE = DEFAULT_OUT / "source"      # the paper's numbers, kept in the repository: edit a cell there, then rerun
 SOURCE_FILES = ("table1.csv", "table2.csv", "table3.csv", "table4.csv", "table5.csv", "figures.csv")

@@ -2,10 +2,11 @@
 
     python -m analysis.sweeps --results results/runs --out results/figures [--paper results/paper]
 
-Each plot is written as PNG and PDF. A sweep draws a line per model and per method of its grid (Figure 4: both
-readings of α, analysis/specs.py ALPHA_READINGS), with one legend below the panels. A partition map shows, for one
-Hi-ZFO run, which tensors of each layer went to the first-order set, the zeroth-order set or stayed frozen
-(record["partition"]["tensor_sets"]); the tensors outside the layers carry their full names in their boxes.
+Each plot is written as PNG and PDF: every spec of analysis/paper/experiments.py with a ``plot`` stem, at each scale
+it has records for. A sweep draws a line per model and per method of its grid (Figure 4: both readings of α,
+ALPHA_READINGS), with one legend below the panels. A partition map shows, for one Hi-ZFO run, which tensors of each
+layer went to the first-order set, the zeroth-order set or stayed frozen (record["partition"]["tensor_sets"]); the
+tensors outside the layers carry their full names in their boxes.
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ import pandas as pd  # noqa: E402
 from analysis.cells import CellKey, cell_lookup, grid_has_records, grid_key, task_score  # noqa: E402
 from analysis.figures import save_figure  # noqa: E402
 from analysis.loading import Report, aggregate, load_records, settle_cells  # noqa: E402
-from analysis.specs import (ALPHA_READINGS, EXPERIMENTS, METHOD_DISPLAY, SWEEP_SYMBOL, SWEPT_DEFAULTS,  # noqa: E402
-                            TASK_DISPLAY, ExperimentSpec, Grid, method_display, model_display)
-from analysis.tables import DEFAULT_PAPER, parse_cli  # noqa: E402
+from analysis.paper.experiments import ALPHA_READINGS, EXPERIMENTS, ExperimentSpec  # noqa: E402
+from analysis.paper.tables import DEFAULT_PAPER, parse_cli  # noqa: E402
+from analysis.specs import (METHOD_DISPLAY, SWEEP_SYMBOL, SWEPT_DEFAULTS, TASK_DISPLAY, Grid,  # noqa: E402
+                            method_display, model_display)
 
 SET_COLOURS = {"fo": "#d62728", "zo": "#1f77b4", "frozen": "#c7c7c7"}
 SET_NAMES = {"fo": "first-order (Θ_FO)", "zo": "zeroth-order (Θ_ZO)", "frozen": "frozen"}

@@ -3,7 +3,7 @@
     python -m analysis.tables --results results/runs --out results/tables [--paper results/paper]
 
 Each table is written for every grid it has records for: the paper-scale grid and/or the CPU twin's grid
-(analysis/specs.py). Cells are mean ± sample std over seeds; a cell without a record shows "–".
+(analysis/paper/experiments.py). Cells are mean ± sample std over seeds; a cell without a record shows "–".
 """
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from typing import Optional
 import pandas as pd
 
 from analysis.cells import CellKey, grid_has_records, grid_key, load_cells, task_score
-from analysis.coverage import left_out, table_grids
 from analysis.loading import Report
+from analysis.paper.coverage import left_out, table_grids
+from analysis.paper.experiments import EXPERIMENTS, TABLES, ExperimentSpec
 from analysis.render import MISSING, DisplayTable, to_latex, to_markdown
-from analysis.specs import (EXPERIMENTS, QUANTITY_HEADERS, SWEEP_SYMBOL, TABLES, TASK_DISPLAY, ExperimentSpec, Grid,
-                            method_display, model_display)
+from analysis.specs import QUANTITY_HEADERS, SWEEP_SYMBOL, TASK_DISPLAY, Grid, method_display, model_display
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PAPER = REPO / "results" / "paper"
 GPU_KINDS = {"cuda_max_allocated", "paper_reported"}
 # below this many hours in a whole table, times are shown in seconds (CPU-scale runs take seconds)
@@ -328,7 +328,7 @@ def _common_notes(spec: ExperimentSpec, grid: Grid, lookup: dict[CellKey, pd.Ser
 
 
 def parse_cli(description: str, out_help: str, argv: Optional[list[str]]) -> tuple[Path, Path, Optional[Path]]:
-    """``--results DIR --out DIR [--paper DIR|none]``, shared by analysis.tables and analysis.sweeps."""
+    """``--results DIR --out DIR [--paper DIR|none]``, shared by analysis.paper.tables and analysis.paper.sweeps."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--results", type=Path, required=True, help="a results directory (records, any depth)")
     parser.add_argument("--out", type=Path, required=True, help=out_help)

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import gpu_hours, paper_reference, sweeps, tables
+from analysis.paper import gpu_hours, sweeps, tables
+from analysis.paper import reference as paper_reference
 from analysis.loading import Report, load_records, settle_cells
-from analysis.specs import (EXPERIMENTS, FLOPS_SHARE, METHOD_ALIASES, METHOD_DISPLAY, MODEL_ALIASES,
-                            QUANTITY_HEADERS, TASK_DISPLAY, TASK_SCORES, method_label, model_display)
+from analysis.paper.experiments import EXPERIMENTS
+from analysis.specs import (FLOPS_SHARE, METHOD_ALIASES, METHOD_DISPLAY, MODEL_ALIASES, QUANTITY_HEADERS, TASK_DISPLAY,
+                            TASK_SCORES, method_label, model_display)
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_RECORDS = ROOT / "results" / "paper"
@@ -180,7 +182,7 @@ def test_paper_points_of_the_figures_are_in_the_sweeps() -> None:
 
 
 def test_committed_paper_records_match_the_csvs(tmp_path: Path) -> None:
-    """results/paper is what analysis.paper_reference makes from its CSVs (results/paper/source/)."""
+    """results/paper is what analysis.paper.reference makes from its CSVs (results/paper/source/)."""
     written = paper_reference.write_paper_records(PAPER_CSV, tmp_path)
     assert len(written) == 160
     committed = sorted(p.relative_to(PAPER_RECORDS) for p in PAPER_RECORDS.rglob("seed*.json"))

@@ -91,9 +91,9 @@ def test_the_reference_arm_can_be_any_arm_of_the_records(tmp_path, capsys, arm):
 
 
 def test_tables_name_the_records_they_leave_out_and_why(tmp_path):
-    """analysis.tables has no table for smollm2-135m × pydoc: it says so per cell, with the records' paths."""
+    """analysis.paper.tables has no table for smollm2-135m × pydoc: it says so per cell, with the records' paths."""
     from analysis.loading import Report
-    from analysis.tables import write_tables
+    from analysis.paper.tables import write_tables
     write_sweep(tmp_path / "runs")
     report = Report(quiet=True)
     assert write_tables(tmp_path / "runs", tmp_path / "tables", None, report) == {}

@@ -1,4 +1,4 @@
-"""Every experiment preset composes and launches exactly the grid the paper describes (analysis/specs.py)."""
+"""Every experiment preset composes and launches exactly the grid the paper describes (analysis.paper.experiments)."""
 from __future__ import annotations
 
 import functools
@@ -18,7 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from analysis.loading import model_label, semantic_key
-from analysis.specs import EXPERIMENTS, Grid, SWEPT_DEFAULTS, method_label, sweeper_params
+from analysis.paper.experiments import EXPERIMENTS, sweeper_params
+from analysis.specs import Grid, SWEPT_DEFAULTS, method_label
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = [(name, scale) for name in EXPERIMENTS for scale in ("paper", "cpu")]

@@ -173,7 +173,7 @@ def test_records_honour_the_umask(tmp_path):
 
 
 def test_parse_variant_inverts_derive_variant_and_paper_records_use_the_same_format():
-    from analysis.paper_reference import PaperCell, variant_of
+    from analysis.paper.reference import PaperCell, variant_of
     from hizfo.run.runspec import parse_variant
     overrides = ["method.rho=0.2", "model.arch.hidden_size=64", "task.generation.stop=[a,b]", "device=cpu"]
     assert sorted(parse_variant(derive_variant(overrides))) == sorted(
