@@ -147,6 +147,26 @@ def test_a_hand_edited_grid_is_caught_and_rewritten(tmp_path: Path) -> None:
     assert out.returncode == 2 and len(out.stderr.splitlines()) == 1 and "fig3_cpu.yaml" in out.stderr, out.stderr
 
 
+
+def test_a_spec_without_presets_gets_them_created(tmp_path: Path) -> None:
+    """Adding a table is a spec entry: the generator creates its two presets, and they sweep what the committed
+    ones do (header, name, the CPU twin's cpu_scale defaults, sweep folder, params)."""
+    import yaml
+    for path in (ROOT / "conf" / "experiment").glob("*.yaml"):
+        if path.name not in ("fig3.yaml", "fig3_cpu.yaml"):
+            shutil.copy(path, tmp_path / path.name)
+    out = _generator("--check", "--conf", str(tmp_path))
+    assert out.returncode == 1 and "fig3.yaml (missing)" in out.stderr and "fig3_cpu.yaml (missing)" in out.stderr
+    assert _generator("--conf", str(tmp_path)).returncode == 0
+    assert _generator("--check", "--conf", str(tmp_path)).returncode == 0
+    for preset in ("fig3", "fig3_cpu"):
+        created = yaml.safe_load((tmp_path / f"{preset}.yaml").read_text())
+        committed = yaml.safe_load((ROOT / "conf" / "experiment" / f"{preset}.yaml").read_text())
+        assert created["experiment"] == preset and created.get("defaults") == committed.get("defaults")
+        assert created["hydra"] == committed["hydra"]
+        lines = (tmp_path / f"{preset}.yaml").read_text().splitlines()
+        assert lines[:2] == ["# @package _global_", f"# python run.py -m experiment={preset}"]
+
 def test_a_grid_that_is_no_product_of_value_lists_has_no_sweep() -> None:
     assert sweeper_params(Grid(("tiny-opt (arch.hidden_size=64)",), ("toy",), ("hizfo", "hizfo_alpha_loss"))) == {
         "model": "tiny-opt", "model.arch.hidden_size": "64", "task": "toy", "method": "hizfo",
