@@ -9,12 +9,25 @@ where a chunk spans several small tensors). The noise is therefore the
 same however the chunks are scheduled, so on CPU the chunks run on all cores in parallel, and a pass costs one
 Gaussian fill of Θ plus one fused add, with no full-size temporary.
 
+What the noise of an element depends on: the step seed s, the ordered list of ZO tensors that the config fixes
+(their sizes, and their dtypes and device type, which split the concatenation into groups and set the chunk
+length), and the element's index in its tensor. Never on the world size or on how the tensors are sharded: the
+chunks are cut over the whole tensors' concatenation, so a process holding only a piece of each tensor (FSDP2's
+Shard(0) DTensors: rows [a, b), a contiguous flat range) fills every chunk it touches at its full length and
+adds only the slice that falls in its piece (``perturb_shards_``; ``pieces_of`` reads the pieces off DTensors, and
+``perturb_`` takes DTensors as they are). The ranks' noise, laid side by side, is the one-process noise bit for
+bit, with one chunk-sized buffer per thread. Deliberate deviation from noise keyed by tensor name: the key stays
+the offset in the concatenation, so every existing run keeps its noise bit for bit; the price is that adding or
+reordering ZO tensors changes the noise of the tensors after them. ``ZOParams``' bf16 mode draws per tensor
+(below) and takes whole tensors only.
+
 The methods (MeZO, Hi-ZFO, Bilevel-ZOFO) go through ``ZOParams``: ``perturb(seed, ±ε)`` and ``restore(update)``.
 On fp32 weights those are exactly the ``perturb_`` passes above. On bf16 weights (precision=bf16) a perturbation
 is applied inside the forwards instead of written, so θ comes back bit for bit (see ``ZOParams``).
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -71,40 +84,91 @@ def _generator(device: torch.device) -> torch.Generator:
     return gen
 
 
-def _plan(params: Sequence[torch.Tensor]) -> list[tuple[int, list[tuple[torch.Tensor, int, int]]]]:
-    """Chunks over the virtual concatenation of the tensors (one run per device and dtype).
+@dataclass(frozen=True)
+class Piece:
+    """The part of one ZO tensor a process holds: ``local`` (1-D, written in place) is elements
+    [offset, offset + local.numel()) of the whole tensor flattened, which has ``numel`` elements."""
+    local: torch.Tensor
+    numel: int
+    offset: int = 0
 
-    Returns ``[(chunk_seed_index, [(param_slice, buf_start, buf_stop), ...]), ...]``: a chunk may span many
-    small tensors, so a pass is a few large noise fills instead of one per tensor.
+
+def pieces_of(params: Sequence[torch.Tensor]) -> list[Piece]:
+    """Each tensor's ``Piece``: a plain tensor is whole; a DTensor gives its local shard and the shard's flat offset.
+
+    A DTensor may be sharded on dim 0 only (FSDP2's Shard(0), uneven or empty last shards included; Replicate
+    dims too), so that its local rows are one contiguous range of the flattened whole tensor.
     """
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    out = []
     for p in params:
-        groups.setdefault((p.device, p.dtype), []).append(p.data.view(-1))
+        data = p.data
+        if type(data) is torch.Tensor:
+            out.append(Piece(data.view(-1), data.numel()))
+            continue
+        from torch.distributed.tensor import DTensor, Replicate, Shard
+        if not isinstance(data, DTensor):
+            out.append(Piece(data.view(-1), data.numel()))
+            continue
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+        if not all(isinstance(q, Replicate) or (type(q) is Shard and q.dim == 0) for q in data.placements):
+            raise ValueError(f"zo: a DTensor placed as {data.placements} does not hold a contiguous range of its "
+                             "tensor; ZO noise takes Shard(0) and Replicate placements only")
+        local = data.to_local()
+        shape, start = compute_local_shape_and_global_offset(data.shape, data.device_mesh, data.placements)
+        if tuple(local.shape) != tuple(shape):
+            raise ValueError(f"zo: a DTensor's local shard is {tuple(local.shape)}, its placements say {shape}")
+        row = math.prod(data.shape[1:])
+        out.append(Piece(local.view(-1), data.numel(), start[0] * row if start else 0))
+    return out
+
+
+_Slices = list[tuple[torch.Tensor, int, int]]
+
+
+def _plan(pieces: Sequence[Piece]) -> list[tuple[int, int, bool, _Slices]]:
+    """Chunks over the virtual concatenation of the whole tensors (one run per device and dtype), where the local
+    pieces touch them.
+
+    Returns ``[(chunk_seed_index, chunk_length, spans_several_tensors, [(local_slice, buf_start, buf_stop), ...])]``:
+    a chunk may span many small tensors, so a pass is a few large noise fills instead of one per tensor. The
+    chunks, their lengths and their seeds are those of the whole tensors, whatever pieces are held.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[Piece]] = {}
+    for piece in pieces:
+        if piece.offset < 0 or piece.offset + piece.local.numel() > piece.numel:
+            raise ValueError(f"zo: a piece of {piece.local.numel()} elements at offset {piece.offset} "
+                             f"does not fit in a tensor of {piece.numel}")
+        groups.setdefault((piece.local.device, piece.local.dtype), []).append(piece)
     plan = []
-    for g, ((device, _), flats) in enumerate(groups.items()):
+    for g, ((device, _), members) in enumerate(groups.items()):
         step = CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU
-        chunk, pieces, filled = 0, [], 0
-        for flat in flats:
-            offset = 0
-            while offset < flat.numel():
-                take = min(step - filled, flat.numel() - offset)
-                pieces.append((flat[offset:offset + take], filled, filled + take))
-                offset += take
-                filled += take
-                if filled == step:
-                    plan.append(((g << 32) | chunk, pieces))
-                    chunk, pieces, filled = chunk + 1, [], 0
-        if pieces:
-            plan.append(((g << 32) | chunk, pieces))
+        total = sum(m.numel for m in members)
+        chunks: dict[int, _Slices] = {}
+        several: set[int] = set()          # chunks that some tensor starts inside of
+        start = 0
+        for m in members:
+            if m.numel and start % step:
+                several.add(start // step)
+            lo = start + m.offset
+            position, hi = lo, lo + m.local.numel()
+            while position < hi:
+                c = position // step
+                stop = min(hi, (c + 1) * step)
+                chunks.setdefault(c, []).append((m.local[position - lo:stop - lo], position - c * step,
+                                                 stop - c * step))
+                position = stop
+            start += m.numel
+        for c, slices in chunks.items():   # ascending: the members are walked in order
+            plan.append(((g << 32) | c, min(step, total - c * step), c in several, slices))
     return plan
 
 
-def _apply_chunk(pieces: list[tuple[torch.Tensor, int, int]], seed: int, scale: float) -> None:
+def _apply_chunk(length: int, several: bool, pieces: _Slices, seed: int, scale: float) -> None:
     first = pieces[0][0]
-    noise = _buffer(pieces[-1][2], first.dtype, first.device)
+    noise = _buffer(length, first.dtype, first.device)     # the chunk's full length, however little is held
     noise.normal_(generator=_generator(first.device).manual_seed(seed))   # u chunk ~ N(0, I)
-    if len(pieces) == 1:
-        first.add_(noise, alpha=scale)
+    if not several:                  # the kernel the whole tensors' pass uses on this chunk, whatever is held
+        first.add_(noise[pieces[0][1]:pieces[0][2]], alpha=scale)
     else:
         torch._foreach_add_([t for t, _, _ in pieces], [noise[a:b] for _, a, b in pieces], alpha=scale)
 
@@ -113,14 +177,22 @@ def _apply_chunk(pieces: list[tuple[torch.Tensor, int, int]], seed: int, scale: 
 def perturb_(params: Sequence[torch.Tensor], seed: int, scale: float) -> None:
     """θ ← θ + scale·u(seed) for every tensor, in place; u regenerates bit-identically from ``seed``
 
-    as long as the same tensors are passed in the same order (same shapes, dtypes and devices).
+    as long as the same tensors are passed in the same order (same shapes, dtypes and devices). DTensors sharded
+    on dim 0 get their shard of the noise the whole tensors get (``pieces_of``).
     """
-    plan = [(pieces, chunk_seed(seed, index >> 32, index & 0xFFFFFFFF)) for index, pieces in _plan(params)]
+    perturb_shards_(pieces_of(params), seed, scale)
+
+
+@torch.no_grad()
+def perturb_shards_(pieces: Sequence[Piece], seed: int, scale: float) -> None:
+    """piece.local ← piece.local + scale·(its slice of u(seed) of the whole tensors), for every piece, in place."""
+    plan = [(length, several, slices, chunk_seed(seed, index >> 32, index & 0xFFFFFFFF))
+            for index, length, several, slices in _plan(pieces)]
     if not plan:
         return
-    if plan[0][0][0][0].is_cuda or len(plan) == 1:
-        for pieces, s in plan:
-            _apply_chunk(pieces, s, scale)
+    if plan[0][2][0][0].is_cuda or len(plan) == 1:
+        for job in plan:
+            _apply_chunk(*job, scale)
         return
     # CPU: one thread per core, each running single-threaded kernels on its own chunks
     previous = torch.get_num_threads()
@@ -128,7 +200,7 @@ def perturb_(params: Sequence[torch.Tensor], seed: int, scale: float) -> None:
     try:
         if workers > 1:
             torch.set_num_threads(1)
-        list(_executor().map(lambda job: _apply_chunk(job[0], job[1], scale), plan))
+        list(_executor().map(lambda job: _apply_chunk(*job, scale), plan))
     finally:
         torch.set_num_threads(previous)
 
