@@ -30,7 +30,8 @@ from hizfo.registry import MeZOConfig, build_config
 from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, MethodSummary, StepResult, TrainContext, causal_lm_loss, check_common, no_decay,
                                 replay_rng_if_training, schedule_factor, simple_summary, unique_named_parameters)
-from hizfo.core.distributed import data_parallel_losses
+from hizfo.core.distributed import data_parallel_losses, shard
+from hizfo.core.precision import is_low_precision
 from hizfo.core.zo import ZOParams, draw_seed
 
 
@@ -55,6 +56,10 @@ class MeZO:
     def setup(self, ctx: TrainContext) -> None:
         self.model = ctx.loaded.model
         self.device = ctx.device
+        # several processes: FSDP2 shards Θ and every rank perturbs its shard with the whole tensors' noise
+        # (hizfo/core/zo.py); bf16 weights (ZOParams' virtual mode) stay whole on every rank
+        whole = [p for p in self.model.parameters() if is_low_precision(p)]
+        shard(self.model, replicate=list(self.model.parameters()) if whole else ())
         named = [(n, p) for n, p in unique_named_parameters(self.model) if p.requires_grad]
         if not named:
             raise ConfigError("method: MeZO found no trainable tensors")
@@ -67,7 +72,7 @@ class MeZO:
     def on_epoch_start(self, epoch: int) -> None:
         pass
 
-    @torch.inference_mode()
+    @torch.no_grad()        # not inference_mode: FSDP2's all-gather buffers made in it could not be reused after
     def _loss(self, batch: Batch) -> float:
         return float(causal_lm_loss(self.model, batch))
 

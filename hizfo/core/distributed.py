@@ -26,6 +26,7 @@ from torch.distributed.tensor import DTensor
 from hizfo.errors import ConfigError
 
 BACKENDS = ("auto", "gloo", "nccl")
+_GATHERED: set[int] = set()         # the models whose FSDP2 units ``gathered`` holds whole now
 
 
 @dataclass(frozen=True)
@@ -173,12 +174,12 @@ def data_parallel_losses(losses: Sequence[float], batch: dict[str, torch.Tensor]
 
 
 def evaluation_split(model: nn.Module) -> World:
-    """The ranks evaluation splits its batches over: all of them for a whole, replicated model; none (every rank
-    evaluates everything, in step) for an FSDP-sharded one, whose forward hooks are collectives that every rank
-    must run alike even while ``gathered``."""
+    """The ranks evaluation splits its batches over: all of them for a whole model, or for a sharded one while it is
+    ``gathered`` (its forwards then run no FSDP collective, so ranks may run different numbers of them); none (every
+    rank evaluates everything, in step) for a sharded model outside ``gathered``, whose forward hooks all-gather."""
     from torch.distributed.fsdp import FSDPModule
     world = current()
-    if world.size == 1 or any(isinstance(m, FSDPModule) for m in model.modules()):
+    if world.size == 1 or (id(model) not in _GATHERED and any(isinstance(m, FSDPModule) for m in model.modules())):
         return World()
     return world
 
@@ -326,9 +327,12 @@ def gathered(model: nn.Module) -> Iterator[None]:
     for unit in units:
         unit.set_reshard_after_forward(False)
         unit.unshard()
+    if units:
+        _GATHERED.add(id(model))
     try:
         yield
     finally:
+        _GATHERED.discard(id(model))
         for unit in units:
             unit.reshard()
             unit.set_reshard_after_forward(True)

@@ -36,6 +36,7 @@ from hizfo.core.distributed import data_parallel_loss, shard
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                                 check_common, check_lr, replay_rng_if_training, schedule_factor, set_trainable)
 from hizfo.core.partition import Partition, check_partition_settings, check_rho, params_of, partition_model
+from hizfo.core.precision import is_low_precision
 from hizfo.core.zo import ZOParams, chunk_seed, draw_seed
 
 ZO_OPTIMIZERS = ("sgd", "adamw")
@@ -93,8 +94,10 @@ class HiZFO:
     def _apply_partition(self) -> None:
         part = self.partition
         set_trainable(self.model, set(part.fo))                    # autograd only for Θ_FO
-        # several processes: FSDP2 shards Θ_FO (and the frozen rest); Θ_ZO stays whole on every rank, stepped alike
-        shard(self.model, replicate=params_of(self.model, part.zo))
+        # several processes: FSDP2 shards Θ_FO, Θ_ZO and the frozen rest; every rank perturbs its shard of Θ_ZO with
+        # the whole tensors' noise (hizfo/core/zo.py). bf16 Θ_ZO (ZOParams' virtual mode) stays whole on every rank
+        zo_whole = any(is_low_precision(p) for p in params_of(self.model, part.zo))
+        shard(self.model, replicate=params_of(self.model, part.zo) if zo_whole else ())
         self.fo_trainer = (FirstOrderTrainer(self.model, set(part.fo), self.cfg.lr, self.cfg.weight_decay,
                                              self.cfg.schedule, self.total_steps, self.cfg.grad_clip)
                            if part.fo else None)

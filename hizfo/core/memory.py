@@ -20,11 +20,13 @@ a ZO forward (Hi-ZFO holds Θ_FO's gradients through it), and the AdamW step (gr
 Profiling (Hi-ZFO, GreenTrainer) and generation are phases of their own. FSDP2 (the distributed layout: docs/design.md, "Many processes"): every block
 ``fully_shard``-ed, so weights, gradients, optimizer state and masters are 1/world per rank, plus the two blocks
 FSDP2 holds unsharded (the current one and the prefetched next) in compute dtype; activations are per rank at the
-rank's slice of the global batch. Without sharding, each rank holds the whole model (data parallel).
+rank's slice of the global batch. Without sharding, each rank holds the whole model (data parallel). What FSDP2 does
+not divide, as the code runs it: a bf16 ZO part (whole on every rank), the profile (whole model, whole global batch,
+before sharding) and generation (the model gathered whole beside its shards, whole one-process batches).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
@@ -116,7 +118,9 @@ def _moments(s: Setting, r: ModelRoles, act: int) -> dict[str, dict[str, int]]:
     fo, zo = r.fo_numel, r.zo_numel
     shard = s.world_size if s.fsdp else 1
     gathered = 2 * r.block_numel * c if s.fsdp and s.world_size > 1 else 0   # FSDP2: current + prefetched block
-    weights = r.total_numel * w // shard + gathered
+    # bf16 weights of a ZO part (ZOParams' virtual mode) stay whole on every rank; all else is sharded
+    whole = r.zo_numel if s.precision == "bf16" and shard > 1 else 0
+    weights = (r.total_numel - whole) * w // shard + whole * w + gathered
     monitor = sum(min(n, MONITOR_SAMPLE) for n in r.fo_sizes) * 8
     optimizer = (2 * fo * FP32 + 2 * r.extra_opt_numel * FP32) // shard + monitor
     masters = (r.master_numel * FP32) // shard if s.precision == "bf16" else 0
@@ -188,27 +192,30 @@ def _zo_buffers(s: Setting, r: ModelRoles, w: int) -> int:
 
 def _profiling(s: Setting, r: ModelRoles, act_all: int) -> int:
     """hizfo/core/profiling.py: weights, one pass's activations (every tensor trainable), one int8 code per element,
-    and one tensor's gradient at a time (the blockwise head keeps no [N, V] logits for fp32 heads)."""
+    and one tensor's gradient at a time (the blockwise head keeps no [N, V] logits for fp32 heads). Several
+    processes profile the whole model on the whole global batch on every rank (before it is sharded, so that every
+    rank selects what one process would): ``act_all`` is then the global batch's, and nothing is divided."""
     if s.method not in ("hizfo", "greentrainer"):
         return 0
     w, _ = _dtypes(s.precision)
-    shard = s.world_size if s.fsdp else 1
-    codes = r.total_numel // shard
-    return r.total_numel * w // shard + act_all + codes + 2 * r.largest_any * FP32
+    return r.total_numel * w + act_all + r.total_numel + 2 * r.largest_any * FP32
 
 
 def _generation(s: Setting, r: ModelRoles) -> int:
     """Beam search with a KV cache: weights, K and V for every layer over prompt + new tokens, the cache's reorder
     copy of one layer per step, the last position's logits (generate passes logits_to_keep=1) in c and fp32, and
-    the prefill's widest temporaries (about 8 × hidden per token: q, k, v, the attention output and the FFN's)."""
+    the prefill's widest temporaries (about 8 × hidden per token: q, k, v, the attention output and the FFN's).
+    Several processes: each rank generates whole one-process batches (its share of them), and a sharded model is
+    gathered whole for it beside its shards (hizfo/core/distributed.py, ``gathered``)."""
     w, c = _dtypes(s.precision)
     shard = s.world_size if s.fsdp else 1
-    rows = max(1, s.eval_batch // s.world_size) * s.beams
+    rows = s.eval_batch * s.beams
     length = s.prompt_len + s.new_tokens
     kv_layer = 2 * rows * length * r.kv_width * c
     logits = rows * r.vocab * (c + FP32)
     prefill = rows * s.prompt_len * r.hidden * c * 8
-    return r.total_numel * w // shard + kv_layer * (r.layers + 1) + logits + prefill
+    weights = r.total_numel * w + (r.total_numel * w // shard if shard > 1 else 0)
+    return weights + kv_layer * (r.layers + 1) + logits + prefill
 
 
 def predict(shape: ModelShape, s: Setting) -> Prediction:
@@ -217,6 +224,8 @@ def predict(shape: ModelShape, s: Setting) -> Prediction:
     if s.precision not in ("fp32", "bf16-mixed", "bf16"):
         raise ConfigError(f"precision: '{s.precision}' is not one of fp32, bf16-mixed, bf16")
     act, act_all, roles = activations_and_roles(shape, s)
+    if s.world_size > 1 and s.method in ("hizfo", "greentrainer"):      # profiled on the whole global batch
+        act_all = activations_and_roles(shape, replace(s, world_size=1, fsdp=False))[1]
     moments = _moments(s, roles, act)
     moment = max(moments, key=lambda k: sum(moments[k].values()))
     pred = Prediction(training=moments[moment], moment=moment, profiling=_profiling(s, roles, act_all),

@@ -37,9 +37,9 @@ import torch
 from hizfo.core import distributed
 from hizfo.core.distributed import World
 from hizfo.errors import ConfigError
-from hizfo.run.checkpoint_dist import is_distributed, read_distributed, write_shards, write_state
-from hizfo.run.checkpoint_files import (MANIFEST, TMP_PREFIX, fsync_dir, read_checkpoint, verify_checkpoint,
-                                        write_checkpoint)
+from hizfo.run.checkpoint_dist import check_readable, is_distributed, read_distributed, write_shards, write_state
+from hizfo.run.checkpoint_files import (MANIFEST, TMP_PREFIX, Parsed, apply_checkpoint, fsync_dir, parse_checkpoint,
+                                        verify_checkpoint, write_checkpoint)
 from hizfo.run.locks import RunLock
 from hizfo.run.signals import RELAY, DeferredSignal, Pending, signal_name
 
@@ -144,20 +144,26 @@ class Checkpointer:
         self._live = (method, state, meters, zo_seeds)
         self._signal.in_training = True
         self._last_save = time.monotonic()
-        latest = None
+        chosen, error = None, None
         if self.world.is_main:
             self._remove_partial()
-            latest = self._newest_intact()
-        latest = distributed.from_main(latest)          # rank 0 chose; every rank reads the same one
+            try:
+                chosen = self._newest_readable()
+            except ConfigError as exc:              # another config's checkpoint: every rank stops, one line
+                error = exc
+        distributed.agree(error)
+        latest = distributed.from_main(chosen.path if isinstance(chosen, Parsed) else chosen)
         if latest is None:
             return False
         if is_distributed(latest):
             read_distributed(latest, method, state, meters, zo_seeds, self.config_hash, self.folder, self.world)
         elif self.world.size > 1:
-            raise ConfigError(f"checkpoint: {latest} was written by one process; resume it with one process, or "
-                              f"remove it (rm -r {self.folder}) to start afresh on {self.world.size}")
+            refusal = ConfigError(f"checkpoint: {latest} was written by one process; resume it with one process, "
+                                  f"or remove it (rm -r {self.folder}) to start afresh on {self.world.size}")
+            refusal.reported = not self.world.is_main           # type: ignore[attr-defined]
+            raise refusal
         else:
-            read_checkpoint(latest, method, state, meters, zo_seeds, self.config_hash, self.folder)
+            apply_checkpoint(chosen, method, state, meters, zo_seeds)
         self.restored_from = latest
         self._saved_step = state.step
         return True
@@ -182,7 +188,9 @@ class Checkpointer:
         """After the last step: from now on a signal is answered at once (parameters no longer change)."""
         self._live = (method, state, meters, zo_seeds)
         self._signal.in_training = False
-        if self.world.size > 1:         # a signal during evaluation cannot write collectively: write now, always
+        # the trained weights are kept until the record is written (a full disk then loses no training); several
+        # processes write always, since a signal during evaluation cannot start a collective write
+        if self.world.size > 1 or self.every_steps or self.every_minutes is not None:
             self.save(method, state, meters, zo_seeds, reason=self._signal.reason or "end of training")
             self._deliver_pending()
         elif self._signal.pending is not None:
@@ -324,17 +332,29 @@ class Checkpointer:
         where = f" ({self.folder})" if self._saved_step is not None else ""
         self._signal.deliver(f"step {self._saved_step}{where}")
 
-    def _newest_intact(self) -> Optional[Path]:
-        """The newest checkpoint whose files match its manifest; one warning line for each newer damaged one."""
+    def _newest_readable(self) -> Optional[Parsed | Path]:
+        """The newest checkpoint whose files match its manifest and parse (a single-layout one parsed, a distributed
+        one's path); one warning line for each newer one that does not. ``ConfigError`` for another config's."""
         damaged: list[str] = []
-        chosen = None
+        chosen: Optional[Parsed | Path] = None
         for candidate in self.checkpoints():
             problem = verify_checkpoint(candidate)
             if problem is None:
-                chosen = candidate
-                break
+                try:
+                    if is_distributed(candidate):
+                        check_readable(candidate, self.config_hash, self.folder)
+                        chosen = candidate
+                    else:
+                        chosen = parse_checkpoint(candidate, self.config_hash, self.folder)
+                    break
+                except ConfigError:
+                    raise
+                except Exception as exc:                # noqa: BLE001 - any parse failure: fall back, in one line
+                    problem = (f"{candidate} matches its {MANIFEST} but cannot be read "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
             damaged.append(problem)
-        then = f"resuming from the previous one, {chosen.name}" if chosen is not None else \
+        name = (chosen.path if isinstance(chosen, Parsed) else chosen).name if chosen is not None else None
+        then = f"resuming from the previous one, {name}" if chosen is not None else \
             "no intact checkpoint is left, so the run starts afresh"
         for problem in damaged:
             print(f"warning: checkpoint: {problem}; not resumed from it, {then}", file=sys.stderr, flush=True)

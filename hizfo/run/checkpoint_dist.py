@@ -97,6 +97,18 @@ def write_state(folder: Path, state: Any, config_hash: str, reason: str, world: 
     fsync_dir(folder)
 
 
+def check_readable(path: Path, config_hash: str, run_folder: Path) -> None:
+    """Rank 0, choosing the checkpoint to resume: its small files parse and DCP's metadata reads (the shards'
+    bytes are covered by the manifest's checksums). Raises what a read would; ``ConfigError`` for another config's."""
+    info = checked_state(path, config_hash, run_folder)
+    if not isinstance(info.get("loop"), dict) or not isinstance(info.get("world_size"), int):
+        raise ValueError("state.json has no 'loop' object or 'world_size'")
+    for rank in range(info["world_size"]):
+        own = torch.load(path / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
+        json.loads(own["rng_scalars"]), json.loads(own["meters"])
+    dcp.FileSystemReader(path / DCP_DIR).read_metadata()
+
+
 def read_distributed(path: Path, method: Any, state: Any, meters: Any, zo_seeds: Optional[torch.Generator],
                      config_hash: str, run_folder: Path, world: World) -> None:
     """Every rank: the method's parameters and state from the DCP files (resharded to this world size), this rank's

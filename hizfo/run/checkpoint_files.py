@@ -257,23 +257,52 @@ def write_checkpoint(folder: Path, method: Any, state: Any, meters: Any, zo_seed
     fsync_dir(folder)
 
 
+@dataclasses.dataclass
+class Parsed:
+    """A single-layout checkpoint read into memory and checked, before anything of the run is touched."""
+    path: Path
+    info: dict[str, Any]
+    method_state: dict[str, Any]
+    rng_tensors: dict[str, Any]
+
+
+def parse_checkpoint(path: Path, config_hash: str, run_folder: Path) -> Parsed:
+    """Every file of the checkpoint at ``path`` parsed (the parameters' header and names checked, not their bytes
+    read): any error here leaves the run untouched, so the checkpointer can fall back to an older one. One line
+    (``ConfigError``) if it is another format's or another config's."""
+    info = checked_state(path, config_hash, run_folder)
+    for key in ("loop", "meters", "rng"):
+        if not isinstance(info.get(key), dict):
+            raise ValueError(f"state.json has no '{key}' object")
+    from safetensors import safe_open
+    with safe_open(str(path / "params.safetensors"), framework="pt", device="cpu") as handle:
+        list(handle.keys())
+    return Parsed(path, info, torch.load(path / "method.pt", map_location="cpu", weights_only=True),
+                  torch.load(path / "rng.pt", map_location="cpu", weights_only=True))
+
+
+def apply_checkpoint(parsed: Parsed, method: Any, state: Any, meters: Any, zo_seeds: Optional[torch.Generator]) -> None:
+    """Restore the method, the loop position, the meters and every RNG from a parsed checkpoint."""
+    load_parameters(method.eval_model(), parsed.path / "params.safetensors")
+    method.load_state_dict(parsed.method_state)
+    restore_rng(parsed.rng_tensors, parsed.info["rng"], zo_seeds)
+    meters.load_state_dict(parsed.info["meters"])
+    restore_loop(state, parsed.info["loop"])
+
+
 def read_checkpoint(path: Path, method: Any, state: Any, meters: Any, zo_seeds: Optional[torch.Generator],
                     config_hash: str, run_folder: Path) -> None:
     """Restore the method, the loop position, the meters and every RNG from the checkpoint at ``path``; one
     line (``ConfigError``) if it is another format's or another config's."""
-    info = checked_state(path, config_hash, run_folder)
-    load_parameters(method.eval_model(), path / "params.safetensors")
-    method.load_state_dict(torch.load(path / "method.pt", map_location="cpu", weights_only=True))
-    rng_tensors = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
-    restore_rng(rng_tensors, info["rng"], zo_seeds)
-    meters.load_state_dict(info["meters"])
-    restore_loop(state, info["loop"])
+    apply_checkpoint(parse_checkpoint(path, config_hash, run_folder), method, state, meters, zo_seeds)
 
 
 def checked_state(path: Path, config_hash: str, run_folder: Path) -> dict[str, Any]:
     """``state.json`` of the checkpoint at ``path``; one line (``ConfigError``) if it is another format's or
     another config's."""
     info = json.loads((path / "state.json").read_text())
+    if not isinstance(info, dict):
+        raise ValueError("state.json is not a JSON object")
     if info.get("format") != FORMAT_VERSION:
         raise ConfigError(f"checkpoint: {path} has format {info.get('format')}, this code reads "
                           f"{FORMAT_VERSION}; remove it (rm -r {run_folder}) to start the run afresh")

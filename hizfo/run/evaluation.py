@@ -44,8 +44,10 @@ def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: 
     if task.cfg.group_by_length:                 # longest prompts first, so a batch's left padding is small
         lengths = [len(tokenizer(e.prompt).input_ids) for e in examples]
         order.sort(key=lambda i: -lengths[i])
-    # several processes, a replicated model: rank r generates the one-process batches r, r + N, ... (the same
-    # batches, so the same tokens), and rank 0 gathers them; a sharded model or one process: every batch
+    # several processes, a whole or ``gathered`` model: rank r generates the one-process batches r, r + N, ... (the
+    # same batches, so the same tokens), and rank 0 gathers them; one process: every batch. synced_gpus=False:
+    # transformers would otherwise keep an FSDP model's ranks stepping together (an all-reduce per token, for
+    # forwards that all-gather); gathered, a forward is local, so each rank stops when its own batch is done
     split = distributed.evaluation_split(model)
     starts = distributed.my_share(list(range(0, len(examples), batch_size)), split)
     # counts examples (not batches), so its rate and ETA are per example; leave=True: the bar ends its line
@@ -55,7 +57,8 @@ def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: 
         batch = {k: v.to(target) for k, v in encode_prompts(chunk, tokenizer, task.cfg.max_input_length).items()}
         # stop where task.postprocess will cut, with any tokenizer (transformers' stop_strings cannot take all)
         stop = StoppingCriteriaList([StopOnText(tokenizer, batch["input_ids"].shape[1], task.stop_index)])
-        generated = model.generate(**batch, **kwargs, stopping_criteria=stop)   # [B, N_prompt + N_new]
+        generated = model.generate(**batch, **kwargs, stopping_criteria=stop,
+                                   synced_gpus=False)          # [B, N_prompt + N_new]
         new_tokens = generated[:, batch["input_ids"].shape[1]:]
         texts = [task.postprocess(row) for row in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         outputs.extend(zip(order[start:start + batch_size], texts))

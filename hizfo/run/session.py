@@ -182,7 +182,11 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
     final_sha = tensors_sha256(distributed.full_parameters(prepared.method.eval_model()))   # every rank gathers
     if not world.is_main:
         return {"status": "ok", "rank": world.rank}     # its checkpointer only stops listening (rank 0 discards)
-    record = write_ok_record(prepared, result, meters, prov, tracker, final_sha)
+    try:
+        record = write_ok_record(prepared, result, meters, prov, tracker, final_sha)
+    except OSError as exc:                  # a full disk, say: the trained run waits in its checkpoint
+        tracker.finish(failed=True)
+        raise _unwritten_record(exc, spec, checkpointer) from exc
     if checkpointer is not None:
         checkpointer.discard()
     where = tracker.location or "not logged (logger=none)"
@@ -232,6 +236,22 @@ def _record_failure(spec: RunSpec, exc: Exception, meters: Meters, prov: dict[st
              else f"record at {spec.path}")
     print(f"failed: {one_line(exc)}; {where}", file=sys.stderr)
     exc.reported = True                                        # type: ignore[attr-defined]
+
+
+def _unwritten_record(exc: OSError, spec: RunSpec, checkpointer: Optional[Checkpointer]) -> RecordNotWritten:
+    """One line for an ok record the disk refused, saying where the trained run waits for the relaunch."""
+    latest = checkpointer.latest() if checkpointer is not None else None
+    kept = (f"the trained run is kept in {latest}; free space and run the same command again to evaluate and "
+            f"record it without retraining" if latest is not None else
+            "no checkpoint holds the trained run (checkpoint_every=0): run it again once there is space")
+    error = RecordNotWritten(f"the ok record {spec.path} could not be written ({one_line(exc)}); {kept}")
+    print(f"failed: {error}", file=sys.stderr)
+    error.reported = True                                      # type: ignore[attr-defined]
+    return error
+
+
+class RecordNotWritten(RuntimeError):
+    """The run trained and evaluated, but its ok record could not be written."""
 
 
 def write_ok_record(prepared: Prepared, result: LoopResult, meters: Meters, prov: dict[str, Any],

@@ -127,3 +127,15 @@ def test_the_block_by_block_count_equals_the_full_forward(tiny):
         s = Setting(method=method, method_cfg=(), precision=precision, batch=4, seq_len=24, device="cpu")
         fast = activations_and_roles(deep, s)[0]
         assert fast > 0 and fast == full_saved_bytes(deep, s), (method, precision)
+
+
+def test_what_the_run_does_not_shard_is_predicted_whole(tiny):
+    """Several processes profile the whole model on the whole global batch, and generate with the model gathered
+    whole beside its shards (hizfo/core/distributed.py): the planner may not divide those phases by the world."""
+    s = Setting(method="hizfo", method_cfg=(), batch=16, seq_len=80, device="cuda")
+    one, two = predict(tiny, s), predict(tiny, replace(s, world_size=2, fsdp=True))
+    assert two.profiling == one.profiling
+    assert two.generation > one.generation
+    bf16_one, bf16_two = (predict(tiny, replace(s, precision="bf16", world_size=n, fsdp=n > 1)) for n in (1, 2))
+    assert two.training["weights"] < bf16_two.training["weights"] * 2      # fp32 Θ_ZO sharded, bf16's whole
+    assert bf16_two.training["weights"] > bf16_one.training["weights"] // 2
