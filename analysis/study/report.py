@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.figures import save_figure  # noqa: E402
-from analysis.specs import METHOD_DISPLAY, TASK_DISPLAY  # noqa: E402
-from analysis.study.arms import (HIZFO, HIZFO_READINGS, SWEEP_KEYS, SWEEP_SYMBOLS, Arm, decimals,  # noqa: E402
+from analysis.specs import METHOD_DISPLAY, SWEEP_SYMBOL, TASK_DISPLAY  # noqa: E402
+from analysis.study.arms import (HIZFO, HIZFO_READINGS, SWEEP_KEYS, Arm, decimals,  # noqa: E402
                                  find_arm, interim_arms, paired, sweep_arms, task_metrics)
 from analysis.study.budget import budget_section  # noqa: E402
 from analysis.study.claims import Claim, Comparison  # noqa: E402
@@ -316,9 +316,9 @@ def plot_sweeps(arms: list[Arm], model: str, task: str, metric: str, out: Path, 
             if single:
                 ax.plot(single, [ivs[x].mean for x in single], "o", markerfacecolor="white", zorder=4,
                         color=line.lines[0].get_color(),
-                        label=f"one seed: {SWEEP_SYMBOLS[name]} = {', '.join(f'{x:g}' for x in single)}")
+                        label=f"one seed: {SWEEP_SYMBOL[name]} = {', '.join(f'{x:g}' for x in single)}")
             any_line = drawn = True
-        ax.set(xlabel=SWEEP_SYMBOLS[name], ylabel=f"{metric} (mean ± 95 % CI)")
+        ax.set(xlabel=SWEEP_SYMBOL[name], ylabel=f"{metric} (mean ± 95 % CI)")
         if any_line:
             ax.legend(fontsize="small")
         else:

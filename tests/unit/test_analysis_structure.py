@@ -131,3 +131,22 @@ def test_a_new_table_is_a_spec_entry(tmp_path: Path, monkeypatch: pytest.MonkeyP
     text = (tmp_path / "table9.md").read_text()
     assert text.startswith("# Table 9: a new one") and "| Setting |" in text and "- A note of its own." in text
     assert "Mem." not in text                                     # costs not asked for, so not shown
+
+
+def symbol_tables(source: str) -> list[int]:
+    """Lines of dict literals that give a swept hyperparameter (``rho``, ``alpha``, ``lr_ratio``) its display
+    symbol: each such dict owns the symbols."""
+    from analysis.specs import SWEEP_SYMBOL
+    return [node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Dict) and any(
+        isinstance(k, ast.Constant) and k.value in SWEEP_SYMBOL and isinstance(v, ast.Constant)
+        and v.value == SWEEP_SYMBOL[k.value] for k, v in zip(node.keys, node.values))]
+
+
+def test_the_symbol_scan_finds_a_second_table():
+    assert symbol_tables('SYMBOLS = {"rho": "ρ", "alpha": "α"}\nKEYS = {"rho": ("method.rho",)}\n') == [1]
+
+
+def test_one_sweep_symbol_table():
+    owners = {str(p.relative_to(ROOT)) for p in sorted((ROOT / "analysis").rglob("*.py"))
+              if symbol_tables(p.read_text())}
+    assert owners == {"analysis/specs.py"}, f"the sweep symbols belong in analysis/specs.py SWEEP_SYMBOL: {owners}"
