@@ -10,7 +10,8 @@ from typing import Any, Optional
 import pandas as pd
 
 from analysis.loading import CELL_KEYS, Report, aggregate, load_records, settle_cells
-from analysis.specs import FLOPS_SHARE, ROUGE, SWEPT_KEYS, TASK_SCORES, Grid, TaskScore, cell_hparams
+from analysis.specs import FLOPS_SHARE, SWEPT_KEYS, Grid, cell_hparams
+from hizfo.tasks.catalogue import TaskScore, score_of
 
 CellKey = tuple[Any, ...]
 
@@ -57,7 +58,8 @@ def grid_has_records(grid: Grid, lookup: dict[CellKey, pd.Series]) -> bool:
 
 
 def task_score(task: str) -> TaskScore:
-    return TASK_SCORES.get(task, ROUGE)
+    """How the task's score is read and shown; a task the catalogue lacks is refused (one line)."""
+    return score_of(task)
 
 
 def load_cells(results_dir: Path, report: Report) -> tuple[dict[CellKey, pd.Series], int, dict[CellKey, list[str]]]:

@@ -1,12 +1,15 @@
-"""The names analysis shares: display names, how a task's score is read, the swept hyperparameters and their
-defaults, the grid type and the per-cell quantities. Beneath both the paper's tables (analysis/paper/, whose grids
-are analysis/paper/experiments.py) and the CPU studies (analysis/study/).
+"""The names analysis shares: display names, the swept hyperparameters with their defaults and symbols, the grid
+type and the per-cell quantities (how a task's score is read and shown: hizfo/tasks/catalogue.py). Beneath both
+the paper's tables (analysis/paper/, whose grids are analysis/paper/experiments.py) and the CPU studies
+(analysis/study/).
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
 from typing import Iterator, Optional
+
+from hizfo.tasks.catalogue import TASKS
 
 # ---------------------------------------------------------------------------------------------------
 # display names: config name -> the paper's spelling (one mapping; aliases for the paper's other spellings)
@@ -45,35 +48,8 @@ def method_label(method_cfg: dict) -> str:
 METHOD_ALIASES: dict[str, str] = {**{v: k for k, v in METHOD_DISPLAY.items()}, "Bieval-ZOFO": "bilevel_zofo",
                                   "FT (Full Fine-Tuning)": "full_ft", "FT": "full_ft", "w/o ZO-Loss": "hizfo"}
 
-TASK_DISPLAY: dict[str, str] = {
-    "scitldr": "SciTLDR", "dialogsum": "DialogSum", "webquestions": "WebQuestion", "gsm8k": "GSM8K",
-    "math500": "Math500", "humaneval": "HumanEval", "toy": "Toy",
-    "pydoc": "PyDoc (stdlib)", "humaneval_split": "HumanEval (held-out half)",
-    "wordnet_revdict": "WordNet reverse dictionary",
-}
-
-
-@dataclass(frozen=True)
-class TaskScore:
-    """How a task's score is read from ``record["metrics"]`` and shown (in the record's own scale)."""
-    keys: tuple[str, ...]     # metric keys in the record
-    header: str               # column header, as in the paper
-    decimals: int = 1
-
-
-# Scales follow hizfo.eval.metrics, and match how the paper prints each: ROUGE ×100 and WebQuestions exact
-# match in percent (Tables 1, 3-5); GSM8K / MATH500 accuracy and HumanEval pass@1 as fractions (Table 2).
-ROUGE = TaskScore(("rouge1", "rouge2", "rougeL"), "R1/R2/RL")
-TASK_SCORES: dict[str, TaskScore] = {
-    "scitldr": ROUGE, "dialogsum": ROUGE, "toy": ROUGE,
-    "webquestions": TaskScore(("exact_match",), "Acc."),          # EM on the first answer (GreenTrainer)
-    "gsm8k": TaskScore(("accuracy",), "Acc", decimals=3),
-    "math500": TaskScore(("accuracy",), "Acc", decimals=3),
-    "humaneval": TaskScore(("pass@1",), "pass@1", decimals=3),
-    "pydoc": ROUGE,                                                # docstring summaries: ROUGE, as scitldr
-    "humaneval_split": TaskScore(("pass@1",), "pass@1", decimals=3),   # pass@1 fraction, as humaneval
-    "wordnet_revdict": TaskScore(("exact_match",), "EM"),          # % equal to the word or a synonym
-}
+# each task's display name, score keys, header and decimals: hizfo/tasks/catalogue.py (torch-free)
+TASK_DISPLAY: dict[str, str] = {name: task.display for name, task in TASKS.items()}
 
 # Hyperparameters that tell the cells of the sweeps apart, with the paper's defaults (§4.2, A.2).
 # A record counts for a cell only when each of these equals the cell's value (the default unless swept).

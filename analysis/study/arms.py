@@ -19,21 +19,19 @@ from typing import Any, Optional
 import pandas as pd
 
 from analysis.loading import Report, load_records
-from analysis.specs import METHOD_DISPLAY, TASK_SCORES
+from analysis.specs import METHOD_DISPLAY
 from analysis.study.stats import Interval, difference_interval, t_interval
 from hizfo.run.runspec import is_reporting, parse_variant
+from hizfo.tasks.catalogue import metric_decimals, score_of
 
-# metric keys per task, the first is the one claims use (hizfo/tasks/pydoc.py, hizfo/tasks/humaneval.py score())
-TASK_METRICS: dict[str, tuple[str, ...]] = {"pydoc": ("rouge1", "rouge2", "rougeL"), "humaneval_split": ("pass@1",),
-                                            "wordnet_revdict": ("exact_match", "exact_match_word")}
-METRIC_DECIMALS = {"pass@1": 3, "accuracy": 3}
+# a study shows at least two decimals (its seed means and intervals move in the second), fractions with the paper's 3
+STUDY_DECIMALS = 2
 # variant keys the method's name already carries (analysis.specs.method_label); the keys that do not change what
 # a run computes are RunSpec's (hizfo.run.runspec.is_reporting)
 LABEL_KEYS = ("method.alpha_mode",)
 # the variant keys that move each swept hyperparameter (r can be set as lr_ratio or as an absolute zo_lr)
 SWEEP_KEYS: dict[str, tuple[str, ...]] = {"rho": ("method.rho",), "alpha": ("method.alpha",),
                                           "lr_ratio": ("method.lr_ratio", "method.zo_lr")}
-SWEEP_SYMBOLS = {"rho": "ρ", "alpha": "α", "lr_ratio": "r = η_ZO/η_FO"}
 HIZFO = "hizfo"
 HIZFO_READINGS = ("hizfo", "hizfo_alpha_loss")        # α scales the ZO update | α weights the ZO loss
 
@@ -128,8 +126,9 @@ def _epochs_trained(row: pd.Series) -> Optional[float]:
 
 
 def task_metrics(task: str, frame: pd.DataFrame) -> tuple[str, ...]:
-    """The metric keys to show for a task, the claims' metric first."""
-    keys = TASK_METRICS.get(task) or (TASK_SCORES[task].keys if task in TASK_SCORES else ())
+    """The metric keys to show for a task (hizfo/tasks/catalogue.py), the claims' metric first; an unknown task is
+    refused."""
+    keys = score_of(task).shown
     present = tuple(k for k in keys if f"metric.{k}" in frame.columns)
     if present:
         return present
@@ -137,7 +136,7 @@ def task_metrics(task: str, frame: pd.DataFrame) -> tuple[str, ...]:
 
 
 def decimals(metric: str) -> int:
-    return METRIC_DECIMALS.get(metric, 2)
+    return max(STUDY_DECIMALS, metric_decimals(metric))
 
 
 @dataclass

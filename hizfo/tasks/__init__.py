@@ -1,4 +1,2 @@
-"""Tasks: data loading, the paper's prompt templates (A.3), batching and scoring."""
-from hizfo.tasks.base import Example, Task, collate_train, encode_train, encode_prompts
-
-__all__ = ["Example", "Task", "collate_train", "encode_train", "encode_prompts"]
+"""Tasks: data loading, the paper's prompt templates (A.3), batching and scoring (hizfo/tasks/base.py), and the
+torch-free task catalogue (hizfo/tasks/catalogue.py). Importing the package loads neither torch nor a task."""

@@ -15,7 +15,8 @@ from analysis.paper import reference as paper_reference
 from analysis.loading import Report, load_records, settle_cells
 from analysis.paper.experiments import EXPERIMENTS
 from analysis.specs import (FLOPS_SHARE, METHOD_ALIASES, METHOD_DISPLAY, MODEL_ALIASES, QUANTITY_HEADERS, TASK_DISPLAY,
-                            TASK_SCORES, method_label, model_display)
+                            method_label, model_display)
+from hizfo.tasks.catalogue import TASKS, score_of
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_RECORDS = ROOT / "results" / "paper"
@@ -419,8 +420,8 @@ def test_wrapped_names_join_back_to_the_name() -> None:
 def test_every_task_config_has_a_display_name_and_a_score() -> None:
     configured = sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml"))
     assert {"pydoc", "humaneval_split"} <= set(configured)
-    assert [t for t in configured if t not in TASK_DISPLAY or t not in TASK_SCORES] == []
-    assert TASK_SCORES["pydoc"] == TASK_SCORES["scitldr"] and TASK_SCORES["humaneval_split"] == TASK_SCORES["humaneval"]
+    assert [t for t in configured if t not in TASK_DISPLAY or t not in TASKS] == []
+    assert score_of("pydoc") == score_of("scitldr") and score_of("humaneval_split") == score_of("humaneval")
     assert sweeps.score_label("humaneval_split").endswith("(fraction)")
     assert sweeps.score_label("pydoc").endswith("(×100)")
 

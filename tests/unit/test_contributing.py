@@ -25,9 +25,9 @@ def test_every_method_and_control_has_its_files(name):
 
 @pytest.mark.parametrize("name", TASK_YAMLS)
 def test_every_task_has_its_files(name):
-    from analysis.specs import TASK_SCORES
+    from hizfo.tasks.catalogue import TASKS
     assert (ROOT / "hizfo" / "tasks" / f"{name}.py").is_file(), f"hizfo/tasks/{name}.py"
-    assert name in TASK_SCORES, f"analysis/specs.py TASK_SCORES['{name}']"
+    assert name in TASKS, f"hizfo/tasks/catalogue.py TASKS['{name}']"
     assert name in (ROOT / "docs" / "tasks.md").read_text(), f"docs/tasks.md names {name}"
 
 
