@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Optional
 
 from hizfo.config import LoggerConfig, MethodConfig, ModelConfig, RunConfig, TaskConfig
@@ -142,9 +143,29 @@ def build_config(cls: type, values: dict[str, Any]) -> Any:
     return cls(**plain)
 
 
+TASK_CONF = Path(__file__).resolve().parent.parent / "conf" / "task"
+HUB_ENTRY = "/task_hub@options.hub"     # a task yaml's defaults entry that composes its class's hub sources
+
+
+def hub_sources() -> dict[str, dict[str, Any]]:
+    """The hub sources of each task whose yaml composes them (``- /task_hub@options.hub: <task>``), from the class
+    its ``_target_`` names (``HubTask.hub_config``; imported by name, as ``implementation`` imports a method's):
+    the class owns them, and the run's config, and so its hash, still carries them as ``task.options.hub``."""
+    from omegaconf import OmegaConf
+    found = {}
+    for path in sorted(TASK_CONF.glob("*.yaml")):
+        text = OmegaConf.load(path)
+        names = [entry[HUB_ENTRY] for entry in text.get("defaults", []) if HUB_ENTRY in entry]
+        if names:
+            module, _, cls = str(text._target_).rpartition(".")
+            found[names[0]] = getattr(importlib.import_module(module), cls).hub_config()
+    return found
+
+
 def register_schemas() -> None:
-    """Store every schema in Hydra's ConfigStore: the run, model, task and logger schemas and each method's as
-    ``/schema/method/<name>`` (conf/method/*.yaml compose them). Safe to call more than once."""
+    """Store every schema in Hydra's ConfigStore: the run, model, task and logger schemas, each method's as
+    ``/schema/method/<name>`` (conf/method/*.yaml compose them) and each hub task's sources as ``/task_hub/<task>``
+    (``hub_sources``). Safe to call more than once."""
     from hydra.core.config_store import ConfigStore
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
@@ -153,3 +174,5 @@ def register_schemas() -> None:
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
     for name, schema in METHODS.items():
         cs.store(group="schema/method", name=name, node=schema)
+    for name, sources in hub_sources().items():
+        cs.store(group="task_hub", name=name, node=sources)

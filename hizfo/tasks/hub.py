@@ -5,8 +5,8 @@ Where a split comes from, first match wins:
      parquet file with the hub dataset's columns;
   2. ``task.data_dir``: a local copy of the hub repository (``git clone`` / ``hf download --repo-type dataset``), or a
      folder of ``train.*`` / ``test.*`` files, loaded with ``datasets.load_dataset(data_dir, config)``;
-  3. the hub: ``datasets.load_dataset(dataset, config, split=..., revision=...)`` (``task.options.hub.<split>``
-     overrides the task's defaults).
+  3. the hub: ``datasets.load_dataset(dataset, config, split=..., revision=...)`` from the class's ``sources``
+     (``task.options.hub.<split>`` overrides them; a task's yaml derives ``options.hub`` from the class).
 Every failure is a one-line :class:`ConfigError` that names the file, the column or the dataset.
 """
 from __future__ import annotations
@@ -147,9 +147,17 @@ def load_hub_split(source: HubSource, *, columns: tuple[str, ...], task_name: st
 class HubTask(Task):
     """A task whose splits load from the hub or a local copy; subclasses turn a row into an :class:`Example`."""
 
-    sources: dict[str, HubSource] = {}
+    sources: dict[str, HubSource] = {}  # the one owner of where each split lives (the yaml derives options.hub)
     columns: dict[str, tuple[str, ...]] = {}
     options_schema = {**Task.options_schema, "hub": "dict"}
+
+    @classmethod
+    def hub_config(cls) -> dict[str, dict[str, Any]]:
+        """``sources`` as config, ``{split: {dataset, config, split}}`` (``revision`` where set): what a task yaml's
+        ``options.hub: ${hizfo_hub:${.._target_}}`` resolves to, so the run's config and hash carry the sources."""
+        return {split: {"dataset": s.dataset, "config": s.config, "split": s.split,
+                        **({"revision": s.revision} if s.revision is not None else {})}
+                for split, s in cls.sources.items()}
 
     def source(self, split: str) -> HubSource:
         """The split's hub source: the class default, updated by ``task.options.hub.<split>``."""

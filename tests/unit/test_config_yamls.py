@@ -43,6 +43,8 @@ def baseline(path: Path) -> Any:
             continue
         if isinstance(entry, dict) and list(entry) == [f"/schema/{group}@_here_"]:
             base = schema_of(group, entry[f"/schema/{group}@_here_"])
+        elif group == "task" and isinstance(entry, dict) and list(entry) == ["/task_hub@options.hub"]:
+            continue                  # the class's hub sources (hizfo.registry.hub_sources), not a schema default
         elif isinstance(entry, str):
             base = composed(path.parent / f"{entry}.yaml")
         else:
