@@ -26,7 +26,6 @@ from torch.distributed.tensor import DTensor
 from hizfo.errors import ConfigError
 
 BACKENDS = ("auto", "gloo", "nccl")
-_GATHERED: set[int] = set()         # the models whose FSDP2 units ``gathered`` holds whole now
 
 
 @dataclass(frozen=True)
@@ -174,19 +173,26 @@ def data_parallel_losses(losses: Sequence[float], batch: dict[str, torch.Tensor]
 
 
 def evaluation_split(model: nn.Module) -> World:
-    """The ranks evaluation splits its batches over: all of them for a whole model, or for a sharded one while it is
-    ``gathered`` (its forwards then run no FSDP collective, so ranks may run different numbers of them); none (every
-    rank evaluates everything, in step) for a sharded model outside ``gathered``, whose forward hooks all-gather."""
+    """The ranks evaluation splits its batches over: all of them. A whole model evaluates each rank's share alone;
+    a sharded one in ``lockstep`` (every forward all-gathers its blocks, so every rank runs
+    the same number of forwards: ``my_share(..., even=True)`` pads the shorter shares with stand-in batches)."""
+    return current()
+
+
+def lockstep(model: nn.Module) -> bool:
+    """Whether ``model``'s forwards are collectives every rank must run alike: FSDP2 blocks, under several
+    processes."""
     from torch.distributed.fsdp import FSDPModule
-    world = current()
-    if world.size == 1 or (id(model) not in _GATHERED and any(isinstance(m, FSDPModule) for m in model.modules())):
-        return World()
-    return world
+    return current().size > 1 and any(isinstance(m, FSDPModule) for m in model.modules())
 
 
-def my_share(items: list[Any], split: World) -> list[Any]:
-    """This rank's items r, r + N, r + 2N, ... of a ``split`` over N ranks (all of them for a split over one)."""
-    return items if split.size == 1 else items[split.rank::split.size]
+def my_share(items: list[Any], split: World, even: bool = False) -> list[Any]:
+    """This rank's items r, r + N, r + 2N, ... of a ``split`` over N ranks (all of them for a split over one);
+    ``even``: padded with None to ceil(len / N), so every rank takes as many turns (a None turn runs a stand-in)."""
+    if split.size == 1:
+        return items
+    share = items[split.rank::split.size]
+    return share + [None] * (-(-len(items) // split.size) - len(share)) if even else share
 
 
 def gather_to_main(items: list[Any], split: World) -> list[Any]:
@@ -318,21 +324,21 @@ def full_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def gathered(model: nn.Module) -> Iterator[None]:
-    """Every FSDP2 unit of ``model`` all-gathered once and kept whole inside the block (generation calls the model
-    in ways FSDP's forward hooks do not all see, e.g. peft's ``generate``), resharded after. Costs the full model on
-    every rank while it lasts. Not sharded: nothing to do."""
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """The root FSDP2 unit of ``model`` (embeddings, final norm, head, a prefix's encoder: what peft's ``generate``
+    may call outside the root's hooks) all-gathered and kept whole while evaluation runs; the decoder blocks stay
+    sharded and all-gather in each forward (``lockstep``). Costs the root whole plus two blocks on every rank, not
+    the whole model. Not sharded: nothing to do."""
     from torch.distributed.fsdp import FSDPModule
-    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    for unit in units:
-        unit.set_reshard_after_forward(False)
-        unit.unshard()
-    if units:
-        _GATHERED.add(id(model))
+    root = next((m for m in model.modules() if isinstance(m, FSDPModule)), None)
+    if root is None:
+        yield
+        return
+    root.set_reshard_after_forward(False)
+    root.unshard()
     try:
         yield
     finally:
-        _GATHERED.discard(id(model))
-        for unit in units:
-            unit.reshard()
-            unit.set_reshard_after_forward(True)
+        root.reshard()
+        root.set_reshard_after_forward(True)
+

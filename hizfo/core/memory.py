@@ -22,7 +22,7 @@ Profiling (Hi-ZFO, GreenTrainer) and generation are phases of their own. FSDP2 (
 FSDP2 holds unsharded (the current one and the prefetched next) in compute dtype; activations are per rank at the
 rank's slice of the global batch. Without sharding, each rank holds the whole model (data parallel). What FSDP2 does
 not divide, as the code runs it: a bf16 ZO part (whole on every rank), the profile (whole model, whole global batch,
-before sharding) and generation (the model gathered whole beside its shards, whole one-process batches).
+before sharding) and generation's root unit (embeddings, head) and whole one-process batches.
 """
 from __future__ import annotations
 
@@ -205,8 +205,9 @@ def _generation(s: Setting, r: ModelRoles) -> int:
     """Beam search with a KV cache: weights, K and V for every layer over prompt + new tokens, the cache's reorder
     copy of one layer per step, the last position's logits (generate passes logits_to_keep=1) in c and fp32, and
     the prefill's widest temporaries (about 8 × hidden per token: q, k, v, the attention output and the FFN's).
-    Several processes: each rank generates whole one-process batches (its share of them), and a sharded model is
-    gathered whole for it beside its shards (hizfo/core/distributed.py, ``gathered``)."""
+    Several processes: each rank generates whole one-process batches (its share of them); a sharded model keeps
+    its root unit (embeddings, head) whole and all-gathers its blocks in each forward, two at a time
+    (hizfo/core/distributed.py, ``evaluating``)."""
     w, c = _dtypes(s.precision)
     shard = s.world_size if s.fsdp else 1
     rows = s.eval_batch * s.beams
@@ -214,7 +215,9 @@ def _generation(s: Setting, r: ModelRoles) -> int:
     kv_layer = 2 * rows * length * r.kv_width * c
     logits = rows * r.vocab * (c + FP32)
     prefill = rows * s.prompt_len * r.hidden * c * 8
-    weights = r.total_numel * w + (r.total_numel * w // shard if shard > 1 else 0)
+    blocks = r.layers * r.block_numel
+    weights = r.total_numel * w if shard == 1 else \
+        (r.total_numel - blocks) * w + blocks * w // shard + 2 * r.block_numel * w
     return weights + kv_layer * (r.layers + 1) + logits + prefill
 
 

@@ -44,21 +44,27 @@ def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: 
     if task.cfg.group_by_length:                 # longest prompts first, so a batch's left padding is small
         lengths = [len(tokenizer(e.prompt).input_ids) for e in examples]
         order.sort(key=lambda i: -lengths[i])
-    # several processes, a whole or ``gathered`` model: rank r generates the one-process batches r, r + N, ... (the
-    # same batches, so the same tokens), and rank 0 gathers them; one process: every batch. synced_gpus=False:
-    # transformers would otherwise keep an FSDP model's ranks stepping together (an all-reduce per token, for
-    # forwards that all-gather); gathered, a forward is local, so each rank stops when its own batch is done
+    # several processes: rank r generates the one-process batches r, r + N, ... (the same batches, so the same
+    # tokens), and rank 0 gathers them; one process: every batch. A sharded model runs in lockstep: transformers'
+    # synced_gpus keeps every rank stepping until all have finished (an all-reduce per new token), and a rank
+    # with fewer batches takes its extra turns on a stand-in batch whose output it drops
     split = distributed.evaluation_split(model)
-    starts = distributed.my_share(list(range(0, len(examples), batch_size)), split)
+    together = distributed.lockstep(model)
+    starts = distributed.my_share(list(range(0, len(examples), batch_size)), split, even=together)
     # counts examples (not batches), so its rate and ETA are per example; leave=True: the bar ends its line
-    bar = progress(total=sum(len(order[s:s + batch_size]) for s in starts), desc=desc, unit="ex", leave=True)
+    bar = progress(total=sum(len(order[s:s + batch_size]) for s in starts if s is not None), desc=desc, unit="ex",
+                   leave=True)
     for start in starts:
+        stand_in = start is None
+        start = 0 if stand_in else start
         chunk = [examples[i] for i in order[start:start + batch_size]]
         batch = {k: v.to(target) for k, v in encode_prompts(chunk, tokenizer, task.cfg.max_input_length).items()}
         # stop where task.postprocess will cut, with any tokenizer (transformers' stop_strings cannot take all)
         stop = StoppingCriteriaList([StopOnText(tokenizer, batch["input_ids"].shape[1], task.stop_index)])
         generated = model.generate(**batch, **kwargs, stopping_criteria=stop,
-                                   synced_gpus=False)          # [B, N_prompt + N_new]
+                                   synced_gpus=together)        # [B, N_prompt + N_new]
+        if stand_in:
+            continue
         new_tokens = generated[:, batch["input_ids"].shape[1]:]
         texts = [task.postprocess(row) for row in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         outputs.extend(zip(order[start:start + batch_size], texts))
@@ -92,10 +98,15 @@ def eval_loss(model: torch.nn.Module, encoded: list[dict[str, list[int]]], task:
     if task.cfg.group_by_length:                 # a sum over tokens: the order only changes the padding
         encoded = sorted(encoded, key=lambda e: -len(e["input_ids"]))
     split = distributed.evaluation_split(model)
-    for start in distributed.my_share(list(range(0, len(encoded), size)), split):   # several processes: a share
-        batch = {k: v.to(device) for k, v in collate_train(encoded[start:start + size], pad_token_id).items()}
+    together = distributed.lockstep(model)            # a sharded model: every rank as many forwards (stand-ins)
+    for start in distributed.my_share(list(range(0, len(encoded), size)), split, even=together):
+        batch = {k: v.to(device) for k, v in collate_train(encoded[start or 0:(start or 0) + size],
+                                                           pad_token_id).items()}
+        loss = float(causal_lm_loss(model, batch))
+        if start is None:                             # a stand-in turn: its loss is not counted
+            continue
         count = int((batch["labels"][:, 1:] != -100).sum())        # the tokens the shifted loss averages over
-        total += float(causal_lm_loss(model, batch)) * count
+        total += loss * count
         tokens += count
     model.train(was_training)
     if split.size > 1:

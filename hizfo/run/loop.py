@@ -195,7 +195,7 @@ class Training:
         entry: dict[str, Any] = {"epoch": state.epoch, "step": state.step}
         self.meters.read_peak(device)
         with self.meters.timing("eval_seconds", device), self.meters.paused("train_seconds", device), \
-                distributed.gathered(method.eval_model()):
+                distributed.evaluating(method.eval_model()):
             if self.eval_encoded is not None:
                 entry["eval_loss"] = eval_loss(method.eval_model(), self.eval_encoded, self.task,
                                                self.loaded.tokenizer.pad_token_id,
@@ -232,7 +232,7 @@ def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, tas
     summary = method.summary()
     meters.n_forward += summary.setup_forwards                    # profiling's passes, outside the update steps
     meters.n_backward += summary.setup_backwards
-    with meters.timing("eval_seconds", device), distributed.gathered(method.eval_model()):
+    with meters.timing("eval_seconds", device), distributed.evaluating(method.eval_model()):
         metrics, predictions = evaluate(method, loaded, task, device)
     if before:
         metrics.update({f"before_{k}": v for k, v in before.items()})
