@@ -10,13 +10,13 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
 
 from analysis.specs import LABEL_RUN_KEYS, SWEPT_DEFAULTS, SWEPT_KEYS, method_label
+from hizfo.config import TASK_PROTOCOLS
 from hizfo.errors import ConfigError
 from hizfo.run.records import RunRecord
 from hizfo.run.runspec import cell_key, is_reporting, parse_variant
@@ -88,21 +88,14 @@ def _steps_per_epoch(curve: Any) -> Optional[float]:
     return None
 
 
-CONF_TASKS = Path(__file__).resolve().parent.parent / "conf" / "task"
 # what a record of a task with evaluation protocols says when it predates ``task.protocol``: it ran the settings
 # that ``task.protocol=normalized`` keeps (docs/tasks.md, "Evaluation protocols")
 LEGACY_PROTOCOL = "normalized (before task.protocol)"
 
 
-@lru_cache(maxsize=None)
 def task_protocols(task: str) -> tuple[str, ...]:
-    """The protocols conf/task/<task>.yaml offers (``options.protocols``); () for a task with one."""
-    from omegaconf import OmegaConf
-    path = CONF_TASKS / f"{task}.yaml"
-    if not path.is_file():
-        return ()
-    options = OmegaConf.load(path).get("options") or {}
-    return tuple(options.get("protocols") or ())
+    """The evaluation protocols a task offers (hizfo.config.TASK_PROTOCOLS); () for a task with one."""
+    return tuple(TASK_PROTOCOLS.get(task, ()))
 
 
 def record_protocol(task_config: dict[str, Any]) -> Optional[str]:

@@ -7,9 +7,11 @@ so every key it sets is checked against the dataclass below; it sets only what d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
 from omegaconf import MISSING
+
+from hizfo.errors import ConfigError
 
 
 @dataclass
@@ -40,6 +42,75 @@ class GenerationConfig:
     stop: list[str] = field(default_factory=list)
 
 
+AnswerMatch = Literal["exact", "squad"]     # how a short answer meets a gold one (hizfo.eval.metrics.answers_match)
+ANSWER_MATCHES: tuple[str, ...] = get_args(AnswerMatch)
+PROTOCOL_KEYS = ("max_new_tokens", "stop", "answer_match")
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """One evaluation protocol: what ``task.protocol=<name>`` sets. A task's yaml composes its protocols into
+    ``task.options.protocols`` (``- /task_protocols@options.protocols: <task>``) and interpolates its generation
+    settings from the chosen one; ``task.generation.*`` overrides still win."""
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    answer_match: Optional[AnswerMatch] = None    # short answers only: exact (GreenTrainer) | squad
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
+                or self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens: must be a whole number >= 1, got {self.max_new_tokens!r}")
+        if isinstance(self.stop, str) or not all(isinstance(s, str) for s in self.stop):
+            raise ConfigError(f"stop: must be a list of strings, got {self.stop!r}")
+        if self.answer_match is not None and self.answer_match not in ANSWER_MATCHES:
+            raise ConfigError(f"answer_match: '{self.answer_match}' is not one of {', '.join(ANSWER_MATCHES)}")
+
+    def as_config(self) -> dict[str, Any]:
+        """The yaml form (``answer_match`` only where set): what a run's config records."""
+        return {"max_new_tokens": self.max_new_tokens, "stop": list(self.stop),
+                **({"answer_match": self.answer_match} if self.answer_match else {})}
+
+
+# The paper's NLP tasks' protocols (docs/tasks.md, "Evaluation protocols"): GreenTrainer's settings (pittisl/
+# GreenTrainer: --max_output_length of opt_scitldr.sh / bloom_scitldr.sh 64, opt_dialogsum.sh / bloom_dialogsum.sh
+# 128, opt_webquestions.sh 64; train_qa.py: evaluate's exact_match on .strip()ped strings), and `normalized`, this
+# project's earlier settings. The one owner: the yamls compose them, analysis reads them here.
+TASK_PROTOCOLS: dict[str, dict[str, ProtocolConfig]] = {
+    "scitldr": {"greentrainer": ProtocolConfig(64), "normalized": ProtocolConfig(128, ("\n",))},
+    "dialogsum": {"greentrainer": ProtocolConfig(128), "normalized": ProtocolConfig(128, ("\n",))},
+    "webquestions": {"greentrainer": ProtocolConfig(64, answer_match="exact"),
+                     "normalized": ProtocolConfig(32, ("</s>", "\n"), answer_match="squad")},
+}
+
+
+def resolve_protocol(task_name: str, protocol: Optional[str], options: Any) -> Optional[ProtocolConfig]:
+    """The one check and resolution of ``task.protocol`` against the task's (composed) ``options.protocols``: the
+    chosen protocol's typed settings, or None for a task with one protocol (then ``task.protocol`` must be null).
+    Each protocol's settings are checked, one line naming the key."""
+    protocols = (options or {}).get("protocols") or {}
+    if not protocols:
+        if protocol is not None:
+            raise ConfigError(f"task.protocol: task {task_name} has one evaluation protocol; got '{protocol}' "
+                              f"(drop task.protocol)")
+        return None
+    if protocol not in protocols:
+        raise ConfigError(f"task.protocol: '{protocol}' is not one of {', '.join(protocols)}")
+    typed = {}
+    for name, settings in protocols.items():
+        where = f"task.options.protocols.{name}"
+        unknown = sorted(set(settings or {}) - set(PROTOCOL_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: not a protocol setting (they are: {', '.join(PROTOCOL_KEYS)})")
+        try:
+            typed[name] = ProtocolConfig(**{k: tuple(v) if k == "stop" and not isinstance(v, str) else v
+                                            for k, v in (settings or {}).items()})
+        except TypeError:
+            raise ConfigError(f"{where}.max_new_tokens: every protocol sets it") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{exc}") from None
+    return typed[protocol]
+
+
 @dataclass
 class TaskConfig:
     """A task: where its data comes from, how it is formatted, batched and scored."""
@@ -57,8 +128,8 @@ class TaskConfig:
     data_dir: Optional[str] = None
     rouge_stemmer: bool = False
     references: str = "first"            # summaries: score against the first gold reference (GreenTrainer) | all (best of)
-    protocol: Optional[str] = None       # the paper's NLP tasks: greentrainer (default there) | normalized; each task's
-                                         # options.protocols gives its settings (docs/tasks.md "Evaluation protocols")
+    protocol: Optional[str] = None       # the paper's NLP tasks: greentrainer (default there) | normalized; their
+                                         # settings: TASK_PROTOCOLS above (docs/tasks.md "Evaluation protocols")
     allow_code_execution: bool = False
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     options: dict[str, Any] = field(default_factory=dict)  # task-specific extras

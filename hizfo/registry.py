@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from hizfo.config import LoggerConfig, MethodConfig, ModelConfig, RunConfig, TaskConfig
+from hizfo.config import TASK_PROTOCOLS, LoggerConfig, MethodConfig, ModelConfig, RunConfig, TaskConfig
 
 
 @dataclass
@@ -164,8 +164,9 @@ def hub_sources() -> dict[str, dict[str, Any]]:
 
 def register_schemas() -> None:
     """Store every schema in Hydra's ConfigStore: the run, model, task and logger schemas, each method's as
-    ``/schema/method/<name>`` (conf/method/*.yaml compose them) and each hub task's sources as ``/task_hub/<task>``
-    (``hub_sources``). Safe to call more than once."""
+    ``/schema/method/<name>`` (conf/method/*.yaml compose them), each hub task's sources as ``/task_hub/<task>``
+    (``hub_sources``) and each task's evaluation protocols as ``/task_protocols/<task>`` (hizfo.config
+    TASK_PROTOCOLS). Safe to call more than once."""
     from hydra.core.config_store import ConfigStore
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
@@ -176,3 +177,5 @@ def register_schemas() -> None:
         cs.store(group="schema/method", name=name, node=schema)
     for name, sources in hub_sources().items():
         cs.store(group="task_hub", name=name, node=sources)
+    for name, protocols in TASK_PROTOCOLS.items():
+        cs.store(group="task_protocols", name=name, node={p: c.as_config() for p, c in protocols.items()})

@@ -8,6 +8,8 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import TYPE_CHECKING, Optional
 
+from hizfo.config import ANSWER_MATCHES      # how a short answer is compared with a gold one (task protocols)
+
 if TYPE_CHECKING:
     from hizfo.eval.sandbox import ProgramResult
 
@@ -42,7 +44,6 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-ANSWER_MATCHES = ("exact", "squad")      # how a short answer is compared with a gold one (task protocols)
 
 
 def answers_match(prediction: str, reference: str, match: str = "squad") -> bool:

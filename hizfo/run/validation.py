@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from hizfo.config import resolve_protocol
 from hizfo.errors import ConfigError
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
@@ -70,10 +71,8 @@ def validate_run_config(cfg: Any) -> None:
     check_logger(str(cfg.logger.kind), str(cfg.logger.mode))
     if cfg.seed < 0:
         raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
-    from hizfo.tasks.base import check_protocol
-    options = cfg.task.get("options") or {}
     # the protocol first: the generation settings interpolate from it, and the value checks resolve them
-    check_protocol(cfg.task.name, cfg.task.get("protocol"), options.get("protocols"))
+    resolve_protocol(cfg.task.name, cfg.task.get("protocol"), cfg.task.get("options"))
     from hizfo.run.input_checks import check_values
     check_values(cfg)
     check_device(str(cfg.device))

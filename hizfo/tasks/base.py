@@ -7,23 +7,12 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from hizfo.config import GenerationConfig, TaskConfig
+from hizfo.config import GenerationConfig, ProtocolConfig, TaskConfig, resolve_protocol
 from hizfo.errors import ConfigError
 from hizfo.eval.stopping import cut_at, find_stop
 
 IGNORE_INDEX = -100
 REFERENCE_MODES = ("first", "all")       # task.references: which gold references a summary is scored against
-
-
-def check_protocol(task_name: str, protocol: Optional[str], protocols: Optional[dict[str, Any]]) -> None:
-    """``task.protocol`` names one of the task's ``options.protocols``, or is null for a task that has none."""
-    if not protocols:
-        if protocol is not None:
-            raise ConfigError(f"task.protocol: task {task_name} has one evaluation protocol; got '{protocol}' "
-                              f"(drop task.protocol)")
-        return
-    if protocol not in protocols:
-        raise ConfigError(f"task.protocol: '{protocol}' is not one of {', '.join(protocols)}")
 
 
 @dataclass
@@ -56,8 +45,8 @@ class Task:
         for key in ("data_files", "options"):
             if isinstance(settings.get(key), DictConfig):
                 settings[key] = OmegaConf.to_container(settings[key], resolve=True)
-        check_protocol(settings.get("name", "?"), settings.get("protocol"),
-                       (settings.get("options") or {}).get("protocols"))
+        self.protocol: Optional[ProtocolConfig] = resolve_protocol(settings.get("name", "?"), settings.get("protocol"),
+                                                                   settings.get("options"))
         self.cfg = TaskConfig(**settings, generation=GenerationConfig(**generation))
         self.name = self.cfg.name
         for key in ("batch_size", "eval_batch_size", "max_input_length", "max_target_length"):
@@ -73,8 +62,8 @@ class Task:
         self._cache: dict[str, list[Example]] = {}
 
     def protocol_settings(self) -> dict[str, Any]:
-        """The settings ``task.protocol`` picks from ``options.protocols`` (empty for a task with one protocol)."""
-        return dict((self.cfg.options.get("protocols") or {}).get(self.cfg.protocol) or {})
+        """The settings ``task.protocol`` picks (hizfo.config.resolve_protocol; empty for a task with one)."""
+        return self.protocol.as_config() if self.protocol else {}
 
     # -- data -------------------------------------------------------------------------------------------
     def load_split(self, split: str) -> list[Example]:

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUPS = ("model", "task", "method")
+TASK_PARTS = ("/task_hub@options.hub", "/task_protocols@options.protocols")   # hizfo.registry.register_schemas
 # a deliberate restatement: (yaml path under conf/, dotted key) -> why it stays (none today)
 ALLOWED: dict[tuple[str, str], str] = {}
 
@@ -43,8 +44,8 @@ def baseline(path: Path) -> Any:
             continue
         if isinstance(entry, dict) and list(entry) == [f"/schema/{group}@_here_"]:
             base = schema_of(group, entry[f"/schema/{group}@_here_"])
-        elif group == "task" and isinstance(entry, dict) and list(entry) == ["/task_hub@options.hub"]:
-            continue                  # the class's hub sources (hizfo.registry.hub_sources), not a schema default
+        elif group == "task" and isinstance(entry, dict) and list(entry)[0] in TASK_PARTS:
+            continue                  # hub sources and protocols composed from their owners, not schema defaults
         elif isinstance(entry, str):
             base = composed(path.parent / f"{entry}.yaml")
         else:

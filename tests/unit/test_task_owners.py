@@ -1,9 +1,14 @@
-"""One owner per task fact: a hub task's sources live in its class (``sources``), and its yaml composes them
-(``- /task_hub@options.hub: <task>``, hizfo.registry.hub_sources) instead of restating them; no yaml or other
-module writes a hub dataset id as a value."""
+"""One owner per task fact, each composed into the task's yaml instead of restated there:
+
+* a hub task's sources live in its class (``sources``; ``- /task_hub@options.hub: <task>``, hizfo.registry
+  hub_sources), and no yaml or other module writes a hub dataset id as a value;
+* the evaluation protocols are typed and listed once (hizfo/config.py ``TASK_PROTOCOLS``; ``- /task_protocols@
+  options.protocols: <task>``), checked and resolved by ``resolve_protocol`` alone; analysis reads no conf/.
+"""
 from __future__ import annotations
 
 import ast
+import re
 import importlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -92,3 +97,78 @@ def test_no_module_but_its_class_writes_a_hub_dataset():
                     owners.setdefault(node.value, set()).add(str(path.relative_to(ROOT)))
     expected = {s.dataset: {f"hizfo/tasks/{task}.py"} for task, cls in HUB_CLASSES.items() for s in cls.sources.values()}
     assert owners == expected
+
+
+# -- evaluation protocols: typed in hizfo/config.py (TASK_PROTOCOLS), checked and resolved by resolve_protocol ----
+
+PROTOCOL_ENTRY = "/task_protocols@options.protocols"
+
+
+@pytest.mark.parametrize("task", sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml")))
+def test_a_tasks_protocols_are_composed_from_the_one_table(task: str):
+    from hizfo.config import TASK_PROTOCOLS
+    raw = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "task" / f"{task}.yaml"), resolve=False)
+    assert "protocols" not in (raw.get("options") or {}), f"conf/task/{task}.yaml restates its protocols"
+    assert ({PROTOCOL_ENTRY: task} in raw["defaults"]) == (task in TASK_PROTOCOLS)
+    if task in TASK_PROTOCOLS:
+        composed = OmegaConf.to_container(compose([f"task={task}"]).task.options.protocols)
+        assert composed == {name: c.as_config() for name, c in TASK_PROTOCOLS[task].items()}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("task.protocol=squad", "task.protocol: 'squad' is not one of greentrainer, normalized"),
+    ("task.options.protocols.greentrainer.answer_match=fuzzy",
+     "task.options.protocols.greentrainer.answer_match: 'fuzzy' is not one of exact, squad"),
+    ("task.options.protocols.normalized.max_new_tokens=0",
+     "task.options.protocols.normalized.max_new_tokens: must be a whole number >= 1, got 0"),
+    ("+task.options.protocols.normalized.beams=2", "task.options.protocols.normalized.beams: not a protocol setting"),
+])
+def test_a_bad_protocol_is_one_line_before_anything_resolves(override: str, message: str):
+    from hizfo.errors import ConfigError
+    from hizfo.run.validation import validate_run_config
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_run_config(compose(["task=webquestions", override]))
+
+
+def test_the_task_holds_its_typed_protocol():
+    from hizfo.config import ProtocolConfig
+    from hydra.utils import instantiate
+    task = instantiate(compose(["task=webquestions", "task.protocol=normalized"]).task, _convert_="all")
+    assert task.protocol == ProtocolConfig(32, ("</s>", "\n"), answer_match="squad")
+    assert instantiate(compose(["task=toy"]).task, _convert_="all").protocol is None
+
+
+def protocol_reads(source: str) -> list[int]:
+    """Lines that read ``protocols`` off a task's options (``options.get("protocols")``, ``options["protocols"]``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "protocols":
+            receiver = node.func.value
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value == "protocols":
+            receiver = node.value
+        else:
+            continue
+        if "options" in ast.unparse(receiver):
+            found.append(node.lineno)
+    return found
+
+
+def conf_reads(source: str) -> list[int]:
+    """Lines of string literals that name the conf/ folder as a path (``ROOT / "conf" / "task"``)."""
+    return [node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Constant)
+            and isinstance(node.value, str) and (node.value == "conf" or node.value.startswith("conf/"))]
+
+
+def test_the_scans_find_a_second_reader():
+    old = 'CONF = ROOT / "conf" / "task"\nnames = tuple(OmegaConf.load(CONF).options.get("protocols") or ())\n'
+    assert protocol_reads(old) == [2] and conf_reads(old) == [1]
+    assert protocol_reads('row.get("protocols")\n') == [] and conf_reads('"""see conf/task"""\n') == []
+
+
+def test_protocols_are_read_in_one_place_and_analysis_reads_no_conf():
+    readers = {str(p.relative_to(ROOT)) for package in PYTHON for p in sorted((ROOT / package).rglob("*.py"))
+               if protocol_reads(p.read_text())}
+    assert readers == {"hizfo/config.py"}, readers
+    analysis = {str(p.relative_to(ROOT)) for p in sorted((ROOT / "analysis").rglob("*.py")) if conf_reads(p.read_text())}
+    assert not analysis, f"analysis reads conf/ (read the owner module instead): {analysis}"
