@@ -1,8 +1,8 @@
 """Will it fit? ``python -m hizfo.run.plan [-m] [plan.KEY=VALUE ...] [run.py overrides ...]``
 
 Prints, per device, the predicted peak of a run split by category (hizfo/core/memory.py), the phase that sets it,
-and the smallest world size that fits a GPU, with FSDP2 sharding (the distributed layout: docs/design.md, "Many processes") and without. ``-m`` expands
-comma lists and an experiment preset's grid (``experiment=table3``) and prints one row per cell. Never loads
+and the smallest world size that fits a GPU, with FSDP2 sharding (the distributed layout: docs/design.md, "Many
+processes") and without. ``-m`` expands comma lists and an experiment preset's grid (``experiment=table3``) and prints one row per cell. Never loads
 weights: the model's shape comes from its config (hizfo/core/shapes.py).
 
 Planner keys (not run keys): plan.gpu_gb (default 80), plan.world_size (1), plan.fsdp (true when world_size > 1),
@@ -11,41 +11,18 @@ sustained TFLOP/s per device the rough time per epoch assumes), plan.train_examp
 """
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Iterable, Optional
 
-from hizfo.core.memory import GiB, Prediction, Setting, predict, smallest_world_size
-from hizfo.core.shapes import ModelShape, model_shape
+from hizfo.core.memory import GiB, Prediction, Setting, smallest_world_size
+from hizfo.core.shapes import ModelShape
 from hizfo.errors import ConfigError
+# the one config's verdict lives in plan_fit (the run asks it too); re-exported for the report's callers
+from hizfo.run.plan_fit import PlanOptions, fits_line, plan_config, setting_of, stored_selection  # noqa: F401
 
 PLAN_KEYS = {"gpu_gb": float, "world_size": int, "fsdp": bool, "device": str, "threads": int, "enforce": bool,
              "tflops": float, "train_examples": int}
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    gpu_gb: float = 80.0
-    world_size: int = 1
-    fsdp: Optional[bool] = None
-    device: str = "cuda"
-    threads: int = 1
-    enforce: bool = True
-    tflops: float = 100.0              # the rough time estimate's sustained throughput per device
-    train_examples: Optional[int] = None
-
-    def check(self) -> None:
-        if not self.gpu_gb > 0:
-            raise ConfigError(f"plan.gpu_gb: must be > 0, got {self.gpu_gb:g}")
-        if self.threads <= 0:
-            raise ConfigError(f"plan.threads: must be >= 1, got {self.threads}")
-        if not self.tflops > 0:
-            raise ConfigError(f"plan.tflops: must be > 0, got {self.tflops:g}")
-        if self.train_examples is not None and self.train_examples <= 0:
-            raise ConfigError(f"plan.train_examples: must be >= 1, got {self.train_examples}")
-        if self.world_size <= 0:
-            raise ConfigError(f"plan.world_size: must be >= 1, got {self.world_size}")
 
 
 def _parse_bool(key: str, text: str) -> bool:
@@ -78,36 +55,6 @@ def split_args(argv: list[str]) -> tuple[bool, PlanOptions, list[str]]:
     options = PlanOptions(**values)
     options.check()
     return multi, options, rest
-
-
-def setting_of(cfg: Any, options: PlanOptions, selection: Optional[tuple[str, ...]] = None) -> Setting:
-    """A run config's cell as the memory model reads it."""
-    from omegaconf import OmegaConf
-    task, method = cfg.task, OmegaConf.to_container(cfg.method, resolve=True)
-    gen = task.generation
-    fsdp = options.fsdp if options.fsdp is not None else options.world_size > 1
-    return Setting(method=str(method["name"]), method_cfg=tuple(sorted((k, v if not isinstance(v, list) else tuple(v))
-                                                                        for k, v in method.items())),
-                   precision=str(cfg.precision), batch=int(task.batch_size),
-                   seq_len=int(task.max_input_length) + int(task.max_target_length),
-                   eval_batch=int(task.eval_batch_size), prompt_len=int(task.max_input_length),
-                   new_tokens=int(gen.max_new_tokens), beams=int(gen.num_beams), world_size=options.world_size,
-                   fsdp=fsdp, device=options.device, threads=options.threads, train_dropout=bool(cfg.train_dropout),
-                   lora_targets=tuple(cfg.model.lora_target_modules), selection=selection)
-
-
-def stored_selection(cfg: Any) -> Optional[tuple[str, ...]]:
-    """Θ_FO from this run's ok record, if one exists (hizfo/run/records.py's ``partition.fo_names``)."""
-    try:
-        from hizfo.run.records import RunRecord
-        from hizfo.run.runspec import RunSpec
-        from omegaconf import OmegaConf
-        spec = RunSpec.build(OmegaConf.to_container(cfg, resolve=True), ())
-        record = RunRecord.read(spec.path)
-    except Exception:                               # no record (or an unreadable one): the stated assumption
-        return None
-    names = (record.partition or {}).get("fo_names") if record is not None and record.status == "ok" else None
-    return tuple(names) if names else None
 
 
 def describe(cfg: Any, shape: ModelShape, s: Setting, pred: Prediction, options: PlanOptions) -> list[str]:
@@ -146,12 +93,6 @@ def epoch_line(cfg: Any, shape: ModelShape, s: Setting, pred: Prediction, option
                                    f"offline (plan.train_examples=N gives it)")
 
 
-def plan_config(cfg: Any, options: PlanOptions) -> tuple[ModelShape, Setting, Prediction]:
-    shape = model_shape(cfg.model)
-    s = setting_of(cfg, options, stored_selection(cfg))
-    return shape, s, predict(shape, s)
-
-
 def sweep_cells(task_overrides: list[str], sweeper_params: dict[str, Any]) -> list[list[str]]:
     """Every job of a multirun, as Hydra's basic sweeper expands it (sweeper params first, then the command line)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -168,51 +109,6 @@ def grid(overrides: list[str]) -> list[list[str]]:
     plain = [o for o in overrides if "," not in o.partition("=")[2]]
     cfg = compose(plain, hydra=True)
     return sweep_cells(overrides, {str(k): v for k, v in (cfg.hydra.sweeper.get("params") or {}).items()})
-
-
-def fits_line(pred: Prediction, s: Setting, gpu_bytes: int, shape: ModelShape, what: str) -> Optional[str]:
-    """None when the peak fits; else one line naming the prediction, the GPU memory and what would fit."""
-    if pred.peak <= gpu_bytes:
-        return None
-    n = smallest_world_size(shape, replace(s, world_size=1), gpu_bytes, fsdp=True)
-    fix = f"world size {n} with FSDP2 fits" if n else "no world size dividing the batch fits"
-    if s.precision == "fp32":
-        low = predict(shape, replace(s, precision="bf16"))
-        if low.peak <= gpu_bytes:
-            fix += "; precision=bf16 fits on one"
-    return (f"{what}: predicted peak {pred.peak / GiB:.1f} GiB per GPU ({pred.peak_phase}) exceeds the "
-            f"{gpu_bytes / GiB:.1f} GiB GPU; {fix} (HIZFO_PLAN_ENFORCE=0 to run anyway)")
-
-
-def check_memory_fits(cfg: Any, device: Any) -> None:
-    """Refuse (ConfigError) a CUDA run whose predicted peak exceeds the device's memory; on CPU warn when the
-    prediction exceeds the free RAM. HIZFO_PLAN_ENFORCE=0 turns the refusal into a warning."""
-    kind = getattr(device, "type", str(device))
-    options = PlanOptions(device="cuda" if kind == "cuda" else "cpu")
-    shape, s, pred = plan_config(cfg, options)
-    if kind == "cuda":
-        import torch
-        total = torch.cuda.get_device_properties(device).total_memory
-        line = fits_line(pred, s, total, shape, f"model {shape.name} method {s.method}")
-        if line and os.environ.get("HIZFO_PLAN_ENFORCE", "1").lower() not in ("0", "false"):
-            raise ConfigError(line)
-        if line:
-            print(f"warning: {line}", file=sys.stderr)
-        return
-    free = _free_ram()
-    if free is not None and pred.peak > free:
-        print(f"warning: predicted peak {pred.peak / GiB:.1f} GiB exceeds the {free / GiB:.1f} GiB of free RAM",
-              file=sys.stderr)
-
-
-def _free_ram() -> Optional[int]:
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def table(rows: Iterable[tuple[list[str], Setting, Prediction]], gpu_gb: float) -> list[str]:

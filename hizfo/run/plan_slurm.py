@@ -77,7 +77,7 @@ def compose_cell(overrides: list[str]) -> Any:
 def cell_problem(overrides: list[str], gpu_bytes: int, world: int, spread: int) -> Optional[str]:
     """None when the cell fits; else one line naming it, its predicted per-GPU peak, the GPU memory and what fits."""
     from hizfo.core.memory import GiB, predict
-    from hizfo.run.plan import PlanOptions, fits_line, plan_config
+    from hizfo.run.plan_fit import PlanOptions, fits_line, plan_config
     cfg = compose_cell(overrides)
     shape, s, pred = plan_config(cfg, PlanOptions(world_size=world))
     spread = spread if cfg.model.get("device_map") == "auto" else 1

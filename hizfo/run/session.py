@@ -17,7 +17,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -162,6 +162,9 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
         return done.to_json()
     device = distributed.rank_device(pick_device(cfg.device), world)
     options = LoopOptions.from_run_config(cfg, device)       # divergence_* checked before the model loads
+    if device.type == "cuda":                                 # will it fit? (the planner: hizfo/run/plan.py)
+        from hizfo.run.plan_fit import check_memory_fits
+        distributed.agree(_refusal(lambda: check_memory_fits(cfg, device, world.size)) if world.is_main else None)
     loaded, prov = load(cfg, prepared.method, prepared.task, device)
     tracker = open_tracker(cfg, spec, prepared.inputs) if world.is_main else _no_tracker()
     meters = Meters()
@@ -236,6 +239,15 @@ def _record_failure(spec: RunSpec, exc: Exception, meters: Meters, prov: dict[st
              else f"record at {spec.path}")
     print(f"failed: {one_line(exc)}; {where}", file=sys.stderr)
     exc.reported = True                                        # type: ignore[attr-defined]
+
+
+def _refusal(check: Callable[[], None]) -> Optional[ConfigError]:
+    """The ConfigError ``check`` raises, or None: for a check rank 0 makes and every rank obeys."""
+    try:
+        check()
+    except ConfigError as exc:
+        return exc
+    return None
 
 
 def _unwritten_record(exc: OSError, spec: RunSpec, checkpointer: Optional[Checkpointer]) -> RecordNotWritten:

@@ -139,3 +139,19 @@ def test_what_the_run_does_not_shard_is_predicted_whole(tiny):
     bf16_one, bf16_two = (predict(tiny, replace(s, precision="bf16", world_size=n, fsdp=n > 1)) for n in (1, 2))
     assert two.training["weights"] < bf16_two.training["weights"] * 2      # fp32 Θ_ZO sharded, bf16's whole
     assert bf16_two.training["weights"] > bf16_one.training["weights"] // 2
+
+
+def test_a_cuda_run_that_does_not_fit_is_refused_before_it_loads(monkeypatch, capsys):
+    """The run's own pre-load check (hizfo/run/session.py calls it on CUDA): the planner's verdict for the world size
+    the run has, against the GPU's memory (given here: no GPU on this machine)."""
+    from hizfo.core.memory import GiB
+    from hizfo.run.plan_fit import check_memory_fits
+    from tests.conftest import compose
+    cfg = compose(["model=opt-6.7b", "method=full_ft", "task=scitldr", "logger=none"])
+    with pytest.raises(ConfigError, match=r"on 1 GPU\(s\): predicted peak .* exceeds the 80.0 GiB GPU; world size 2 "
+                                          r"with FSDP2 fits"):
+        check_memory_fits(cfg, torch.device("cuda"), world_size=1, total_bytes=80 * GiB)
+    check_memory_fits(cfg, torch.device("cuda"), world_size=2, total_bytes=80 * GiB)       # FSDP2 over 2: fits
+    monkeypatch.setenv("HIZFO_PLAN_ENFORCE", "0")
+    check_memory_fits(cfg, torch.device("cuda"), world_size=1, total_bytes=80 * GiB)
+    assert capsys.readouterr().err.startswith("warning: model ")
