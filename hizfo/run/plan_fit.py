@@ -87,10 +87,11 @@ def fits_line(pred: Prediction, s: Setting, gpu_bytes: int, shape: ModelShape, w
             f"{gpu_bytes / GiB:.1f} GiB GPU; {fix} (HIZFO_PLAN_ENFORCE=0 to run anyway)")
 
 
-def check_memory_fits(cfg: Any, device: Any, world_size: int = 1, total_bytes: Optional[int] = None) -> None:
+def check_memory_fits(cfg: Any, device: Any, world_size: int = 1, total_bytes: Optional[int] = None) -> int:
     """Refuse (ConfigError) a CUDA run whose predicted per-GPU peak at ``world_size`` processes (FSDP2 when more
     than one) exceeds the device's memory (``total_bytes``, else the device's own); on CPU warn when the
-    prediction exceeds the free RAM. HIZFO_PLAN_ENFORCE=0 turns the refusal into a warning."""
+    prediction exceeds the free RAM. HIZFO_PLAN_ENFORCE=0 turns the refusal into a warning. Returns the predicted
+    per-device peak in bytes (the record keeps it beside the measured one)."""
     kind = getattr(device, "type", str(device))
     options = PlanOptions(device="cuda" if kind == "cuda" else "cpu", world_size=world_size)
     shape, s, pred = plan_config(cfg, options)
@@ -102,11 +103,12 @@ def check_memory_fits(cfg: Any, device: Any, world_size: int = 1, total_bytes: O
             raise ConfigError(line)
         if line:
             print(f"warning: {line}", file=sys.stderr)
-        return
+        return int(pred.peak)
     free = _free_ram()
     if free is not None and pred.peak > free:
         print(f"warning: predicted peak {pred.peak / GiB:.1f} GiB exceeds the {free / GiB:.1f} GiB of free RAM",
               file=sys.stderr)
+    return int(pred.peak)
 
 
 def _free_ram() -> Optional[int]:

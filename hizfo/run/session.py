@@ -17,7 +17,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -162,10 +162,10 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
         return done.to_json()
     device = distributed.rank_device(pick_device(cfg.device), world)
     options = LoopOptions.from_run_config(cfg, device)       # divergence_* checked before the model loads
-    if device.type == "cuda":                                 # will it fit? (the planner: hizfo/run/plan.py)
-        from hizfo.run.plan_fit import check_memory_fits
-        distributed.agree(_refusal(lambda: check_memory_fits(cfg, device, world.size)) if world.is_main else None)
+    planned = _planned_peak(cfg, device, world)
     loaded, prov = load(cfg, prepared.method, prepared.task, device)
+    if planned is not None:
+        prov["planned_peak_bytes"] = planned                  # beside the measured peak: how good the planner was
     tracker = open_tracker(cfg, spec, prepared.inputs) if world.is_main else _no_tracker()
     meters = Meters()
     try:
@@ -241,13 +241,21 @@ def _record_failure(spec: RunSpec, exc: Exception, meters: Meters, prov: dict[st
     exc.reported = True                                        # type: ignore[attr-defined]
 
 
-def _refusal(check: Callable[[], None]) -> Optional[ConfigError]:
-    """The ConfigError ``check`` raises, or None: for a check rank 0 makes and every rank obeys."""
-    try:
-        check()
-    except ConfigError as exc:
-        return exc
-    return None
+def _planned_peak(cfg: DictConfig, device: Any, world: distributed.World) -> Optional[int]:
+    """On CUDA, before the model loads: will it fit? The planner's per-GPU peak at this world size (bytes), or one
+    line, decided by rank 0 and obeyed by every rank (hizfo/run/plan_fit.py). None elsewhere (a CPU run does not
+    ask: the planner's trace costs seconds, which every tiny run would pay)."""
+    if device.type != "cuda":
+        return None
+    from hizfo.run.plan_fit import check_memory_fits
+    planned, error = None, None
+    if world.is_main:
+        try:
+            planned = check_memory_fits(cfg, device, world.size)
+        except ConfigError as exc:
+            error = exc
+    distributed.agree(error)
+    return distributed.from_main(planned)
 
 
 def _unwritten_record(exc: OSError, spec: RunSpec, checkpointer: Optional[Checkpointer]) -> RecordNotWritten:
