@@ -8,15 +8,14 @@ from torch import nn
 from hizfo.core.distributed import data_parallel_loss, shard
 from hizfo.registry import FullFTConfig, build_config
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                                check_common, set_trainable, simple_summary, unique_named_parameters)
+                                set_trainable, simple_summary, unique_named_parameters)
 
 
 class FullFT:
     """First-order training of the tensors ``trainable_names`` picks (all of them here)."""
 
     def __init__(self, **cfg: Any) -> None:
-        self.cfg = build_config(self.config_class, cfg)
-        check_common(self.cfg)
+        self.cfg = build_config(self.config_class, cfg)        # checks the values (the schema's __post_init__)
         self.trainer: FirstOrderTrainer | None = None
         self.model: nn.Module | None = None
 

@@ -17,10 +17,10 @@ from torch import nn
 
 from hizfo.core.distributed import data_parallel_loss, shard
 from hizfo.config import MethodConfig
-from hizfo.registry import LoRAConfig, build_config
+from hizfo.registry import LoRAConfig, build_config, check_lora_values  # noqa: F401  (bilevel_zofo's import)
 from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                                check_common, simple_summary, unique_named_parameters)
+                                simple_summary, unique_named_parameters)
 from hizfo.core.models import LoadedModel
 
 
@@ -42,20 +42,15 @@ def check_target_modules(model: nn.Module, targets: list[str], key: str) -> None
 
 
 class PeftAdapterMethod:
-    """A peft adapter trained with AdamW; subclasses say which peft config to build and check their values."""
+    """A peft adapter trained with AdamW; subclasses say which peft config to build (their schemas check values)."""
 
     config_class: type = MethodConfig
     data_parallel = True        # FSDP2: each rank its slice of the global batch, its shard of every tensor
 
     def __init__(self, **cfg: Any) -> None:
-        self.cfg = build_config(self.config_class, cfg)
-        check_common(self.cfg)
-        self.check_values()
+        self.cfg = build_config(self.config_class, cfg)        # checks the values (the schema's __post_init__)
         self.peft_model: Optional[nn.Module] = None
         self.trainer: Optional[FirstOrderTrainer] = None
-
-    def check_values(self) -> None:
-        """Pure value checks, run at construction (before any model is built)."""
 
     def peft_config(self, loaded: LoadedModel) -> Any:
         raise NotImplementedError
@@ -118,25 +113,10 @@ def lora_config(cfg: LoRAConfig, loaded: LoadedModel) -> Any:
                       target_modules=targets, bias="none")
 
 
-def check_lora_values(cfg: LoRAConfig) -> None:
-    """Rank, alpha and dropout in range (the target modules are checked against the model in setup)."""
-    if cfg.rank < 1:
-        raise ConfigError(f"method.rank: must be >= 1, got {cfg.rank}")
-    if not cfg.alpha > 0:
-        raise ConfigError(f"method.alpha: must be > 0, got {cfg.alpha}")
-    if not 0.0 <= cfg.lora_dropout < 1.0:
-        raise ConfigError(f"method.lora_dropout: must be in [0, 1), got {cfg.lora_dropout}")
-    if cfg.target_modules is not None and not cfg.target_modules:
-        raise ConfigError("method.target_modules: empty list (use null for the model's defaults)")
-
-
 class LoRA(PeftAdapterMethod):
     """LoRA adapters on the model's attention projections, trained with AdamW."""
 
     config_class = LoRAConfig
-
-    def check_values(self) -> None:
-        check_lora_values(self.cfg)
 
     def peft_config(self, loaded: LoadedModel) -> Any:
         return lora_config(self.cfg, loaded)

@@ -23,7 +23,6 @@ from torch import nn
 
 from baselines.lora import PeftAdapterMethod
 from hizfo.registry import PrefixConfig
-from hizfo.errors import ConfigError
 from hizfo.core.models import LoadedModel
 
 
@@ -36,13 +35,6 @@ class PrefixTuning(PeftAdapterMethod):
     def reserved_positions(self) -> int:
         """The virtual tokens take model positions before every prompt (Method protocol)."""
         return self.cfg.num_virtual_tokens
-
-    def check_values(self) -> None:
-        if self.cfg.num_virtual_tokens < 1:
-            raise ConfigError(f"method.num_virtual_tokens: the prefix length must be >= 1, "
-                              f"got {self.cfg.num_virtual_tokens}")
-        if self.cfg.encoder_hidden_size is not None and self.cfg.encoder_hidden_size < 1:
-            raise ConfigError(f"method.encoder_hidden_size: must be >= 1 or null, got {self.cfg.encoder_hidden_size}")
 
     def peft_config(self, loaded: LoadedModel) -> Any:
         from peft import PrefixTuningConfig

@@ -10,8 +10,7 @@ from typing import Any, Optional
 from torch import nn
 
 from hizfo.registry import ZeroShotConfig, build_config
-from hizfo.errors import ConfigError
-from hizfo.core.methods import Batch, MethodSummary, StepResult, TrainContext, check_common, simple_summary
+from hizfo.core.methods import Batch, MethodSummary, StepResult, TrainContext, simple_summary
 
 
 class ZeroShot:
@@ -20,10 +19,7 @@ class ZeroShot:
     config_class = ZeroShotConfig
 
     def __init__(self, **cfg: Any) -> None:
-        self.cfg = build_config(self.config_class, cfg)
-        check_common(self.cfg)
-        if self.cfg.max_steps != 0:
-            raise ConfigError(f"method.max_steps: zero_shot trains nothing and needs 0, got {self.cfg.max_steps}")
+        self.cfg = build_config(self.config_class, cfg)        # checks the values (the schema's __post_init__)
         self.model: Optional[nn.Module] = None
 
     def setup(self, ctx: TrainContext) -> None:

@@ -1,4 +1,7 @@
-"""Typed structured-config schemas: a typo in a key fails when Hydra composes the config.
+"""Typed structured-config schemas: a typo in a key fails when Hydra composes the config, and a method's values are
+checked when its config is built (``__post_init__``, peft's pattern), wherever that is: a run, analysis, a benchmark.
+OmegaConf rejects ``Literal`` annotations, so an enumerated field is typed ``str`` and its ``Literal`` alias names
+the values its check allows.
 
 Each yaml in conf/<group>/ names its schema in its defaults list (``- /schema/<group>@_here_: <name>``),
 so every key it sets is checked against the dataclass below; it sets only what differs from the defaults here
@@ -6,6 +9,7 @@ so every key it sets is checked against the dataclass below; it sets only what d
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, get_args
 
@@ -135,17 +139,53 @@ class TaskConfig:
     options: dict[str, Any] = field(default_factory=dict)  # task-specific extras
 
 
+Schedule = Literal["linear", "constant"]        # linear: decay to 0, no warm-up
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+
+
+def check_lr(key: str, value: float) -> None:
+    """A learning rate (or a ratio of two): finite and >= 0."""
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{key}: must be a finite number >= 0, got {value}")
+
+
+def check_one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+
+
+def check_common(cfg: Any) -> None:
+    """Checks every method shares: learning rate, epochs, max_steps, schedule, weight decay, clip norm (any object
+    with those attributes: a schema instance or a composed config)."""
+    check_lr("method.lr", cfg.lr)
+    if cfg.epochs < 1:
+        raise ConfigError(f"method.epochs: must be >= 1, got {cfg.epochs}")
+    if cfg.max_steps is not None and cfg.max_steps < 0:
+        raise ConfigError(f"method.max_steps: must be >= 0 (0: evaluation only) or null, got {cfg.max_steps}")
+    check_one_of("method.schedule", cfg.schedule, SCHEDULES)
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"method.weight_decay: must be >= 0, got {cfg.weight_decay}")
+    # a clip norm below 0 flips the gradients' sign (torch scales by max_norm / norm); 0 would zero them
+    if cfg.grad_clip is not None and not (cfg.grad_clip > 0 and math.isfinite(cfg.grad_clip)):
+        raise ConfigError(f"method.grad_clip: must be a finite number > 0 (the gradient-norm cap) or null "
+                          f"(no clipping), got {cfg.grad_clip}")
+
+
 @dataclass
 class MethodConfig:
-    """What every method shares. Methods add their own fields in subclasses."""
+    """What every method shares. Methods add their own fields in subclasses; each checks its values in
+    ``__post_init__`` (one line naming the key), so a config is checked wherever it is built."""
     _target_: str = MISSING
     name: str = MISSING
     lr: float = 2e-5
     weight_decay: float = 0.0
     epochs: int = 5
     max_steps: Optional[int] = None      # stop after this many update steps (None: all epochs; 0: evaluation only)
-    schedule: str = "linear"             # linear (decay to 0, no warm-up) | constant
+    schedule: str = "linear"             # Schedule: linear (decay to 0, no warm-up) | constant
     grad_clip: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        check_common(self)
 
 
 @dataclass

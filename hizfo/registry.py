@@ -4,7 +4,8 @@ Torch-free, so analysis reads a method's defaults without importing torch or pef
 the class that implements it (imported only when a run builds the method: ``implementation``); Hydra's config
 store gets every schema from ``METHODS`` (``register_schemas``), so no method registers by the side
 effect of an import. run.py, the tests' compose, analysis (hyperparameter defaults) and benchmarks (the classes
-they time) all read this table. Configs are built one way: ``build_config``.
+they time) all read this table. Configs are built one way: ``build_config``, and every schema checks its values
+when built (``__post_init__``, one line naming the key), so a config built by analysis or a benchmark is checked too.
 
 Each method's docstring and the reference it follows are in its implementation module (hizfo/core/hybrid.py,
 baselines/*.py); the yaml in conf/method/ sets only what differs from the schema.
@@ -14,9 +15,47 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
-from hizfo.config import TASK_PROTOCOLS, LoggerConfig, MethodConfig, ModelConfig, RunConfig, TaskConfig
+from hizfo.config import (TASK_PROTOCOLS, LoggerConfig, MethodConfig, ModelConfig, RunConfig, TaskConfig, check_lr,
+                          check_one_of)
+from hizfo.errors import ConfigError
+
+# the values of the enumerated fields (typed str: OmegaConf rejects Literal annotations)
+AlphaMode = Literal["update", "loss"]
+ZOUpdate = Literal["estimate", "random_direction", "disabled"]
+ZOOptimizer = Literal["sgd", "adamw"]
+ZOScope = Literal["all", "below"]
+ALPHA_MODES, ZO_UPDATES, ZO_OPTIMIZERS, ZO_SCOPES = (get_args(t) for t in (AlphaMode, ZOUpdate, ZOOptimizer, ZOScope))
+
+
+def check_positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def check_rho(rho: float) -> None:
+    if not 0 < rho <= 1:
+        raise ConfigError(f"method.rho: must be in (0, 1], got {rho}")
+
+
+def check_partition_settings(zo_scope: str, buckets: int) -> None:
+    """``method.zo_scope`` is a known scope and ``method.buckets`` (Tq, GreenTrainer's cost quantisation) >= 1."""
+    check_one_of("method.zo_scope", zo_scope, ZO_SCOPES)
+    if buckets < 1:
+        raise ConfigError(f"method.buckets: must be >= 1 (Tq, the cost quantisation; 1000 as GreenTrainer), "
+                          f"got {buckets}")
+
+
+def check_lora_values(cfg: Any) -> None:
+    """Rank, alpha and dropout in range (the target modules are checked against the model in setup)."""
+    if cfg.rank < 1:
+        raise ConfigError(f"method.rank: must be >= 1, got {cfg.rank}")
+    check_positive("method.alpha", cfg.alpha)
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise ConfigError(f"method.lora_dropout: must be in [0, 1), got {cfg.lora_dropout}")
+    if cfg.target_modules is not None and not cfg.target_modules:
+        raise ConfigError("method.target_modules: empty list (use null for the model's defaults)")
 
 
 @dataclass
@@ -36,6 +75,20 @@ class HiZFOConfig(MethodConfig):
     zo_scope: str = "all"             # all: every unselected tensor is ZO; below: only those under Θ_FO
     buckets: int = 1000               # Tq, cost quantisation (GreenTrainer)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_rho(self.rho)
+        check_lr("method.lr_ratio", self.lr_ratio)
+        if self.zo_lr is not None:
+            check_lr("method.zo_lr", self.zo_lr)
+        check_positive("method.eps", self.eps)
+        if not self.alpha >= 0:
+            raise ConfigError(f"method.alpha: must be >= 0, got {self.alpha}")
+        check_one_of("method.alpha_mode", self.alpha_mode, ALPHA_MODES)
+        check_one_of("method.zo_update", self.zo_update, ZO_UPDATES)
+        check_partition_settings(self.zo_scope, self.buckets)
+        check_one_of("method.zo_optimizer", self.zo_optimizer, ZO_OPTIMIZERS)
+
 
 @dataclass
 class FullFTConfig(MethodConfig):
@@ -49,6 +102,11 @@ class FTTop2Config(MethodConfig):
     name: str = "ft_top2"
     top_blocks: int = 2
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.top_blocks < 1:               # the model's depth caps it in setup (baselines/ft_top2.py)
+            raise ConfigError(f"method.top_blocks: must be >= 1, got {self.top_blocks}")
+
 
 @dataclass
 class LoRAConfig(MethodConfig):
@@ -59,6 +117,10 @@ class LoRAConfig(MethodConfig):
     lora_dropout: float = 0.1                      # active only with train_dropout=true (train mode)
     target_modules: Optional[list[str]] = None     # None: the model's lora_target_modules
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_lora_values(self)
+
 
 @dataclass
 class PrefixConfig(MethodConfig):
@@ -67,6 +129,13 @@ class PrefixConfig(MethodConfig):
     num_virtual_tokens: int = 20                   # prefix length (key/value pairs per layer)
     prefix_projection: bool = False                # True: Li & Liang's MLP reparameterisation
     encoder_hidden_size: Optional[int] = None      # the MLP's width when prefix_projection (None: hidden size)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_virtual_tokens < 1:
+            raise ConfigError(f"method.num_virtual_tokens: the prefix length must be >= 1, got {self.num_virtual_tokens}")
+        if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:
+            raise ConfigError(f"method.encoder_hidden_size: must be >= 1 or null, got {self.encoder_hidden_size}")
 
 
 @dataclass
@@ -77,6 +146,13 @@ class GreenTrainerConfig(MethodConfig):
     interval: int = 2         # re-select every 2 epochs
     buckets: int = 1000       # Tq
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_rho(self.rho)
+        check_partition_settings("all", self.buckets)
+        if self.interval < 1:
+            raise ConfigError(f"method.interval: must be >= 1, got {self.interval}")
+
 
 @dataclass
 class MeZOConfig(MethodConfig):
@@ -85,6 +161,10 @@ class MeZOConfig(MethodConfig):
     lr: float = 1e-6                     # MeZO's full-parameter range is 1e-6 … 1e-7
     eps: float = 1e-3                    # ε, the perturbation scale
     schedule: str = "constant"           # MeZO uses a constant learning rate
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("method.eps", self.eps)
 
 
 @dataclass
@@ -105,6 +185,22 @@ class BilevelZOFOConfig(MethodConfig):
     grad_clip: Optional[float] = 1.0       # the lower step's clip norm (the reference's HF Trainer max_grad_norm)
     target_modules: Optional[list[str]] = None   # None: the model's lora_target_modules
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lr != self.upper_lr:
+            raise ConfigError(f"method.lr: Bilevel-ZOFO takes its rates from method.upper_lr / method.lower_lr / "
+                              f"method.backbone_lr; lr ({self.lr}) must equal upper_lr ({self.upper_lr})")
+        check_lr("method.upper_lr", self.upper_lr)
+        check_lr("method.lower_lr", self.lower_lr)
+        if self.backbone_lr is not None:
+            check_lr("method.backbone_lr", self.backbone_lr)
+        if self.lower_steps < 1:
+            raise ConfigError(f"method.lower_steps: must be >= 1, got {self.lower_steps}")
+        if not self.lam >= 0:
+            raise ConfigError(f"method.lam: must be >= 0, got {self.lam}")
+        check_positive("method.eps", self.eps)
+        check_lora_values(self)
+
 
 @dataclass
 class ZeroShotConfig(MethodConfig):
@@ -113,6 +209,11 @@ class ZeroShotConfig(MethodConfig):
     lr: float = 0.0
     epochs: int = 1
     max_steps: Optional[int] = 0         # no update step: the loop goes straight to evaluation
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_steps != 0:
+            raise ConfigError(f"method.max_steps: zero_shot trains nothing and needs 0, got {self.max_steps}")
 
 
 # the registry: every method a run can name (conf/method/<name>.yaml composes /schema/method/<name>)
@@ -133,7 +234,6 @@ def build_config(cls: type, values: dict[str, Any]) -> Any:
     """A typed config from the keyword arguments Hydra instantiates a method with: the one way a method's
     config is built. A key the schema lacks is one line (composition refuses it first; this covers direct use)."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
-    from hizfo.errors import ConfigError
     unknown = sorted(set(values) - {f.name for f in fields(cls)})
     if unknown:
         raise ConfigError(f"method.{unknown[0]}: not a key of {cls.__name__} "

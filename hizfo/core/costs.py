@@ -38,7 +38,6 @@ sits at its first, deepest use; its later uses add their t_fp and t_dw to it
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -47,6 +46,7 @@ import torch
 from torch import nn
 
 from hizfo.errors import ConfigError
+from hizfo.registry import check_rho
 
 # child names of an attention module (HF conventions across families)
 _FUSED_QKV = {"query_key_value", "qkv_proj", "c_attn", "Wqkv", "W_pack", "qkv"}
@@ -299,8 +299,7 @@ def cost_arrays(costs: list[TensorCost]) -> tuple[np.ndarray, np.ndarray, np.nda
 def backward_budget(rho: float, t_fp_total: float, t_bp_total: float) -> float:
     """ρ_bp: the share of the full backward that a step may spend, given ρ of forward+backward FLOPs."""
     # GreenTrainer: ρ·(t_fp + t_bp) = t_fp + ρ_bp·t_bp; clamped to 0.05 when ≤ 0 (explains Table 4)
-    if not (isinstance(rho, (int, float)) and 0.0 < rho <= 1.0) or math.isnan(rho):
-        raise ConfigError(f"method.rho: {rho} is outside (0, 1]")
+    check_rho(rho)
     if t_bp_total <= 0 or t_fp_total < 0:
         raise ConfigError(f"cost model: totals must be positive (t_fp={t_fp_total}, t_bp={t_bp_total})")
     ratio = t_fp_total / t_bp_total

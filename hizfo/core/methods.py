@@ -1,13 +1,13 @@
 """How a method plugs into the shared loop: a small Protocol, plus plain functions the methods share."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from hizfo.config import check_common, check_lr  # noqa: F401  (the schemas' checks, re-exported to the methods)
 from hizfo.errors import ConfigError
 from hizfo.core.distributed import local
 from hizfo.core.models import LoadedModel
@@ -169,28 +169,6 @@ def same_rng_streams(device: torch.device) -> Callable[[], None]:
 def replay_rng_if_training(model: nn.Module, device: torch.device) -> Callable[[], None]:
     """``same_rng_streams`` when the model is in train mode (dropout active), else a no-op."""
     return same_rng_streams(device) if model.training else (lambda: None)
-
-
-def check_lr(key: str, value: float) -> None:
-    if not (value >= 0 and math.isfinite(value)):
-        raise ConfigError(f"{key}: must be a finite number >= 0, got {value}")
-
-
-def check_common(cfg: Any) -> None:
-    """Checks every method shares: learning rate, epochs, max_steps, schedule."""
-    check_lr("method.lr", cfg.lr)
-    if cfg.epochs < 1:
-        raise ConfigError(f"method.epochs: must be >= 1, got {cfg.epochs}")
-    if cfg.max_steps is not None and cfg.max_steps < 0:
-        raise ConfigError(f"method.max_steps: must be >= 0 (0: evaluation only) or null, got {cfg.max_steps}")
-    if cfg.schedule not in ("linear", "constant"):
-        raise ConfigError(f"method.schedule: '{cfg.schedule}' is not one of linear, constant")
-    if cfg.weight_decay < 0:
-        raise ConfigError(f"method.weight_decay: must be >= 0, got {cfg.weight_decay}")
-    # a clip norm below 0 flips the gradients' sign (torch scales by max_norm / norm); 0 would zero them
-    if cfg.grad_clip is not None and not (cfg.grad_clip > 0 and math.isfinite(cfg.grad_clip)):
-        raise ConfigError(f"method.grad_clip: must be a finite number > 0 (the gradient-norm cap) or null "
-                          f"(no clipping), got {cfg.grad_clip}")
 
 
 def no_decay(name: str, param: torch.Tensor) -> bool:

@@ -14,12 +14,12 @@ from tqdm.auto import tqdm
 
 from hizfo.core.costs import backward_budget, integer_budget, quantize_costs, tensor_costs
 from hizfo.errors import ConfigError
+from hizfo.registry import check_partition_settings, check_rho  # noqa: F401  (re-exported to the methods)
 from hizfo.core.device import synchronize
 from hizfo.core.methods import Batch, unique_named_parameters
 from hizfo.core.profiling import tensor_importance
 from hizfo.core.selection import select_tensors, selection_cost
 
-ZO_SCOPES = ("all", "below")
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
@@ -60,20 +60,6 @@ class Partition:
 def progress(line: str) -> None:
     """One progress line on stderr, where the bars are (tqdm.write keeps an open bar intact)."""
     tqdm.write(line, file=sys.stderr)
-
-
-def check_rho(rho: float) -> None:
-    if not 0 < rho <= 1:
-        raise ConfigError(f"method.rho: must be in (0, 1], got {rho}")
-
-
-def check_partition_settings(zo_scope: str, buckets: int) -> None:
-    """``method.zo_scope`` is a known scope and ``method.buckets`` (Tq, GreenTrainer's cost quantisation) >= 1."""
-    if zo_scope not in ZO_SCOPES:
-        raise ConfigError(f"method.zo_scope: '{zo_scope}' is not one of {', '.join(ZO_SCOPES)}")
-    if buckets < 1:
-        raise ConfigError(f"method.buckets: must be >= 1 (Tq, the cost quantisation; 1000 as GreenTrainer), "
-                          f"got {buckets}")
 
 
 def partition_model(model: nn.Module, batch: Batch, rho: float, lr: float, weight_decay: float,

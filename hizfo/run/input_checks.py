@@ -8,7 +8,8 @@ model loads (``hizfo.run.validation.validate_run_config`` calls :func:`check_val
 * ``task.data_files``: each key a split of the task (``train``, ``eval``, or the hub's own split names);
 * a key given twice on the command line: one warning line, and the last wins (``hizfo.run.runspec``);
 * ``seed`` within torch's generator range, ``results_dir`` / ``checkpoint_dir`` not empty, ``curve_every`` and
-  ``logger.log_every`` >= 1, ``task.generation.repetition_penalty`` > 0, ``method.weight_decay`` >= 0.
+  ``logger.log_every`` >= 1, ``task.generation.repetition_penalty`` > 0 (a method's own values: its schema,
+  hizfo/registry.py, when the method is built).
 
 Adding no config key (a key changes every record's config_hash): these only check values.
 """
@@ -157,7 +158,5 @@ def check_values(cfg: Any) -> None:
     if not cfg.task.generation.repetition_penalty > 0:
         raise ConfigError(f"task.generation.repetition_penalty: must be > 0 (1: none), "
                           f"got {cfg.task.generation.repetition_penalty}")
-    if cfg.method.get("weight_decay") is not None and cfg.method.weight_decay < 0:
-        raise ConfigError(f"method.weight_decay: must be >= 0, got {cfg.method.weight_decay}")
     check_arch(cfg.model)
     check_task(cfg.task)
