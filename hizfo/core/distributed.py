@@ -334,11 +334,11 @@ def evaluating(model: nn.Module) -> Iterator[None]:
     if root is None:
         yield
         return
-    root.set_reshard_after_forward(False)
+    root.set_reshard_after_forward(False, recurse=False)    # the root only (FSDP2 recurses by default)
     root.unshard()
     try:
         yield
     finally:
         root.reshard()
-        root.set_reshard_after_forward(True)
+        root.set_reshard_after_forward(True, recurse=False)
 
