@@ -45,6 +45,12 @@ Deviations from the reference at d2a89bd, each kept for a reason:
     (``random.shuffle``) and its sweeps hold out a third (``--num_dev``).
   - LoRA: peft's, rank 8 and α 16 (the reference's own LoRA with the sweeps' ``--lora_r=8 --lora_alpha=16``).
 
+Several processes (docs/design.md, "Many processes"): FSDP2 shards p_L, p_U and θ, and the upper Adam's moments
+with them; like MeZO's Θ, each rank perturbs its shard of θ and writes its shard of θ's ZO gradient with the
+whole tensors' noise (bf16 θ stays whole on every rank). Each rank takes its slice of every train and dev batch;
+each loss is its batch's global mean (``data_parallel_loss``), so the seed and g agree on every rank, and p_U's
+gradient is the global one (FSDP's average of the scaled losses).
+
 Memory: the upper Adam keeps exp_avg and exp_avg_sq for every backbone tensor (2·|θ|) and the ZO gradient
 needs a .grad buffer (|θ|) during the upper step, so Bilevel-ZOFO holds about 4·|θ| at its peak against
 MeZO's 1·|θ| (under precision=bf16: fp32 masters, moments and gradient, 16 bytes per θ element against the
@@ -60,6 +66,7 @@ import torch
 from torch import nn
 
 from baselines.lora import check_lora_values, lora_config
+from hizfo.core.distributed import data_parallel_loss, data_parallel_losses, shard
 from hizfo.registry import BilevelZOFOConfig, build_config
 from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
@@ -89,6 +96,7 @@ class BilevelZOFO:
 
     config_class = BilevelZOFOConfig
     holds_out_dev = True    # the loop takes the dev examples out of the training stream (Task.train_dev_split)
+    data_parallel = True    # adapters and θ sharded by FSDP2, θ perturbed shard by shard, every loss global
 
     def __init__(self, **cfg: Any) -> None:
         self.cfg = build_config(self.config_class, cfg)
@@ -131,10 +139,16 @@ class BilevelZOFO:
         self.peft_model.add_adapter(LOWER, config)
         named = unique_named_parameters(self.peft_model)
         is_adapter = {n: any(f".{a}." in n for a in (LOWER, UPPER)) and "lora_" in n for n, _ in named}
+        for n, p in named:               # θ moves by ZO only: autograd never needs it
+            if not is_adapter[n]:
+                p.requires_grad_(False)
+        # several processes: FSDP2 shards p_L, p_U and θ (their Adam moments follow); each rank perturbs its shard of
+        # θ with the whole tensors' noise (hizfo/core/zo.py). bf16 θ (ZOParams' virtual mode) stays whole
+        whole = [p for n, p in named if not is_adapter[n] and is_low_precision(p)]
+        shard(self.peft_model, replicate=[p for n, p in named if not is_adapter[n]] if whole else ())
+        named = unique_named_parameters(self.peft_model)     # as FSDP2 holds them (one process: the same)
         backbone = [(n, p) for n, p in named if not is_adapter[n]]
         self.backbone = [p for _, p in backbone]
-        for p in self.backbone:          # θ moves by ZO only: autograd never needs it
-            p.requires_grad_(False)
         self.zo = ZOParams(self.backbone, self.peft_model)   # bf16 weights: θ ± εz never written, exact
         upper_named = [(n, p) for n, p in named if is_adapter[n] and f".{UPPER}." in n]
         self.upper_adapter = [p for _, p in upper_named]
@@ -175,18 +189,18 @@ class BilevelZOFO:
         """F(θ, p_U) term by term (3 forwards); with ``backprop_upper`` the p_U terms also backprop (2 backwards)."""
         model, lam = self.peft_model, self.cfg.lam
         model.set_adapter(UPPER)
-        with torch.set_grad_enabled(backprop_upper):
-            dev_upper = causal_lm_loss(model, dev)
+        with torch.set_grad_enabled(backprop_upper):           # each loss the global batch's (its own batch)
+            dev_upper, dev_value = data_parallel_loss(causal_lm_loss(model, dev), dev)
             if backprop_upper:
                 dev_upper.backward()             # frees this graph before the next forward
-            train_upper = causal_lm_loss(model, train)
+            train_upper, train_value = data_parallel_loss(causal_lm_loss(model, train), train)
             if backprop_upper:
                 (lam * train_upper).backward()   # ∂F/∂p_U = ∇L(θ,p_U;dev) + λ∇L(θ,p_U;train)
         model.set_adapter(LOWER)
         with torch.no_grad():
-            train_lower = causal_lm_loss(model, train)
+            train_lower, = data_parallel_losses([float(causal_lm_loss(model, train))], train)
         model.set_adapter(UPPER)
-        return UpperTerms(float(dev_upper.detach()), float(train_upper.detach()), float(train_lower), lam)
+        return UpperTerms(dev_value, train_value, train_lower, lam)
 
     @torch.no_grad()
     def materialise_backbone_grad_(self, seed: int, projected_grad: float) -> list[torch.Tensor]:
@@ -211,10 +225,9 @@ class BilevelZOFO:
     def train_step(self, batch: Batch) -> StepResult:
         model = self.peft_model
         model.set_adapter(LOWER)
-        loss = causal_lm_loss(model, batch)                               # L(θ, p_L; batch)
+        loss, lower_loss = data_parallel_loss(causal_lm_loss(model, batch), batch)   # L(θ, p_L; batch), global
         loss.backward()
         self.lower.step()
-        lower_loss = float(loss.detach())
         del loss
         model.set_adapter(UPPER)
         self.batches_seen += 1

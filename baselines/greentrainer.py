@@ -1,5 +1,11 @@
 """GreenTrainer GT-ρ (Huang et al., ICLR 2024): FO on the selected tensors, the rest frozen, re-selected
-every ``interval`` epochs (epochs 0, 2, 4 of 5; docs/design.md, "Selection"). Shares Hi-ZFO's stage one."""
+every ``interval`` epochs (epochs 0, 2, 4 of 5; docs/design.md, "Selection"). Shares Hi-ZFO's stage one.
+
+Several processes (docs/design.md, "Many processes"): FSDP2 shards every tensor and the selected ones' AdamW
+state; each rank trains on its slice of the global batch. A selection profiles the whole global batch on the
+whole weights: every rank gathers them into a plain copy of the model (``whole_copy``, outside FSDP, dropped
+after), so it computes what one process would; rank 0's selection is then taken by all (dropout's RNG or a
+GPU's atomics may differ per rank)."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -7,6 +13,8 @@ from typing import Any, Optional
 
 from torch import nn
 
+from hizfo.core import distributed
+from hizfo.core.distributed import data_parallel_loss, shard
 from hizfo.registry import GreenTrainerConfig, build_config
 from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
@@ -16,6 +24,8 @@ from hizfo.core.partition import Partition, check_partition_settings, check_rho,
 
 class GreenTrainer:
     """One AdamW over every candidate tensor; only the selected ones get gradients, so only they get state."""
+
+    data_parallel = True    # FSDP2 shards; selections profile the whole global batch on the gathered weights
 
     def __init__(self, **cfg: Any) -> None:
         self.cfg = build_config(GreenTrainerConfig, cfg)
@@ -31,15 +41,22 @@ class GreenTrainer:
         self.model: nn.Module = ctx.loaded.model
         self.candidates = {name for name, _ in unique_named_parameters(self.model)}
         set_trainable(self.model, self.candidates)
+        # several processes: the model's shape kept (meta, no memory) for the whole copies selections profile
+        self.shape = distributed.skeleton(self.model) if distributed.current().size > 1 else None
+        shard(self.model)                   # several processes: FSDP2 per decoder block (one process: unchanged)
         self.trainer = FirstOrderTrainer(self.model, self.candidates, self.cfg.lr, self.cfg.weight_decay,
                                          self.cfg.schedule, ctx.total_steps, self.cfg.grad_clip)
-        self.profile_batches = ctx.train_batches()
+        self.profile_batches = ctx.profile_batches()      # whole global batches (one process: the train stream)
         self.profiling_seconds = self.selection_seconds = 0.0
 
     def _select(self, epoch: int) -> None:
         set_trainable(self.model, self.candidates)
-        part = partition_model(self.model, next(self.profile_batches), self.cfg.rho, self.cfg.lr,
+        # several processes: profile a whole copy (the sharded weights gathered), every rank alike
+        profiled = self.model if self.shape is None else distributed.whole_copy(self.shape, self.model)
+        part = partition_model(profiled, next(self.profile_batches), self.cfg.rho, self.cfg.lr,
                                self.cfg.weight_decay, zo_scope="all", buckets=self.cfg.buckets)
+        del profiled
+        part = distributed.from_main(part)                         # one selection on every rank: rank 0's
         part.frozen, part.zo = part.zo, []                         # GreenTrainer freezes what it leaves out
         set_trainable(self.model, set(part.fo))
         self.partition = part
@@ -53,10 +70,10 @@ class GreenTrainer:
             self._select(epoch)
 
     def train_step(self, batch: Batch) -> StepResult:
-        loss = causal_lm_loss(self.model, batch)
+        loss, value = data_parallel_loss(causal_lm_loss(self.model, batch), batch)   # global batch's loss
         loss.backward()
         self.trainer.step()
-        return StepResult(loss=float(loss.detach()), n_forward=1, n_backward=1)
+        return StepResult(loss=value, n_forward=1, n_backward=1)
 
     def eval_model(self) -> nn.Module:
         return self.model

@@ -13,6 +13,7 @@ element) (hizfo/core/zo.py), never on the rank.
 """
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -342,3 +343,27 @@ def evaluating(model: nn.Module) -> Iterator[None]:
         root.reshard()
         root.set_reshard_after_forward(True, recurse=False)
 
+
+def skeleton(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s module tree with every parameter and buffer on the meta device (no memory), taken
+    before ``shard``: ``whole_copy`` fills it when a computation needs the model whole and outside FSDP."""
+    memo: dict[int, Any] = {id(b): torch.empty_like(b, device="meta") for b in model.buffers()}
+    memo.update({id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+                 for p in model.parameters()})
+    return copy.deepcopy(model, memo)                     # tied weights stay tied: one meta tensor each
+
+
+def whole_copy(shape: nn.Module, model: nn.Module) -> nn.Module:
+    """``shape`` (a ``skeleton`` of ``model``) holding ``model``'s weights whole and in its own storage (sharded ones
+    gathered: a collective, every rank calls it alike) and sharing its buffers: a plain module outside FSDP, whose
+    weights a profile may move in place. Costs the whole model on every rank until the caller drops it."""
+    live = dict(model.named_parameters(remove_duplicate=True))
+    weights = {name: (p.detach().full_tensor() if isinstance(p, DTensor) else p.detach().clone())
+               for name, p in live.items()}
+    buffers = dict(model.named_buffers())
+    memo: dict[int, Any] = {id(b): buffers[name] for name, b in shape.named_buffers()}
+    memo.update({id(p): nn.Parameter(weights[name], requires_grad=live[name].requires_grad)
+                 for name, p in shape.named_parameters(remove_duplicate=True)})
+    whole = copy.deepcopy(shape, memo)
+    whole.train(model.training)
+    return whole

@@ -32,10 +32,13 @@ def torchrun(nproc: int, module: list[str], timeout: int = 300) -> subprocess.Co
 
 COMMON = ["method.max_steps=4", "task.options.n_eval=8", "num_threads=1", "logger=none"]
 # every method that runs data-parallel: the ZO one, the FSDP2 ones, Hi-ZFO (FSDP2 Θ_FO + replicated Θ_ZO) and a
-# control; one interpreter per process count runs them all
+# control, GreenTrainer (32 examples: 2 steps an epoch, so epoch 2's re-selection comes before step 5) and
+# Bilevel-ZOFO (the toy tuning's K = 2: upper steps after batches 2, 3, 4); one interpreter per process count
 RUNS = {"mezo": ["method=mezo", "method.max_steps=6"], "full_ft": ["method=full_ft"], "ft_top2": ["method=ft_top2"],
         "lora": ["method=lora"], "prefix": ["method=prefix"], "hizfo": ["method=hizfo"],
-        "hizfo_loss": ["method=hizfo", "method.alpha_mode=loss"], "hizfo_random_dir": ["method=hizfo_random_dir"]}
+        "hizfo_loss": ["method=hizfo", "method.alpha_mode=loss"], "hizfo_random_dir": ["method=hizfo_random_dir"],
+        "greentrainer": ["method=greentrainer", "task.options.n_train=32", "method.max_steps=6"],
+        "bilevel_zofo": ["method=bilevel_zofo"]}
 RUNS = {name: [*extra, *[c for c in COMMON if c.split("=")[0] not in {e.split("=")[0] for e in extra}]]
         for name, extra in RUNS.items()}
 
@@ -72,6 +75,7 @@ def test_two_processes_take_the_same_steps_as_one(runs, name):
     (one, p1), (two, p2) = load(runs, name, 1), load(runs, name, 2)
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert two["zo_seeds"] == one["zo_seeds"]
+    assert two["fo_names"] == one["fo_names"] and two["selections"] == one["selections"]   # the same selections
     # the global batch's mean token loss, up to fp32 forward noise: each rank pads its own slice (other matmul
     # shapes) and the ranks' sums add in another order (measured: at most 1e-6 relative)
     assert max(abs(a - b) / abs(a) for a, b in zip(one["losses"], two["losses"])) < 1e-5
@@ -93,7 +97,15 @@ def test_two_processes_take_the_same_steps_as_one(runs, name):
     assert two["metrics"] == one["metrics"] and two["predictions"] == one["predictions"]
 
 
-@pytest.mark.parametrize("name, most", [("full_ft", 0.5), ("hizfo", 1.0)])
+def test_the_runs_reach_what_they_prove(runs):
+    one, _ = load(runs, "greentrainer", 1)
+    assert [s["epoch"] for s in one["selections"]] == [0, 2]              # a re-selection on trained weights
+    one, _ = load(runs, "bilevel_zofo", 1)
+    assert len(one["zo_seeds"]) == 3                                        # three upper steps (θ by ZO)
+
+
+@pytest.mark.parametrize("name, most", [("full_ft", 0.5), ("hizfo", 1.0), ("greentrainer", 0.5),
+                                             ("bilevel_zofo", 0.5)])
 def test_each_rank_holds_its_share(runs, name, most):
     one, _ = load(runs, name, 1)
     two, _ = load(runs, name, 2)
@@ -107,7 +119,6 @@ def test_each_rank_holds_its_share(runs, name, most):
 
 @pytest.mark.parametrize("overrides, says", [
     (["method=mezo", "task.batch_size=3"], "task.batch_size: the global batch 3 does not split over 2 processes"),
-    (["method=greentrainer"], "method: greentrainer cannot run on several processes yet"),
     (["method=mezo", "backend=nccl"], "backend: nccl needs CUDA"),
 ])
 def test_bad_input_under_torchrun_is_one_line_from_rank_0(tmp_path, overrides, says):

@@ -23,8 +23,8 @@ def local_bytes(method: Any) -> dict[str, int]:
     model = method.eval_model()
     params = [local(p) for p in model.parameters()]
     trained = [local(p) for p in model.parameters() if p.requires_grad]
-    trainers = [getattr(method, name, None) for name in ("trainer", "fo_trainer")]
-    state = [v for t in trainers if t is not None for s in t.optimizer.state.values() for v in s.values()
+    from hizfo.run.checkpoint_dist import torch_optimizers          # on the method or its trainers
+    state = [v for o in torch_optimizers(method) for s in o.state.values() for v in s.values()
              if isinstance(v, torch.Tensor) and v.dim() > 0]
     size = lambda ts: sum(t.numel() * t.element_size() for t in ts)       # noqa: E731
     return {"params": size(params), "grads": size(trained), "optimizer": size(local(t) for t in state)}
@@ -56,7 +56,8 @@ def one_run(out: Path, overrides: list[str]) -> None:
         (out / "result.json").write_text(json.dumps({
             "world_size": world.size, "losses": result.losses, "zo_seeds": result.zo_seeds,
             "metrics": result.metrics, "predictions": result.predictions, "history": result.history,
-            "rank_bytes": memory}))
+            "rank_bytes": memory, "fo_names": result.summary.partition.get("fo_names"),
+            "selections": result.summary.details.get("selections")}))
 
 
 def main(out: Path, runs: dict[str, list[str]]) -> None:
