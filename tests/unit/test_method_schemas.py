@@ -49,7 +49,8 @@ BAD = [
 # checks a constructor still makes, and why: (path, key)
 CONSTRUCTOR_CHECKS: dict[tuple[str, str], str] = {
     ("baselines/ft_top2.py", "top_blocks"): "the model's depth caps it, known only in setup",
-    ("hizfo/core/hybrid.py", "zo_optimizer"): "adamw with bf16 weights depends on the run's precision",
+    ("hizfo/core/hybrid.py", "zo_optimizer"): "adamw with bf16 weights needs the run's precision (and a copy of "
+                                              "HiZFOConfig's check, to go)",
     # the schema checks these first, so they never fire: left while the files are edited elsewhere
     ("hizfo/core/hybrid.py", "eps"): "a copy of HiZFOConfig's check, to go",
     ("hizfo/core/hybrid.py", "alpha"): "a copy of HiZFOConfig's check, to go",
