@@ -252,7 +252,7 @@ class Checkpointer:
         distributed.agree_all(error)
         if self.world.is_main:
             try:
-                write_state(tmp, state, self.config_hash, reason, self.world)
+                write_state(tmp, method, state, self.config_hash, reason, self.world)
                 if final.exists():
                     _remove(final)
                 os.rename(tmp, final)

@@ -1,8 +1,9 @@
 """A checkpoint several processes write together, through ``torch.distributed.checkpoint`` (DCP): every rank its shard.
 
     dcp/            DCP's files: ``.metadata`` and one ``__<rank>_0.distcp`` per rank, holding the model's parameters
-                    (FSDP2's DTensor shards; a tensor every rank holds whole, e.g. a replicated ZO part, once) and
-                    the method's ``state_dict()`` (AdamW's moments sharded like their parameters; schedulers, counters)
+                    (FSDP2's DTensor shards; a tensor every rank holds whole, e.g. a bf16 ZO part, once) and the
+                    tensors of the method's ``state_dict()`` (AdamW's moments sharded like their parameters)
+    method.pt       the rest of the method's state (schedulers, counters, a selection), tensors as keys into dcp/
     rank-<r>.pt     rank r's RNG states (torch, numpy, python, the ZO seed generator) and meters
     state.json      format, config hash, loop position, the world size that wrote it (rank 0)
     manifest.json   size and sha256 of every file above, written last by rank 0, once every rank has written
@@ -28,6 +29,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from hizfo.core.distributed import World
+from hizfo.errors import ConfigError
 from hizfo.run.checkpoint_files import (FORMAT_VERSION, capture_rng, checked_state, fsync_dir, manifest_files,
                                         restore_loop, restore_rng, unique_parameters, write_manifest)
 
@@ -50,48 +52,98 @@ def torch_optimizers(method: Any) -> list[torch.optim.Optimizer]:
     return found
 
 
+def stepped_params(method: Any) -> list[list[int]]:
+    """For each of the method's optimizers, the indices (``state_dict()`` numbering) of the parameters that have
+    state: those a resume must give state to before DCP loads it (GreenTrainer's optimizer, say, holds every
+    tensor, but only the selected ones have stepped)."""
+    return [sorted(int(k) for k in optimizer.state_dict()["state"]) for optimizer in torch_optimizers(method)]
+
+
 @torch.no_grad()
-def prime_optimizers(method: Any) -> None:
-    """Give every optimizer that has not stepped yet its state (zero moments, through one step at lr 0 on zero
+def prime_optimizers(method: Any, stepped: Optional[list[list[int]]] = None) -> None:
+    """Give the optimizers' parameters that had state when the checkpoint was written (``stepped``, from
+    ``stepped_params``; None: all of them) that state now (zero moments, through one step at lr 0 on zero
     gradients), so that DCP, which loads in place, has tensors of the right shards to load the saved state into.
-    The parameters do not move (lr 0); the state is overwritten by the checkpoint's."""
-    for optimizer in torch_optimizers(method):
-        if optimizer.state:
-            continue
+    The parameters do not move (lr 0); the state is overwritten by the checkpoint's, and a parameter that had none
+    gets none."""
+    for position, optimizer in enumerate(torch_optimizers(method)):
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        wanted = set(range(len(params))) if stepped is None else set(stepped[position])
+        primed = [p for index, p in enumerate(params) if index in wanted and p not in optimizer.state]
+        if not primed:
+            continue
         lrs = [group["lr"] for group in optimizer.param_groups]
-        for p in params:
+        for p in primed:
             p.grad = torch.zeros_like(p)
         for group in optimizer.param_groups:
             group["lr"] = 0.0
         optimizer.step()
         for group, lr in zip(optimizer.param_groups, lrs):
             group["lr"] = lr
-        for p in params:
+        for p in primed:
             p.grad = None
 
 
-def _state_dicts(method: Any) -> dict[str, Any]:
-    """What DCP saves and loads in place: the model's unique parameters (shards where sharded) and the method's
-    state."""
-    return {"model": unique_parameters(method.eval_model()), "method": method.state_dict()}
+def split_tensors(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """``state`` (nested dicts, lists, tuples) with every tensor replaced by ``{"__dcp__": key}``, and those tensors
+    by key (their path, '/'-joined). The skeleton goes to ``method.pt`` whole; DCP takes only the tensors, so a
+    method whose other state changes shape over a run (a selection made later, say) still loads."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(item: Any, path: tuple[str, ...]) -> Any:
+        if isinstance(item, torch.Tensor):
+            key = "/".join(path)
+            tensors[key] = item
+            return {"__dcp__": key}
+        if isinstance(item, dict):
+            return {k: walk(v, (*path, str(k))) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return type(item)(walk(v, (*path, str(i))) for i, v in enumerate(item))
+        return item
+    return walk(state, ()), tensors
+
+
+def join_tensors(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """``split_tensors`` undone."""
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {"__dcp__"}:
+            return tensors[skeleton["__dcp__"]]
+        return {k: join_tensors(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, (list, tuple)):
+        return type(skeleton)(join_tensors(v, tensors) for v in skeleton)
+    return skeleton
+
+
+def join_keys(skeleton: Any) -> list[str]:
+    """The tensor keys a ``split_tensors`` skeleton refers to."""
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {"__dcp__"}:
+            return [skeleton["__dcp__"]]
+        return [key for v in skeleton.values() for key in join_keys(v)]
+    if isinstance(skeleton, (list, tuple)):
+        return [key for v in skeleton for key in join_keys(v)]
+    return []
 
 
 def write_shards(folder: Path, method: Any, meters: Any, zo_seeds: Optional[torch.Generator], world: World) -> None:
-    """This rank's part of a checkpoint in ``folder`` (a temp directory rank 0 made): its DCP shard (a collective:
-    every rank calls it), then its RNG states and meters."""
-    dcp.save(_state_dicts(method), checkpoint_id=folder / DCP_DIR)
-    tensors, scalars = capture_rng(zo_seeds)
-    torch.save({"rng": tensors, "rng_scalars": json.dumps(scalars), "meters": json.dumps(meters.state_dict())},
+    """This rank's part of a checkpoint in ``folder`` (a temp directory rank 0 made): its DCP shard of the model's
+    unique parameters and of the method's tensors (a collective: every rank calls it), then its RNG states and
+    meters; rank 0 also the method state's skeleton (``method.pt``)."""
+    skeleton, tensors = split_tensors(method.state_dict())
+    dcp.save({"model": unique_parameters(method.eval_model()), "method": tensors}, checkpoint_id=folder / DCP_DIR)
+    if world.is_main:
+        torch.save(skeleton, folder / "method.pt")
+    rng, scalars = capture_rng(zo_seeds)
+    torch.save({"rng": rng, "rng_scalars": json.dumps(scalars), "meters": json.dumps(meters.state_dict())},
                folder / f"rank-{world.rank}.pt")
 
 
-def write_state(folder: Path, state: Any, config_hash: str, reason: str, world: World) -> None:
+def write_state(folder: Path, method: Any, state: Any, config_hash: str, reason: str, world: World) -> None:
     """Rank 0, once every rank has written its part: ``state.json``, then the manifest over every file (last)."""
     import dataclasses
     info = {"format": FORMAT_VERSION, "config_hash": config_hash, "step": state.step, "reason": reason,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "world_size": world.size,
-            "loop": dataclasses.asdict(state)}
+            "loop": dataclasses.asdict(state), "stepped": stepped_params(method)}
     (folder / "state.json").write_text(json.dumps(info))
     write_manifest(folder, manifest_files(folder), layout=LAYOUT)
     fsync_dir(folder)
@@ -106,6 +158,7 @@ def check_readable(path: Path, config_hash: str, run_folder: Path) -> None:
     for rank in range(info["world_size"]):
         own = torch.load(path / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
         json.loads(own["rng_scalars"]), json.loads(own["meters"])
+    torch.load(path / "method.pt", map_location="cpu", weights_only=True)
     dcp.FileSystemReader(path / DCP_DIR).read_metadata()
 
 
@@ -115,10 +168,16 @@ def read_distributed(path: Path, method: Any, state: Any, meters: Any, zo_seeds:
     RNG states and meters (rank 0's when the world size changed), and the loop's position. One process reads it
     too (no process group: DCP reads every shard itself)."""
     info = checked_state(path, config_hash, run_folder)
-    prime_optimizers(method)
-    states = _state_dicts(method)
-    dcp.load(states, checkpoint_id=path / DCP_DIR)         # tensors in place; other values replaced in ``states``
-    method.load_state_dict(states["method"])
+    skeleton = torch.load(path / "method.pt", map_location="cpu", weights_only=True)
+    prime_optimizers(method, info.get("stepped"))
+    live = split_tensors(method.state_dict())[1]           # tensors of this run's shards to load into, in place
+    wanted = join_keys(skeleton)
+    missing = [key for key in wanted if key not in live]
+    if missing:
+        raise ConfigError(f"checkpoint: {path} holds method state this run has no place for ({missing[:3]})")
+    states = {"model": unique_parameters(method.eval_model()), "method": {key: live[key] for key in wanted}}
+    dcp.load(states, checkpoint_id=path / DCP_DIR)
+    method.load_state_dict(join_tensors(skeleton, states["method"]))
     rank = world.rank if info.get("world_size") == world.size else 0
     own = torch.load(path / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
     restore_rng(own["rng"], json.loads(own["rng_scalars"]), zo_seeds)

@@ -42,8 +42,8 @@ CHECKPOINT_FILES = ("params.safetensors", "method.pt", "rng.pt", "state.json")
 # each layout's files: those a checkpoint must have, and the pattern every file its manifest lists must match
 LAYOUTS: dict[str, tuple[tuple[str, ...], re.Pattern]] = {
     "single": (CHECKPOINT_FILES, re.compile("|".join(re.escape(name) for name in CHECKPOINT_FILES))),
-    "distributed": (("state.json", "dcp/.metadata", "rank-0.pt"),
-                    re.compile(r"state\.json|rank-\d+\.pt|dcp/(\.metadata|__\d+_\d+\.distcp)")),
+    "distributed": (("state.json", "method.pt", "dcp/.metadata", "rank-0.pt"),
+                    re.compile(r"state\.json|method\.pt|rank-\d+\.pt|dcp/(\.metadata|__\d+_\d+\.distcp)")),
 }
 _HASH_CHUNK = 8 << 20
 TMP_PREFIX = ".tmp-"      # a name being written; whoever finds one left over may remove it

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.distributed.test_data_parallel import ENV, _free_port
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.subprocess]
 ARGS = ["method=hizfo", "method.max_steps=12", "checkpoint_every=3", "task.options.n_eval=8", "num_threads=1",
         "logger=none", "curve_every=1"]
 
@@ -122,7 +122,7 @@ def test_a_two_process_checkpoint_is_every_rank_shard_under_one_manifest(runs, t
     shutil.copytree(runs / "kept", copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     assert manifest["layout"] == "distributed"
-    assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp", "rank-0.pt", "rank-1.pt", "state.json"} \
+    assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp", "rank-0.pt", "rank-1.pt", "state.json", "method.pt"} \
         <= set(manifest["files"])
     assert verify_checkpoint(copy) is None
     shard = copy / "dcp" / "__1_0.distcp"
