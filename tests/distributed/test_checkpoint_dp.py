@@ -122,8 +122,8 @@ def test_a_two_process_checkpoint_is_every_rank_shard_under_one_manifest(runs, t
     shutil.copytree(runs / "kept", copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     assert manifest["layout"] == "distributed"
-    assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp", "rank-0.pt", "rank-1.pt", "state.json", "method.pt"} \
-        <= set(manifest["files"])
+    assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp", "rank-0.pt", "rank-1.pt", "state.json",
+            "method.pt"} <= set(manifest["files"])
     assert verify_checkpoint(copy) is None
     shard = copy / "dcp" / "__1_0.distcp"
     shard.write_bytes(shard.read_bytes()[:-7])                  # a rank's shard cut short: not trusted
