@@ -66,3 +66,10 @@ def read_until(fd: int, marker: bytes, timeout: float) -> bytes:
         seen += chunk
     os.set_blocking(fd, True)
     return seen
+
+
+def pytest_configure(config):
+    # a whole fast-tier run (scripts/test.sh with FAST=1) records which modules its tests load (tests/tier_trace.py)
+    if os.environ.get("HIZFO_FAST_TRACE"):
+        from tests.tier_trace import ModuleTrace
+        config.pluginmanager.register(ModuleTrace(Path(os.environ["HIZFO_FAST_TRACE"])), "hizfo-module-trace")

@@ -70,6 +70,7 @@ def _fresh_weights() -> dict[str, torch.Tensor]:
     return tiny("tiny-opt").model.state_dict()              # the run's start: random init, seed 0
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_two_processes_take_the_same_steps_as_one(runs, name):
     (one, p1), (two, p2) = load(runs, name, 1), load(runs, name, 2)
@@ -97,6 +98,7 @@ def test_two_processes_take_the_same_steps_as_one(runs, name):
     assert two["metrics"] == one["metrics"] and two["predictions"] == one["predictions"]
 
 
+@pytest.mark.subprocess
 def test_the_runs_reach_what_they_prove(runs):
     one, _ = load(runs, "greentrainer", 1)
     assert [s["epoch"] for s in one["selections"]] == [0, 2]              # a re-selection on trained weights
@@ -104,6 +106,7 @@ def test_the_runs_reach_what_they_prove(runs):
     assert len(one["zo_seeds"]) == 3                                        # three upper steps (θ by ZO)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("name, most", [("full_ft", 0.5), ("hizfo", 1.0), ("greentrainer", 0.5),
                                              ("bilevel_zofo", 0.5)])
 def test_each_rank_holds_its_share(runs, name, most):
@@ -117,6 +120,7 @@ def test_each_rank_holds_its_share(runs, name, most):
     assert sum(total(r) for r in ranks) >= total(alone)                   # nothing is lost: shards add up
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("overrides, says", [
     (["method=mezo", "task.batch_size=3"], "task.batch_size: the global batch 3 does not split over 2 processes"),
     (["method=mezo", "backend=nccl"], "backend: nccl needs CUDA"),

@@ -13,7 +13,7 @@ from tests.integration.test_resume import (CLI_SMALL, TOTAL_STEPS, assert_same_r
                                            run_cli, start_cli, wait_for_step)
 from tests.unit.test_checkpoint import damage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 
 @pytest.fixture(scope="module")

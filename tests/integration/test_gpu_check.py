@@ -24,6 +24,7 @@ def gpu_check(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, env=ENV)
 
 
+@pytest.mark.subprocess
 def test_cpu_smoke_runs_the_matrix_and_reports_the_injected_failure(tmp_path):
     from benchmarks.gpu_check import PRECISIONS, method_names
     start = time.monotonic()
@@ -68,12 +69,14 @@ def test_cpu_smoke_runs_the_matrix_and_reports_the_injected_failure(tmp_path):
     assert seconds < 150, seconds                    # measured 51-56 s on the shared 2-core machine
 
 
+@pytest.mark.subprocess
 def test_a_passing_matrix_exits_0(tmp_path):
     proc = gpu_check("--cpu-smoke", "--methods", "zero_shot", "--no-measure", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1].startswith("gpu_check: cells_ok=3/3 ")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("args, message", [
     (["--cpu-smoke", "--minutes", "0.1"], "--minutes: 0.1 is below what one cell needs"),
     (["--cpu-smoke", "--methods", "full_ft,sgd"], "--methods: unknown sgd; choose from"),
@@ -84,6 +87,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and message in proc.stderr, proc.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
 def test_no_cuda_without_cpu_smoke_is_one_line_and_exit_2(tmp_path):
     proc = gpu_check("--out", str(tmp_path))

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 TOLERANCE = {"exact_match": 3.0, "before_exact_match": 3.0}
 DEFAULT_TOLERANCE = 1.0
 

@@ -96,6 +96,7 @@ def reference_records(tmp_path_factory) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.subprocess
 def test_sigkill_at_a_random_step_then_the_same_command_resumes_and_matches(tmp_path, reference_records):
     """SIGKILL right after the checkpoint of a random step k appears (checkpoint_every=1), relaunch: the record
     equals the uninterrupted run's (metrics, final parameters' hash, losses, ZO seeds, passes counted)."""
@@ -120,6 +121,7 @@ def test_sigkill_at_a_random_step_then_the_same_command_resumes_and_matches(tmp_
     assert list((tmp_path / "checkpoints").iterdir()) == []      # with the run's now empty folders
 
 
+@pytest.mark.subprocess
 def test_sigterm_checkpoints_ends_the_run_and_the_relaunch_matches(tmp_path, reference_records):
     """SIGTERM (Slurm preemption) with no periodic checkpoints due: the run finishes its step, checkpoints,
     ends by the signal; the same command resumes from that step."""
@@ -149,6 +151,7 @@ def test_sigterm_checkpoints_ends_the_run_and_the_relaunch_matches(tmp_path, ref
     assert record["costs"]["train_seconds"] >= info["meters"]["train_seconds"]
 
 
+@pytest.mark.subprocess
 def test_a_checkpoint_of_another_config_at_the_same_record_path_is_refused(tmp_path):
     """variant=fixed pins the record path; a different lr under it must not resume the first run's checkpoint."""
     results = tmp_path / "runs"
@@ -169,6 +172,7 @@ def test_a_checkpoint_of_another_config_at_the_same_record_path_is_refused(tmp_p
     assert sorted(p.name for p in (tmp_path / "checkpoints").rglob("step-*")) == left   # left as it was
 
 
+@pytest.mark.subprocess
 def test_a_finished_sweep_relaunched_trains_nothing(tmp_path):
     results = tmp_path / "runs"
     sweep = ["-m", "method=full_ft,ft_top2", *CLI_SMALL, "method.max_steps=2", f"results_dir={results}",
@@ -195,6 +199,7 @@ def _training_methods() -> list[str]:
 # get_layer_device_map) and raises StopIteration when accelerate placed everything on cpu
 
 
+@pytest.mark.subprocess
 def test_device_map_auto_runs_every_method_on_cpu(tmp_path):
     """accelerate's device_map=auto over a tiny model on a CPU-only machine places everything on cpu and
     every method trains and evaluates through it (prefix: see the next test)."""

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 SCRIPTS = ROOT / "scripts" / "slurm"
 SMALL = ["logger=none", "device=cpu", "task.options.n_train=32", "task.batch_size=4", "task.options.n_eval=8",

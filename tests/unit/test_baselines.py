@@ -82,6 +82,7 @@ def assert_clear_decrease(values: list[float], window: int, min_drop: float) -> 
 # configs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_each_method_composes_and_builds_from_its_yaml(name):
     cfg = compose([f"method={name}"])
@@ -102,6 +103,7 @@ def test_bilevel_lr_mirrors_upper_lr_and_refuses_a_different_one():
         BilevelZOFO(name="bilevel_zofo", lr=1e-3, upper_lr=2e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_toy_tuning_file_applies(name):
     from omegaconf import OmegaConf
@@ -121,6 +123,7 @@ def only_trainable(loaded, prefix: str) -> None:
         p.requires_grad_(name.startswith(prefix))
 
 
+@pytest.mark.slow
 def test_mezo_lowers_the_training_loss_on_few_trainable_tensors():
     # 256 ZO coordinates (the final layer norm): SPSA's variance grows with the dimension, so a few hundred
     # steps make clear progress here; the full-model run lives in conf/tuning/toy_mezo.yaml
@@ -133,6 +136,7 @@ def test_mezo_lowers_the_training_loss_on_few_trainable_tensors():
     assert result.summary.partition["zo_params"] == 256 and result.summary.trainable_params == 256
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-opt", "tiny-qwen2", "tiny-bloom"])
 def test_mezo_step_with_zero_lr_restores_the_parameters_within_rounding(model):
     loaded = tiny(model)
@@ -149,6 +153,7 @@ def test_mezo_step_with_zero_lr_restores_the_parameters_within_rounding(model):
     assert result.n_forward == 2 and result.n_backward == 0
 
 
+@pytest.mark.slow
 def test_mezo_step_is_spsa_with_decay_after_the_fused_update(monkeypatch):
     import hizfo.core.zo as zo                                 # MeZO's passes go through ZOParams → zo.perturb_
     passes = []
@@ -201,6 +206,7 @@ LORA_COUNTS = {  # r·(in + out) per adapted linear, 2 blocks, r = 8
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(LORA_COUNTS))
 def test_lora_trainable_count_matches_peft_and_the_formula(model):
     loaded = tiny(model)
@@ -214,6 +220,7 @@ def test_lora_trainable_count_matches_peft_and_the_formula(model):
     assert all("lora_" in n for n, p in method.peft_model.named_parameters() if p.requires_grad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,kv_width", [("tiny-opt", 128), ("tiny-qwen2", 64), ("tiny-bloom", 128)])
 def test_prefix_trainable_count_matches_peft_and_the_formula(model, kv_width):
     loaded = tiny(model)
@@ -223,6 +230,7 @@ def test_prefix_trainable_count_matches_peft_and_the_formula(model, kv_width):
     assert method.summary().trainable_params == peft_trainable == 7 * 2 * 2 * kv_width   # T·layers·(k, v)·width
 
 
+@pytest.mark.slow
 def test_lora_lowers_the_loss_and_evaluates_through_the_adapter():
     from peft import PeftModel
     method, result, meters, loaded = run_loop("lora", lr=1e-2, max_steps=60)
@@ -232,6 +240,7 @@ def test_lora_lowers_the_loss_and_evaluates_through_the_adapter():
     assert "rouge1" in result.metrics
 
 
+@pytest.mark.slow
 def test_prefix_lowers_the_loss_and_evaluates_through_the_adapter():
     from peft import PeftModel
     method, result, meters, _ = run_loop("prefix", lr=3e-2, max_steps=60, num_virtual_tokens=8)
@@ -240,6 +249,7 @@ def test_prefix_lowers_the_loss_and_evaluates_through_the_adapter():
     assert isinstance(method.eval_model(), PeftModel)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-opt", "tiny-qwen2", "tiny-bloom"])
 def test_prefix_generation_with_left_padding_matches_each_prompt_alone(model):
     """A left-padded batch through the prefix model scores each next token as the prompt alone does."""
@@ -290,6 +300,7 @@ def reference_upper_steps(n_batches: int, k: int) -> list[int]:
     return after
 
 
+@pytest.mark.slow
 def test_bilevel_zofo_lowers_the_loss_and_counts_its_passes():
     method, result, meters, _ = run_loop("bilevel_zofo", upper_lr=1e-2, lower_lr=1e-2, backbone_lr=1e-4,
                                          lower_steps=3, max_steps=30)
@@ -306,6 +317,7 @@ def test_bilevel_zofo_lowers_the_loss_and_counts_its_passes():
     assert reference_upper_steps(10, 1) == list(range(1, 11))            # K = 1: after every batch
 
 
+@pytest.mark.slow
 def test_bilevel_zofo_trains_on_no_dev_example_and_records_how_many_it_held_out():
     cfg = method_cfg("bilevel_zofo", lower_steps=2)
     method = build(cfg)
@@ -334,6 +346,8 @@ def test_bilevel_zofo_trains_on_no_dev_example_and_records_how_many_it_held_out(
     assert result.summary.details["n_dev"] == 8 and result.summary.details["n_train"] == 72
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_bilevel_zofo_with_too_few_training_examples_for_its_dev_split_fails_in_one_line(tmp_path):
     from test_foundation import run_cli
     proc = run_cli("method=bilevel_zofo", f"results_dir={tmp_path}", "logger=none", "task.options.n_train=16",
@@ -351,6 +365,7 @@ def randomise_adapters(peft_model, generator: torch.Generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
 
 
+@pytest.mark.slow
 def test_bilevel_upper_loss_equals_its_three_terms_computed_separately():
     loaded = tiny("tiny-opt")
     lam = 0.7
@@ -381,6 +396,7 @@ def test_bilevel_upper_loss_equals_its_three_terms_computed_separately():
     assert terms.total == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_bilevel_backbone_grad_is_the_projected_grad_times_z_and_p_upper_gets_backprop():
     loaded = tiny("tiny-opt")
     method = build(method_cfg("bilevel_zofo", lower_steps=1))
@@ -420,6 +436,7 @@ def test_zero_shot_trains_nothing_and_still_evaluates():
 # bad input: a clear ConfigError naming the key, before any training step
 
 
+@pytest.mark.slow
 def test_lora_target_module_missing_from_the_model_is_refused_naming_the_key():
     loaded = tiny("tiny-bloom")
     method = build(method_cfg("lora", target_modules="[q_proj,v_proj]"))

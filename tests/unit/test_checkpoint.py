@@ -122,16 +122,19 @@ def check_resume_is_exact(method_name: str, stop_at: int, tmp_path: Path, closin
         (reference_meters.n_forward, reference_meters.n_backward, reference_meters.steps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method_name,stop_at", RESUME_CASES)
 def test_a_killed_run_resumes_to_the_same_parameters_and_metrics(method_name, stop_at, tmp_path, closing):
     check_resume_is_exact(method_name, stop_at, tmp_path, closing)
 
 
+@pytest.mark.slow
 def test_bilevel_zofo_in_bf16_resumes_exactly_with_its_fp32_masters(tmp_path, closing):
     """The upper Adam's fp32 masters of θ and p_U are in the checkpoint: a resumed bf16 run is the same run."""
     check_resume_is_exact("bilevel_zofo", 3, tmp_path, closing, extra=("precision=bf16", "method.lower_steps=2"))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_another_config_is_refused_and_nothing_is_loaded(tmp_path, closing):
     first = Checkpointer(tmp_path / "ckpt", "hash-a", every_steps=2)
     closing(first)
@@ -171,6 +174,7 @@ def _context(cfg, loaded, task):
                         dev_batches=lambda: iter(()))
 
 
+@pytest.mark.slow
 def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch, closing):
     ckpt = KilledAfter(tmp_path / "ckpt", "hash-a", every_steps=2, stop_at=4)
     closing(ckpt)
@@ -196,6 +200,7 @@ def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint_whole(tmp_pat
     assert again.latest().name == "step-00000004"
 
 
+@pytest.mark.slow
 def test_method_state_is_loaded_with_weights_only(tmp_path, closing, capsys):
     """A method.pt holding an arbitrary object is refused: checkpoints are never unpickled without limits. The
     refusal is a checkpoint that cannot be read: one warning line, and the run starts afresh (no older one)."""
@@ -245,6 +250,7 @@ def json_round_trip(tensors, scalars):
     return torch.load(buffer, weights_only=True), json.loads(json.dumps(scalars))
 
 
+@pytest.mark.slow
 def test_a_signal_during_a_step_checkpoints_after_the_step_then_reaches_the_previous_handler(tmp_path, closing):
     """SIGUSR2 (submitit's time-limit warning) mid-step: the step finishes, step k is saved, then the handler
     that was there before (submitit's requeue, here a stand-in) runs once, after the save."""
@@ -282,6 +288,7 @@ def test_a_signal_during_a_step_checkpoints_after_the_step_then_reaches_the_prev
         signal.signal(signal.SIGUSR2, previous)
 
 
+@pytest.mark.slow
 def test_handlers_are_given_back_when_the_run_is_done(tmp_path):
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
     ckpt = Checkpointer(tmp_path / "ckpt", "hash-a", every_steps=0)
@@ -351,6 +358,7 @@ def damage(checkpoint: Path, how: str) -> Path:
     raise ValueError(how)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how,keep", [("flip", 1), ("truncate", 1), ("no_manifest", 1), ("flip", 2),
                                       ("entries_not_objects", 2), ("foreign_entry", 1), ("garbage_state", 2),
                                       ("garbage_method", 1)])
@@ -394,6 +402,7 @@ def test_a_damaged_checkpoint_is_reported_and_skipped_and_the_run_ends_as_an_uni
     assert listing(tmp_path / "ckpt") == [f"step-{s:08d}" for s in range(TOTAL_STEPS - keep + 1, TOTAL_STEPS + 1)]
 
 
+@pytest.mark.slow
 def test_the_manifest_holds_each_files_size_and_sha256_and_is_written_last(tmp_path, closing, monkeypatch):
     ckpt = KilledAfter(tmp_path / "ckpt", "hash-a", every_steps=2, stop_at=2)
     closing(ckpt)
@@ -429,6 +438,7 @@ def test_the_manifest_holds_each_files_size_and_sha256_and_is_written_last(tmp_p
     assert listing(tmp_path / "ckpt") == ["step-00000002"]
 
 
+@pytest.mark.slow
 def test_a_kill_while_an_old_checkpoint_is_deleted_leaves_no_half_checkpoint_behind(tmp_path, closing, monkeypatch,
                                                                                    capsys):
     """Older checkpoints are renamed out of the step-* names before they are deleted: a kill half way through
@@ -475,6 +485,8 @@ with RunLock(Path(sys.argv[1]) / ".lock"):
 """
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_second_process_on_the_same_checkpoint_folder_is_refused_with_one_clear_line(tmp_path, closing):
     import subprocess
     import sys
@@ -504,6 +516,7 @@ def test_a_second_process_on_the_same_checkpoint_folder_is_refused_with_one_clea
 # -- permissions follow the umask --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask,dirs,files", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
 def test_checkpoint_folders_and_files_honour_the_umask(umask, dirs, files, tmp_path, closing):
     folder = tmp_path / "checkpoints" / "model" / "run"
@@ -523,6 +536,7 @@ def test_checkpoint_folders_and_files_honour_the_umask(umask, dirs, files, tmp_p
         assert stat.S_IMODE(path.stat().st_mode) == files, path
 
 
+@pytest.mark.slow
 def test_what_is_not_a_step_folder_is_ignored_and_kept(tmp_path, closing, capsys):
     """``step-00000600.bak``, ``step-old``, a file named like a checkpoint and a link to one are not checkpoints:
     the run resumes from its real one, never deletes or follows them, and says nothing about them."""

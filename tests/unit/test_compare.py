@@ -64,6 +64,8 @@ def test_compare_tables_the_arms_of_an_ad_hoc_sweep_with_paired_differences(tmp_
     assert any("notes.json: not a results record" in l for l in unplaced)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
     write_sweep(tmp_path / "runs")
     (tmp_path / "empty").mkdir()
@@ -77,6 +79,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert "arms: full_ft, hizfo, mezo" in proc.stderr
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_compare_imports_no_torch():
     code = "import sys, analysis.compare; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

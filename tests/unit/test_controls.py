@@ -48,6 +48,7 @@ def train_steps(method: HiZFO, steps: int, seed: int = 0, model_seed: int = 0):
 
 # -- α's two readings and the ZO-off control ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_update_reading_with_alpha_zero_is_bit_identical_to_the_zo_off_control():
     common = dict(lr=1e-3, rho=0.5)
     initial, update0, method = train_steps(hizfo_from_yaml("hizfo", alpha=0.0, alpha_mode="update", **common), 6)
@@ -66,6 +67,7 @@ def zo_displacement(method: HiZFO, seed: int = 0) -> tuple[torch.Tensor, HiZFO]:
     return torch.cat([(final[n].double() - initial[n].double()).view(-1) for n in names]), method
 
 
+@pytest.mark.slow
 def test_update_reading_scales_the_zo_step_by_alpha():
     # η_ZO large enough that the step is far above fp32 rounding of the weights
     step_one, m1 = zo_displacement(hizfo_from_yaml(lr=0.0, zo_lr=1e-2, alpha=1.0, alpha_mode="update", rho=0.5))
@@ -74,6 +76,7 @@ def test_update_reading_scales_the_zo_step_by_alpha():
     torch.testing.assert_close(step_half, 0.5 * step_one, rtol=0, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_loss_reading_barely_moves_the_adamw_update():
     """docs/design.md's claim, checked: under AdamW, adding α·L_ZO to L_FO leaves Θ_FO's update almost unchanged."""
     def fo_update(alpha: float) -> torch.Tensor:
@@ -85,6 +88,7 @@ def test_loss_reading_barely_moves_the_adamw_update():
     assert 0.99 < cosine < 1.0, cosine      # < 1: the α·L_ZO gradient did reach Θ_FO
 
 
+@pytest.mark.slow
 def test_random_direction_moves_by_the_same_norm_along_plus_or_minus_the_same_u():
     cosines = []
     for seed in range(8):
@@ -117,6 +121,7 @@ TRAINED = ("full_ft", "ft_top2", "lora", "prefix", "greentrainer", "mezo", "bile
            "hizfo_random_dir")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train_dropout", [False, True])
 @pytest.mark.parametrize("name", TRAINED)
 def test_every_method_trains_in_the_mode_train_dropout_sets(name, train_dropout):
@@ -152,6 +157,7 @@ def test_every_method_trains_in_the_mode_train_dropout_sets(name, train_dropout)
 
 # -- GreenTrainer's evaluation protocol --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_summaries_score_against_the_first_reference_by_default():
     prediction = "we propose a sparse attention method"
     example = Example(source="abstract", target="a new optimiser for transformers",
@@ -187,6 +193,7 @@ def test_paper_nlp_tasks_evaluate_as_greentrainers_scripts_by_default(name):
         assert task.protocol_settings()["answer_match"] == "exact"
 
 
+@pytest.mark.slow
 def test_normalized_protocol_keeps_the_projects_earlier_settings():
     expected = {"scitldr": (128, ["\n"]), "dialogsum": (128, ["\n"]), "webquestions": (32, ["</s>", "\n"])}
     for name, (max_new_tokens, stop) in expected.items():
@@ -212,6 +219,8 @@ def test_greentrainer_exact_match_differs_where_normalisation_changes_the_answer
 
 # -- divergence and bad input ------------------------------------------------------------------------------------
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_unknown_task_protocol_fails_in_one_line_before_the_model_loads(tmp_path):
     proc = run_cli("method=hizfo", f"results_dir={tmp_path}", "logger=none", "task=webquestions", "task.protocol=squad")
     assert proc.returncode == 2, proc.stderr[-1500:]
@@ -220,6 +229,8 @@ def test_unknown_task_protocol_fails_in_one_line_before_the_model_loads(tmp_path
     assert "Traceback" not in proc.stderr and not list(tmp_path.rglob("*.json"))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_mezo_with_a_huge_learning_rate_ends_failed_as_diverged(tmp_path):
     proc = run_cli("method=mezo", f"results_dir={tmp_path}", *SMALL, "method.lr=1e3", "method.max_steps=40",
                    "divergence_patience=3")
@@ -246,6 +257,8 @@ def test_a_slowly_rising_loss_is_stopped_by_the_factor_and_patience():
         off.check(2, float("nan"))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("override,key", [
     ("method.alpha_mode=both", "method.alpha_mode"),
     ("divergence_factor=-1", "divergence_factor"),

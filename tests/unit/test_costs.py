@@ -23,6 +23,7 @@ def family_model(request):
     return request.param, model
 
 
+@pytest.mark.slow
 def test_forward_total_matches_flop_counter(family_model) -> None:
     name, model = family_model
     model.eval()
@@ -112,6 +113,7 @@ def test_cost_conventions(family_model) -> None:
         assert costs["model.layers.0.input_layernorm.weight"].t_dw == tokens * hidden  # RMSNorm: B·N·D
 
 
+@pytest.mark.slow
 def test_frozen_tensors_fold_into_the_next_trainable_one() -> None:
     model = tiny("tiny-opt").model
     full = tensor_costs(model, B, N)
@@ -134,6 +136,7 @@ def test_frozen_tensors_fold_into_the_next_trainable_one() -> None:
     assert prefix_part[below] == prefix_full[below]
 
 
+@pytest.mark.slow
 def test_tied_weights_appear_once() -> None:
     model = tiny("tiny-opt").model
     assert model.lm_head.weight is model.model.decoder.embed_tokens.weight
@@ -189,6 +192,7 @@ def test_post_layer_norm_opt_on_meta_device() -> None:
                                "model.decoder.embed_tokens.weight"}
 
 
+@pytest.mark.slow
 def test_costing_leaves_the_model_and_rng_untouched() -> None:
     model = tiny("tiny-opt").model.train()
     before = {n: p.detach().clone() for n, p in model.state_dict().items()}

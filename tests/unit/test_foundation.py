@@ -23,6 +23,7 @@ def run_cli(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", ["model", "task", "method"])
 def test_every_group_option_composes(group):
     for option in GROUP_OPTIONS[group]:
@@ -30,6 +31,7 @@ def test_every_group_option_composes(group):
         assert cfg[group].name == option
 
 
+@pytest.mark.slow
 def test_every_method_composes_with_every_task():
     for method in GROUP_OPTIONS["method"]:
         for task in GROUP_OPTIONS["task"]:
@@ -37,6 +39,7 @@ def test_every_method_composes_with_every_task():
             assert cfg.method.lr >= 0 and cfg.task.batch_size >= 1
 
 
+@pytest.mark.slow
 def test_a_typo_fails_at_composition():
     from hydra.errors import ConfigCompositionException
     with pytest.raises(ConfigCompositionException):
@@ -53,6 +56,7 @@ def test_tiny_models_of_each_family_run_a_forward_pass():
         assert torch.isfinite(out.loss)
 
 
+@pytest.mark.slow
 def test_full_ft_lowers_the_loss_and_learns_the_toy_task():
     from baselines.full_ft import FullFT
     from hizfo.run.loop import LoopOptions, train_and_evaluate
@@ -99,6 +103,8 @@ def finished_run(tmp_path_factory):
     return results, records[0], proc
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_record_holds_what_the_readme_promises(finished_run):
     _, path, proc = finished_run
     record = json.loads(path.read_text())
@@ -117,6 +123,8 @@ def test_record_holds_what_the_readme_promises(finished_run):
     assert f"record: {path}" in proc.stdout
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_finished_run_is_skipped(finished_run):
     results, path, _ = finished_run
     before = path.stat().st_mtime_ns
@@ -125,6 +133,8 @@ def test_a_finished_run_is_skipped(finished_run):
     assert path.stat().st_mtime_ns == before
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("override,key", [
     ("method.lr=-1", "method.lr"),
     ("method.epochs=0", "method.epochs"),
@@ -144,12 +154,16 @@ def test_bad_input_fails_in_one_line_and_writes_no_ok_record(tmp_path, override,
     assert not any(json.loads(p.read_text()).get("status") == "ok" for p in tmp_path.rglob("*.json"))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_an_unknown_group_option_lists_the_choices(tmp_path):
     proc = run_cli("method=nope", f"results_dir={tmp_path}")
     assert proc.returncode != 0
     assert "Available options" in proc.stderr and "full_ft" in proc.stderr
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_diverging_run_leaves_a_failed_record_naming_the_step(tmp_path):
     proc = run_cli("method=full_ft", f"results_dir={tmp_path}", *SMALL, "method.lr=1e12", "method.max_steps=30")
     assert proc.returncode == 1

@@ -44,6 +44,7 @@ def hizfo(**overrides) -> HiZFO:
     return HiZFO(**values)
 
 
+@pytest.mark.slow
 def test_profiling_restores_weights_bit_exactly_and_leaves_no_state():
     _, loaded, _, stream = toy_setup()
     model = loaded.model
@@ -56,6 +57,7 @@ def test_profiling_restores_weights_bit_exactly_and_leaves_no_state():
     assert np.count_nonzero(importance) > len(named) // 2
 
 
+@pytest.mark.slow
 def test_partition_holds_each_tied_tensor_once_and_zo_scope_below_freezes_the_rest():
     _, loaded, task, stream = toy_setup()
     method = hizfo(zo_scope="below")
@@ -73,6 +75,7 @@ def test_partition_holds_each_tied_tensor_once_and_zo_scope_below_freezes_the_re
     assert [t["name"] for t in summary["tensor_sets"]] == list(reversed(names))
 
 
+@pytest.mark.slow
 def test_partition_respects_the_budget():
     _, loaded, task, stream = toy_setup()
     shares = []
@@ -84,6 +87,7 @@ def test_partition_respects_the_budget():
     assert shares[0] <= shares[1] <= shares[2]
 
 
+@pytest.mark.slow
 def test_alpha_0_and_zo_lr_0_is_a_plain_adamw_step_on_fo_and_leaves_zo_untouched():
     _, loaded, task, stream = toy_setup()
     method = hizfo(alpha=0.0, zo_lr=0.0)
@@ -107,6 +111,7 @@ def test_alpha_0_and_zo_lr_0_is_a_plain_adamw_step_on_fo_and_leaves_zo_untouched
         assert torch.equal(got[n], value), n
 
 
+@pytest.mark.slow
 def test_perturb_and_restore_with_zo_lr_0_is_within_fp32_rounding():
     _, loaded, task, stream = toy_setup()
     method = hizfo(alpha=0.1, zo_lr=0.0)
@@ -119,6 +124,7 @@ def test_perturb_and_restore_with_zo_lr_0_is_within_fp32_rounding():
         assert torch.all((got[n] - value).abs() <= 4 * ulp), n
 
 
+@pytest.mark.slow
 def test_zo_estimate_points_along_the_true_gradient():
     _, loaded, _, stream = toy_setup()
     model = loaded.model
@@ -149,6 +155,7 @@ def _train(seed: int, steps: int = 6):
     return loaded.model, result
 
 
+@pytest.mark.slow
 def test_same_seed_replays_bit_identically_and_records_the_zo_seeds():
     model_a, result_a = _train(seed=5)
     model_b, result_b = _train(seed=5)
@@ -159,6 +166,7 @@ def test_same_seed_replays_bit_identically_and_records_the_zo_seeds():
     assert result_c.zo_seeds != result_a.zo_seeds
 
 
+@pytest.mark.slow
 def test_hizfo_lowers_the_loss_on_toy():
     cfg = compose(["method=hizfo", "method.max_steps=60", "task.options.n_eval=16"])
     loaded = tiny("tiny-opt")
@@ -170,6 +178,7 @@ def test_hizfo_lowers_the_loss_on_toy():
     assert all(math.isfinite(row["train/zo_loss"]) for row in result.history)
 
 
+@pytest.mark.slow
 def test_greentrainer_reselects_every_interval_and_freezes_the_rest():
     cfg = compose(["method=greentrainer", "method.epochs=3", "task.options.n_train=32", "task.options.n_eval=8",
                    "task.batch_size=8"])
@@ -192,6 +201,7 @@ def test_bad_hizfo_values_fail_before_training_naming_the_key(key, value):
         HiZFO(**{key: value})
 
 
+@pytest.mark.slow
 def test_alpha_reaches_the_fo_update():
     """α·L_ZO is part of L_total (eq. 1): the FO tensors move differently with α = 0.1 than with α = 0."""
     finals = []
@@ -208,6 +218,7 @@ def test_alpha_reaches_the_fo_update():
     assert any(not torch.equal(finals[0][n], finals[1][n]) for n in finals[0])
 
 
+@pytest.mark.slow
 def test_with_dropout_on_both_streams_see_the_same_masks():
     """L_ZO − L_FO must measure the perturbation, not two dropout masks (docs/design.md, "Dropout")."""
     from hizfo.core.methods import same_rng_streams

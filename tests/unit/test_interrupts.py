@@ -16,6 +16,8 @@ from tests.conftest import read_until as _read_until
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_sigint_during_training_checkpoints_and_ends_in_one_line(tmp_path):
     ckpt = tmp_path / "ckpt"
     cmd = [sys.executable, "run.py", "method=full_ft", "method.max_steps=100000", "method.epochs=1000",

@@ -70,6 +70,7 @@ def test_a_hand_edited_lock_is_refused(tmp_path):
     assert message and "edited by hand" in message
 
 
+@pytest.mark.subprocess
 def test_setup_check_exits_1_on_a_bad_lock_and_warns_without_one(tmp_path):
     lock, _ = _copy(tmp_path)
     lock.write_text(lock.read_text() + "extra==1.0\n")
@@ -132,6 +133,7 @@ def test_analysis_warns_when_records_come_from_different_environments():
     assert len(report.warnings) == 1 and "3 software environments" in report.warnings[0]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script", ["setup.sh", "update_lock.sh", "test.sh"])
 def test_the_install_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(REPO / "scripts" / script)]).returncode == 0

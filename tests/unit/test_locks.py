@@ -46,6 +46,7 @@ def try_from_another_process(path) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.subprocess
 def test_a_second_lock_from_another_process_fails_with_the_holders_pid(tmp_path):
     path = tmp_path / "sub" / "run.lock"
     proc = holder(path)
@@ -62,6 +63,7 @@ def test_a_second_lock_from_another_process_fails_with_the_holders_pid(tmp_path)
     assert try_from_another_process(path).stdout.strip() == "acquired"    # released when the holder ended
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("end", ["exception", "sigkill"])
 def test_the_lock_is_released_when_the_holder_fails_or_is_killed(tmp_path, end):
     path = tmp_path / "run.lock"
@@ -78,6 +80,7 @@ def test_the_lock_is_released_when_the_holder_fails_or_is_killed(tmp_path, end):
     assert done.returncode == 0 and done.stdout.strip() == "acquired", done.stdout + done.stderr
 
 
+@pytest.mark.subprocess
 def test_in_process_the_context_manager_releases_on_exception_and_a_second_holder_is_refused(tmp_path):
     path = tmp_path / "run.lock"
     with pytest.raises(RuntimeError):
@@ -96,6 +99,7 @@ def test_in_process_the_context_manager_releases_on_exception_and_a_second_holde
     assert not again.held
 
 
+@pytest.mark.subprocess
 def test_release_with_unlink_removes_the_lock_file_and_its_owner_note(tmp_path):
     path = tmp_path / "folder" / ".lock"
     lock = RunLock(path).acquire()

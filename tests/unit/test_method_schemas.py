@@ -71,6 +71,7 @@ def test_a_schema_refuses_a_bad_value_in_one_line_naming_the_key(method, values,
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 
 
+@pytest.mark.subprocess
 def test_every_schemas_defaults_pass_and_the_checks_load_no_torch():
     code = ("import sys; from hizfo.registry import METHODS, HiZFOConfig; [cls() for cls in METHODS.values()]\n"
             "try:\n    HiZFOConfig(rho=2.0)\nexcept ValueError as e:\n    print(e)\n"

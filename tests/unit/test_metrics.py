@@ -113,6 +113,7 @@ def test_pass_at_1_estimator():
     assert metrics.pass_at_1([False]) == 0.0
 
 
+@pytest.mark.sandbox
 def test_humaneval_pass_at_1_rejects_unknown_ids():
     with pytest.raises(ValueError, match="unknown HumanEval task ids"):
         metrics.humaneval_pass_at_1({"HumanEval/9999": "    pass\n"})

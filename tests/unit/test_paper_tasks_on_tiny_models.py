@@ -30,6 +30,7 @@ def run_in_process(overrides: list[str], tmp_path: Path) -> dict:
     return run(compose(overrides), RunInputs(overrides=tuple(overrides), output_dir=tmp_path / "hydra"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("task", sorted(TASK_FILES))
 def test_paper_task_trains_and_evaluates_on_a_tiny_model(task, family, tmp_path):

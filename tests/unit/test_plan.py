@@ -47,6 +47,7 @@ def _ratios(shapes) -> list[tuple[str, float]]:
                    c["peak"]) for c in ALLOC]
 
 
+@pytest.mark.slow
 def test_weights_and_optimizer_match_the_committed_traces(shapes):
     for cell in TRACES:
         pred, peak = _predict(shapes[cell["shape"]], cell), cell["peak"]
@@ -56,6 +57,7 @@ def test_weights_and_optimizer_match_the_committed_traces(shapes):
             assert abs(pred.training["optimizer"] / peak["OPT"] - 1) < 0.15, cell
 
 
+@pytest.mark.slow
 def test_every_method_and_precision_within_the_stated_error(shapes):
     bad = [(name, round(r, 3)) for name, r in _ratios(shapes) if abs(r - 1) > TOLERANCE]
     assert not bad, bad
@@ -63,6 +65,7 @@ def test_every_method_and_precision_within_the_stated_error(shapes):
                                              "bilevel_zofo", "hizfo"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("category", memory.CATEGORIES)
 def test_dropping_a_category_breaks_the_match(shapes, monkeypatch, category):
     """Some cell the model gets within 5 % is more than 10 % off once ``category`` is dropped from every moment."""
@@ -75,6 +78,7 @@ def test_dropping_a_category_breaks_the_match(shapes, monkeypatch, category):
     assert any(name in close and abs(r - 1) > 0.10 for name, r in _ratios(shapes)), category
 
 
+@pytest.mark.slow
 def test_one_live_trace_agrees_with_the_committed_one(tiny):
     from benchmarks.planner_traces import trace_cell
     torch.set_num_threads(1)
@@ -101,6 +105,7 @@ def test_bad_input_is_one_line_exit_2(capsys):
     assert len(err) == 3 and "plan.gpu_gb" in err[0] and "plan.world_size" in err[1] and "offline" in err[2]
 
 
+@pytest.mark.slow
 def test_a_cell_that_cannot_fit_is_refused_with_what_would(tiny):
     from hizfo.run.plan import fits_line
     s = Setting(method="full_ft", method_cfg=(), batch=16, seq_len=80, device="cuda")
@@ -117,6 +122,7 @@ def test_unknown_model_shape_is_refused():
         model_shape(OmegaConf.create({"name": "x", "family": "opt", "hub_id": "nobody/none"}))
 
 
+@pytest.mark.slow
 def test_the_block_by_block_count_equals_the_full_forward(tiny):
     """The fast count (a 2-block copy, per-block patterns) against one forward of the whole 5-block model."""
     from hizfo.core.memory_blocks import with_depth

@@ -58,6 +58,7 @@ def bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
 # exact perturbation of bf16 weights
 
 
+@pytest.mark.slow
 def test_1000_perturb_restore_cycles_leave_bf16_weights_bit_identical():
     loaded = load(precision="bf16")
     model = loaded.model
@@ -88,6 +89,7 @@ def test_1000_perturb_restore_cycles_leave_bf16_weights_bit_identical():
     assert any(not torch.equal(d, p) for d, p in zip(drifting, params))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny-opt", "tiny-qwen2", "tiny-bloom"])
 def test_virtual_perturbation_matches_an_in_place_one_in_losses_and_backprop(name):
     """Forced on fp32 weights: inside the forwards (and rebuilt in the backward) it is the same θ + εu."""
@@ -137,6 +139,7 @@ def train_in_bf16(loaded, overrides: list[str]):
     return method, result, rows
 
 
+@pytest.mark.slow
 def test_mezo_with_lr_0_for_20_steps_in_bf16_leaves_the_weights_untrained():
     loaded = load(precision="bf16")
     before = snapshot(loaded.model)
@@ -183,6 +186,7 @@ def _fo_steps(precision: str, steps: int = 10, lr: float = 2e-5):
     return changed / sum(p.numel() for p in start), fractions, trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16"])
 def test_10_adamw_steps_at_2e_5_change_at_least_99_percent_of_theta_fo(precision):
     share, fractions, trainer = _fo_steps(precision)
@@ -194,6 +198,7 @@ def test_10_adamw_steps_at_2e_5_change_at_least_99_percent_of_theta_fo(precision
                    for p, m in zip(trainer.params, trainer.masters.masters))
 
 
+@pytest.mark.slow
 def test_plain_adamw_on_bf16_weights_would_lose_most_updates():
     """Why bf16 needs masters: the same 10 steps straight on bf16 tensors leave most elements where they were."""
     loaded = load(precision="bf16")
@@ -215,6 +220,7 @@ def test_plain_adamw_on_bf16_weights_would_lose_most_updates():
 # the active precision belongs to its block: two runs in one process never see each other's
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_in_one_process_each_compute_in_their_own_precision():
     import threading
     loaded = load(precision="fp32")
@@ -266,6 +272,7 @@ def test_a_run_that_fails_leaves_no_precision_behind():
 # bf16-mixed: the ZO estimate under autocast
 
 
+@pytest.mark.slow
 def test_bf16_mixed_zo_estimate_agrees_with_autograd_in_direction():
     loaded = load(precision="bf16-mixed")
     model = loaded.model
@@ -292,6 +299,7 @@ def test_bf16_mixed_zo_estimate_agrees_with_autograd_in_direction():
     assert cosine > 0.4, cosine
 
 
+@pytest.mark.slow
 def test_hizfo_trains_in_bf16_and_logs_how_much_of_theta_fo_moved():
     loaded = load(precision="bf16")
     before = snapshot(loaded.model)
@@ -316,6 +324,8 @@ def test_bad_precision_values_are_one_clear_error():
     check_precision("bf16", CPU)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_run_py_refuses_a_bad_precision_with_exit_2_before_loading(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
     out = subprocess.run([sys.executable, "run.py", "precision=fp8", "logger=none", f"results_dir={tmp_path}",
@@ -327,6 +337,7 @@ def test_run_py_refuses_a_bad_precision_with_exit_2_before_loading(tmp_path):
     assert not list(tmp_path.rglob("*.json"))            # no record: it stopped before the model and the run
 
 
+@pytest.mark.slow
 def test_bf16_fo_masters_resume_exactly_from_their_state_dict():
     """A checkpoint of a bf16 run must carry the fp32 masters: the bf16 weights alone cannot rebuild them."""
     import copy
@@ -371,6 +382,7 @@ def test_change_monitor_weights_each_tensor_by_its_size():
     assert monitor.after([torch.zeros(0)]) is None       # nothing to measure
 
 
+@pytest.mark.slow
 def test_bilevel_zofo_in_bf16_keeps_its_theta_updates_in_fp32_masters():
     """10 upper steps at 2e-5 (K = 1): the upper Adam steps fp32 masters of θ, so (almost) every element moves;
     the model's bf16 θ is each master stochastically rounded: one of its two bf16 neighbours."""
@@ -418,6 +430,7 @@ def _weights(name: str = "tiny-opt", precision=None, dtype: str = "float32") -> 
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.slow
 def test_model_dtype_is_the_precision_the_starting_weights_are_taken_at():
     full = _weights(precision="fp32", dtype="float32")
     rounded = _weights(precision="fp32", dtype="bfloat16")      # read as bf16, trained in fp32 masters

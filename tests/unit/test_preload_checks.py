@@ -22,6 +22,7 @@ def test_a_hub_model_missing_from_the_cache_offline_names_hf_download(monkeypatc
     assert "hf download nobody/no-such-model-hizfo --local-dir DIR" in line and "huggingface-cli" not in line
 
 
+@pytest.mark.slow
 def test_a_model_path_or_weights_package_that_is_not_there_is_refused(tmp_path):
     cfg = compose(["model=smollm2-135m", f"model.path={tmp_path / 'nope'}"])
     with pytest.raises(ConfigError, match=r"^model.path: '.*nope' does not exist"):

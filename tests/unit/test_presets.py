@@ -128,11 +128,14 @@ def _generator(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.subprocess
 def test_each_presets_sweep_is_what_analysis_specs_writes() -> None:
     out = _generator("--check")
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_hand_edited_grid_is_caught_and_rewritten(tmp_path: Path) -> None:
     for path in (ROOT / "conf" / "experiment").glob("*.yaml"):
         shutil.copy(path, tmp_path / path.name)
@@ -148,6 +151,8 @@ def test_a_hand_edited_grid_is_caught_and_rewritten(tmp_path: Path) -> None:
 
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_spec_without_presets_gets_them_created(tmp_path: Path) -> None:
     """Adding a table is a spec entry: the generator creates its two presets, and they sweep what the committed
     ones do (header, name, the CPU twin's cpu_scale defaults, sweep folder, params)."""
@@ -194,6 +199,7 @@ def test_cpu_twins_stay_small_and_offline(hydra_conf: None, name: str) -> None:
     assert EXPERIMENTS[name].cpu.tasks == ("toy",)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,scale", PRESETS)
 def test_every_sweep_value_composes(hydra_conf: None, name: str, scale: str) -> None:
     """Each model, task, method and swept value composes against the typed schemas and passes the method's checks."""
@@ -236,6 +242,7 @@ SHARED_CELLS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", list(SHARED_CELLS))
 def test_cells_shared_by_presets_are_one_config(hydra_conf: None, cell: str) -> None:
     """A cell several presets fill (OPT-2.7B's Hi-ZFO in Tables 1, 3, 4, 5, Figures 3, 4) is one computation."""

@@ -59,6 +59,7 @@ def _batch(loaded, batch_size: int = 8):
     return next(stream.epoch(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,lr,weight_decay", [("tiny-opt", 1e-3, 0.0), ("tiny-opt", 2e-5, 0.1),
                                                    ("tiny-qwen2", 2e-5, 0.0), ("tiny-bloom", 1e-3, 0.1)])
 def test_importance_equals_the_full_copy_reference(model, lr, weight_decay):
@@ -75,6 +76,7 @@ def test_importance_equals_the_full_copy_reference(model, lr, weight_decay):
     assert np.argmax(np.abs(got)) == np.argmax(np.abs(expected))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_weights_come_back_bit_for_bit_and_no_state_is_left(dtype):
     loaded = tiny("tiny-opt")
@@ -109,6 +111,7 @@ def _shared_and_checkpointed(loaded, checkpointing: bool):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("detect", ["up front", "by the second part"])
 def test_a_gradient_landing_in_parts_is_accumulated_and_undone_once(detect, monkeypatch):
     import hizfo.core.profiling as profiling
@@ -155,6 +158,7 @@ def test_with_weight_decay_the_code_is_unbiased_where_rounding_to_nearest_is_not
     assert set(dithered.unique().tolist()) == {-51, -50}           # one code unit either side at most
 
 
+@pytest.mark.slow
 def test_a_failure_mid_profiling_still_restores_the_weights():
     loaded = tiny("tiny-opt")
     model = loaded.model.eval()
@@ -178,6 +182,7 @@ def test_a_failure_mid_profiling_still_restores_the_weights():
     assert all(p.grad is None for _, p in named)
 
 
+@pytest.mark.slow
 def test_untied_head_and_the_plain_loss_agree_with_the_reference(monkeypatch):
     from omegaconf import OmegaConf
     from hizfo.core.models import load_model
@@ -239,6 +244,8 @@ _PEAK_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_profiling_peak_is_below_the_training_steps_peak():
     # fixed mmap threshold: freed tensors go back to the OS, so the resident peak follows live tensors
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

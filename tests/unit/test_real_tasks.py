@@ -59,6 +59,7 @@ def test_snapshot_matches_its_manifest():
     assert 1000 <= manifest["counts"]["train"] <= 2500 and 200 <= manifest["counts"]["eval"] <= 300
 
 
+@pytest.mark.slow
 def test_extraction_on_a_slice_of_the_stdlib_reproduces_the_snapshot_rows():
     script = snapshot_script()
     manifest = json.loads((SNAPSHOT / "MANIFEST.json").read_text())
@@ -129,6 +130,8 @@ def test_a_damaged_snapshot_fails_in_one_line_naming_the_file_and_the_command(tm
     assert ("is missing" if damage == "missing" else "does not match the sha256") in message
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_run_py_exits_2_on_a_modified_snapshot(tmp_path):
     folder = tmp_path / "pydoc"
     shutil.copytree(SNAPSHOT, folder)
@@ -142,6 +145,8 @@ def test_run_py_exits_2_on_a_modified_snapshot(tmp_path):
     assert not list((tmp_path / "results").rglob("*.json"))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_pydoc_runs_to_an_ok_record_through_run_py(tmp_path):
     proc = run_cli("model=tiny-opt", "task=pydoc", "method.max_steps=2", "logger=none", "task.limit=4",
                    "task.train_limit=16", f"results_dir={tmp_path}")
@@ -152,6 +157,7 @@ def test_pydoc_runs_to_an_ok_record_through_run_py(tmp_path):
     assert record["costs"]["steps"] == 2
 
 
+@pytest.mark.slow
 def test_pydoc_prompts_fit_smollm2_without_truncation():
     from transformers import AutoTokenizer
     cached = Path(os.environ.get("HIZFO_CACHE", Path.home() / ".cache" / "hizfo")) / "smollm2-135m"
@@ -210,6 +216,7 @@ def test_humaneval_training_never_shows_an_eval_problem():
         assert example.target.startswith("    ")
 
 
+@pytest.mark.slow
 def test_humaneval_split_refuses_without_the_opt_in():
     with pytest.raises(ConfigError, match=r"task\.allow_code_execution=true"):
         make_task("humaneval_split")
@@ -217,6 +224,7 @@ def test_humaneval_split_refuses_without_the_opt_in():
         make_task("humaneval_split", "task.allow_code_execution=true", "task.options.eval_half=first")
 
 
+@pytest.mark.slow
 def test_humaneval_split_scores_trained_style_answers_in_the_sandbox():
     task, _, evaluation = split_task()
     chosen = evaluation[:4]

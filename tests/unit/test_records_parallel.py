@@ -6,6 +6,8 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
+import pytest
+
 from hizfo.run.records import read_record, write_json_atomic
 
 N_WRITERS = 8
@@ -47,6 +49,8 @@ def _read(shared: str, done: "mp.Event", out: "mp.Queue") -> None:
     out.put((whole, torn, sorted(writers_seen)))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_eight_writers_at_once_leave_eight_valid_records_and_readers_never_see_a_partial_one(tmp_path):
     ctx = mp.get_context("fork")
     shared = tmp_path / "tiny-opt" / "toy" / "full_ft" / "default" / "seed0.json"

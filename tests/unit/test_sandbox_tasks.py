@@ -17,6 +17,8 @@ import hizfo.eval.sandbox as sandbox
 from hizfo.eval.metrics import humaneval_results
 from hizfo.eval.sandbox import SandboxLimits, run_checks, run_program, CheckedProgram
 
+pytestmark = pytest.mark.sandbox      # tests of the code sandbox: most run programs in it
+
 NO_NAMESPACES = sandbox.namespaces_unavailable_reason()
 NO_PROCESS = sandbox.process_unavailable_reason()
 LEVELS = [pytest.param("process", marks=pytest.mark.skipif(NO_PROCESS is not None, reason=str(NO_PROCESS))),
@@ -106,6 +108,7 @@ def test_the_supervisors_reason_survives_a_program_that_fills_stderr(level):
     assert "ValueError: the real reason" in result.reason and "ValueError: the real reason" in result.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("error, failing", [
     (BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable"), {2, 3, 4}),   # retried twice, then failed
     (OSError(errno.EMFILE, "Too many open files"), {2}),                               # not retried

@@ -146,6 +146,8 @@ def test_the_callback_refuses_the_launchers_defaults_on_a_two_cpu_node_before_sb
     SlurmPreflight(checkpoint_minutes=30).on_multirun_start(config)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_run_py_with_the_launchers_defaults_on_a_two_cpu_node_stops_before_sbatch(tmp_path, monkeypatch):
     """``python run.py -m launcher=slurm`` as a user types it, on the recorded cluster: one line, exit 2, and the
     `sbatch` on PATH is never called."""
@@ -239,6 +241,7 @@ def test_gres_types_name_their_gpu_memory():
                                             "gpu:4", "gpu:weird:2", "(null)")] == [80, 80, 16, None, None, None]
 
 
+@pytest.mark.slow
 def test_every_cell_of_a_sweep_that_cannot_fit_the_partitions_gpus_is_refused_at_once(tmp_path, monkeypatch, capsys):
     """A fake sinfo with 8 x H100 nodes: Full FT and Hi-ZFO on OPT-13B cannot fit 80 GiB at world size 1, OPT-350m
     can; both refusals in one message with the prediction, the GPU memory and a world size that fits; exit 2."""
@@ -260,6 +263,7 @@ def test_every_cell_of_a_sweep_that_cannot_fit_the_partitions_gpus_is_refused_at
     assert capsys.readouterr().err.count("warning: ") == 3
 
 
+@pytest.mark.slow
 def test_a_stated_gpu_size_and_an_unknown_gres_type(tmp_path, monkeypatch, capsys):
     """Untyped gres (gpu:4): not checked, one warning naming the key; with gpu_gb=24 stated, OPT-1.3B Full FT is
     refused, and plan_enforce=false only warns."""

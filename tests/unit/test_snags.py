@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_help_lists_only_the_user_facing_groups():
     proc = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -21,6 +25,7 @@ def test_help_lists_only_the_user_facing_groups():
     assert "debug=fast" in proc.stdout.split("== Config groups")[0]          # the quick real-model run, up front
 
 
+@pytest.mark.subprocess
 def test_reproduce_cpu_needs_the_venv_and_writes_nothing_committed(tmp_path):
     committed = subprocess.run(["git", "status", "--porcelain", "results/cpu"], cwd=ROOT, capture_output=True,
                                text=True).stdout

@@ -161,6 +161,7 @@ def test_stability_needs_the_equivalence_margin_not_just_a_ci_through_zero(resul
     assert c7["verdict"] == INCONCLUSIVE and "stability: inconclusive" in c7["note"]
 
 
+@pytest.mark.slow
 def test_the_report_shows_a_one_seed_arm_with_a_dash_and_the_right_table(results, tmp_path):
     out = tmp_path / "report"
     assert main(["--results", str(results), "--out", str(out)]) == 0
@@ -300,6 +301,7 @@ def test_claim_8_shows_the_protocol_and_time_per_epoch(results):
     assert "2.00 as run, 1.20 per epoch" in c8["note"]
 
 
+@pytest.mark.slow
 def test_the_report_names_hizfo_arms_whose_budget_selected_no_tensor(tmp_path):
     """At a small rho the DP can find nothing it can afford: the arm is pure ZO, and the report says so. MeZO (pure
     ZO by design) and an arm with one first-order seed are not named."""
@@ -315,6 +317,7 @@ def test_the_report_names_hizfo_arms_whose_budget_selected_no_tensor(tmp_path):
     assert note.split(": the budget")[0] == "Note: Hi-ZFO [method.rho=0.2]"
 
 
+@pytest.mark.slow
 def test_a_study_short_of_its_planned_seeds_says_interim_and_a_finished_one_does_not(tmp_path):
     """Records carry their arm's study_seeds: while an arm has fewer, both files open with an interim banner and the
     arm's n reads "2 of 3"; once every arm has its seeds the banner goes."""
@@ -364,6 +367,7 @@ def test_identical_paired_differences_get_the_exact_sign_flip_p_and_no_invented_
     assert paired(full_ft, mezo, "metric.pass@1")[0].show_ci(3) == "+0.062 –"  # report.md's table: no interval
 
 
+@pytest.mark.slow
 def test_the_budget_section_counts_sittings_run_time_and_scale_by_hand(tmp_path):
     """Three runs: two overlapping (two workers), one after a 2-hour gap; wall-clock skips the gap."""
     starts = {0: "2026-01-01T10:00:00+00:00", 1: "2026-01-01T10:01:00+00:00", 2: "2026-01-01T12:30:00+00:00"}
@@ -392,6 +396,7 @@ def test_the_budget_section_counts_sittings_run_time_and_scale_by_hand(tmp_path)
     assert "The paper's scale: OPT-350M to OPT-13B" in report
 
 
+@pytest.mark.slow
 def test_a_sweep_plots_its_points_over_the_seeds_they_share(tmp_path):
     """The default arm has 5 seeds and the sweep arms 3: every point is over seeds 0-2, the default's extra seeds
     (much lower here) are left out of its point, and a one-seed point keeps its one value."""

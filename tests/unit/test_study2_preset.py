@@ -69,6 +69,7 @@ def test_every_arm_is_frozen_and_no_two_are_one_computation():
     assert len(set(FROZEN.values())) == len(FROZEN)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", ARMS, ids=lambda a: a.name)
 def test_each_arm_composes_to_its_spec_and_frozen_hash(arm: ArmSpec):
     overrides = [f"experiment={PRESET}", f"+study_arm={arm.name}", "seed=0"]

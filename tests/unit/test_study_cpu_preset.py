@@ -42,6 +42,7 @@ def test_the_preset_names_its_command_first_and_lists_each_arm_once():
     assert {a for a in ARMS if a.startswith("pd_")} <= {p.stem for p in (ROOT / "conf" / "study_arm").glob("pd_*")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", ARMS)
 def test_each_arm_changes_only_its_own_method_keys(arm: str):
     cfg = arm_config(arm)
@@ -56,6 +57,7 @@ def test_each_arm_changes_only_its_own_method_keys(arm: str):
     assert method.epochs == expected_epochs                                          # the paper's epochs
 
 
+@pytest.mark.slow
 def test_every_arm_of_a_task_shares_the_tasks_settings():
     seen: dict[str, dict] = {}
     for arm in ARMS:
@@ -67,6 +69,7 @@ def test_every_arm_of_a_task_shares_the_tasks_settings():
     assert seen["humaneval_split"]["generation"]["max_new_tokens"] == 320
 
 
+@pytest.mark.slow
 def test_seed_counts_are_sized_for_power():
     seeds = {arm: arm_config(arm).study_seeds for arm in ARMS}
     for arm in ("pd_full_ft", "pd_hizfo", "pd_hizfo_zo_off", "pd_hizfo_random_dir"):
@@ -77,6 +80,7 @@ def test_seed_counts_are_sized_for_power():
     assert all(n >= 3 for arm, n in seeds.items() if arm not in ("pd_zero_shot", "pd_hizfo_alpha0.0", "he_zero_shot"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", sorted(FROZEN))
 def test_the_studys_runs_are_frozen(arm: str):
     overrides = ["experiment=smollm2_study_cpu", f"+study_arm={arm}", "seed=0"]
@@ -91,6 +95,7 @@ def test_every_arm_is_frozen():
     assert set(FROZEN) == set(ARMS)                 # all 24 arms, not a sample
 
 
+@pytest.mark.slow
 def test_the_code_execution_opt_in_the_driver_passes_leaves_the_hash_alone():
     """run_study.py --allow-code-execution adds task.allow_code_execution=true to each run: the humaneval_split arms
     need it to start, and it must not move their frozen hash. The preset's command line carries the flag."""

@@ -169,6 +169,7 @@ def is_ancestor(ancestor: str, descendant: str) -> bool:
     return git("merge-base", "--is-ancestor", ancestor, descendant).returncode == 0
 
 
+@pytest.mark.subprocess
 def test_every_study2_record_was_made_after_its_rules_were_committed():
     records = [(str(p.relative_to(ROOT)), json.loads(p.read_text()).get("provenance", {}).get("git_sha"))
                for p in sorted(STUDY2_RUNS.rglob("seed*.json"))] if STUDY2_RUNS.is_dir() else []
@@ -186,6 +187,7 @@ def test_the_order_check_fails_on_a_record_made_before_the_rules():
     assert "no commit of the analysis rules" in preregistration_violations([("x.json", "a")], None, check)[0]
 
 
+@pytest.mark.subprocess
 def test_the_order_check_reads_real_history():
     """On this repository: the rules' first commit descends from study 1's last record commit, not the reverse."""
     commit = rules_commit()

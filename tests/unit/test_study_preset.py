@@ -20,6 +20,7 @@ def test_the_preset_names_its_command_and_sweeps_every_arm_over_three_seeds():
     assert sorted(str(params["+study_arm"]).split(",")) == ARMS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", ARMS)
 def test_each_arm_composes_at_the_papers_settings(arm: str):
     cfg = compose(["experiment=smollm2_study", f"+study_arm={arm}"])
@@ -36,6 +37,7 @@ def test_each_arm_composes_at_the_papers_settings(arm: str):
     assert (cfg.variant == "default") == (not swept)
 
 
+@pytest.mark.slow
 def test_the_issues_sweeps_are_all_there():
     variants = {compose(["experiment=smollm2_study", f"+study_arm={arm}"]).variant for arm in ARMS if "pd_hizfo" in arm}
     for key, values in (("rho", (0.2, 0.4, 0.8)), ("lr_ratio", (0.3, 0.5, 0.7)), ("alpha", (0.0, 0.4))):

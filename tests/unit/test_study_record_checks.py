@@ -42,12 +42,14 @@ def regenerated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["report.md", "claims.md"])
 def test_the_committed_report_is_what_the_records_give(regenerated: Path, name: str):
     assert (regenerated / name).read_text() == (COMMITTED / name).read_text(), \
         f"regenerate: python -m analysis.study --results {STUDY}/runs --out {STUDY}/report"
 
 
+@pytest.mark.slow
 def test_the_committed_study_json_is_what_the_records_give(regenerated: Path):
     """Byte for byte but the plots' paths, which name the folder written to."""
     fresh = (regenerated / "study.json").read_text().replace(str(regenerated), str(STUDY / "report"))
@@ -79,6 +81,7 @@ def readme_study_numbers(readme: str) -> list[str]:
     return re.findall(r"\d+\.\d+", section)
 
 
+@pytest.mark.slow
 def test_the_readmes_study_numbers_are_in_the_report():
     """Each decimal of the README's account equals a number of report.md, claims.md or study.json at the README's
     precision (signs aside), or is listed above with its source."""

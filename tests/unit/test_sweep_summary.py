@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1", "WANDB_MODE": "offline"}
 
@@ -18,6 +20,8 @@ def sweep(tmp_path: Path, seeds: str, name: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_local_sweep_with_a_failing_job_ends_with_its_summary_and_a_nonzero_exit(tmp_path):
     proc = sweep(tmp_path, "0,-1", "sweep1")
     assert proc.returncode == 2, proc.stderr[-3000:]        # non-zero: 2, the failure is a config error

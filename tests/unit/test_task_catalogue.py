@@ -36,6 +36,7 @@ def test_every_configured_task_has_an_entry_and_an_offline_build():
     assert sorted(TASKS) == TASK_YAMLS == sorted(OFFLINE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(OFFLINE))
 def test_score_returns_exactly_the_catalogues_keys(name, monkeypatch):
     import hizfo.tasks.humaneval as humaneval

@@ -115,6 +115,7 @@ def test_webquestions_target_ends_with_eos_and_labels_mask_the_prompt():
     assert encoded["labels"][len(prompt_ids):] == encoded["input_ids"][len(prompt_ids):]
 
 
+@pytest.mark.slow
 def test_generation_prompts_are_left_padded():
     tok = tiny("tiny-opt").tokenizer
     examples = make_task("gsm8k").examples("eval")
@@ -137,6 +138,7 @@ def test_long_source_is_truncated_and_the_template_survives():
     assert tok.decode(encoded["input_ids"][:prompt_len]).replace(" ", "").endswith("tl;dr:")
 
 
+@pytest.mark.slow
 def test_generation_settings_follow_the_paper():
     summary = compose(["task=scitldr"]).task
     assert summary.max_input_length == 512 and summary.batch_size == 4
@@ -196,6 +198,8 @@ def test_humaneval_refuses_to_start_without_opt_in():
         HumanEvalTask(**settings)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_run_py_stops_before_loading_a_model_without_opt_in(tmp_path):
     result = subprocess.run([sys.executable, "run.py", "task=humaneval", "model=tiny-opt", "logger=none",
                              f"results_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'hydra'}"],

@@ -30,11 +30,15 @@ def small_run(tmp_path_factory):
     return proc.stdout, path
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_metrics_start_their_own_line_in_a_merged_log(small_run):
     log, _ = small_run
     assert len([line for line in log.splitlines() if line.startswith("metrics: rouge1=")]) == 1, log[-2000:]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_profiling_and_selection_print_progress(small_run):
     log, _ = small_run
     lines = log.splitlines()
@@ -42,6 +46,8 @@ def test_profiling_and_selection_print_progress(small_run):
     assert any(line.startswith("selection: ") and "tensors first-order" in line for line in lines)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_every_prediction_is_written_next_to_the_record(small_run):
     _, path = small_run
     record = json.loads(path.read_text())
@@ -54,6 +60,8 @@ def test_every_prediction_is_written_next_to_the_record(small_run):
     assert not list(path.parent.glob(".*.tmp"))                               # no temp file left behind
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_num_threads_is_recorded(small_run):
     _, path = small_run
     record = json.loads(path.read_text())
@@ -76,6 +84,8 @@ def test_num_threads_default_is_the_cpus_this_process_may_use(monkeypatch):
         resolve_num_threads(9)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_an_unreachable_hub_fails_in_one_line_within_seconds(tmp_path):
     # HF_HUB_OFFLINE unset, and a hub address nothing listens on: the probe must fail fast, then the cache only
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "HIZFO_HUB_TIMEOUT": "2",
@@ -93,6 +103,7 @@ def test_an_unreachable_hub_fails_in_one_line_within_seconds(tmp_path):
     assert elapsed < 60, f"{elapsed:.0f} s"                                    # was ~50-96 s of retries
 
 
+@pytest.mark.slow
 def test_the_hub_probe_is_bounded_by_its_timeout(monkeypatch):
     import socket
     from hizfo import hub_probe
@@ -119,6 +130,8 @@ def test_path_overrides_appear_as_a_file_name_and_a_short_hash():
 METHODS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_evaluation_only_writes_an_ok_record_for_every_method(tmp_path):
     """method.max_steps=0: set up, no update step, evaluate, an ok record; one sweep through run.py for all methods.
     Nothing trains, so every method that starts from the untouched model predicts what zero-shot predicts."""
@@ -146,6 +159,8 @@ def test_evaluation_only_writes_an_ok_record_for_every_method(tmp_path):
     assert not list(tmp_path.rglob(".lock*"))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_failed_overwrite_keeps_the_ok_record_and_says_so(tmp_path):
     """overwrite=true reruns a finished run; when the rerun fails, the ok record stays and the message says that,
     instead of pointing at a failed record that was never written. Both runs in one process (tests/run_many.py)."""

@@ -31,6 +31,7 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_device_must_be_one_this_machine_has():
     with pytest.raises(ConfigError, match=r"^device: 'tpu' is not one of auto, cpu, cuda, cuda:N$"):
         validate_run_config(compose(["device=tpu"]))
@@ -40,6 +41,8 @@ def test_device_must_be_one_this_machine_has():
     validate_run_config(compose(["device=cpu"]))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_device_is_checked_before_the_model_loads(tmp_path):
     # opt-350m cannot load here (no hub): the device error must come first, in one line, with exit status 2
     proc = run_cli("device=tpu", "model=opt-350m", f"results_dir={tmp_path}")
@@ -47,6 +50,7 @@ def test_device_is_checked_before_the_model_loads(tmp_path):
     assert error_line(proc).startswith("error: device: 'tpu' is not one of")
 
 
+@pytest.mark.slow
 def test_data_files_on_the_toy_task_is_one_line():
     from hizfo.tasks.toy import ToyTask
     with pytest.raises(ConfigError, match=r"^task\.data_files\.train: task toy generates its data"):
@@ -56,6 +60,7 @@ def test_data_files_on_the_toy_task_is_one_line():
     assert ToyTask(**OmegaConf.to_container(compose([]).task)).examples("eval")        # unset: fine
 
 
+@pytest.mark.slow
 def test_a_sequence_longer_than_the_models_positions_fails_before_training():
     loaded = tiny("tiny-opt")
     limit = loaded.model.config.max_position_embeddings
@@ -81,6 +86,7 @@ def test_model_path_on_a_tiny_model_is_refused():
         validate_run_config(compose(["model=tiny-qwen2", "model.path=/some/where"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["task.limit", "task.train_limit"])
 @pytest.mark.parametrize("value", [-95, 0])
 def test_limits_are_at_least_one_or_null(key, value):
@@ -101,6 +107,8 @@ def test_num_threads_must_be_positive_or_null():
         validate_run_config(compose(["num_threads=0"]))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("override,expected", [
     ("method=nope", "error: method=nope: no such option. Available options: bilevel_zofo, "),
     ("method.learning_rate=0.1", "error: method.learning_rate: no such config key; the keys of method are: "),
@@ -234,6 +242,8 @@ def write_bad_rows(folder):
     return folder
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("override,expected", UNCLEAN + AFTER_THE_LOCK, ids=[o for o, _ in UNCLEAN + AFTER_THE_LOCK])
 def test_unclean_input_ends_in_one_line_and_exit_2(unclean_runs, override, expected):
     result, where = unclean_runs[override]
@@ -250,6 +260,8 @@ def test_unclean_input_ends_in_one_line_and_exit_2(unclean_runs, override, expec
     assert not [p for p in where.rglob(".lock*")], "a lock file was left behind"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("override,expected", DATA_ROWS, ids=["int field", "null field", "unreadable file"])
 def test_a_bad_data_row_or_file_ends_in_one_line_naming_it(unclean_runs, override, expected):
     result, where = unclean_runs[override]
@@ -261,6 +273,8 @@ def test_a_bad_data_row_or_file_ends_in_one_line_naming_it(unclean_runs, overrid
     assert "Traceback" not in result["stderr"] and not list(where.rglob("*.json"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_rows_without_a_usable_target_are_skipped_with_one_line_that_counts_them(unclean_runs):
     result, where = unclean_runs[EMPTY_TARGETS]
     assert result["status"] == 0, result["stderr"][-2000:]
@@ -268,6 +282,8 @@ def test_rows_without_a_usable_target_are_skipped_with_one_line_that_counts_them
     assert len(list(where.rglob("seed0.json"))) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_key_given_twice_warns_in_one_line_and_the_last_wins(unclean_runs):
     result, where = unclean_runs[TWICE]
     assert result["status"] == 0, result["stderr"][-2000:]
@@ -283,6 +299,8 @@ def test_a_zero_learning_rate_is_accepted_as_a_control():
     validate_run_config(compose(["method=full_ft", "method.lr=0"]))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_an_over_long_variant_is_shortened_with_a_hash(unclean_runs):
     from hizfo.run.runspec import MAX_VARIANT_CHARS
     result, where = unclean_runs[f"variant={LONG_VARIANT}"]
@@ -311,6 +329,8 @@ def test_distinct_long_variants_stay_distinct():
     assert len(short_variant("é" * 200).encode()) <= MAX_VARIANT_CHARS              # cut on a character boundary
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_lock_planted_as_a_symbolic_link_in_the_checkpoint_folder_ends_in_one_line(unclean_runs):
     result, where = unclean_runs[PLANTED_LOCK]
     folder = where / "checkpoints" / "tiny-opt" / "toy" / "hizfo" / "default" / "seed0"

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import read_until as _read_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +42,8 @@ tracker.finish()
 """
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_killed_and_resumed_tracker_is_one_wandb_run_holding_every_step(tmp_path):
     from hizfo.run.tracking import read_offline_runs
     script = tmp_path / "log.py"
@@ -59,6 +63,8 @@ def test_a_killed_and_resumed_tracker_is_one_wandb_run_holding_every_step(tmp_pa
     assert run["group"] == "my_sweep" and run["job_type"] == "hizfo"
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_run_py_preempted_then_resumed_is_one_wandb_run_holding_every_step(tmp_path):
     """run.py for real: SIGTERM mid-training (checkpoint, then the process ends), the same command again resumes;
     the two processes' offline folders are one W&B run with every training step once, and the eval loss."""

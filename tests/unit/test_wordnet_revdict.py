@@ -103,6 +103,8 @@ def test_a_damaged_snapshot_fails_in_one_line_naming_the_file_and_the_command(tm
     assert ("is missing" if damage == "missing" else "does not match the sha256") in message
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_run_py_exits_2_on_a_modified_snapshot_before_the_model_loads(tmp_path):
     folder = tmp_path / "wordnet_revdict"
     shutil.copytree(SNAPSHOT, folder)
