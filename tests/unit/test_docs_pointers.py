@@ -78,7 +78,8 @@ def importable(path: Path) -> frozenset[str]:
 def path_problem(token: str) -> str | None:
     """Why a path token (``path``, ``path:symbol``, ``path::test``) does not resolve; None when it does."""
     path, _, symbol = token.replace("::", ":").partition(":")
-    if any(c in path for c in "<>{}") or "..." in path or any(path.startswith(p) for p in NOT_COMMITTED):
+    if any(c in path for c in "<>{}") or "..." in path or any((path.rstrip("/") + "/").startswith(p.rstrip("/") + "/")
+                                                              for p in NOT_COMMITTED):
         return None
     if "*" in path:
         return None if list(ROOT.glob(path)) else "no file matches"
