@@ -1,7 +1,7 @@
 """Write the first CPU study's arm files from analysis/study/study1_spec.py, their one owner.
 
-    python scripts/gen_study1_arms.py            # write conf/study_arm/{pd,he}_*.yaml and both presets' arm lists
-    python scripts/gen_study1_arms.py --check    # write nothing; exit 1 naming each file that differs
+    python -m scripts.gen_study1_arms            # write conf/study_arm/{pd,he}_*.yaml and both presets' arm lists
+    python -m scripts.gen_study1_arms --check    # write nothing; exit 1 naming each file that differs
 
 Written: each arm's ``conf/study_arm/<name>.yaml`` and the ``+study_arm:`` line of ``conf/experiment/smollm2_study.yaml``
 and ``smollm2_study_cpu.yaml`` (the rest of each preset is hand-written and kept). A spec that is not a study (an
@@ -9,16 +9,12 @@ arm twice, two arms of one computation, a preset naming no arm) is refused: exit
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional
 
 from analysis.study.study1_spec import ARMS, PRESET_ARMS, arm_yaml, problems
-from scripts.gen_study2_arms import ARM_LINE
-
-REPO = Path(__file__).resolve().parents[1]
-
+from scripts.gen_study2_arms import ARM_LINE, run_generator
 
 def preset_text(text: str, names: tuple[str, ...], where: str) -> str:
     """The preset with its one ``+study_arm:`` line listing ``names``."""
@@ -45,26 +41,8 @@ def wanted_files(conf: Path) -> dict[Path, str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file differs")
-    parser.add_argument("--conf", type=Path, default=REPO / "conf", help="the config folder")
-    args = parser.parse_args(argv)
-    try:
-        files = wanted_files(args.conf)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    stale = [p for p, text in files.items() if not p.is_file() or p.read_text() != text]
-    if args.check:
-        if stale:
-            print(f"not what analysis/study/study1_spec.py writes (run python scripts/gen_study1_arms.py): "
-                  f"{', '.join(str(p) for p in stale)}", file=sys.stderr)
-            return 1
-        return 0
-    for path in stale:
-        path.write_text(files[path])
-        print(f"wrote {path}")
-    return 0
+    return run_generator(argv, __doc__, wanted_files, "analysis/study/study1_spec.py",
+                         "python -m scripts.gen_study1_arms")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from analysis.study.study2_spec import (ARMS, PRESET, SIZING_HEADER, STUDY1_PRESET, WORDNET_SIZING, ArmSpec, arm_yaml,
                                   check_arms)
@@ -57,27 +57,34 @@ def wanted_files(conf: Path, arms: tuple[ArmSpec, ...] = ARMS) -> dict[Path, str
     return files
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_generator(argv: Optional[list[str]], doc: str, wanted: Callable[[Path], dict[Path, str]], owner: str,
+                  command: str) -> int:
+    """A spec's generator: write the files ``wanted(conf)`` gives that differ, or with ``--check`` write nothing and
+    exit 1 naming them; a spec that ``wanted`` refuses (ValueError) or a missing file: exit 2, one line."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file differs")
     parser.add_argument("--conf", type=Path, default=REPO / "conf", help="the config folder")
     args = parser.parse_args(argv)
     try:
-        files = wanted_files(args.conf)
+        files = wanted(args.conf)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stale = [p for p, text in files.items() if not p.is_file() or p.read_text() != text]
     if args.check:
         if stale:
-            print(f"not what analysis/study/study2_spec.py writes (run python scripts/gen_study2_arms.py): "
-                  f"{', '.join(str(p) for p in stale)}", file=sys.stderr)
+            print(f"not what {owner} writes (run {command}): {', '.join(str(p) for p in stale)}", file=sys.stderr)
             return 1
         return 0
     for path in stale:
         path.write_text(files[path])
         print(f"wrote {path}")
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_generator(argv, __doc__, wanted_files, "analysis/study/study2_spec.py",
+                         "python scripts/gen_study2_arms.py")
 
 
 if __name__ == "__main__":
