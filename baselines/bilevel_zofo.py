@@ -65,12 +65,11 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from baselines.lora import check_lora_values, lora_config
+from baselines.lora import lora_config
 from hizfo.core.distributed import data_parallel_loss, data_parallel_losses, shard
 from hizfo.registry import BilevelZOFOConfig, build_config
-from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
-                                check_common, check_lr, lr_schedule, no_decay, replay_rng_if_training, simple_summary,
+                                check_common, lr_schedule, no_decay, replay_rng_if_training, simple_summary,
                                 unique_named_parameters)
 from hizfo.core.precision import MasterWeights, is_low_precision
 from hizfo.core.zo import ZOParams, draw_seed
@@ -100,22 +99,7 @@ class BilevelZOFO:
 
     def __init__(self, **cfg: Any) -> None:
         self.cfg = build_config(self.config_class, cfg)
-        check_common(self.cfg)
-        c = self.cfg
-        if c.lr != c.upper_lr:
-            raise ConfigError(f"method.lr: Bilevel-ZOFO takes its rates from method.upper_lr / method.lower_lr / "
-                              f"method.backbone_lr; lr ({c.lr}) must equal upper_lr ({c.upper_lr})")
-        check_lr("method.upper_lr", c.upper_lr)
-        check_lr("method.lower_lr", c.lower_lr)
-        if c.backbone_lr is not None:
-            check_lr("method.backbone_lr", c.backbone_lr)
-        if c.lower_steps < 1:
-            raise ConfigError(f"method.lower_steps: must be >= 1, got {c.lower_steps}")
-        if not c.lam >= 0:
-            raise ConfigError(f"method.lam: must be >= 0, got {c.lam}")
-        if not c.eps > 0:
-            raise ConfigError(f"method.eps: must be > 0, got {c.eps}")
-        check_lora_values(c)
+        check_common(self.cfg)            # the values themselves: BilevelZOFOConfig.__post_init__
         self.peft_model: Optional[nn.Module] = None
         self.backbone: list[torch.Tensor] = []      # θ in a fixed order: z(s) regenerates tensor by tensor
         self.upper_adapter: list[torch.Tensor] = []

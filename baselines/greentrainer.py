@@ -16,10 +16,9 @@ from torch import nn
 from hizfo.core import distributed
 from hizfo.core.distributed import data_parallel_loss, shard
 from hizfo.registry import GreenTrainerConfig, build_config
-from hizfo.errors import ConfigError
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                                 check_common, set_trainable, simple_summary, unique_named_parameters)
-from hizfo.core.partition import Partition, check_partition_settings, check_rho, partition_model
+from hizfo.core.partition import Partition, partition_model
 
 
 class GreenTrainer:
@@ -29,11 +28,7 @@ class GreenTrainer:
 
     def __init__(self, **cfg: Any) -> None:
         self.cfg = build_config(GreenTrainerConfig, cfg)
-        check_common(self.cfg)
-        check_rho(self.cfg.rho)
-        check_partition_settings("all", self.cfg.buckets)
-        if self.cfg.interval < 1:
-            raise ConfigError(f"method.interval: must be >= 1, got {self.cfg.interval}")
+        check_common(self.cfg)            # the values themselves: GreenTrainerConfig.__post_init__
         self.partition: Optional[Partition] = None
         self.selections: list[dict[str, Any]] = []
 

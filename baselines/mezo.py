@@ -44,8 +44,6 @@ class MeZO:
     def __init__(self, **cfg: Any) -> None:
         self.cfg = build_config(self.config_class, cfg)
         check_common(self.cfg)
-        if not self.cfg.eps > 0:
-            raise ConfigError(f"method.eps: must be > 0, got {self.cfg.eps}")
         self.model: Optional[nn.Module] = None
         self.params: list[torch.Tensor] = []        # Θ in a fixed order: z(s) regenerates tensor by tensor
         self.decayed: list[torch.Tensor] = []       # the subset that gets weight decay (not biases / norms)

@@ -49,17 +49,7 @@ BAD = [
 # checks a constructor still makes, and why: (path, key)
 CONSTRUCTOR_CHECKS: dict[tuple[str, str], str] = {
     ("baselines/ft_top2.py", "top_blocks"): "the model's depth caps it, known only in setup",
-    ("hizfo/core/hybrid.py", "zo_optimizer"): "adamw with bf16 weights needs the run's precision (and a copy of "
-                                              "HiZFOConfig's check, to go)",
-    # the schema checks these first, so they never fire: left while the files are edited elsewhere
-    ("hizfo/core/hybrid.py", "eps"): "a copy of HiZFOConfig's check, to go",
-    ("hizfo/core/hybrid.py", "alpha"): "a copy of HiZFOConfig's check, to go",
-    ("baselines/greentrainer.py", "interval"): "a copy of GreenTrainerConfig's check, to go",
-    ("baselines/mezo.py", "eps"): "a copy of MeZOConfig's check, to go",
-    ("baselines/bilevel_zofo.py", "lr"): "a copy of BilevelZOFOConfig's check, to go",
-    ("baselines/bilevel_zofo.py", "lower_steps"): "a copy of BilevelZOFOConfig's check, to go",
-    ("baselines/bilevel_zofo.py", "lam"): "a copy of BilevelZOFOConfig's check, to go",
-    ("baselines/bilevel_zofo.py", "eps"): "a copy of BilevelZOFOConfig's check, to go",
+    ("hizfo/core/hybrid.py", "zo_optimizer"): "adamw with bf16 weights needs the run's precision",
 }
 SCHEMA_KEYS = {f.name for cls in METHODS.values() for f in fields(cls)} - {"_target_", "name"}
 
