@@ -12,17 +12,11 @@ from hydra.utils import instantiate
 from hizfo.errors import ConfigError
 from hizfo.tasks.catalogue import TASKS, entry, metric_decimals, score_of
 from tests.conftest import ROOT, compose
+from tests.unit.test_paper_tasks_on_tiny_models import FIXTURES, TASK_FILES
 
-FIXTURES = ROOT / "tests" / "fixtures"
-# how each task is built offline: its fixtures, its committed snapshot, or generated data
+# how each task is built offline: its fixtures (the paper tasks' table), its committed snapshot, or generated data
 OFFLINE = {
-    "scitldr": ["task.data_files.train={f}/scitldr/train.jsonl", "task.data_files.eval={f}/scitldr/test.jsonl"],
-    "dialogsum": ["task.data_files.train={f}/dialogsum/train.csv", "task.data_files.eval={f}/dialogsum/test.csv"],
-    "webquestions": ["task.data_files.train={f}/webquestions/train.jsonl",
-                     "task.data_files.eval={f}/webquestions/test.jsonl"],
-    "gsm8k": ["task.data_files.train={f}/gsm8k/train.jsonl", "task.data_files.eval={f}/gsm8k/test.jsonl"],
-    "math500": ["task.data_files.train={f}/math500/train.jsonl", "task.data_files.eval={f}/math500/test.jsonl"],
-    "humaneval": ["task.data_files.train={f}/humaneval/mbpp_train.jsonl", "task.allow_code_execution=true"],
+    **TASK_FILES,
     "humaneval_split": ["task.allow_code_execution=true"],
     "toy": ["task.options.n_eval=3"],
     "pydoc": [],
