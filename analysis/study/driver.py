@@ -26,8 +26,10 @@ from typing import Any, Optional
 from analysis.loading import Report
 from analysis.study.arms import arms_of, interim_arms, load_study, task_metrics
 from analysis.study.claims import study_claims
-from analysis.study.report import plot_curves, plot_scores, plot_sweeps, read_curves, render_claims, render_report
+from analysis.study.report import (interim_banner, plot_curves, plot_scores, plot_sweeps, read_curves, render_claims,
+                                   render_report)
 from analysis.study.stats import ALPHA, EQUIVALENCE_CONFIDENCE, POWER
+from analysis.study.study2 import is_study2, outcomes_json, render_study2_claims, study2_outcomes
 
 # Claim 7's equivalence margin, fixed before any study result: δ = 0.05 × the r = 0.1 arm's mean score (on pydoc's
 # ROUGE-1 near 30 that is ±1.5 points). --margin changes it; a changed margin must be said in the report.
@@ -59,6 +61,8 @@ def run_study(results_dir: str | Path, out: str | Path, margin: float = DEFAULT_
     out.mkdir(parents=True, exist_ok=True)
     arms = arms_of(frame)
     claims = study_claims(arms, frame, margin)
+    outcomes = (study2_outcomes(frame, {task: task_metrics(task, frame)[0] for task in sorted(set(frame["task"]))})
+                if is_study2(frame) else None)      # study 2: its pre-registered comparisons (analysis/study/study2.py)
     notes: list[str] = []
     curves = read_curves(frame)
     plots: list[Path] = []
@@ -74,7 +78,8 @@ def run_study(results_dir: str | Path, out: str | Path, margin: float = DEFAULT_
     all_notes = report.notes + report.warnings + notes
     disclosed = disclosures(results_dir)
     (out / "report.md").write_text(render_report(arms, shared, all_notes, frame) + disclosed)
-    (out / "claims.md").write_text(render_claims(claims, margin, arms) + disclosed)
+    (out / "claims.md").write_text((render_claims(claims, margin, arms) if outcomes is None else
+                                    render_study2_claims(outcomes, interim_banner(arms))) + disclosed)
     summary = {
         "arms": [{"model": a.model, "task": a.task, "method": a.method, "variant": a.variant, "seeds": a.seeds,
                   "planned_seeds": a.planned_seeds,
@@ -83,7 +88,7 @@ def run_study(results_dir: str | Path, out: str | Path, margin: float = DEFAULT_
                   "seconds_per_epoch": asdict(a.interval("seconds_per_epoch")),
                   "peak_memory_gb": asdict(a.interval("mem_gb")),
                   "memory_kind": sorted({k for k in a.rows["memory_kind"] if isinstance(k, str)})} for a in arms],
-        "claims": [asdict(c) for c in claims],
+        "claims": [asdict(c) for c in claims] if outcomes is None else outcomes_json(outcomes),
         "shared_settings": {f"{m}/{t}": v for (m, t), v in shared.items()},
         "interim": bool(interim_arms(arms)), "notes": all_notes, "plots": [str(p) for p in plots], "margin": margin,
         "tests": {"alpha": ALPHA, "power": POWER, "equivalence_confidence": EQUIVALENCE_CONFIDENCE,

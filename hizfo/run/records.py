@@ -103,21 +103,30 @@ CPUINFO = Path("/proc/cpuinfo")
 
 
 def cpu_model(cpuinfo: Path = CPUINFO) -> str:
-    """The CPU's model as /proc/cpuinfo names it (its first ``model name`` line: platform.processor() says only
-    "x86_64" on Linux); ``platform.processor()`` or ``platform.machine()`` where the file or the line is absent."""
+    """The CPU's model as /proc/cpuinfo names it: its first processor's ``model name`` (platform.processor() says
+    only "x86_64" on Linux), with ``(family F, model M, stepping S)`` where those lines exist, because a virtual
+    machine's name can be generic: "AMD EPYC" named both a Zen 4 box with AVX512-BF16 and one without any bf16.
+    ``platform.processor()`` or ``platform.machine()`` where the file or the name is absent."""
     try:
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
+        first = cpuinfo.read_text(errors="replace").split("\n\n")[0]
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+        first = ""
+    fields = {}
+    for line in first.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name")
+    if not name:
+        return platform.processor() or platform.machine() or "unknown"
+    ids = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model"),
+                                                       ("stepping", "stepping")) if fields.get(key)]
+    return f"{name} ({', '.join(ids)})" if ids else name
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
     """Git state, package versions, whether they are the lock's (hizfo.lockfile) and the device a run used."""
     import torch
+    from hizfo.core.precision import cpu_has_native_bf16
     versions = {}
     for name in _PACKAGES:
         try:
@@ -129,6 +138,7 @@ def provenance(device: torch.device) -> dict[str, Any]:
     return {**git_state(), "python": platform.python_version(), "packages": versions, **environment_status(),
             "device": str(device), "device_name": device_name, "cuda": torch.version.cuda,
             "hostname": socket.gethostname(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
+            "cpu_native_bf16": cpu_has_native_bf16(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 

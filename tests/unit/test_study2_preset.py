@@ -90,6 +90,9 @@ def test_the_cpu_model_is_read_from_cpuinfo_with_a_fallback(tmp_path: Path):
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
                     "flags\t\t: amx_bf16\n\nprocessor\t: 1\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n")
     assert cpu_model(info) == "Intel(R) Xeon(R) Platinum 8480+"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\nstepping\t: 1\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\n")
+    assert cpu_model(info) == "AMD EPYC (family 25, model 17, stepping 1)"    # a generic name gets its ids
     info.write_text("processor\t: 0\nCPU implementer\t: 0x41\n")            # no model name line (some ARM kernels)
     assert cpu_model(info) and cpu_model(info) == cpu_model(tmp_path / "absent")
 
