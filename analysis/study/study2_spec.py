@@ -66,13 +66,14 @@ ARMS: tuple[ArmSpec, ...] = (
 SIZING_HEADER = {
     "pydoc": "# pydoc's sizing in experiment=smollm2_study2_cpu: study 1's (conf/study_task/smollm2_study_cpu_pydoc.yaml),\n"
              "# unchanged, so arms with study 1's config have its config_hash (written by scripts/gen_study2_arms.py)\n",
-    "wordnet_revdict": "# wordnet_revdict's sizing in experiment=smollm2_study2_cpu (written by scripts/gen_study2_arms.py):\n"
-                       "# to be set from the pilot on an AMX-BF16 machine (a fixed training subset, evaluation rows,\n"
-                       "# prompt cap), as study 1 sized pydoc; until then the task's defaults (all 1493 training and\n"
-                       "# 311 evaluation rows, greedy decoding). Setting it changes the wn arms' frozen config_hash,\n"
-                       "# which is allowed only before their first record (tests/unit/test_study2_preset.py).\n",
+    "wordnet_revdict": "# wordnet_revdict's sizing in experiment=smollm2_study2_cpu (written by scripts/gen_study2_arms.py),\n"
+                       "# set from the committed pilot (results/smollm2_cpu_study2/pilots/README.md: AMD EPYC Zen 4 with\n"
+                       "# AVX512-BF16, one seed each) by the preset's time rule, at most ~9 min a run on average (256 rows\n"
+                       "# projected 10.2 min, 192 rows 8.1): 192 of 1493 training rows; all 311 evaluation rows; the task's\n"
+                       "# prompt cap and greedy decoding.\n",
 }
-WORDNET_SIZING = "task: {}\n"
+WORDNET_SIZING = ("task:\n"
+                  "  train_limit: 192          # the first 192 rows of the hash-ordered snapshot (1493): 48 batches of 4 an epoch\n")
 
 
 def check_arms(arms: tuple[ArmSpec, ...] = ARMS) -> list[str]:

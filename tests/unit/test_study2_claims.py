@@ -125,3 +125,27 @@ def test_the_driver_writes_the_preregistered_claims_for_study2_records(tmp_path:
     study = json.loads((out / "study.json").read_text())
     first = next(c for c in study["claims"]["comparisons"] if c["claim"] == "1")
     assert first["p"] == pytest.approx(binomial_two_sided(12, 12)) and first["verdict"] == SUPPORTED
+
+
+# -- the committed study: its report follows from its committed records -------------------------------------------
+STUDY2 = Path("results/smollm2_cpu_study2")
+
+
+@pytest.mark.slow
+def test_the_committed_study2_report_is_what_its_records_give(tmp_path: Path):
+    """Records are committed with the report they give (interim while seeds are missing): regenerated here, report.md
+    and claims.md equal the committed files; records without a committed report fail."""
+    from analysis.study.driver import run_study
+    from conftest import ROOT
+    records = sorted((ROOT / STUDY2 / "runs").rglob("seed*.json"))
+    committed = ROOT / STUDY2 / "report"
+    if not records:
+        assert not (committed / "claims.md").exists(), "a study-2 report without records"
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)                                  # the committed command's relative paths
+        assert run_study(STUDY2 / "runs", tmp_path, report=Report(quiet=True))
+    for name in ("report.md", "claims.md"):
+        assert (committed / name).is_file(), f"{len(records)} study-2 records but no committed {name}"
+        assert (tmp_path / name).read_text() == (committed / name).read_text(), \
+            f"regenerate: python -m analysis.study --results {STUDY2}/runs --out {STUDY2}/report"

@@ -18,16 +18,16 @@ from scripts import gen_study2_arms, run_study
 
 PRESET_FILE = ROOT / "conf" / "experiment" / f"{PRESET}.yaml"
 # config_hash of (arm, seed 0), committed with the analysis rules before any study-2 record. The wn arms' values
-# move once, when the wordnet_revdict sizing is set from its pilot, and only before their first record.
+# moved once, when the wordnet_revdict sizing was set from its pilot (train_limit 192), before their first record.
 FROZEN = {
     "pd_full_ft": "4412f054d0a4c71b", "pd_hizfo_zo_off": "263e234167b72820",          # study 1's, reused
     "s2_pd_hizfo_adamw": "25785c7237e92575", "s2_pd_hizfo_random_dir_adamw": "1a67e7c888cbcf9a",
     "s2_pd_hizfo_adamw_r0.3": "fd8e43e2d18caf74", "s2_pd_hizfo_adamw_r0.5": "22097113c4e8ac34",
-    "s2_pd_hizfo_adamw_r0.7": "932235e8694341ad", "s2_wn_zero_shot": "12b393643cdb3190",
-    "s2_wn_full_ft": "4c0943fc529b0299", "s2_wn_hizfo": "29ccd7a836e30109", "s2_wn_hizfo_adamw": "a603897da5b7b315",
-    "s2_wn_hizfo_zo_off": "bfc91864295ad6d1", "s2_wn_hizfo_random_dir": "4841326ab604fa31",
-    "s2_wn_hizfo_random_dir_adamw": "658152ec7f8e8e27", "s2_wn_mezo": "320e9ea4527f356d",
-    "s2_wn_lora": "4e5557a584a5c692", "s2_wn_greentrainer": "33866c8dd483813e",
+    "s2_pd_hizfo_adamw_r0.7": "932235e8694341ad", "s2_wn_zero_shot": "e9a2df6bfb9846cb",
+    "s2_wn_full_ft": "97eab3137cbda7df", "s2_wn_hizfo": "1bd6149dd0dd9cdc", "s2_wn_hizfo_adamw": "f9c6c38ef46387c7",
+    "s2_wn_hizfo_zo_off": "a7299765ab6031aa", "s2_wn_hizfo_random_dir": "eb4f33df1892d1eb",
+    "s2_wn_hizfo_random_dir_adamw": "126b8063034411af", "s2_wn_mezo": "07a94b1fc17b4a8b",
+    "s2_wn_lora": "94f64696d69f9fe4", "s2_wn_greentrainer": "61ed9a9e5f85df29",
 }
 
 
