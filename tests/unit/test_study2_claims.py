@@ -149,3 +149,17 @@ def test_the_committed_study2_report_is_what_its_records_give(tmp_path: Path):
         assert (committed / name).is_file(), f"{len(records)} study-2 records but no committed {name}"
         assert (tmp_path / name).read_text() == (committed / name).read_text(), \
             f"regenerate: python -m analysis.study --results {STUDY2}/runs --out {STUDY2}/report"
+
+
+def test_the_plan_section_sets_each_arms_runs_against_its_planned_minutes(tmp_path: Path):
+    from analysis.study.study2_plan import PLANNED_MINUTES, plan_section
+    for seed in range(2):
+        write(tmp_path, "s2_wn_full_ft", seed, [1] * 5 + [0] * 15)
+    frame, _ = load_study(tmp_path, Report())
+    frame["run_seconds"] = [600.0, 420.0]
+    text = "\n".join(plan_section(frame))
+    plan = PLANNED_MINUTES["s2_wn_full_ft"]
+    assert f"| s2_wn_full_ft | 8 | {plan:.1f} | 2 | 8.5 | {8.5 / plan:.2f} |" in text
+    assert set(PLANNED_MINUTES) == set(ARM) and "| s2_wn_mezo | 5 |" in text
+    total = sum(PLANNED_MINUTES[a.name] * a.seeds for a in ARMS) / 60
+    assert f"Planned: {total:.1f} worker-hours" in text and "took 0.3 worker-hours" in text
