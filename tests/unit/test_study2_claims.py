@@ -163,3 +163,18 @@ def test_the_plan_section_sets_each_arms_runs_against_its_planned_minutes(tmp_pa
     assert set(PLANNED_MINUTES) == set(ARM) and "| s2_wn_mezo | 5 |" in text
     total = sum(PLANNED_MINUTES[a.name] * a.seeds for a in ARMS) / 60
     assert f"Planned: {total:.1f} worker-hours" in text and "took 0.3 worker-hours" in text
+
+
+def test_every_study2_record_ran_the_pinned_code():
+    """The study takes several sessions while main moves on: each record's commit has the pinned commit's code
+    (analysis.study.study2_plan.CODE_PATHS) and a clean tree, so every run computed with the same code."""
+    import subprocess
+    from analysis.study.study2_plan import CODE_COMMIT, CODE_PATHS
+    from conftest import ROOT
+    records = [json.loads(p.read_text()) for p in sorted((ROOT / STUDY2 / "runs").rglob("seed*.json"))]
+    shas = {r["provenance"].get("git_sha") for r in records}
+    assert not [r for r in records if r["provenance"].get("git_dirty") is not False], "a record from a dirty tree"
+    for sha in sorted(s or "" for s in shas):
+        same = subprocess.run(["git", "diff", "--quiet", CODE_COMMIT, sha, "--", *CODE_PATHS], cwd=ROOT,
+                              capture_output=True, timeout=60)
+        assert same.returncode == 0, f"records made at {sha[:12]} ran other code than {CODE_COMMIT[:12]}"
