@@ -35,8 +35,8 @@ def test_the_files_are_what_the_spec_writes():
     assert gen_study2_arms.main(["--check"]) == 0
     listed = str(OmegaConf.load(PRESET_FILE).hydra.sweeper.params["+study_arm"]).split(",")
     assert listed == [a.name for a in ARMS]
-    assert PRESET_FILE.read_text().splitlines()[1].startswith(
-        f"# python scripts/run_study.py {PRESET} --reuse results/smollm2_cpu/runs")
+    from analysis.study.study2_plan import CODE_COMMIT
+    assert PRESET_FILE.read_text().splitlines()[1].startswith(f"# bash scripts/study_slice.sh {PRESET} {CODE_COMMIT}")
 
 
 def test_the_check_finds_a_hand_edited_arm(tmp_path: Path):
