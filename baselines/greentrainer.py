@@ -4,8 +4,9 @@ every ``interval`` epochs (epochs 0, 2, 4 of 5; docs/design.md, "Selection"). Sh
 Several processes (docs/design.md, "Many processes"): FSDP2 shards every tensor and the selected ones' AdamW
 state; each rank trains on its slice of the global batch. A selection profiles the whole global batch on the
 whole weights: every rank gathers them into a plain copy of the model (``whole_copy``, outside FSDP, dropped
-after), so it computes what one process would; rank 0's selection is then taken by all (dropout's RNG or a
-GPU's atomics may differ per rank)."""
+after), so it computes what one process would; with ``profile_shards`` it profiles the shards instead (each rank its
+rows, the importance summed over the ranks: memory 1/N, one process's selection up to summation order). Rank 0's
+selection is then taken by all (dropout's RNG or a GPU's atomics may differ per rank)."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -42,14 +43,17 @@ class GreenTrainer:
         self.trainer = FirstOrderTrainer(self.model, self.candidates, self.cfg.lr, self.cfg.weight_decay,
                                          self.cfg.schedule, ctx.total_steps, self.cfg.grad_clip)
         self.profile_batches = ctx.profile_batches()      # whole global batches (one process: the train stream)
+        self.sharded_profile = ctx.sharded_profile
         self.profiling_seconds = self.selection_seconds = 0.0
 
     def _select(self, epoch: int) -> None:
         set_trainable(self.model, self.candidates)
-        # several processes: profile a whole copy (the sharded weights gathered), every rank alike
-        profiled = self.model if self.shape is None else distributed.whole_copy(self.shape, self.model)
-        part = partition_model(profiled, next(self.profile_batches), self.cfg.rho, self.cfg.lr,
-                               self.cfg.weight_decay, zo_scope="all", buckets=self.cfg.buckets)
+        # several processes: profile a whole copy (the sharded weights gathered), every rank alike; with
+        # profile_shards, the shards themselves (each rank its rows, the importance summed over the ranks)
+        on_shards = self.shape is not None and self.sharded_profile
+        profiled = self.model if self.shape is None or on_shards else distributed.whole_copy(self.shape, self.model)
+        part = partition_model(profiled, next(self.profile_batches), self.cfg.rho, self.cfg.lr, self.cfg.weight_decay,
+                               zo_scope="all", buckets=self.cfg.buckets, shape=self.shape if on_shards else None)
         del profiled
         part = distributed.from_main(part)                         # one selection on every rank: rank 0's
         part.frozen, part.zo = part.zo, []                         # GreenTrainer freezes what it leaves out

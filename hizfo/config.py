@@ -210,6 +210,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"                 # auto (CUDA when present) | cpu | cuda | cuda:N
     backend: str = "auto"                # several processes (torchrun): auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+    # several processes, Hi-ZFO and GreenTrainer: profile importance on FSDP2's shards (each rank its rows; memory 1/N)
+    # instead of the whole model on every rank (exactly one process's selection); hizfo/core/profiling.py
+    profile_shards: bool = False
     num_threads: Optional[int] = None    # torch CPU threads; null: the CPUs this process may use (hizfo/run/threads.py)
     results_dir: str = "results/runs"
     variant: Optional[str] = None        # None: derived from the command-line overrides

@@ -132,6 +132,16 @@ def rank_slice(indices: Sequence[int], world: World) -> list[int]:
     return list(indices[world.rank * per_rank:(world.rank + 1) * per_rank])
 
 
+def rows_of_rank(batch: dict[str, Any]) -> dict[str, Any]:
+    """This rank's rows (``rank_slice``'s) of one whole global batch, every tensor cut alike; one process: ``batch``."""
+    world = current()
+    if world.size == 1:
+        return batch
+    rows = rank_slice(range(int(batch["input_ids"].shape[0])), world)
+    cut = slice(rows[0], rows[-1] + 1) if rows else slice(0, 0)
+    return {k: v[cut] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def check_global_batch(batch_size: int, world: World) -> None:
     """The global batch must split evenly over the ranks (one line, before any model loads)."""
     if batch_size % world.size:
@@ -151,6 +161,13 @@ def summed(values: Sequence[float], world: World) -> list[float]:
         packed = packed.to(torch.device("cuda", world.local_rank))
     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
     return packed.tolist()
+
+
+def maxed(values: torch.Tensor) -> torch.Tensor:
+    """``values`` (a tensor on this rank's device) element-wise maxed over the ranks: one all-reduce."""
+    if current().size > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
 
 
 def global_means(sums: Sequence[float], tokens: int, world: World) -> list[float]:
@@ -285,7 +302,9 @@ def shard(model: nn.Module, replicate: Sequence[torch.Tensor] = ()) -> nn.Module
     if world.size == 1:
         return model
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+    if isinstance(model, FSDPModule):                      # sharded already (a profile that ran on the shards)
+        return model
 
     from hizfo.core.models import decoder_layers
     device_type = "cuda" if world.backend == "nccl" else "cpu"
@@ -346,7 +365,8 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 
 def skeleton(model: nn.Module) -> nn.Module:
     """A copy of ``model``'s module tree with every parameter and buffer on the meta device (no memory), taken
-    before ``shard``: ``whole_copy`` fills it when a computation needs the model whole and outside FSDP."""
+    before ``shard``: ``whole_copy`` fills it when a computation needs the model whole and outside FSDP, and the cost
+    model traces its forward where a profile runs on the shards (hizfo/core/partition.py, ``partition_model``)."""
     memo: dict[int, Any] = {id(b): torch.empty_like(b, device="meta") for b in model.buffers()}
     memo.update({id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
                  for p in model.parameters()})

@@ -32,7 +32,7 @@ from torch import nn
 
 from hizfo.registry import HiZFOConfig, build_config
 from hizfo.errors import ConfigError
-from hizfo.core.distributed import data_parallel_loss, shard
+from hizfo.core.distributed import data_parallel_loss, shard, skeleton
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                                 check_common, replay_rng_if_training, schedule_factor, set_trainable)
 from hizfo.core.partition import Partition, params_of, partition_model
@@ -68,16 +68,24 @@ class HiZFO:
         self.zo_seeds = ctx.zo_seeds
         for p in self.model.parameters():
             p.requires_grad_(True)
-        profile_batch = next(ctx.profile_batches())       # whole: every rank selects the same tensors
+        profile_batch = next(ctx.profile_batches())       # the whole global batch on every rank
+        # several processes: every rank profiles the whole model on the whole batch (one process's selection), or with
+        # profile_shards FSDP2 shards it first and each rank profiles its rows on its shards (memory 1/N). bf16 weights
+        # keep Θ_ZO whole on every rank, which only the partition names: they profile whole, and shard after
+        shape = None
+        if ctx.sharded_profile and not any(is_low_precision(p) for p in self.model.parameters()):
+            shape = skeleton(self.model)                  # the meta tree the cost model traces
+            shard(self.model)
         self.partition = partition_model(self.model, profile_batch, self.cfg.rho, self.cfg.lr,
-                                         self.cfg.weight_decay, self.cfg.zo_scope, self.cfg.buckets)
+                                         self.cfg.weight_decay, self.cfg.zo_scope, self.cfg.buckets, shape=shape)
         self._apply_partition()
 
     def _apply_partition(self) -> None:
         part = self.partition
         set_trainable(self.model, set(part.fo))                    # autograd only for Θ_FO
-        # several processes: FSDP2 shards Θ_FO, Θ_ZO and the frozen rest; every rank perturbs its shard of Θ_ZO with
-        # the whole tensors' noise (hizfo/core/zo.py). bf16 Θ_ZO (ZOParams' virtual mode) stays whole on every rank
+        # several processes: FSDP2 shards Θ_FO, Θ_ZO and the frozen rest (already, where profiling ran sharded); every
+        # rank perturbs its shard of Θ_ZO with the whole tensors' noise (hizfo/core/zo.py). bf16 Θ_ZO (ZOParams'
+        # virtual mode) stays whole on every rank
         zo_whole = any(is_low_precision(p) for p in params_of(self.model, part.zo))
         shard(self.model, replicate=params_of(self.model, part.zo) if zo_whole else ())
         self.fo_trainer = (FirstOrderTrainer(self.model, set(part.fo), self.cfg.lr, self.cfg.weight_decay,

@@ -22,7 +22,8 @@ Profiling (Hi-ZFO, GreenTrainer) and generation are phases of their own. FSDP2 (
 FSDP2 holds unsharded (the current one and the prefetched next) in compute dtype; activations are per rank at the
 rank's slice of the global batch. Without sharding, each rank holds the whole model (data parallel). What FSDP2 does
 not divide, as the code runs it: a bf16 ZO part (whole on every rank), the profile (whole model, whole global batch,
-before sharding) and generation's root unit (embeddings, head) and whole one-process batches.
+before sharding; on the shards with ``profile_shards``) and generation's root unit (embeddings, head) and whole
+one-process batches.
 """
 from __future__ import annotations
 
@@ -62,6 +63,13 @@ class Setting:
     train_dropout: bool = False
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     selection: Optional[tuple[str, ...]] = None   # Θ_FO names from a record; None: the cost-only worst case
+    profile_shards: bool = False       # the run key: Hi-ZFO / GreenTrainer profile on FSDP2's shards
+
+    @property
+    def sharded_profile(self) -> bool:
+        """Whether the profile runs on the shards, as the code decides (bf16 Hi-ZFO profiles whole: hybrid.py)."""
+        return (self.profile_shards and self.fsdp and self.world_size > 1
+                and not (self.method == "hizfo" and self.precision == "bf16"))
 
     def cfg(self) -> dict[str, Any]:
         """The method's values: its schema's defaults (hizfo/registry.py), then what the cell sets."""
@@ -194,11 +202,18 @@ def _profiling(s: Setting, r: ModelRoles, act_all: int) -> int:
     """hizfo/core/profiling.py: weights, one pass's activations (every tensor trainable), one int8 code per element,
     and one tensor's gradient at a time (the blockwise head keeps no [N, V] logits for fp32 heads). Several
     processes profile the whole model on the whole global batch on every rank (before it is sharded, so that every
-    rank selects what one process would): ``act_all`` is then the global batch's, and nothing is divided."""
+    rank selects what one process would): ``act_all`` is then the global batch's, and nothing is divided. With
+    ``profile_shards`` (``Setting.sharded_profile``): the shards and their codes, the root unit (embeddings, head)
+    gathered through the backward with its unsharded gradient, two blocks in flight and one block's unsharded
+    gradient before its reduce-scatter; ``act_all`` is the rank's rows'."""
     if s.method not in ("hizfo", "greentrainer"):
         return 0
     w, _ = _dtypes(s.precision)
-    return r.total_numel * w + act_all + r.total_numel + 2 * r.largest_any * FP32
+    if not s.sharded_profile:
+        return r.total_numel * w + act_all + r.total_numel + 2 * r.largest_any * FP32
+    n, root = s.world_size, r.total_numel - r.layers * r.block_numel
+    return (r.total_numel * w // n + r.total_numel // n + 2 * root * w + 3 * r.block_numel * w + act_all
+            + 2 * r.largest_any * FP32)
 
 
 def _generation(s: Setting, r: ModelRoles) -> int:
@@ -227,7 +242,7 @@ def predict(shape: ModelShape, s: Setting) -> Prediction:
     if s.precision not in ("fp32", "bf16-mixed", "bf16"):
         raise ConfigError(f"precision: '{s.precision}' is not one of fp32, bf16-mixed, bf16")
     act, act_all, roles = activations_and_roles(shape, s)
-    if s.world_size > 1 and s.method in ("hizfo", "greentrainer"):      # profiled on the whole global batch
+    if s.world_size > 1 and s.method in ("hizfo", "greentrainer") and not s.sharded_profile:   # the whole batch
         act_all = activations_and_roles(shape, replace(s, world_size=1, fsdp=False))[1]
     moments = _moments(s, roles, act)
     moment = max(moments, key=lambda k: sum(moments[k].values()))

@@ -43,6 +43,15 @@ class TrainContext:
     # the same training batches whole, not cut into the ranks' slices (several processes: a profile every rank
     # computes alike, as one process would); None: ``train_batches``, which in one process are whole anyway
     whole_train_batches: Optional[Callable[[], Iterator[Batch]]] = None
+    # several processes: profile on FSDP2's shards, each rank its rows (memory 1/N; the selection is one process's up
+    # to summation order), instead of the whole model on every rank (exactly one process's); run key profile_shards
+    profile_shards: bool = False
+
+    @property
+    def sharded_profile(self) -> bool:
+        """Whether this run's profile runs on FSDP2's shards: asked for, and several processes."""
+        from hizfo.core.distributed import current
+        return self.profile_shards and current().size > 1
 
     def profile_batches(self) -> Iterator[Batch]:
         """The whole global batches, for a profile that must select the same tensors on every rank."""

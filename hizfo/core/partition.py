@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
+from hizfo.core import distributed
 from hizfo.core.costs import backward_budget, integer_budget, quantize_costs, tensor_costs
 from hizfo.errors import ConfigError
 from hizfo.registry import check_partition_settings, check_rho  # noqa: F401  (re-exported to the methods)
@@ -63,13 +65,15 @@ def progress(line: str) -> None:
 
 
 def partition_model(model: nn.Module, batch: Batch, rho: float, lr: float, weight_decay: float,
-                    zo_scope: str = "all", buckets: int = 1000) -> Partition:
-    """Profile importance on ``batch``, solve the exact selection within ρ, and split the tensors."""
+                    zo_scope: str = "all", buckets: int = 1000, shape: nn.Module | None = None) -> Partition:
+    """Profile importance on ``batch``, solve the exact selection within ρ, and split the tensors. ``shape``: the
+    model's tree on the meta device (``distributed.skeleton``), whose forward the cost model traces where ``model``
+    is FSDP2-sharded (a sharded forward gathers; the costs are the whole batch's either way)."""
     check_rho(rho)
     check_partition_settings(zo_scope, buckets)
     named = [(n, p) for n, p in unique_named_parameters(model) if p.requires_grad]
     batch_size, seq_len = batch["input_ids"].shape                      # [B, N]
-    costs = tensor_costs(model, batch_size, seq_len)                    # nearest the output first
+    costs = tensor_costs(model if shape is None else shape, batch_size, seq_len)    # nearest the output first
     by_name = dict(named)
     costs = [c for c in costs if c.name in by_name]
     if len(costs) != len(named):
@@ -77,12 +81,17 @@ def partition_model(model: nn.Module, batch: Batch, rho: float, lr: float, weigh
         raise ConfigError(f"model: the cost model has no entry for {missing[:3]}")
     order = [c.name for c in costs]
 
+    # an FSDP2-sharded model (several processes): each rank profiles its rows on its shards (hizfo/core/profiling.py)
+    sharded = any(isinstance(p, DTensor) for _, p in named)
+    world = distributed.current()
+    split = f" (each of {world.size} processes its {batch_size // world.size} rows)" if sharded else ""
     progress(f"profiling: importance of {len(order)} tensors (eq. 7) on one batch of {batch_size} x {seq_len} "
-             f"tokens (2 forward + 2 backward passes) ...")
+             f"tokens{split} (2 forward + 2 backward passes) ...")
     device = next(iter(by_name.values())).device
     synchronize(device)                           # the timer measures profiling's GPU work, not what was queued
     start = time.perf_counter()
-    importance = tensor_importance(model, [(n, by_name[n]) for n in order], batch, lr, weight_decay)
+    importance = tensor_importance(model, [(n, by_name[n]) for n in order],
+                                   distributed.rows_of_rank(batch) if sharded else batch, lr, weight_decay)
     synchronize(device)
     profiling_seconds = time.perf_counter() - start
     progress(f"profiling: done in {profiling_seconds:.1f} s; selecting within rho = {rho:g} ...")

@@ -100,10 +100,11 @@ def code_top(flat: torch.Tensor, decay: float, scratch: Scratch) -> torch.Tensor
 
 @torch.no_grad()
 def start_move(p: torch.Tensor, lr: float, decay: float, scratch: Scratch,
-                g0: Optional[torch.Tensor], index: int = 0) -> Move:
-    """A move for fp32 ``p``: its unit, and its code from ``g0`` when given (a tied tensor encodes in parts)."""
+                g0: Optional[torch.Tensor], index: int = 0, top: Optional[torch.Tensor] = None) -> Move:
+    """A move for fp32 ``p``: its unit, and its code from ``g0`` when given (a tied tensor encodes in parts).
+    ``top``: the code's scale when ``p`` is a shard (the whole tensor's code_top), else p's own."""
     flat = p.detach().view(-1)
-    top = code_top(flat, decay, scratch)
+    top = code_top(flat, decay, scratch) if top is None else top
     move = Move(torch.empty(flat.numel(), dtype=torch.int8, device=p.device), unit=top * (lr / 127.0), top=top)
     if decay:
         move.generator = torch.Generator(device=p.device).manual_seed(DITHER_SEED + index)

@@ -43,6 +43,15 @@ is computed here a vocabulary block at a time (``_BlockwiseHeadLoss``: the same 
 logits recomputed in the backward), and the head's gradient is encoded block by block as it is produced; only
 the rows the embedding looked up wait, as a few rows, for the embedding's part.
 
+Several processes, on an FSDP2-sharded model (``sharded``): each rank profiles its slice of the batch (the loss scaled
+as training scales it, so FSDP's averaged gradient is the whole batch's), FSDP2 calls each tensor's hook with the
+reduce-scattered gradient of the rank's shard, and the two passes move, score and put back the rank's shard only:
+the code is one byte per element of the shard. Each I_k is then the sum of the ranks' partial sums (one all-reduce of
+the importance vector): the same on every rank, so every rank selects alike, and equal to one process's up to the
+summation order of the gradients and of the dot products. With weight decay, code_top is the tensor's (a max over
+the ranks, taken before the passes), as one process's; the dither's draws are per shard. The blockwise head is not
+used there (the head's gradient comes through FSDP2's reduce-scatter like any other).
+
 Peak: the weights, one pass's activations, the codes and one chunk of scratch; a Hi-ZFO step holds the weights
 plus ~4 × Θ_FO and Full FT 4 × the weights (benchmarks/RESULTS_step_cost.md has the measured figures).
 """
@@ -53,10 +62,14 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
+from hizfo.core import distributed
 from hizfo.core.methods import Batch, causal_lm_loss, no_decay
 from hizfo.core.precision import compute_context, is_low_precision
-from hizfo.core.probe_step import (Move, Scratch, apply_code, apply_low, dot_code, encode, one_thread, start_move,
+from hizfo.core.distributed import local
+from hizfo.core.probe_step import (Move, Scratch, apply_code, apply_low, code_top, dot_code, encode, one_thread,
+                                   start_move,
                                    undo_code, undo_low)
 
 class _GradientInParts(Exception):
@@ -185,11 +198,20 @@ class _Importance:
         self.scratch: dict[torch.device, Scratch] = {}
         self.first_pass = True
         self.pending: list[int] = []                              # accumulate: tensors with a gradient, in order
-        self.head_weight = _head_weight(model)
+        self.sharded = any(isinstance(p, DTensor) for p in self.params)      # FSDP2: each rank its shards
+        self.head_weight = None if self.sharded else _head_weight(model)
+        self.tops = self.whole_tops() if self.sharded and any(self.decays) else None
         self.head = next((k for k, p in enumerate(self.params) if p is self.head_weight), None)  # None: not profiled
         self.embedding = _embedding_of(model, self.head_weight) if self.head is not None else None
         self.head_rows: Optional[torch.Tensor] = None            # the rows the embedding looked up
         self.head_held: Optional[torch.Tensor] = None            # the head's gradient on those rows, pass 1
+
+    def whole_tops(self) -> list[torch.Tensor]:
+        """Each fp32 tensor's code_top over the whole tensor, as one process computes it: a max over the ranks'
+        shards (one all-reduce, before the passes: no collective runs inside autograd's hooks)."""
+        tops = torch.stack([code_top(local(p).detach().reshape(-1), d, self.buffers(local(p)))
+                            for p, d in zip(self.params, self.decays)])
+        return list(distributed.maxed(tops))
 
     def buffers(self, p: torch.Tensor) -> Scratch:
         if p.device not in self.scratch:
@@ -225,10 +247,14 @@ class _Importance:
             for p, flag, grad in zip(params, flags, saved_grads):
                 p.grad = grad
                 p.requires_grad_(flag)
+        if self.sharded:                                          # I_k: the ranks' partial sums added
+            self.importance = np.asarray(distributed.summed(self.importance.tolist(), distributed.current()))
         scale = np.abs(self.importance).max()
         return self.importance / scale if scale > 0 else self.importance
 
     def loss(self, batch: Batch) -> torch.Tensor:
+        if self.sharded:                                          # this rank's slice; FSDP averages to the batch's
+            return distributed.data_parallel_loss(causal_lm_loss(self.model, batch), batch)[0]
         return _profiling_loss(self.model, batch, self.head_weight, self.head_sink)
 
     def on_grad(self, k: int, p: torch.Tensor) -> None:
@@ -260,26 +286,28 @@ class _Importance:
             self.score(k, p)
 
     def move(self, k: int, p: torch.Tensor) -> None:
-        """Pass 1: Δw_k from g0_k, encoded, and w_k moved to w1 in place."""
-        if is_low_precision(p):
-            self.moves[k] = apply_low(p, p.grad, self.lr, self.decays[k], k, self.buffers(p))
+        """Pass 1: Δw_k from g0_k, encoded, and w_k moved to w1 in place (sharded: this rank's shard)."""
+        w, g0 = local(p), local(p.grad)
+        if is_low_precision(w):
+            self.moves[k] = apply_low(w, g0, self.lr, self.decays[k], k, self.buffers(w))
         else:
-            self.moves[k] = start_move(p, self.lr, self.decays[k], self.buffers(p), p.grad, k)
-            apply_code(p, self.moves[k], self.buffers(p))
+            top = None if self.tops is None else self.tops[k]
+            self.moves[k] = start_move(w, self.lr, self.decays[k], self.buffers(w), g0, k, top=top)
+            apply_code(w, self.moves[k], self.buffers(w))
 
     def score(self, k: int, p: torch.Tensor) -> None:
-        """Pass 2: I_k = −Σ Δw·g1 (eq. 7), and w0 put back bit for bit."""
-        move = self.moves.pop(k)
-        if is_low_precision(p):
-            self.importance[k] = -undo_low(p, p.grad, move, self.buffers(p))
+        """Pass 2: I_k = −Σ Δw·g1 (eq. 7), and w0 put back bit for bit (sharded: this rank's part of the sum)."""
+        move, w, g1 = self.moves.pop(k), local(p), local(p.grad)
+        if is_low_precision(w):
+            self.importance[k] = -undo_low(w, g1, move, self.buffers(w))
         else:
-            self.importance[k] = -float(dot_code(move, p.grad, self.buffers(p)))
-            undo_code(p, move, self.buffers(p))
+            self.importance[k] = -float(dot_code(move, g1, self.buffers(w)))
+            undo_code(w, move, self.buffers(w))
 
     def put_back_the_rest(self) -> None:
         """After an error, or for a tensor that got no g1: every moved tensor back at w0."""
         for k, move in list(self.moves.items()):
-            p = self.params[k]
+            p = local(self.params[k])
             if not move.moved:
                 continue                                          # encoded (or begun) but never moved
             if is_low_precision(p):

@@ -68,6 +68,7 @@ class LoopOptions:
     eval_before_training: bool = False        # also score the untrained model (``before_*`` metrics)
     eval_every_epoch: bool = False            # the task's metrics at every epoch's end, in the curve
     eval_loss_every_epoch: bool = True        # the evaluation split's loss at every epoch's end, in the curve
+    profile_shards: bool = False              # several processes: a profile on FSDP2's shards (TrainContext)
     divergence: DivergenceWatch = field(default_factory=DivergenceWatch)
 
     @classmethod
@@ -76,6 +77,7 @@ class LoopOptions:
         return cls(device=device, seed=int(cfg.seed), train_dropout=bool(cfg.train_dropout),
                    eval_before_training=bool(cfg.eval_before_training), eval_every_epoch=bool(cfg.eval_every_epoch),
                    eval_loss_every_epoch=bool(cfg.eval_loss_every_epoch),
+                   profile_shards=bool(cfg.get("profile_shards", False)),
                    divergence=divergence_watch(cfg.divergence_factor, cfg.divergence_patience))
 
 
@@ -106,7 +108,8 @@ def train_context(loaded: LoadedModel, task: Task, streams: Streams, plan: StepP
                         steps_per_epoch=plan.steps_per_epoch, zo_seeds=zo_seeds,
                         train_batches=lambda: streams.endless("train"), dev_batches=lambda: streams.endless("dev"),
                         train_dropout=options.train_dropout, n_train=n_train, n_dev=n_dev,
-                        whole_train_batches=lambda: streams.endless("train", whole=True))
+                        whole_train_batches=lambda: streams.endless("train", whole=True),
+                        profile_shards=options.profile_shards)
 
 
 class Training:

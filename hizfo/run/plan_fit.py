@@ -50,7 +50,8 @@ def setting_of(cfg: Any, options: PlanOptions, selection: Optional[tuple[str, ..
                    eval_batch=int(task.eval_batch_size), prompt_len=int(task.max_input_length),
                    new_tokens=int(gen.max_new_tokens), beams=int(gen.num_beams), world_size=options.world_size,
                    fsdp=fsdp, device=options.device, threads=options.threads, train_dropout=bool(cfg.train_dropout),
-                   lora_targets=tuple(cfg.model.lora_target_modules), selection=selection)
+                   lora_targets=tuple(cfg.model.lora_target_modules), selection=selection,
+                   profile_shards=bool(cfg.get("profile_shards", False)))
 
 
 def stored_selection(cfg: Any) -> Optional[tuple[str, ...]]:

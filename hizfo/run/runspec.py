@@ -29,7 +29,8 @@ from hizfo.errors import ConfigError
 # where it ran. ``seed`` is part of a run's identity (its record path) but not of its variant.
 REPORTING_KEYS: tuple[str, ...] = (
     "results_dir", "overwrite", "logger", "hydra", "launcher", "experiment", "variant", "checkpoint_dir",
-    "checkpoint_every", "eval_every_epoch", "eval_before_training", "device", "backend", "num_threads",
+    "checkpoint_every", "eval_every_epoch", "eval_before_training", "device", "backend", "profile_shards",
+    "num_threads",
     "curve_every", "study_seeds")
 # Nested keys that say where data or weights come from, or whether code may run: not what is computed.
 REPORTING_NESTED: dict[str, tuple[str, ...]] = {

@@ -161,3 +161,20 @@ def test_a_cuda_run_that_does_not_fit_is_refused_before_it_loads(monkeypatch, ca
     monkeypatch.setenv("HIZFO_PLAN_ENFORCE", "0")
     check_memory_fits(cfg, torch.device("cuda"), world_size=1, total_bytes=80 * GiB)
     assert capsys.readouterr().err.startswith("warning: model ")
+
+
+def test_a_profile_on_the_shards_is_predicted_per_rank_and_named_where_it_fits():
+    """profile_shards: the shards, their codes and the rank's rows (hizfo/core/profiling.py), so OPT-13B Hi-ZFO in fp32
+    fits 2 GPUs of 80 GB where the whole-model profile fits none; bf16 Hi-ZFO still profiles whole (hybrid.py)."""
+    from omegaconf import OmegaConf
+    from hizfo.core.memory import smallest_world_size
+    from hizfo.core.shapes import model_shape
+    shape = model_shape(OmegaConf.load(ROOT / "conf" / "model" / "opt-13b.yaml"))
+    s = Setting(method="hizfo", method_cfg=(), batch=4, seq_len=576, device="cuda", world_size=2, fsdp=True)
+    whole, shards = predict(shape, s), predict(shape, replace(s, profile_shards=True))
+    assert shards.profiling < whole.profiling / 1.5          # measured 51.8 GB against 89.8
+    assert predict(shape, replace(s, profile_shards=True, precision="bf16")).profiling == \
+        predict(shape, replace(s, precision="bf16")).profiling
+    gpu = 80 * 10 ** 9
+    assert smallest_world_size(shape, replace(s, world_size=1), gpu, True) is None
+    assert smallest_world_size(shape, replace(s, world_size=1, profile_shards=True), gpu, True) == 2
