@@ -297,7 +297,8 @@ def shard(model: nn.Module, replicate: Sequence[torch.Tensor] = ()) -> nn.Module
     follows. The blocks are all-gathered for their forward and backward and freed after; gradients are
     reduce-scattered as an average over ranks (``data_parallel_loss`` scales the loss so that average is the global
     batch's gradient). ``replicate``: tensors FSDP leaves alone, whole on every rank (a zeroth-order part, which
-    every rank updates alike from the all-reduced losses). One process: ``model`` unchanged."""
+    every rank updates alike from the all-reduced losses). No MixedPrecisionPolicy: bf16-mixed stays autocast over
+    the fp32 shards, as in one process (docs/design.md, "Many processes"). One process: ``model`` unchanged."""
     world = current()
     if world.size == 1:
         return model
