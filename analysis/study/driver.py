@@ -30,7 +30,7 @@ from analysis.study.report import (interim_banner, plot_curves, plot_scores, plo
                                    render_report)
 from analysis.study.stats import ALPHA, EQUIVALENCE_CONFIDENCE, POWER
 from analysis.study.study2 import is_study2, outcomes_json, render_study2_claims, study2_outcomes
-from analysis.study.study2_plan import plan_section
+from analysis.study.study2_plan import plan_section, rerun_section
 
 # Claim 7's equivalence margin, fixed before any study result: δ = 0.05 × the r = 0.1 arm's mean score (on pydoc's
 # ROUGE-1 near 30 that is ±1.5 points). --margin changes it; a changed margin must be said in the report.
@@ -78,7 +78,7 @@ def run_study(results_dir: str | Path, out: str | Path, margin: float = DEFAULT_
         plots += plot_sweeps(these, model, task, metric, out, f"sweeps_{slug}")
     all_notes = report.notes + report.warnings + notes
     disclosed = disclosures(results_dir)
-    plan = "" if outcomes is None else "\n" + "\n".join(plan_section(frame))
+    plan = "" if outcomes is None else "\n" + "\n".join(plan_section(frame) + rerun_section(frame, results_dir))
     (out / "report.md").write_text(render_report(arms, shared, all_notes, frame) + plan + disclosed)
     (out / "claims.md").write_text((render_claims(claims, margin, arms) if outcomes is None else
                                     render_study2_claims(outcomes, interim_banner(arms))) + disclosed)

@@ -15,7 +15,9 @@ out). The study's wall-clock is analysis.study.budget's (sittings, gaps not coun
 """
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -25,6 +27,7 @@ from analysis.study.study2 import arm_rows
 from analysis.study.study2_spec import ARMS
 
 WORKERS = 2
+STUDY1_RUNS = Path("results/smollm2_cpu/runs")                # study 1's records (an AMX-BF16 Xeon)
 CODE_COMMIT = "41f457d1fe39a5aa7c73c5e4a260971b52e1db1f"     # the rules' commit (its wordnet sizing), first record after
 CODE_PATHS = ("hizfo", "baselines", "run.py", "conf", "data", "scripts/run_study.py", "requirements.lock",
               "pyproject.toml")                              # what a run computes with: a record must match them here
@@ -74,3 +77,32 @@ def plan_section(frame: pd.DataFrame) -> list[str]:
               f"rerun on another CPU model, as here). Done: the runs so far took {done_actual / 60:.1f} worker-hours "
               f"against {done_planned / 60:.1f} planned for them ({wall}).", ""]
     return lines
+
+
+def _study1_twin(path: str, results_dir: Path) -> Optional[dict]:
+    """Study 1's record at the same place under its runs folder, if it exists."""
+    try:
+        twin = STUDY1_RUNS / Path(path).relative_to(results_dir)
+        return json.loads(twin.read_text())
+    except (ValueError, OSError):
+        return None
+
+
+def rerun_section(frame: pd.DataFrame, results_dir: str | Path) -> list[str]:
+    """Study 1's arms rerun here (``reused`` arms: another CPU model, so rerun, not reused): per arm, how many seeds
+    end with study 1's final weights bit for bit (``final_params_sha256``) and its scores."""
+    lines = ["## Study 1's arms, rerun on this CPU", "",
+             "Study 1's records are not reused (another CPU model: an AMX-BF16 Xeon); its two pydoc arms are rerun. "
+             "Set beside study 1's record of the same arm and seed:", ""]
+    for arm in (a for a in ARMS if a.reused):
+        rows = arm_rows(frame, arm)
+        same = scores = 0
+        for row in rows.values():
+            mine, twin = json.loads(Path(row["path"]).read_text()), _study1_twin(row["path"], Path(results_dir))
+            if twin is None:
+                continue
+            same += mine.get("final_params_sha256") == twin.get("final_params_sha256") is not None
+            scores += mine.get("metrics") == twin.get("metrics")
+        lines.append(f"- {arm.name}: {len(rows)} seeds rerun; {same} with study 1's final weights bit for bit, "
+                     f"{scores} with its scores exactly.")
+    return lines + [""]

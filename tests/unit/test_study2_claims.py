@@ -178,3 +178,27 @@ def test_every_study2_record_ran_the_pinned_code():
         same = subprocess.run(["git", "diff", "--quiet", CODE_COMMIT, sha, "--", *CODE_PATHS], cwd=ROOT,
                               capture_output=True, timeout=60)
         assert same.returncode == 0, f"records made at {sha[:12]} ran other code than {CODE_COMMIT[:12]}"
+
+
+def test_the_rerun_section_sets_study1s_arms_beside_study1s_records(tmp_path: Path, monkeypatch):
+    from analysis.study import study2_plan
+    here, there = tmp_path / "s2", tmp_path / "s1"
+    for seed, twin_sha in ((0, "abc"), (1, "other")):
+        write(here, "s2_wn_full_ft", seed, [1] * 5 + [0] * 15)        # a stand-in: mark the arm as study 1's
+        path = here / "smollm2-135m" / "wordnet_revdict" / "full_ft" / "default" / f"seed{seed}.json"
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "final_params_sha256": "abc"}))
+        twin = there / path.relative_to(here)
+        twin.parent.mkdir(parents=True, exist_ok=True)
+        twin.write_text(json.dumps({**record, "final_params_sha256": twin_sha}))
+    monkeypatch.setattr(study2_plan, "STUDY1_RUNS", there)
+    monkeypatch.setattr(study2_plan, "ARMS", tuple(replace_reused(a) for a in ARMS))
+    frame, _ = load_study(here, Report())
+    lines = study2_plan.rerun_section(frame, here)
+    assert "- s2_wn_full_ft: 2 seeds rerun; 1 with study 1's final weights bit for bit, 2 with its scores exactly." \
+        in lines
+
+
+def replace_reused(arm):
+    from dataclasses import replace
+    return replace(arm, reused=arm.name == "s2_wn_full_ft")
