@@ -20,13 +20,14 @@ RESULTS = ROOT / "results"
 # Pilots are evidence for a study's design, each written once before the hash stopped covering ``_target_``
 # (results/smollm2_cpu/pilots/README.md); their hashes are kept as written and not recomputed here.
 PILOTS = "pilots"
+CHECKPOINTS = "checkpoints"          # a running study's checkpoints (gitignored, never committed): not records
 
 
 def committed_records() -> list[Path]:
     """The JSON run records under results/ (not the predictions, tables or the paper's source CSVs)."""
     found = []
     for path in sorted(RESULTS.rglob("*.json")):
-        if PILOTS in path.relative_to(RESULTS).parts:
+        if {PILOTS, CHECKPOINTS} & set(path.relative_to(RESULTS).parts):
             continue
         text = json.loads(path.read_text())
         if isinstance(text, dict) and "config_hash" in text:
