@@ -73,3 +73,48 @@ def pytest_configure(config):
     if os.environ.get("HIZFO_FAST_TRACE"):
         from tests.tier_trace import ModuleTrace
         config.pluginmanager.register(ModuleTrace(Path(os.environ["HIZFO_FAST_TRACE"])), "hizfo-module-trace")
+
+
+# -- processes a test left running: every process a test starts inherits PYTEST_CURRENT_TEST (grandchildren too), so
+# after each test one scan of /proc finds those still alive from earlier tests; the session ends with the list (a
+# leaked busy process slows every later test: the SIGINT test took 132 s in a full suite against 15 s alone)
+_LEFT: dict[int, tuple[str, float]] = {}
+
+
+def _spawned_by_tests() -> dict[int, str]:
+    found, me = {}, os.getpid()
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                env = handle.read()
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                if handle.read().rsplit(b")", 1)[-1].split()[0] == b"Z":      # a zombie holds no CPU
+                    continue
+        except OSError:
+            continue
+        for item in env.split(b"\0"):
+            if item.startswith(b"PYTEST_CURRENT_TEST="):
+                found[int(entry.name)] = item.split(b"=", 1)[1].decode(errors="replace").rsplit(" ", 1)[0]
+                break
+    return found
+
+
+def pytest_runtest_teardown(item, nextitem):
+    now = time.monotonic()
+    for pid, test in _spawned_by_tests().items():
+        if test != item.nodeid:
+            _LEFT.setdefault(pid, (test, now))
+
+
+def pytest_terminal_summary(terminalreporter):
+    alive = _spawned_by_tests()
+    lingering = {pid: what for pid, what in _LEFT.items() if pid in alive}
+    gone = {pid: what for pid, what in _LEFT.items() if pid not in alive}
+    if not _LEFT:
+        return
+    terminalreporter.section("processes left running after their test")
+    for pid, (test, since) in sorted({**gone, **lingering}.items(), key=lambda kv: kv[1][1]):
+        state = "still running" if pid in lingering else "ended later"
+        terminalreporter.write_line(f"pid {pid} from {test}: {state} (seen {time.monotonic() - since:.0f} s ago)")
