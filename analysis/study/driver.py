@@ -79,7 +79,8 @@ def run_study(results_dir: str | Path, out: str | Path, margin: float = DEFAULT_
     all_notes = report.notes + report.warnings + notes
     disclosed = disclosures(results_dir)
     plan = "" if outcomes is None else "\n" + "\n".join(plan_section(frame) + rerun_section(frame, results_dir))
-    (out / "report.md").write_text(render_report(arms, shared, all_notes, frame) + plan + disclosed)
+    pairs = None if outcomes is None else "Paired differences: the pre-registered comparisons, in claims.md."
+    (out / "report.md").write_text(render_report(arms, shared, all_notes, frame, pairs) + plan + disclosed)
     (out / "claims.md").write_text((render_claims(claims, margin, arms) if outcomes is None else
                                     render_study2_claims(outcomes, interim_banner(arms))) + disclosed)
     summary = {

@@ -91,7 +91,10 @@ def interim_banner(arms: list[Arm]) -> list[str]:
             f"Arms still short: {listed}.", ""]
 
 
-def render_report(arms: list[Arm], shared: dict, notes: list[str], frame: pd.DataFrame) -> str:
+def render_report(arms: list[Arm], shared: dict, notes: list[str], frame: pd.DataFrame,
+                  pairs: Optional[str] = None) -> str:
+    """report.md: per task the arms, and study 1's paired differences (``pairs``: a line said in their place, for a
+    study whose comparisons are its own: study 2's are in its claims.md)."""
     lines = ["# Study report", "", *interim_banner(arms),
              "Mean ± 95 % t-interval half-width over seeds (t_{0.975, n-1} · s/√n); `–` where an arm has one seed "
              "(no interval can be given). *Seed s.d.* is the s.d. over an arm's seeds of the claims' metric: the "
@@ -111,7 +114,8 @@ def render_report(arms: list[Arm], shared: dict, notes: list[str], frame: pd.Dat
         single = [a.label for a in these if len(a.seeds) < 2]
         if single:
             lines += [f"Note: {', '.join(single)}: one seed, so no interval (`–`).", ""]
-        lines += ["Paired differences (same seeds):", ""] + pair_rows(arms, model, task, metrics) + [""]
+        lines += ([pairs, ""] if pairs else
+                  ["Paired differences (same seeds):", ""] + pair_rows(arms, model, task, metrics) + [""])
     lines += budget_section(frame)
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
