@@ -92,11 +92,16 @@ def _spawned_by_tests() -> dict[int, str]:
             with open(f"/proc/{entry.name}/stat", "rb") as handle:
                 if handle.read().rsplit(b")", 1)[-1].split()[0] == b"Z":      # a zombie holds no CPU
                     continue
-        except OSError:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:                                           # gone meanwhile, or not ours to read
+            continue
+        if "multiprocessing.resource_tracker" in command:      # multiprocessing's, lives as long as pytest
             continue
         for item in env.split(b"\0"):
             if item.startswith(b"PYTEST_CURRENT_TEST="):
-                found[int(entry.name)] = item.split(b"=", 1)[1].decode(errors="replace").rsplit(" ", 1)[0]
+                test = item.split(b"=", 1)[1].decode(errors="replace").rsplit(" ", 1)[0]
+                found[int(entry.name)] = f"{test} ({command[:100]})"
                 break
     return found
 
@@ -104,7 +109,7 @@ def _spawned_by_tests() -> dict[int, str]:
 def pytest_runtest_teardown(item, nextitem):
     now = time.monotonic()
     for pid, test in _spawned_by_tests().items():
-        if test != item.nodeid:
+        if not test.startswith(item.nodeid + " "):
             _LEFT.setdefault(pid, (test, now))
 
 

@@ -29,8 +29,6 @@ from analysis.study.study2_spec import ARMS
 WORKERS = 2
 STUDY1_RUNS = Path("results/smollm2_cpu/runs")                # study 1's records (an AMX-BF16 Xeon)
 CODE_COMMIT = "41f457d1fe39a5aa7c73c5e4a260971b52e1db1f"     # the rules' commit (its wordnet sizing), first record after
-CODE_PATHS = ("hizfo", "baselines", "run.py", "conf", "data", "scripts/run_study.py", "requirements.lock",
-              "pyproject.toml")                              # what a run computes with: a record must match them here
 _ADAMW_PYDOC = 10.6 + 2.5 * (13.6 - 10.6)
 _PILOT = {  # minutes at 192 rows: (wall − train) + train × 192/256, from the pilots' records and /usr/bin/time
     "full_ft": (644.94 - 514.0 + 514.0 * 0.75) / 60, "hizfo_adamw": (606.0 - 509.0 + 509.0 * 0.75) / 60,

@@ -165,11 +165,17 @@ def test_the_plan_section_sets_each_arms_runs_against_its_planned_minutes(tmp_pa
     assert f"Planned: {total:.1f} worker-hours" in text and "took 0.3 worker-hours" in text
 
 
+# what a run computes with: a study-2 record's commit must hold the pinned commit's files here
+CODE_PATHS = ("hizfo", "baselines", "run.py", "conf", "data", "scripts/run_study.py", "requirements.lock",
+              "pyproject.toml")
+
+
+@pytest.mark.subprocess
 def test_every_study2_record_ran_the_pinned_code():
     """The study takes several sessions while main moves on: each record's commit has the pinned commit's code
-    (analysis.study.study2_plan.CODE_PATHS) and a clean tree, so every run computed with the same code."""
+    (``CODE_PATHS``) and a clean tree, so every run computed with the same code."""
     import subprocess
-    from analysis.study.study2_plan import CODE_COMMIT, CODE_PATHS
+    from analysis.study.study2_plan import CODE_COMMIT
     from conftest import ROOT
     records = [json.loads(p.read_text()) for p in sorted((ROOT / STUDY2 / "runs").rglob("seed*.json"))]
     shas = {r["provenance"].get("git_sha") for r in records}
