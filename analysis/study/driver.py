@@ -115,7 +115,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not summary:
         print(f"error: no ok record under {args.results}", file=sys.stderr)
         return 1
-    print(f"{len(summary['arms'])} arms, {len(summary['claims'])} claim rows: {args.out / 'report.md'}, "
+    claims = summary["claims"]["claims"] if isinstance(summary["claims"], dict) else summary["claims"]  # study 2's
+    print(f"{len(summary['arms'])} arms, {len(claims)} claim rows: {args.out / 'report.md'}, "
           f"{args.out / 'claims.md'}, {args.out / 'study.json'}, {len(summary['plots'])} plot files")
     return 0
 
