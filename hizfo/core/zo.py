@@ -63,7 +63,9 @@ def chunk_seed(seed: int, tensor_index: int, chunk_index: int) -> int:
 
 
 def _buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (dtype, device)
+    # keyed by the FakeTensorMode in force too (None outside one): a buffer made in a planner's trace is a FakeTensor,
+    # and reused outside it the noise written into it would be lost without an error (or in another trace, refused)
+    key = (dtype, device, getattr(torch.empty(0, dtype=dtype, device=device), "fake_mode", None))
     bufs = getattr(_local, "bufs", None)
     if bufs is None:
         bufs = _local.bufs = {}

@@ -204,3 +204,15 @@ def test_dtensor_parameters_get_the_noise_of_the_plain_tensors(monkeypatch, gloo
     wrong = distribute_tensor(torch.zeros(4, 6), gloo_one_process, [Shard(1)])
     with pytest.raises(ValueError, match="Shard\\(0\\) and Replicate"):
         perturb_([wrong], 11, 1.0)
+
+
+def test_a_noise_buffer_made_under_fake_tensors_is_not_reused_outside():
+    """The planner traces ZO steps under FakeTensorMode; the noise buffer that trace caches in this thread must not
+    be the one a real step writes its noise into afterwards (it was: MeZO then stopped learning after a trace)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    from hizfo.core import zo
+    for _ in range(2):                                           # two traces, each its own fake mode
+        with FakeTensorMode() as mode:
+            assert zo._buffer(64, torch.float32, torch.device("cpu")).fake_mode is mode
+    real = zo._buffer(64, torch.float32, torch.device("cpu"))
+    assert not isinstance(real, FakeTensor) and real.numel() == 64
