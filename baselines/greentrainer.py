@@ -43,17 +43,17 @@ class GreenTrainer:
         self.trainer = FirstOrderTrainer(self.model, self.candidates, self.cfg.lr, self.cfg.weight_decay,
                                          self.cfg.schedule, ctx.total_steps, self.cfg.grad_clip)
         self.profile_batches = ctx.profile_batches()      # whole global batches (one process: the train stream)
-        self.sharded_profile = ctx.sharded_profile
+        self.on_shards = distributed.profiles_on_shards(ctx.profile_shards, distributed.current().size, "greentrainer",
+                                                        False)
         self.profiling_seconds = self.selection_seconds = 0.0
 
     def _select(self, epoch: int) -> None:
         set_trainable(self.model, self.candidates)
         # several processes: profile a whole copy (the sharded weights gathered), every rank alike; with
         # profile_shards, the shards themselves (each rank its rows, the importance summed over the ranks)
-        on_shards = self.shape is not None and self.sharded_profile
-        profiled = self.model if self.shape is None or on_shards else distributed.whole_copy(self.shape, self.model)
+        profiled = self.model if self.shape is None or self.on_shards else distributed.whole_copy(self.shape, self.model)
         part = partition_model(profiled, next(self.profile_batches), self.cfg.rho, self.cfg.lr, self.cfg.weight_decay,
-                               zo_scope="all", buckets=self.cfg.buckets, shape=self.shape if on_shards else None)
+                               zo_scope="all", buckets=self.cfg.buckets, shape=self.shape if self.on_shards else None)
         del profiled
         part = distributed.from_main(part)                         # one selection on every rank: rank 0's
         part.frozen, part.zo = part.zo, []                         # GreenTrainer freezes what it leaves out

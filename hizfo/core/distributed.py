@@ -142,6 +142,13 @@ def rows_of_rank(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v[cut] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def profiles_on_shards(asked: bool, world_size: int, method: str, low_precision_weights: bool) -> bool:
+    """Whether a Hi-ZFO / GreenTrainer profile runs on FSDP2's shards (the run key ``profile_shards``): asked for and
+    several processes, except bf16 Hi-ZFO, whose Θ_ZO stays whole on every rank, which only the partition names, so
+    it profiles the whole model and shards after. The one rule the methods and the planner (core/memory.py) follow."""
+    return asked and world_size > 1 and not (method == "hizfo" and low_precision_weights)
+
+
 def check_global_batch(batch_size: int, world: World) -> None:
     """The global batch must split evenly over the ranks (one line, before any model loads)."""
     if batch_size % world.size:

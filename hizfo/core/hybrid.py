@@ -32,7 +32,7 @@ from torch import nn
 
 from hizfo.registry import HiZFOConfig, build_config
 from hizfo.errors import ConfigError
-from hizfo.core.distributed import data_parallel_loss, shard, skeleton
+from hizfo.core.distributed import current, data_parallel_loss, profiles_on_shards, shard, skeleton
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                                 check_common, replay_rng_if_training, schedule_factor, set_trainable)
 from hizfo.core.partition import Partition, params_of, partition_model
@@ -73,7 +73,8 @@ class HiZFO:
         # profile_shards FSDP2 shards it first and each rank profiles its rows on its shards (memory 1/N). bf16 weights
         # keep Θ_ZO whole on every rank, which only the partition names: they profile whole, and shard after
         shape = None
-        if ctx.sharded_profile and not any(is_low_precision(p) for p in self.model.parameters()):
+        if profiles_on_shards(ctx.profile_shards, current().size, "hizfo",
+                              any(is_low_precision(p) for p in self.model.parameters())):
             shape = skeleton(self.model)                  # the meta tree the cost model traces
             shard(self.model)
         self.partition = partition_model(self.model, profile_batch, self.cfg.rho, self.cfg.lr,

@@ -67,9 +67,10 @@ class Setting:
 
     @property
     def sharded_profile(self) -> bool:
-        """Whether the profile runs on the shards, as the code decides (bf16 Hi-ZFO profiles whole: hybrid.py)."""
-        return (self.profile_shards and self.fsdp and self.world_size > 1
-                and not (self.method == "hizfo" and self.precision == "bf16"))
+        """Whether the profile runs on the shards, by the methods' own rule (distributed.profiles_on_shards)."""
+        from hizfo.core.distributed import profiles_on_shards
+        return self.fsdp and profiles_on_shards(self.profile_shards, self.world_size, self.method,
+                                                self.precision == "bf16")
 
     def cfg(self) -> dict[str, Any]:
         """The method's values: its schema's defaults (hizfo/registry.py), then what the cell sets."""

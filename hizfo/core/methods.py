@@ -47,12 +47,6 @@ class TrainContext:
     # to summation order), instead of the whole model on every rank (exactly one process's); run key profile_shards
     profile_shards: bool = False
 
-    @property
-    def sharded_profile(self) -> bool:
-        """Whether this run's profile runs on FSDP2's shards: asked for, and several processes."""
-        from hizfo.core.distributed import current
-        return self.profile_shards and current().size > 1
-
     def profile_batches(self) -> Iterator[Batch]:
         """The whole global batches, for a profile that must select the same tensors on every rank."""
         return (self.whole_train_batches or self.train_batches)()

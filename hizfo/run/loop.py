@@ -77,7 +77,7 @@ class LoopOptions:
         return cls(device=device, seed=int(cfg.seed), train_dropout=bool(cfg.train_dropout),
                    eval_before_training=bool(cfg.eval_before_training), eval_every_epoch=bool(cfg.eval_every_epoch),
                    eval_loss_every_epoch=bool(cfg.eval_loss_every_epoch),
-                   profile_shards=bool(cfg.get("profile_shards", False)),
+                   profile_shards=bool(cfg.profile_shards),
                    divergence=divergence_watch(cfg.divergence_factor, cfg.divergence_patience))
 
 

@@ -78,10 +78,9 @@ def describe(cfg: Any, shape: ModelShape, s: Setting, pred: Prediction, options:
         layout = "with FSDP2 sharding" if fsdp else "data parallel, unsharded"
         lines.append(f"{options.gpu_gb:g} GB GPUs, {layout}: " + (f"world size {n} fits" if n else
                      f"no world size dividing the global batch {s.batch} fits"))
-        shards = replace(s, world_size=1, profile_shards=True)
         if fsdp and s.method in ("hizfo", "greentrainer") and not s.profile_shards and (
                 n is None or n > 1):                       # the whole-model profile sets the peak: say what shards do
-            m = smallest_world_size(shape, shards, gpu, fsdp)
+            m = smallest_world_size(shape, replace(s, world_size=1, profile_shards=True), gpu, fsdp)
             if m and (n is None or m < n):
                 lines.append(f"{options.gpu_gb:g} GB GPUs, with FSDP2 sharding and profile_shards=true (the profile "
                              f"on the shards, one process's selection up to summation order): world size {m} fits")

@@ -51,7 +51,7 @@ def setting_of(cfg: Any, options: PlanOptions, selection: Optional[tuple[str, ..
                    new_tokens=int(gen.max_new_tokens), beams=int(gen.num_beams), world_size=options.world_size,
                    fsdp=fsdp, device=options.device, threads=options.threads, train_dropout=bool(cfg.train_dropout),
                    lora_targets=tuple(cfg.model.lora_target_modules), selection=selection,
-                   profile_shards=bool(cfg.get("profile_shards", False)))
+                   profile_shards=bool(cfg.profile_shards))
 
 
 def stored_selection(cfg: Any) -> Optional[tuple[str, ...]]:

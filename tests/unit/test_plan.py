@@ -175,6 +175,9 @@ def test_a_profile_on_the_shards_is_predicted_per_rank_and_named_where_it_fits()
     assert shards.profiling < whole.profiling / 1.5          # measured 51.8 GB against 89.8
     assert predict(shape, replace(s, profile_shards=True, precision="bf16")).profiling == \
         predict(shape, replace(s, precision="bf16")).profiling
+    from hizfo.core.distributed import profiles_on_shards           # the rule the methods and the planner share
+    assert profiles_on_shards(True, 2, "greentrainer", True) and not profiles_on_shards(True, 2, "hizfo", True)
+    assert not profiles_on_shards(True, 1, "hizfo", False) and not profiles_on_shards(False, 2, "hizfo", False)
     gpu = 80 * 10 ** 9
     assert smallest_world_size(shape, replace(s, world_size=1), gpu, True) is None
     assert smallest_world_size(shape, replace(s, world_size=1, profile_shards=True), gpu, True) == 2
