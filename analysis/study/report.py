@@ -99,7 +99,8 @@ def render_report(arms: list[Arm], shared: dict, notes: list[str], frame: pd.Dat
              "Mean ± 95 % t-interval half-width over seeds (t_{0.975, n-1} · s/√n); `–` where an arm has one seed "
              "(no interval can be given). *Seed s.d.* is the s.d. over an arm's seeds of the claims' metric: the "
              "noise floor. Paired differences are over the seeds both arms have: mean [95 % CI]; claims.md adds "
-             "p values, Holm's adjustment and the smallest detectable difference.", ""]
+             + ("p values, Holm's adjustment and the smallest detectable difference." if pairs is None else
+                "the pre-registered tests' p values and Holm's adjustment."), ""]
     for model, task in sorted({(a.model, a.task) for a in arms}):
         metrics = task_metrics(task, frame)
         these = [a for a in arms if (a.model, a.task) == (model, task)]

@@ -255,7 +255,10 @@ def render_study2_claims(outcomes: list[Outcome], banner: list[str]) -> str:
                            f"**{shown(row['verdict'], row['part'])}**", f"**{shown(row['holm'], row['part'])}**"]))
     for task in dict.fromkeys(o.spec.task for o in outcomes):
         mine = [o for o in outcomes if o.spec.task == task]
-        lines += ["", f"## {TASK_DISPLAY.get(task, task)}: {len(mine)} comparisons (one Holm family)", "",
+        tested = sum(o.p is not None for o in mine)
+        family = ("one Holm family" if tested == len(mine) else
+                  f"one Holm family; Holm ran over the {tested} with a p value, the others have none yet")
+        lines += ["", f"## {TASK_DISPLAY.get(task, task)}: {len(mine)} comparisons ({family})", "",
                   _row(["claim", "better − worse", "measure", "kind", "seeds", "examples", "mean", "deciding test",
                         "p", "verdict", "Holm", "seed level: mean [95 % CI], t p, sign-flip p", "note"]),
                   _row(["---"] * 13)]

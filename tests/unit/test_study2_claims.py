@@ -208,3 +208,18 @@ def test_the_rerun_section_sets_study1s_arms_beside_study1s_records(tmp_path: Pa
 def replace_reused(arm):
     from dataclasses import replace
     return replace(arm, reused=arm.name == "s2_wn_full_ft")
+
+
+def test_every_committed_run_of_a_task_scored_the_same_examples_in_the_same_order():
+    """The example-level tests pair two runs' per-example scores by position (analysis/study/prereg.py checks only
+    that the counts agree): sound only while every study-2 run of a task wrote the same examples in one order."""
+    from conftest import ROOT
+    orders: dict[str, dict[str, list]] = {}
+    for path in sorted((ROOT / STUDY2 / "runs").rglob("seed*.predictions.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        task = path.relative_to(ROOT / STUDY2 / "runs").parts[1]
+        orders.setdefault(task, {})[str(path)] = [(r["index"], r.get("prompt"), r.get("references")) for r in rows]
+    for task, runs in orders.items():
+        first = next(iter(runs.values()))
+        differing = [p for p, order in runs.items() if order != first]
+        assert not differing, f"{task}: these runs scored other examples or another order: {differing}"
