@@ -155,7 +155,7 @@ def _main(argv: list[str]) -> int:
         header = (f"# The locked environment of hizfo: exact versions with hashes, made by {REFRESH} "
                   f"(uv pip compile, universal over Python >= 3.10) from pyproject.toml's ranges.\n"
                   f"# torch is not in the body: scripts/setup.sh installs this release first; a GPU user installs "
-                  f"the CUDA build of it (README, 'Installing').\n"
+                  f"the CUDA build of it (docs/environment.md, 'torch on a GPU machine').\n"
                   f"# torch=={torch_pin}\n"
                   f"# inputs-sha256: {inputs_hash()}\n"
                   f"# body-sha256: {hashlib.sha256(body.encode()).hexdigest()}\n"

@@ -88,7 +88,8 @@ def launched_world_size() -> int:
 
 
 def pick_backend(choice: str, device_type: str) -> str:
-    """``auto``: nccl on CUDA, gloo on CPU; nccl without CUDA is refused in one line."""
+    """``auto``: nccl on CUDA, gloo on CPU. Refused in one line: nccl without CUDA, and, under several processes,
+    a backend that does not match the device (FSDP2's mesh is a CUDA one for nccl, a CPU one for gloo)."""
     if choice not in BACKENDS:
         raise ConfigError(f"backend: '{choice}' is not one of {', '.join(BACKENDS)}")
     if choice == "auto":
@@ -96,6 +97,10 @@ def pick_backend(choice: str, device_type: str) -> str:
     if choice == "nccl" and not torch.cuda.is_available():
         raise ConfigError("backend: nccl needs CUDA GPUs and this machine has none; use "
                           "backend=gloo (or auto)")
+    if launched_world_size() > 1 and (choice == "nccl") != (device_type == "cuda"):
+        raise ConfigError(f"backend: {choice} with device {device_type} under several processes: the sharded "
+                          f"model would sit on one kind of device and its batches on another; use backend=auto "
+                          f"(nccl on CUDA, gloo on CPU)")
     return choice
 
 
@@ -344,11 +349,17 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
+def whole_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter once (tied weights under their first name), detached and whole, one at a time: a sharded
+    one is gathered when its turn comes, so a consumer that drops each before the next holds one whole tensor
+    beyond the shards, not the whole model (a collective: every rank must iterate to the end, in the same order)."""
+    for name, p in model.named_parameters(remove_duplicate=True):
+        yield name, (p.detach().full_tensor() if isinstance(p, DTensor) else p.detach())
+
+
 def full_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter once (tied weights under their first name), detached and whole: a sharded one is gathered
-    (a collective: every rank must call this, in the same order)."""
-    return {name: (p.detach().full_tensor() if isinstance(p, DTensor) else p.detach())
-            for name, p in model.named_parameters(remove_duplicate=True)}
+    """``whole_parameters`` all at once: the whole model on every rank (tests and small models only)."""
+    return dict(whole_parameters(model))
 
 
 @contextmanager

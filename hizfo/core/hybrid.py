@@ -32,7 +32,8 @@ from torch import nn
 
 from hizfo.registry import HiZFOConfig, build_config
 from hizfo.errors import ConfigError
-from hizfo.core.distributed import current, data_parallel_loss, profiles_on_shards, shard, skeleton
+from hizfo.core.distributed import (current, data_parallel_loss, from_main, profiles_on_shards, shard,
+                                    skeleton)
 from hizfo.core.methods import (Batch, FirstOrderTrainer, MethodSummary, StepResult, TrainContext, causal_lm_loss,
                                 check_common, replay_rng_if_training, schedule_factor, set_trainable)
 from hizfo.core.partition import Partition, params_of, partition_model
@@ -77,8 +78,11 @@ class HiZFO:
                               any(is_low_precision(p) for p in self.model.parameters())):
             shape = skeleton(self.model)                  # the meta tree the cost model traces
             shard(self.model)
-        self.partition = partition_model(self.model, profile_batch, self.cfg.rho, self.cfg.lr,
-                                         self.cfg.weight_decay, self.cfg.zo_scope, self.cfg.buckets, shape=shape)
+        part = partition_model(self.model, profile_batch, self.cfg.rho, self.cfg.lr, self.cfg.weight_decay,
+                               self.cfg.zo_scope, self.cfg.buckets, shape=shape)
+        # one selection on every rank, rank 0's: ranks whose profiles differ in rounding (a GPU's atomics) would
+        # otherwise train different Θ_FO and perturb different Θ_ZO lists, and their collectives would not match
+        self.partition = from_main(part)
         self._apply_partition()
 
     def _apply_partition(self) -> None:

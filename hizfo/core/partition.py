@@ -60,8 +60,9 @@ class Partition:
 
 
 def progress(line: str) -> None:
-    """One progress line on stderr, where the bars are (tqdm.write keeps an open bar intact)."""
-    tqdm.write(line, file=sys.stderr)
+    """One progress line on stderr, where the bars are (tqdm.write keeps an open bar intact); rank 0's only."""
+    if distributed.current().is_main:
+        tqdm.write(line, file=sys.stderr)
 
 
 def partition_model(model: nn.Module, batch: Batch, rho: float, lr: float, weight_decay: float,

@@ -215,6 +215,15 @@ class MasterWeights:
             if m.numel():
                 p.copy_(m if generator is None else round_to(m.detach(), p.dtype, generator))
 
+    @torch.no_grad()
+    def materialize(self, masters: Sequence[torch.Tensor]) -> None:
+        """The placeholders among ``masters`` made from their tensors, as a first gradient makes them: a resume
+        through a distributed checkpoint loads the saved masters into them (hizfo/run/checkpoint_dist.py)."""
+        wanted = {id(t) for t in masters}
+        for p, m in zip(self.params, self.masters):
+            if m.numel() == 0 and id(m) in wanted:
+                m.data = p.detach().float()
+
     def state_dict(self) -> list[Optional[torch.Tensor]]:
         return [m.detach().clone() if m.numel() else None for m in self.masters]
 

@@ -148,6 +148,8 @@ def check_every_rank_has_rows(stream: BatchStream, split: str) -> None:
         return
     smallest = min(len(b) for b in stream.batches(0))
     if not rank_slice(range(smallest), World(rank=world.size - 1, size=world.size)):
-        raise ConfigError(f"task.batch_size: the {split} split's last global batch has {smallest} example(s), too "
-                          f"few for {world.size} processes; choose a batch size or a number of examples whose "
-                          f"remainder is 0 or at least {world.size}")
+        per = -(-smallest // world.size)
+        raise ConfigError(f"task.batch_size: the {split} split's last global batch has {smallest} example(s); "
+                          f"each of {world.size} processes takes {per} row(s) of it, which leaves the last none; "
+                          f"choose a batch size or a number of examples whose last batch is a multiple of "
+                          f"{world.size}")

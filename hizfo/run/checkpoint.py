@@ -41,7 +41,7 @@ from hizfo.run.checkpoint_dist import check_readable, is_distributed, read_distr
 from hizfo.run.checkpoint_files import (MANIFEST, TMP_PREFIX, Parsed, apply_checkpoint, fsync_dir, parse_checkpoint,
                                         verify_checkpoint, write_checkpoint)
 from hizfo.run.locks import RunLock
-from hizfo.run.signals import RELAY, DeferredSignal, Pending, signal_name
+from hizfo.run.signals import PREEMPTION_SIGNALS, RELAY, DeferredSignal, Pending, signal_name
 
 LOCK_NAME = ".lock"
 _STEP_PREFIX = "step-"
@@ -177,20 +177,44 @@ class Checkpointer:
         signalled = self._signal.pending is not None
         if self.world.size > 1:             # every rank writes its part: all agree, in one all-reduce
             due, signalled = (v > 0 for v in distributed.summed([float(bool(due)), float(signalled)], self.world))
+            if signalled:
+                self._agree_on_the_signal()
         written = None
         if due or signalled:
-            reason = self._signal.reason or ("a signal to another rank" if signalled and not due else "periodic")
+            reason = self._signal.reason or "periodic"          # several processes: the agreed signal
             written = self.save(method, state, meters, zo_seeds, reason=reason)
-        self._deliver_pending()
+        if self.world.size == 1 or signalled:
+            # several processes: only a signal every rank has agreed on; one that came to a rank during this step's
+            # save waits for the next step's agreement (passed on now, it would stop that rank alone)
+            self._deliver_pending()
         return written
+
+    def _agree_on_the_signal(self) -> None:
+        """Several processes, once they agree a signal came: a rank that got none takes the one most ranks got, so
+        every rank checkpoints and stops alike (a signal to one rank would stop that rank alone, and the others'
+        next collective would wait for it). A second all-reduce, on the step a signal came only."""
+        mine = self._signal.pending[0] if self._signal.pending is not None else None
+        counts = distributed.summed([float(mine == int(s)) for s in PREEMPTION_SIGNALS], self.world)
+        most = max(range(len(counts)), key=lambda i: (counts[i], -i))
+        self._signal.adopt(int(PREEMPTION_SIGNALS[most]))
 
     def training_finished(self, method: Any, state: Any, meters: Any, zo_seeds: Optional[torch.Generator]) -> None:
         """After the last step: from now on a signal is answered at once (parameters no longer change)."""
         self._live = (method, state, meters, zo_seeds)
-        self._signal.in_training = False
         # the trained weights are kept until the record is written (a full disk then loses no training); several
-        # processes write always, since a signal during evaluation cannot start a collective write
-        if self.world.size > 1 or self.every_steps or self.every_minutes is not None:
+        # processes write always, since a signal during evaluation cannot start a collective write, and answer a
+        # signal only once every rank has agreed on it (until then it waits, as during a step)
+        if self.world.size > 1:
+            signalled = distributed.summed([float(self._signal.pending is not None)], self.world)[0] > 0
+            if signalled:
+                self._agree_on_the_signal()
+            self.save(method, state, meters, zo_seeds, reason=self._signal.reason or "end of training")
+            self._signal.in_training = False
+            if signalled:
+                self._deliver_pending()
+            return
+        self._signal.in_training = False
+        if self.every_steps or self.every_minutes is not None:
             self.save(method, state, meters, zo_seeds, reason=self._signal.reason or "end of training")
             self._deliver_pending()
         elif self._signal.pending is not None:

@@ -29,6 +29,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from hizfo.core.distributed import World
+from hizfo.core.precision import MasterWeights
 from hizfo.errors import ConfigError
 from hizfo.run.checkpoint_files import (FORMAT_VERSION, capture_rng, checked_state, fsync_dir, manifest_files,
                                         restore_loop, restore_rng, unique_parameters, write_manifest)
@@ -42,14 +43,19 @@ def is_distributed(path: Path) -> bool:
     return (path / DCP_DIR).is_dir()
 
 
-def torch_optimizers(method: Any) -> list[torch.optim.Optimizer]:
-    """The torch optimizers a method holds, on itself or on one of its parts (a trainer's ``optimizer``)."""
-    found: list[torch.optim.Optimizer] = []
+def _parts(method: Any, kind: type) -> list[Any]:
+    """The objects of ``kind`` a method holds, on itself or on one of its parts (a trainer's), each once."""
+    found: list[Any] = []
     for value in vars(method).values():
         for candidate in [value, *(vars(value).values() if hasattr(value, "__dict__") else ())]:
-            if isinstance(candidate, torch.optim.Optimizer) and all(candidate is not f for f in found):
+            if isinstance(candidate, kind) and all(candidate is not f for f in found):
                 found.append(candidate)
     return found
+
+
+def torch_optimizers(method: Any) -> list[torch.optim.Optimizer]:
+    """The torch optimizers a method holds, on itself or on one of its parts (a trainer's ``optimizer``)."""
+    return _parts(method, torch.optim.Optimizer)
 
 
 def stepped_params(method: Any) -> list[list[int]]:
@@ -72,6 +78,8 @@ def prime_optimizers(method: Any, stepped: Optional[list[list[int]]] = None) -> 
         primed = [p for index, p in enumerate(params) if index in wanted and p not in optimizer.state]
         if not primed:
             continue
+        for masters in _parts(method, MasterWeights):      # precision=bf16: fp32 masters are made at a tensor's
+            masters.materialize(primed)                     # first gradient; these had one, so they exist now
         lrs = [group["lr"] for group in optimizer.param_groups]
         for p in primed:
             p.grad = torch.zeros_like(p)
@@ -162,6 +170,24 @@ def check_readable(path: Path, config_hash: str, run_folder: Path) -> None:
     dcp.FileSystemReader(path / DCP_DIR).read_metadata()
 
 
+def check_shapes(path: Path, live: dict[str, torch.Tensor], saved_world: int, world: World) -> None:
+    """Every rank, before DCP loads: each method tensor the checkpoint holds has the (global) shape of the tensor
+    this run loads it into. They differ when the run made another selection than the one that wrote it (a profile
+    on the shards at another world size, ``profile_shards``): one line naming the world size to resume at, where
+    DCP would fail with a traceback."""
+    stored = dcp.FileSystemReader(path / DCP_DIR).read_metadata().state_dict_metadata
+    for key, tensor in live.items():
+        size = getattr(stored.get(f"method.{key}"), "size", None)
+        if size is not None and tuple(size) != tuple(tensor.shape):
+            where = (f"it was written by {saved_world} processes and this run has {world.size}, so its selection "
+                     f"may differ (a profile on the shards): resume it with {saved_world}"
+                     if saved_world != world.size else "resume it with the config that wrote it")
+            refusal = ConfigError(f"checkpoint: {path} holds '{key}' of shape {tuple(size)}, this run's has "
+                                  f"{tuple(tensor.shape)}; {where}, or remove it to start afresh")
+            refusal.reported = not world.is_main                  # type: ignore[attr-defined]
+            raise refusal
+
+
 def read_distributed(path: Path, method: Any, state: Any, meters: Any, zo_seeds: Optional[torch.Generator],
                      config_hash: str, run_folder: Path, world: World) -> None:
     """Every rank: the method's parameters and state from the DCP files (resharded to this world size), this rank's
@@ -176,6 +202,7 @@ def read_distributed(path: Path, method: Any, state: Any, meters: Any, zo_seeds:
     if missing:
         raise ConfigError(f"checkpoint: {path} holds method state this run has no place for ({missing[:3]})")
     states = {"model": unique_parameters(method.eval_model()), "method": {key: live[key] for key in wanted}}
+    check_shapes(path, states["method"], info["world_size"], world)
     dcp.load(states, checkpoint_id=path / DCP_DIR)
     method.load_state_dict(join_tensors(skeleton, states["method"]))
     rank = world.rank if info.get("world_size") == world.size else 0

@@ -27,7 +27,7 @@ import random
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -63,13 +63,15 @@ def params_sha256(model: nn.Module) -> str:
     return tensors_sha256(unique_parameters(model))
 
 
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of named tensors, in order (``params_sha256``'s digest)."""
+def tensors_sha256(tensors: Union[Mapping[str, torch.Tensor], Iterable[tuple[str, torch.Tensor]]]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of named tensors, in order (``params_sha256``'s digest): a
+    mapping, or (name, tensor) pairs, each dropped before the next is drawn (``distributed.whole_parameters``)."""
     digest = hashlib.sha256()
-    for name, tensor in tensors.items():
+    for name, tensor in (tensors.items() if isinstance(tensors, Mapping) else tensors):
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         flat = tensor.reshape(-1).contiguous().cpu()
         digest.update(flat.view(torch.uint8).numpy().tobytes())
+        del tensor, flat
     return digest.hexdigest()
 
 

@@ -53,7 +53,7 @@ def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: 
     starts = distributed.my_share(list(range(0, len(examples), batch_size)), split, even=together)
     # counts examples (not batches), so its rate and ETA are per example; leave=True: the bar ends its line
     bar = progress(total=sum(len(order[s:s + batch_size]) for s in starts if s is not None), desc=desc, unit="ex",
-                   leave=True)
+                   leave=True, disable=True if not distributed.current().is_main else None)   # rank 0's bar only
     for start in starts:
         stand_in = start is None
         start = 0 if stand_in else start

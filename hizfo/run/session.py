@@ -84,7 +84,8 @@ class Prepared:
         if not self.spec.same_run(config_hash(existing.config)):  # by today's rules: older records hash otherwise
             raise ConfigError(f"results: {path} holds an ok record from a different config; "
                               f"pass overwrite=true to replace it, or variant=NAME to keep both")
-        print(f"skip: ok record exists at {path} (overwrite=true to run again)")
+        if distributed.launched_rank() == 0:                   # every rank skips; one says so
+            print(f"skip: ok record exists at {path} (overwrite=true to run again)")
         return existing
 
 
@@ -182,7 +183,7 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
         raise
     prov.update(distributed.world_provenance(world, meters.peak_memory_bytes))
     meters.peak_memory_bytes = max(prov.get("rank_peak_memory_bytes", [meters.peak_memory_bytes]))
-    final_sha = tensors_sha256(distributed.full_parameters(prepared.method.eval_model()))   # every rank gathers
+    final_sha = tensors_sha256(distributed.whole_parameters(prepared.method.eval_model()))   # every rank gathers
     if not world.is_main:
         return {"status": "ok", "rank": world.rank}     # its checkpointer only stops listening (rank 0 discards)
     try:

@@ -199,6 +199,11 @@ class DeferredSignal:
             return False
         return True
 
+    def adopt(self, signum: int) -> None:
+        """Another rank's signal, taken by a rank that got none (several processes stop alike)."""
+        if self.pending is None:
+            self.pending = (signum, None)
+
     @property
     def reason(self) -> Optional[str]:
         """The waiting signal's name (why the next checkpoint is written), or None."""

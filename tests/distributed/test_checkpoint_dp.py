@@ -7,6 +7,7 @@ profiling's selection, the ZO seed generator."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -24,11 +25,11 @@ ARGS = ["method=hizfo", "method.max_steps=12", "checkpoint_every=3", "task.optio
         "logger=none", "curve_every=1"]
 
 
-def launch(nproc: int, results: Path, *extra: str) -> subprocess.Popen:
+def launch(nproc: int, results: Path, *extra: str, args: list[str] = ARGS) -> subprocess.Popen:
     hydra = f"hydra.run.dir={results.parent / ('out-' + results.name)}"
     prefix = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
                                                   str(nproc), "--master_port", str(_free_port())]
-    return subprocess.Popen([*prefix, "run.py", *ARGS, f"results_dir={results}", hydra, *extra], cwd=ROOT,
+    return subprocess.Popen([*prefix, "run.py", *args, f"results_dir={results}", hydra, *extra], cwd=ROOT,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -128,3 +129,35 @@ def test_a_two_process_checkpoint_is_every_rank_shard_under_one_manifest(runs, t
     shard = copy / "dcp" / "__1_0.distcp"
     shard.write_bytes(shard.read_bytes()[:-7])                  # a rank's shard cut short: not trusted
     assert "dcp/__1_0.distcp is truncated" in verify_checkpoint(copy)
+
+
+def _worker_of_rank(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of torchrun's worker of ``rank`` (its RANK in the environment torchrun gave it)."""
+    for pid in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split():
+        if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return int(pid)
+    raise AssertionError(f"no worker of rank {rank} under {launcher.pid}")
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_one_checkpoint(tmp_path):
+    """SIGTERM to rank 1 alone: the ranks agree a signal came (hizfo/run/checkpoint.py), rank 0 takes rank 1's,
+    both write the step's checkpoint and pass SIGTERM on, so no rank trains on into a collective the other left;
+    the relaunch resumes from that checkpoint and ends ok."""
+    results = tmp_path / "runs"
+    long = [a if not a.startswith("method.max_steps=") else "method.max_steps=400" for a in ARGS]
+    proc = launch(2, results, args=long)
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "checkpoints").rglob("manifest.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    os.kill(_worker_of_rank(proc, 1), signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    said = out + err
+    assert proc.returncode != 0 and said.count("passing the signal on") == 1, said[-3000:]   # rank 0 says it once
+    assert not list(results.rglob("seed0.json")), "a stopped run left a record"
+    last = max((p for p in (tmp_path / "checkpoints").rglob("step-*") if (p / "manifest.json").exists()),
+               key=lambda p: p.name)
+    saved = json.loads((last / "state.json").read_text())
+    assert saved["reason"] == "SIGTERM" and saved["world_size"] == 2
+    said = "".join(finish(launch(2, results, args=long)))
+    assert f"at step {saved['step']}\n" in said and record(results)["status"] == "ok"

@@ -3,10 +3,12 @@ profile a sharded OPT, each its rows of the batch, and get one process's importa
 selection on both ranks, and every weight back bit for bit."""
 from __future__ import annotations
 
-import socket
+from pathlib import Path
 
 import pytest
 import torch
+
+from tests.distributed.spawn import spawn_gloo
 
 pytestmark = pytest.mark.distributed
 WORLD = 2
@@ -30,49 +32,41 @@ def _batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _rank(rank: int, port: int, decay: float, out: dict) -> None:
-    import torch.distributed as dist
+def _rank(rank: int, decay: float, out: dict) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     from hizfo.core.distributed import full_parameters, skeleton
     from hizfo.core.partition import partition_model
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        whole = partition_model(_model(), _batch(), 0.5, 1e-3, decay)     # plain tensors: one process's profile
-        model = _model()
-        shape = skeleton(model)
-        mesh = init_device_mesh("cpu", (WORLD,))
-        for block in model.model.decoder.layers:
-            fully_shard(block, mesh=mesh)
-        fully_shard(model, mesh=mesh, reshard_after_forward=True)
-        before = {n: t.clone() for n, t in full_parameters(model).items()}
-        sharded = partition_model(model, _batch(), 0.5, 1e-3, decay, shape=shape)
-        after = full_parameters(model)
-        out[rank] = {"whole": whole.importance, "sharded": sharded.importance, "fo": (whole.fo, sharded.fo),
-                     "back": all(torch.equal(after[n], before[n]) for n in before)}
-    finally:
-        dist.destroy_process_group()
+    whole = partition_model(_model(), _batch(), 0.5, 1e-3, decay)         # plain tensors: one process's profile
+    model = _model()
+    shape = skeleton(model)
+    mesh = init_device_mesh("cpu", (WORLD,))
+    for block in model.model.decoder.layers:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
+    before = {n: t.clone() for n, t in full_parameters(model).items()}
+    sharded = partition_model(model, _batch(), 0.5, 1e-3, decay, shape=shape)
+    after = full_parameters(model)
+    out[rank] = {"whole": whole.importance, "sharded": sharded.importance, "fo": (whole.fo, sharded.fo),
+                 "back": all(torch.equal(after[n], before[n]) for n in before)}
 
 
-def _spawn(decay: float) -> dict:
+def _spawn(decay: float, folder: Path) -> dict:
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_rank, args=(port, decay, out), nprocs=WORLD, join=True)
+        spawn_gloo(_rank, (decay, out), WORLD, folder)
         return dict(out)
 
 
 @pytest.mark.parametrize("decay, tolerance", [(0.0, 1e-5), (0.1, 2e-2)])
-def test_two_ranks_profile_their_shards_as_one_process_profiles_the_whole(decay: float, tolerance: float):
+def test_two_ranks_profile_their_shards_as_one_process_profiles_the_whole(tmp_path: Path, decay: float,
+                                                                           tolerance: float):
     """No decay: each element's code is one process's, so only the gradients' and sums' order differs (measured
     ~1e-7 of the largest |I|). Decay: code_top is the whole tensor's, but the dither draws per shard (zero-mean
     noise of at most one code unit per element)."""
-    out = _spawn(decay)
+    out = _spawn(decay, tmp_path)
     assert out[0]["sharded"] == out[1]["sharded"]                 # one importance on every rank: one selection
     for rank in range(WORLD):
         whole, sharded = out[rank]["whole"], out[rank]["sharded"]
