@@ -121,7 +121,7 @@ def plan(preset: str, only: Optional[set[str]] = None, reuse: Optional[Reuse] = 
     return runs
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("preset", help="an experiment preset with a '+study_arm' sweep (e.g. smollm2_study_cpu)")
     parser.add_argument("--hours", type=float, default=2.0, help="start no run after this many hours (default 2)")
@@ -140,53 +140,40 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="with --reuse: the CPU model that records without a provenance cpu_model ran on, as the "
                              "person running the study states it; without it such records are not reused")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    args = parser.parse_args(argv)
-    from hizfo.run.records import cpu_model
-    here = cpu_model()
-    reuse = Reuse(args.reuse if args.reuse.is_absolute() else REPO / args.reuse, here,
-                  args.legacy_cpu_model) if args.reuse else None
-    if args.workers < 1 or args.threads < 1 or args.hours <= 0:
-        parser.error("--workers and --threads must be >= 1 and --hours > 0")
-    if not (REPO / "conf" / "experiment" / f"{args.preset}.yaml").is_file():
-        print(f"experiment={args.preset}: no such preset under conf/experiment/", file=sys.stderr)
-        return 2
-    runs = plan(args.preset, {a for a in args.only.split(",") if a} or None, reuse)
-    todo = [r for r in runs if not r.done]
-    print(f"{args.preset}: {len(runs)} runs planned, {len(runs) - len(todo)} done "
-          f"({sum(r.reused is not None for r in runs)} reused from {args.reuse}), {len(todo)} to run; CPU {here!r}")
-    if mixed_cpu(runs, here):
-        print(f"experiment={args.preset}: {mixed_cpu(runs, here)}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        for run in runs:
-            where = run.reused or run.path
-            print(f"  {'reused' if run.reused else 'done' if run.done else 'todo'}  {run.name}  "
-                  f"{where.relative_to(REPO) if where.is_relative_to(REPO) else where}")
-        return 0
-    if not todo:
-        return 0
-    # <results_dir>/<model>/<task>/<method>/<variant>/seed<S>.json -> <results_dir>/../logs
-    record = todo[0].path if todo[0].path.is_absolute() else REPO / todo[0].path
-    logs = record.parents[5] / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    return parser
+
+
+def _print_plan(runs: list[PlannedRun]) -> None:
+    for run in runs:
+        where = run.reused or run.path
+        print(f"  {'reused' if run.reused else 'done' if run.done else 'todo'}  {run.name}  "
+              f"{where.relative_to(REPO) if where.is_relative_to(REPO) else where}")
+
+
+def _start(run: PlannedRun, args: argparse.Namespace, logs: Path, env: dict[str, str]) -> subprocess.Popen:
+    """One run.py process for ``run``, its output appended to its log."""
+    log = open(logs / f"{run.arm}_seed{run.seed}.log", "a")
+    cmd = [sys.executable, str(REPO / "run.py"), f"experiment={args.preset}", f"+study_arm={run.arm}",
+           f"seed={run.seed}", f"num_threads={args.threads}"]
+    if args.allow_code_execution:                          # a reporting key: the run's config_hash is unchanged
+        cmd.append("task.allow_code_execution=true")
+    print(f"start {run.name}", flush=True)
+    return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def run_slice(todo: list[PlannedRun], args: argparse.Namespace, logs: Path) -> int:
+    """Run ``todo`` with ``args.workers`` side by side until the deadline, then give the runs still going
+    ``args.grace`` minutes and SIGTERM (they checkpoint). The number that exited non-zero."""
     deadline = time.monotonic() + args.hours * 3600
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
     running: dict[subprocess.Popen, tuple[PlannedRun, float]] = {}
-    failures = 0
-    queue = list(todo)
-    stopping_at: Optional[float] = None
+    failures, queue, stopping_at = 0, list(todo), None
     while queue or running:
         now = time.monotonic()
         while queue and len(running) < args.workers and now < deadline:
             run = queue.pop(0)
-            log = open(logs / f"{run.arm}_seed{run.seed}.log", "a")
-            cmd = [sys.executable, str(REPO / "run.py"), f"experiment={args.preset}", f"+study_arm={run.arm}",
-                   f"seed={run.seed}", f"num_threads={args.threads}"]
-            if args.allow_code_execution:                  # a reporting key: the run's config_hash is unchanged
-                cmd.append("task.allow_code_execution=true")
-            print(f"start {run.name}", flush=True)
-            running[subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)] = (run, now)
+            running[_start(run, args, logs, env)] = (run, now)
         if now >= deadline and queue:
             print(f"deadline: {len(queue)} runs left for the next slice", flush=True)
             queue.clear()
@@ -202,7 +189,40 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{'done' if proc.returncode == 0 else f'exit {proc.returncode}'} {run.name} "
                   f"({(time.monotonic() - started) / 60:.1f} min)", flush=True)
         time.sleep(2)
-    left = sum(not r.done for r in plan(args.preset, {a for a in args.only.split(",") if a} or None, reuse))
+    return failures
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from hizfo.run.records import cpu_model
+    here = cpu_model()
+    reuse = Reuse(args.reuse if args.reuse.is_absolute() else REPO / args.reuse, here,
+                  args.legacy_cpu_model) if args.reuse else None
+    if args.workers < 1 or args.threads < 1 or args.hours <= 0:
+        parser.error("--workers and --threads must be >= 1 and --hours > 0")
+    if not (REPO / "conf" / "experiment" / f"{args.preset}.yaml").is_file():
+        print(f"experiment={args.preset}: no such preset under conf/experiment/", file=sys.stderr)
+        return 2
+    only = {a for a in args.only.split(",") if a} or None
+    runs = plan(args.preset, only, reuse)
+    todo = [r for r in runs if not r.done]
+    print(f"{args.preset}: {len(runs)} runs planned, {len(runs) - len(todo)} done "
+          f"({sum(r.reused is not None for r in runs)} reused from {args.reuse}), {len(todo)} to run; CPU {here!r}")
+    if mixed_cpu(runs, here):
+        print(f"experiment={args.preset}: {mixed_cpu(runs, here)}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        _print_plan(runs)
+        return 0
+    if not todo:
+        return 0
+    # <results_dir>/<model>/<task>/<method>/<variant>/seed<S>.json -> <results_dir>/../logs
+    record = todo[0].path if todo[0].path.is_absolute() else REPO / todo[0].path
+    logs = record.parents[5] / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    failures = run_slice(todo, args, logs)
+    left = sum(not r.done for r in plan(args.preset, only, reuse))
     print(f"{args.preset}: slice over; {left} runs left, {failures} exited non-zero (their logs: {logs})")
     return 1 if failures else 0
 

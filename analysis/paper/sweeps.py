@@ -234,20 +234,9 @@ def fit_labels(figure: plt.Figure, placed: list[tuple[Rectangle, Any]]) -> bool:
     return all_fit
 
 
-def partition_figure(record_row: pd.Series) -> plt.Figure:
-    """One run's FO / ZO / frozen tensors as a map (rows: layers, input at the bottom) with per-row parameters.
-
-    A layer row has a box per tensor under the column of its name (the x axis); the tensors outside the blocks
-    (embeddings, final norm, head) share their row's width and carry their full names inside the boxes, wrapped
-    and sized to fit whole (the figure widens if a name cannot fit at 4 pt)."""
-    partition = record_row["partition"]
-    tensor_sets = partition["tensor_sets"]
-    rows = partition_rows(tensor_sets)
-    layer_rows = [entries for label, entries in rows if label.startswith("layer")]
-    width = max(len(entries) for entries in layer_rows) if layer_rows else max(len(e) for _, e in rows)
-    height = 2.8 + 0.4 * len(rows)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(min(5 + 0.5 * width, 20), height),
-                                         gridspec_kw={"width_ratios": [3, 1]}, sharey=True)
+def _draw_rows(left: Any, right: Any, rows: list, width: int) -> list[tuple[Rectangle, Any]]:
+    """The tensor boxes (left) and each row's parameters by set (right); the boxes outside the blocks with their
+    name texts, which ``fit_labels`` sizes."""
     placed: list[tuple[Rectangle, Any]] = []
     for y, (label, entries) in enumerate(rows):
         inside = label.startswith("layer")
@@ -264,6 +253,10 @@ def partition_figure(record_row: pd.Series) -> plt.Figure:
             value = sum(e["numel"] for e in entries if e["set"] == name) / 1e6
             right.barh(y + 0.425, value, left=start, height=0.85, color=SET_COLOURS[name])
             start += value
+    return placed
+
+
+def _label_axes(left: Any, right: Any, rows: list, layer_rows: list, width: int) -> None:
     left.set_xlim(0, width)
     left.set_ylim(0, len(rows))
     left.set_yticks([y + 0.425 for y in range(len(rows))], [label for label, _ in rows], fontsize=7)
@@ -276,6 +269,13 @@ def partition_figure(record_row: pd.Series) -> plt.Figure:
     else:
         left.set_xticks([])
     right.set_xlabel("parameters (millions)", fontsize=8)
+
+
+def _legend_and_title(figure: plt.Figure, record_row: pd.Series, height: float) -> None:
+    """The sets' legend and the run's title, in a fixed band above the axes (figure.text, which tight_layout
+    leaves where it is)."""
+    partition = record_row["partition"]
+    tensor_sets = partition["tensor_sets"]
     counts = {s: sum(1 for e in tensor_sets if e["set"] == s) for s in SET_COLOURS}
     params = {s: sum(e["numel"] for e in tensor_sets if e["set"] == s) for s in SET_COLOURS}
     total = max(1, sum(params.values()))
@@ -285,12 +285,28 @@ def partition_figure(record_row: pd.Series) -> plt.Figure:
     share = partition.get("backward_flops_share")
     rho = record_row.get("rho")
     task = TASK_DISPLAY.get(record_row["task"], record_row["task"])
-    # title and legend in a fixed band above the axes (figure.text, which tight_layout leaves where it is)
     figure.text(0.5, 1 - 0.06 / height, f"{model_display(record_row['model'])} · {task}"
                     f" · {method_display(record_row['method'])}"
                     + (f" ρ={rho:g}" if rho is not None and not pd.isna(rho) else "")
                     + (f" · backward FLOPs spent: {100 * share:.0f}% of full" if share is not None else "")
                     + f"\n{record_row['path']}", fontsize=8, ha="center", va="top")
+
+
+def partition_figure(record_row: pd.Series) -> plt.Figure:
+    """One run's FO / ZO / frozen tensors as a map (rows: layers, input at the bottom) with per-row parameters.
+
+    A layer row has a box per tensor under the column of its name (the x axis); the tensors outside the blocks
+    (embeddings, final norm, head) share their row's width and carry their full names inside the boxes, wrapped
+    and sized to fit whole (the figure widens if a name cannot fit at 4 pt)."""
+    rows = partition_rows(record_row["partition"]["tensor_sets"])
+    layer_rows = [entries for label, entries in rows if label.startswith("layer")]
+    width = max(len(entries) for entries in layer_rows) if layer_rows else max(len(e) for _, e in rows)
+    height = 2.8 + 0.4 * len(rows)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(min(5 + 0.5 * width, 20), height),
+                                         gridspec_kw={"width_ratios": [3, 1]}, sharey=True)
+    placed = _draw_rows(left, right, rows, width)
+    _label_axes(left, right, rows, layer_rows, width)
+    _legend_and_title(figure, record_row, height)
     for _ in range(4):                                   # widen until every name fits whole (rarely needed)
         figure.tight_layout(rect=(0, 0, 1, 1 - 0.75 / height))
         if fit_labels(figure, placed):
