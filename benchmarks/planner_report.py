@@ -1,6 +1,6 @@
 """The planner against the committed MemTracker traces and real-allocation cells, as markdown tables.
 
-    python benchmarks/planner_report.py        (reads benchmarks/planner_traces.json and planner_alloc.json)
+    python benchmarks/planner_report.py    (reads benchmarks/planner_traces.json, planner_alloc.json, planner_dist.json)
 
 Categories side by side (MemTracker / planner, MiB): PARAM / weights, GRAD / grads, OPT / optimizer (MemTracker's OPT
 also holds the AdamW step's temporaries), OTH / masters (the fp32 masters passed to track_external), ACT + TEMP /
@@ -61,6 +61,25 @@ def alloc_rows(cells: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def dist_rows(cells: list[dict[str, Any]]) -> list[str]:
+    """benchmarks/planner_dist.py's cells (rank 0 of N under FSDP2) against the planner at that world size."""
+    from dataclasses import replace
+    from benchmarks.planner_traces import shape_of
+    from hizfo.core.memory import predict
+    shape = shape_of("tiny-opt")
+    out = ["| phase | method | precision | world size | profile on the shards | real peak MiB | predicted MiB | "
+           "ratio |", "|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        n = c["world_size"]
+        s = replace(_setting(c), world_size=n, fsdp=n > 1, profile_shards=bool(c.get("profile_shards")))
+        p = predict(shape, s)
+        predicted = p.training_peak if c["kind"] == "step" else p.profiling
+        shards = ("yes" if c["profile_shards"] else "no") if c["kind"] == "profile" and n > 1 else "–"
+        out.append(f"| {'training step' if c['kind'] == 'step' else 'profile'} | {c['method']} | {c['precision']} | "
+                   f"{n} | {shards} | {c['peak'] / MiB:.2f} | {predicted / MiB:.2f} | {predicted / c['peak']:.2f} |")
+    return out
+
+
 def main() -> int:
     torch.set_num_threads(1)
     traces = json.loads((HERE / "planner_traces.json").read_text())["cells"]
@@ -70,6 +89,9 @@ def main() -> int:
           ", ".join(f"{m} {100 * v:.0f} %" for m, v in sorted(worst.items())))
     print()
     print("\n".join(alloc_rows(json.loads((HERE / "planner_alloc.json").read_text())["cells"])))
+    if (HERE / "planner_dist.json").exists():
+        print()
+        print("\n".join(dist_rows(json.loads((HERE / "planner_dist.json").read_text())["cells"])))
     return 0
 
 
