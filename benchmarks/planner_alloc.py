@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed._tools.common_utils import get_untyped_storages
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -37,11 +38,13 @@ class LiveBytes(TorchDispatchMode):
         self.peak = self.now = 0
 
     def add(self, t: torch.Tensor) -> None:
-        ref = StorageWeakRef(t.untyped_storage())
-        if ref.cdata not in self.live and t.untyped_storage().nbytes() > 0:
-            self.live[ref.cdata] = (ref, t.untyped_storage().nbytes())
-            self.now += self.live[ref.cdata][1]
-            self.peak = max(self.peak, self.now)
+        """``t``'s storage; a tensor subclass (FSDP2's DTensor) by the storages it wraps (its local shard)."""
+        for storage in get_untyped_storages(t):
+            ref = StorageWeakRef(storage)
+            if ref.cdata not in self.live and storage.nbytes() > 0:
+                self.live[ref.cdata] = (ref, storage.nbytes())
+                self.now += storage.nbytes()
+                self.peak = max(self.peak, self.now)
 
     def sweep(self) -> None:
         for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:

@@ -7,7 +7,7 @@ tool torch's own memory estimators run FSDP2 on) answers every collective withou
 all-gathers and reduce-scatters real tensors of the sizes an N-process run allocates on each rank; the values are
 not that run's (nothing is exchanged), the memory is, and only the memory is kept. Counting is
 benchmarks/planner_alloc.py's ``LiveBytes`` (every storage alive before, every storage an op returns during,
-swept by weak reference at every op), with a DTensor counted by its local shard. Real kernels, a randomly
+swept by weak reference at every op; a DTensor by its local shard). Real kernels, a randomly
 initialised model, no MemTracker.
 
 Cells, each against the planner at the same world size with FSDP2 (``Setting(world_size=N, fsdp=True)``):
@@ -24,6 +24,8 @@ import argparse
 import contextlib
 import gc
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,23 +39,6 @@ STEP_CELLS = (("full_ft", "fp32"), ("hizfo", "fp32"), ("mezo", "fp32"), ("lora",
               ("hizfo", "bf16-mixed"))
 RHO = 0.5
 PROFILE_SHARDS = (False, True)              # Hi-ZFO's profile: the whole model on every rank, or the shards
-
-
-class ShardBytes(LiveBytes):
-    """``LiveBytes`` that counts a tensor subclass (FSDP2's DTensor parameters) by the storages it wraps."""
-
-    def add(self, t: torch.Tensor) -> None:
-        from torch.distributed._tools.common_utils import get_untyped_storages
-        for storage in get_untyped_storages(t):
-            self.add_storage(storage)
-
-    def add_storage(self, storage: torch.UntypedStorage) -> None:
-        from torch.multiprocessing.reductions import StorageWeakRef
-        ref = StorageWeakRef(storage)
-        if ref.cdata not in self.live and storage.nbytes() > 0:
-            self.live[ref.cdata] = (ref, storage.nbytes())
-            self.now += storage.nbytes()
-            self.peak = max(self.peak, self.now)
 
 
 @contextlib.contextmanager
@@ -83,7 +68,7 @@ def _model_and_batch(batch: int, seq_len: int) -> tuple[Any, Any, dict[str, torc
     return shape, SimpleNamespace(model=model, mode=contextlib.nullcontext(), shape=shape, dtype=torch.float32), whole
 
 
-def _counted(counter: ShardBytes, work: Any) -> int:
+def _counted(counter: LiveBytes, work: Any) -> int:
     """The peak of live bytes while ``work()`` runs, counting from everything alive before it."""
     gc.collect()
     for t in live_tensors():
@@ -106,7 +91,7 @@ def step_cell(name: str, precision: str, world: int, batch: int, seq_len: int) -
         with use_precision(precision):
             method = build_method(name, fm, s, mine, lambda: iter([mine] * 1000))
             method.train_step(mine)                           # warm-up: AdamW state, masters, buffers exist
-            peak = _counted(ShardBytes(), lambda: method.train_step(mine))
+            peak = _counted(LiveBytes(), lambda: method.train_step(mine))
     return {"kind": "step", "method": name, "precision": precision, "world_size": world, "batch": batch,
             "seq_len": seq_len, "peak": peak, "seconds": round(time.perf_counter() - start, 2)}
 
@@ -124,24 +109,40 @@ def profile_cell(on_shards: bool, world: int, batch: int, seq_len: int) -> dict[
         if on_shards and world > 1:
             shape = skeleton(model)
             shard(model)
-        peak = _counted(ShardBytes(), lambda: partition_model(model, whole, RHO, 1e-3, 0.0, shape=shape))
+        peak = _counted(LiveBytes(), lambda: partition_model(model, whole, RHO, 1e-3, 0.0, shape=shape))
     return {"kind": "profile", "method": "hizfo", "precision": "fp32", "world_size": world, "profile_shards": on_shards,
             "batch": batch, "seq_len": seq_len, "peak": peak, "seconds": round(time.perf_counter() - start, 2)}
 
 
+def one_cell(spec: list) -> dict[str, Any]:
+    """``["step", method, precision, world]`` or ``["profile", on_shards, world]``, measured in this process."""
+    if spec[0] == "step":
+        return step_cell(spec[1], spec[2], spec[3], 16, 80)
+    return profile_cell(spec[1], spec[2], 16, 80)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--world", type=int, action="append", help="world sizes (default 1, 2 and 4)")
+    parser.add_argument("--one", help="one cell's spec (JSON), measured here and printed: what each child runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.one:
+        print(json.dumps(one_cell(json.loads(args.one))), flush=True)
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
+    # each cell in a fresh process: in one process, what earlier cells leave alive (caches, buffers) was counted as
+    # alive before the next (the first committed table carried up to 2.3 MiB of it)
+    specs = [[*(["step", n, p, w] for n, p in STEP_CELLS), *(["profile", on, w] for on in PROFILE_SHARDS
+                                                            if w > 1 or not on)] for w in args.world or [1, 2, 4]]
     cells = []
-    for world in args.world or [1, 2, 4]:
-        todo = [lambda n=name, p=precision: step_cell(n, p, world, 16, 80) for name, precision in STEP_CELLS]
-        todo += [lambda o=on: profile_cell(o, world, 16, 80) for on in PROFILE_SHARDS if world > 1 or not on]
-        for make in todo:
-            cells.append(make())
-            print(json.dumps(cells[-1]), flush=True)
+    for spec in (s for group in specs for s in group):
+        child = subprocess.run([sys.executable, "-m", "benchmarks.planner_dist", "--one", json.dumps(spec)],
+                               capture_output=True, text=True, timeout=600, check=True)
+        cells.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(json.dumps(cells[-1]), flush=True)
     args.out.write_text(json.dumps({"shape": "tiny-opt", "cells": cells}, indent=1) + "\n")
     return 0
 
