@@ -14,10 +14,11 @@ launcher's checkpoint cadence) comes in ``RunInputs``; ``run.py`` builds it from
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -34,6 +35,7 @@ from hizfo.run.checkpoint_files import tensors_sha256
 from hizfo.run.loop import LoopOptions, LoopResult, train_and_evaluate
 from hizfo.run.meters import Meters
 from hizfo.run.predictions import prediction_rows, write_jsonl_atomic
+from hizfo.run.rank_failures import RankFailure, clear_notes, earlier_failures, first_cause, note_failure
 from hizfo.run.records import Costs, Curve, RunRecord, check_writable, provenance
 from hizfo.run.runspec import RunSpec, config_hash
 from hizfo.run.threads import apply_num_threads
@@ -143,6 +145,8 @@ def _run_in_world(prepared: Prepared, world: distributed.World) -> dict[str, Any
             check_writable(cfg.results_dir)
         checkpointer = Checkpointer.for_run(prepared.spec, every_steps=int(cfg.checkpoint_every or 0),
                                             every_minutes=prepared.inputs.checkpoint_minutes, world=world)
+        if world.is_main:
+            clear_notes(checkpointer.folder)           # an earlier attempt's failures are not this one's
     except ConfigError as exc:
         error = exc
     distributed.agree(error)                           # the other ranks stop too, in one line on rank 0
@@ -177,8 +181,12 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
         tracker.finish(failed=True)
         raise
     except Exception as exc:                                  # any failure leaves a failed record ...
-        if world.is_main:
-            _record_failure(spec, exc, meters, prov)
+        failed_at = time.time()
+        if world.is_main:                                     # ... naming the rank that failed first
+            peers = earlier_failures(checkpointer.folder, failed_at) if checkpointer is not None else []
+            _record_failure(spec, exc, meters, prov, peers)
+        elif checkpointer is not None:
+            note_failure(checkpointer.folder, world.rank, exc)
         tracker.finish(failed=True)
         raise
     prov.update(distributed.world_provenance(world, meters.peak_memory_bytes))
@@ -227,18 +235,22 @@ def _no_tracker() -> Tracker:
     return Tracker(kind="none", project="", mode="disabled", run_dir=Path("."), name="", config={})
 
 
-def _record_failure(spec: RunSpec, exc: Exception, meters: Meters, prov: dict[str, Any]) -> None:
-    """A failed record for ``exc`` (never in place of an ok one), one line on stderr; ``exc`` marked reported."""
+def _record_failure(spec: RunSpec, exc: Exception, meters: Meters, prov: dict[str, Any],
+                    peers: Sequence[RankFailure] = ()) -> None:
+    """A failed record for ``exc`` (never in place of an ok one), one line on stderr; ``exc`` marked reported.
+    ``peers``: other ranks that failed before rank 0 (hizfo/run/rank_failures.py): the first one is the cause."""
+    error = first_cause(one_line(exc), list(peers)) or one_line(exc)
+    tracebacks = [f"rank {p.rank}:\n{p.traceback}" for p in peers] + [traceback.format_exc()]
     record = RunRecord(status="failed", config=spec.config, config_hash=spec.config_hash,
-                       costs=Costs.from_meters(meters), provenance=prov, error=one_line(exc),
-                       failed_step=getattr(exc, "step", None), traceback=traceback.format_exc())
+                       costs=Costs.from_meters(meters), provenance=prov, error=error,
+                       failed_step=getattr(exc, "step", None), traceback="\n".join(tracebacks))
     current = RunRecord.read(spec.path)
     kept_ok = current is not None and current.status == "ok"
     if not kept_ok:
         record.write(spec.path)
     where = (f"the ok record at {spec.path} was kept (overwrite=true: no failed record replaces it)" if kept_ok
              else f"record at {spec.path}")
-    print(f"failed: {one_line(exc)}; {where}", file=sys.stderr)
+    print(f"failed: {error}; {where}", file=sys.stderr)
     exc.reported = True                                        # type: ignore[attr-defined]
 
 
