@@ -6,10 +6,11 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, runtim
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from hizfo.config import check_common, check_lr  # noqa: F401  (the schemas' checks, re-exported to the methods)
 from hizfo.errors import ConfigError
-from hizfo.core.distributed import local
+from hizfo.core.distributed import current, local, summed
 from hizfo.core.models import LoadedModel
 from hizfo.core.precision import ChangeMonitor, MasterWeights, compute_context, is_low_precision
 from hizfo.tasks.base import Task
@@ -235,6 +236,7 @@ class FirstOrderTrainer:
         self.grad_clip = grad_clip
         self.monitor = ChangeMonitor()
         self.changed_fraction: Optional[float] = None   # share of the stepped elements the last step changed
+        self.sharded = current().size > 1 and any(isinstance(t, DTensor) for t in stepped)
 
     def step(self) -> None:
         if self.masters:
@@ -249,7 +251,10 @@ class FirstOrderTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.masters:
             self.masters.publish()
-        self.changed_fraction = self.monitor.after(with_grad)
+        changed, total = self.monitor.counts(with_grad)
+        if self.sharded:                             # every rank's shards: the whole tensors' share
+            changed, total = summed([changed, total], current())
+        self.changed_fraction = changed / total if total else None
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

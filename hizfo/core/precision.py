@@ -258,12 +258,16 @@ class ChangeMonitor:
         self._before = [t.detach().reshape(-1)[self._indices(k, t)].clone() if t.numel() else None
                         for k, t in enumerate(tensors)]
 
-    @torch.no_grad()
     def after(self, tensors: Sequence[torch.Tensor]) -> Optional[float]:
-        """The estimated share of elements (of the tensors sampled in ``before``) whose value changed.
+        """The estimated share of elements (of the tensors sampled in ``before``) whose value changed."""
+        changed, total = self.counts(tensors)
+        return changed / total if total else None
 
-        The counts add up on each tensor's device and are read once per device: on CUDA one synchronisation per
-        step, not one per tensor (a step of Θ_FO has hundreds of tensors)."""
+    @torch.no_grad()
+    def counts(self, tensors: Sequence[torch.Tensor]) -> tuple[float, float]:
+        """The estimated number of elements that changed, and the number of elements: sums that add up over
+        several ranks' shards. The counts add up on each tensor's device and are read once per device: on CUDA
+        one synchronisation per step, not one per tensor (a step of Θ_FO has hundreds of tensors)."""
         counts: dict[torch.device, torch.Tensor] = {}
         total = 0
         for k, (t, old) in enumerate(zip(tensors, self._before)):
@@ -274,4 +278,4 @@ class ChangeMonitor:
             counts[t.device] = counts[t.device] + weighted if t.device in counts else weighted
             total += t.numel()
         self._before = []
-        return sum(float(c) for c in counts.values()) / total if total else None
+        return sum(float(c) for c in counts.values()), float(total)
