@@ -41,6 +41,7 @@ from hizfo.run.checkpoint_dist import check_readable, is_distributed, read_distr
 from hizfo.run.checkpoint_files import (MANIFEST, TMP_PREFIX, Parsed, apply_checkpoint, fsync_dir, parse_checkpoint,
                                         verify_checkpoint, write_checkpoint)
 from hizfo.run.locks import RunLock
+from hizfo.run.rank_failures import note_stop
 from hizfo.run.signals import PREEMPTION_SIGNALS, RELAY, DeferredSignal, Pending, signal_name
 
 LOCK_NAME = ".lock"
@@ -346,6 +347,9 @@ class Checkpointer:
             return
         if self._live is not None and self.world.size == 1:    # several: no collective write from a handler
             self.save(*self._live, reason=signal_name(signum))
+        elif self._live is not None and not self.world.is_main:   # rank 0's record says why this rank stopped
+            note_stop(self.folder, self.world.rank, f"stopped by {signal_name(signum)} after training (a relaunch "
+                      f"resumes from the end-of-training checkpoint, step {self._saved_step}, and evaluates again)")
         self._deliver_pending()
 
     def take_pending(self) -> Optional[Pending]:

@@ -3,7 +3,7 @@
 Only rank 0 writes records. When another rank raises (its own bug, a bad batch, an out-of-memory), rank 0 learns of
 it only as a lost peer in its next collective ("Connection closed by peer", an NCCL timeout), and its failed record
 would name that symptom, not the cause. So a failing rank other than 0 leaves a note in the run's checkpoint folder
-(shared by every rank, as the checkpoints are) before it exits: its rank, the time and the error. Rank 0, failing
+(shared by every rank, as the checkpoints are) before it exits: its rank, the time and the error (or the signal that stopped it after training). Rank 0, failing
 after it, puts the notes of ranks that failed before it first in the record. A rank killed outright (SIGKILL, the
 OOM killer, a lost node) leaves no note: the record then names the lost peer, and the launcher's report names the
 rank. Rank 0 clears old notes when it takes the run's lock, and removes the notes it has read.
@@ -34,8 +34,13 @@ class RankFailure:
 
 
 def note_failure(folder: Path, rank: int, exc: BaseException) -> None:
-    """Rank ``rank``'s failure, written where rank 0 will look (best effort: a failing disk adds nothing)."""
-    note = {"rank": rank, "time": time.time(), "error": one_line(exc), "traceback": traceback.format_exc()}
+    """Rank ``rank``'s exception (being handled), written where rank 0 will look."""
+    note_stop(folder, rank, one_line(exc), traceback.format_exc())
+
+
+def note_stop(folder: Path, rank: int, error: str, trace: str = "") -> None:
+    """Why rank ``rank`` stops (best effort: a failing disk adds nothing)."""
+    note = {"rank": rank, "time": time.time(), "error": error, "traceback": trace}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / _NOTE.format(rank=rank), note)

@@ -177,6 +177,7 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
         with use_precision(cfg.precision):                    # bf16-mixed: autocast in the methods' losses
             result = train_and_evaluate(prepared.method, cfg.method, loaded, prepared.task, options, meters,
                                         tracker.log, checkpoint=checkpointer)
+        final_sha = _gather_the_end(prepared, world, meters, prov)    # collectives: a lost rank fails them
     except ConfigError:
         tracker.finish(failed=True)
         raise
@@ -189,9 +190,6 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
             note_failure(checkpointer.folder, world.rank, exc)
         tracker.finish(failed=True)
         raise
-    prov.update(distributed.world_provenance(world, meters.peak_memory_bytes))
-    meters.peak_memory_bytes = max(prov.get("rank_peak_memory_bytes", [meters.peak_memory_bytes]))
-    final_sha = tensors_sha256(distributed.whole_parameters(prepared.method.eval_model()))   # every rank gathers
     if not world.is_main:
         return {"status": "ok", "rank": world.rank}     # its checkpointer only stops listening (rank 0 discards)
     try:
@@ -205,6 +203,14 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
     tracker.finish()
     print_summary(result.metrics, record, spec.path, where)
     return record.to_json()
+
+
+def _gather_the_end(prepared: Prepared, world: distributed.World, meters: Meters, prov: dict[str, Any]) -> str:
+    """Every rank's peak memory into ``prov`` and ``meters`` (the record's: the largest), and the final parameters'
+    hash (every rank gathers the whole tensors, one at a time)."""
+    prov.update(distributed.world_provenance(world, meters.peak_memory_bytes))
+    meters.peak_memory_bytes = max(prov.get("rank_peak_memory_bytes", [meters.peak_memory_bytes]))
+    return tensors_sha256(distributed.whole_parameters(prepared.method.eval_model()))
 
 
 def load(cfg: DictConfig, method: Method, task: Task, device: Any) -> tuple[LoadedModel, dict[str, Any]]:

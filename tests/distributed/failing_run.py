@@ -1,5 +1,7 @@
 """``run.py`` with one rank made to fail: the rank named by HIZFO_TEST_FAIL_RANK raises ValueError before the step
-numbered HIZFO_TEST_FAIL_STEP (a bug, a bad batch, an out-of-memory on that rank alone). For the tests only.
+numbered HIZFO_TEST_FAIL_STEP (a bug, a bad batch, an out-of-memory on that rank alone); or, with
+HIZFO_TEST_SIGNAL_RANK, that rank sends itself SIGTERM as its evaluation starts (a preemption of one rank after
+training). For the tests only.
 
     torchrun --nproc_per_node 2 tests/distributed/failing_run.py <run.py's arguments>
 """
@@ -7,6 +9,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
 import sys
 from pathlib import Path
 
@@ -14,16 +17,29 @@ from hizfo.run import loop
 
 ROOT = Path(__file__).resolve().parents[2]
 _step = loop.Training._step
+_evaluate = loop.evaluate
+
+
+def _is_rank(variable: str) -> bool:
+    """This process is the rank the test's ``variable`` names (set by torchrun, or from Slurm's by the run)."""
+    return variable in os.environ and os.environ.get("RANK") == os.environ[variable]
 
 
 def failing_step(self: loop.Training, batch: object, bar: object) -> None:
-    if (os.environ.get("RANK") == os.environ["HIZFO_TEST_FAIL_RANK"]
+    if (_is_rank("HIZFO_TEST_FAIL_RANK")
             and self.state.step == int(os.environ["HIZFO_TEST_FAIL_STEP"])):
         raise ValueError(f"injected failure on rank {os.environ['RANK']} at step {self.state.step}")
     _step(self, batch, bar)
 
 
+def signalled_evaluate(*args: object, **kwargs: object) -> object:
+    if _is_rank("HIZFO_TEST_SIGNAL_RANK"):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return _evaluate(*args, **kwargs)
+
+
 if __name__ == "__main__":
     loop.Training._step = failing_step                     # type: ignore[method-assign]
+    loop.evaluate = signalled_evaluate                     # type: ignore[assignment]
     sys.argv = [str(ROOT / "run.py"), *sys.argv[1:]]
     runpy.run_path(str(ROOT / "run.py"), run_name="__main__")

@@ -31,3 +31,34 @@ def test_a_failure_on_rank_1_is_the_cause_in_rank_0s_record(tmp_path):
                                       "then rank 0: "), record["error"]
     assert "rank 1:\n" in record["traceback"] and "failing_step" in record["traceback"]
     assert not list((tmp_path / "checkpoints").rglob("rank-*.failed")), "rank 0 left the notes it read"
+
+
+def test_a_rank_preempted_during_evaluation_is_named_and_the_relaunch_ends_ok(tmp_path):
+    """Two processes started as srun starts a multi-node step (Slurm's variables, no torchrun to stop the others):
+    rank 1 gets SIGTERM as evaluation starts and stops at once; rank 0 fails in its next collective, and its
+    failed record says rank 1 was stopped after training; the relaunch resumes from the end-of-training checkpoint
+    (no step trained again) and ends ok."""
+    results = tmp_path / "runs"
+    args = [*[a for a in ARGS if not a.startswith("method.max_steps=")], "method.max_steps=6",
+            f"results_dir={results}", f"hydra.run.dir={tmp_path / 'out'}"]
+    port = str(_free_port())
+
+    def start(rank: int, **extra: str) -> subprocess.Popen:
+        env = {**ENV, "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+               "SLURM_STEP_NODELIST": "127.0.0.1", "MASTER_PORT": port, "PYTHONPATH": str(ROOT), **extra}
+        return subprocess.Popen([sys.executable, "tests/distributed/failing_run.py", *args], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    ranks = [start(r, HIZFO_TEST_SIGNAL_RANK="1") for r in (0, 1)]
+    said = [p.communicate(timeout=300) for p in ranks]
+    assert ranks[1].returncode == -15 and ranks[0].returncode != 0, said[0][1][-2000:]
+    (path,) = results.rglob("seed0.json")
+    failed = json.loads(path.read_text())
+    assert failed["status"] == "failed" and failed["error"].startswith(
+        "rank 1 failed first: stopped by SIGTERM after training (a relaunch resumes from the end-of-training "
+        "checkpoint, step 6, and evaluates again); then rank 0: "), failed["error"]
+    port = str(_free_port())
+    ranks = [start(r) for r in (0, 1)]
+    said = [p.communicate(timeout=300) for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], said[0][1][-2000:]
+    assert "at step 6\n" in said[0][0] + said[0][1] and json.loads(path.read_text())["status"] == "ok"
