@@ -38,17 +38,27 @@ class LiveBytes(TorchDispatchMode):
         self.peak = self.now = 0
 
     def add(self, t: torch.Tensor) -> None:
-        """``t``'s storage; a tensor subclass (FSDP2's DTensor) by the storages it wraps (its local shard)."""
+        """``t``'s storage; a tensor subclass (FSDP2's DTensor) by the storages it wraps (its local shard). A
+        storage of 0 bytes is kept too: FSDP2 frees and re-allocates its unsharded parameters by resizing their
+        storages in place (``free_storage``: ``resize_(0)``), which no op reports, so ``sweep`` re-reads sizes."""
         for storage in get_untyped_storages(t):
             ref = StorageWeakRef(storage)
-            if ref.cdata not in self.live and storage.nbytes() > 0:
+            if ref.cdata not in self.live:
                 self.live[ref.cdata] = (ref, storage.nbytes())
                 self.now += storage.nbytes()
                 self.peak = max(self.peak, self.now)
 
     def sweep(self) -> None:
+        """Drop the storages that died; re-read the size of the others (a storage resized to 0 holds nothing;
+        the first version kept its bytes, counting FSDP2's resharded blocks as alive: up to 1.5 MiB a cell)."""
         for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
             self.now -= self.live.pop(key)[1]
+        for key, (ref, size) in self.live.items():
+            now = torch.UntypedStorage._new_with_weak_ptr(key).nbytes()
+            if now != size:
+                self.live[key] = (ref, now)
+                self.now += now - size
+        self.peak = max(self.peak, self.now)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))

@@ -9,7 +9,8 @@ Closed form over hizfo/core/costs.py's per-tensor shapes, for what this framewor
   masters      fp32 copies of Θ_FO under precision=bf16 (MasterWeights)
   activations  what autograd saves in the forward: counted on the real model's forward under FakeTensorMode
                (shapes only, no memory) with the run's trainable set, batch and length limits, autocast and dropout
-  zo_buffers   hizfo/core/zo.py's noise chunk: 2^20 fp32 per CPU thread, 2^24 fp32 on CUDA (CHUNK_CPU/CHUNK_CUDA)
+  zo_buffers   hizfo/core/zo.py's noise chunk: 2^20 fp32 per CPU thread, 2^24 fp32 on CUDA (CHUNK_CPU/CHUNK_CUDA),
+               cached per thread once made, so alive through every moment of a step that has a ZO part
   temporaries  the head's backward (four [N, V] fp32 tensors at once: the loss's and log_softmax's gradients and
                the shifted logits' slice backward, as traced on tiny-opt), the no-grad forward's logits,
                and AdamW's step (torch's foreach path on CUDA allocates sqrt(exp_avg_sq) for a whole param group;
@@ -18,12 +19,12 @@ Closed form over hizfo/core/costs.py's per-tensor shapes, for what this framewor
 The peak is the largest of the step's moments: the backward's start (activations and the head's gradients alive),
 a ZO forward (Hi-ZFO holds Θ_FO's gradients through it), and the AdamW step (gradients, state, temporaries).
 Profiling (Hi-ZFO, GreenTrainer) and generation are phases of their own. FSDP2 (the distributed layout: docs/design.md, "Many processes"): every block
-``fully_shard``-ed, so weights, gradients, optimizer state and masters are 1/world per rank, plus the two blocks
-FSDP2 holds unsharded (the current one and the prefetched next) in compute dtype; activations are per rank at the
-rank's slice of the global batch. Without sharding, each rank holds the whole model (data parallel). What FSDP2 does
-not divide, as the code runs it: a bf16 ZO part (whole on every rank), the profile (whole model, whole global batch,
-before sharding; on the shards with ``profile_shards``) and generation's root unit (embeddings, head) and whole
-one-process batches.
+``fully_shard``-ed, so weights, gradients, optimizer state and masters are 1/world per rank, plus, in a forward or
+backward, what FSDP2 holds unsharded in the weights' dtype (two blocks and the root unit: ``_gathered``); activations
+are per rank at the rank's slice of the global batch. Without sharding, each rank holds the whole model (data
+parallel). What FSDP2 does not divide, as the code runs it: a bf16 ZO part (whole on every rank), the profile
+(whole model, whole global batch, before sharding; on the shards with ``profile_shards``) and generation's root unit
+(embeddings, head) and whole one-process batches.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from typing import Any, Optional
 import torch
 
 from hizfo.core.memory_trace import ModelRoles, activations_and_roles
+from hizfo.core.probe_step import CHUNK_CPU as PROBE_CPU, CHUNK_CUDA as PROBE_CUDA     # profiling's Scratch chunks
 from hizfo.core.shapes import ModelShape
 from hizfo.errors import ConfigError
 
@@ -126,33 +128,46 @@ def _moments(s: Setting, r: ModelRoles, act: int) -> dict[str, dict[str, int]]:
     w, c = _dtypes(s.precision)
     fo, zo = r.fo_numel, r.zo_numel
     shard = s.world_size if s.fsdp else 1
-    gathered = 2 * r.block_numel * c if s.fsdp and s.world_size > 1 else 0   # FSDP2: current + prefetched block
     # bf16 weights of a ZO part (ZOParams' virtual mode) stay whole on every rank; all else is sharded
     whole = r.zo_numel if s.precision == "bf16" and shard > 1 else 0
-    weights = (r.total_numel - whole) * w // shard + whole * w + gathered
+    weights = (r.total_numel - whole) * w // shard + whole * w
     monitor = sum(min(n, MONITOR_SAMPLE) for n in r.fo_sizes) * 8
     optimizer = (2 * fo * FP32 + 2 * r.extra_opt_numel * FP32) // shard + monitor
     masters = (r.master_numel * FP32) // shard if s.precision == "bf16" else 0
     tokens = s.batch * s.seq_len // s.world_size
     head = tokens * r.vocab
+    # zo.py's noise chunk is cached per thread once made: alive in every moment of the step, not just the ZO forward
     zo_buf = _zo_buffers(s, r, w) if zo else 0
-    base = {"weights": weights, "optimizer": optimizer, "masters": masters}
+    base = {"weights": weights, "optimizer": optimizer, "masters": masters, "zo_buffers": zo_buf}
+    # forwards and backwards add FSDP2's unsharded parameters (none at the AdamW step: FSDP2 reshards after backward)
+    running = {**base, "weights": weights + _gathered(s, r, w)}
     shifted = r.largest_zo * w + min(CHUNK_CUDA if s.device == "cuda" else CHUNK_CPU, r.largest_zo) * FP32 \
         if zo and w == 2 else 0                                       # virtual mode: one module's θ + εu at a time
     fwd_tmp = _no_grad_forward(r, tokens, head, c, shifted)
     moments: dict[str, dict[str, int]] = {}
     if fo:
-        moments.update(_backward_moments(s, r, act, base, tokens, head, c))
+        moments.update(_backward_moments(s, r, act, running, tokens, head, c))
         step_tmp = (r.largest_group * FP32 if s.device == "cuda" else 2 * r.largest_fo * FP32) // shard
         grads = (fo + r.extra_grad_numel) * FP32 // shard
-        moments["optimizer step"] = {**base, "grads": grads, "temporaries": step_tmp,
-                                     "zo_buffers": zo_buf if r.extra_grad_numel else 0}
+        moments["optimizer step"] = {**base, "grads": grads, "temporaries": step_tmp}
     if zo and r.zo_forward:
         held = fo * w // shard if s.method == "hizfo" else 0         # Hi-ZFO: Θ_FO's grads live through L_ZO
-        moments["ZO forward"] = {**base, "grads": held, "zo_buffers": zo_buf, "temporaries": fwd_tmp}
+        moments["ZO forward"] = {**running, "grads": held, "temporaries": fwd_tmp}
     if not moments:
-        moments["forward"] = {"weights": weights, "temporaries": fwd_tmp}
+        moments["forward"] = {"weights": running["weights"], "temporaries": fwd_tmp}
     return {k: {cat: int(v.get(cat, 0)) for cat in CATEGORIES} for k, v in moments.items()}
+
+
+def _gathered(s: Setting, r: ModelRoles, w: int) -> int:
+    """FSDP2's unsharded parameters in a forward or backward, beside the shards: two blocks (the current one and the
+    prefetched next, or the last one's all-gather output, whose free FSDP2 defers to the next all-gather) and the root
+    unit (embeddings, final norm, head: the root's forward is the whole forward, its backward the whole backward).
+    In the weights' dtype: hizfo/core/distributed.py's ``shard`` sets no MixedPrecisionPolicy (bf16-mixed all-gathers
+    fp32 and autocasts). Measured on tiny-opt at 2 and 4 ranks (benchmarks/planner_dist.py)."""
+    if not (s.fsdp and s.world_size > 1):
+        return 0
+    root = r.total_numel - r.layers * r.block_numel
+    return (2 * r.block_numel + root) * w
 
 
 def _backward_moments(s: Setting, r: ModelRoles, act: int, base: dict[str, int], tokens: int, head: int, c: int
@@ -162,13 +177,21 @@ def _backward_moments(s: Setting, r: ModelRoles, act: int, base: dict[str, int],
     loss             the saved activations and the logits (plus their fp32 copy under bf16 compute)
     head backward    the saved activations and two [N, V] fp32 tensors (log_softmax's and the logits' gradients)
     block backward   the last block's FFN backward: two [N, ffn] (three when gated) and one [N, hidden] in compute
-                     dtype, once the loss's log_softmax output and the head's saved input have been freed
+                     dtype, once the loss's log_softmax output and the final norm's saved input and output have
+                     been freed
     """
-    ffn = tokens * ((3 if r.gated_ffn else 2) * r.ffn_width + r.hidden) * c
-    freed = min(act, head * FP32 + tokens * r.hidden * c)
+    left, ffn = _block_backward(r, act, tokens, head, c)
     return {"loss": {**base, "activations": act, "temporaries": head * (c + (FP32 if c != FP32 else 0))},
             "head backward": {**base, "activations": act, "temporaries": 2 * head * FP32},
-            "block backward": {**base, "activations": act - freed, "temporaries": ffn}}
+            "block backward": {**base, "activations": left, "temporaries": ffn}}
+
+
+def _block_backward(r: ModelRoles, act: int, tokens: int, head: int, c: int) -> tuple[int, int]:
+    """(saved bytes still alive, temporaries) in the last block's FFN backward: freed by then are log_softmax's
+    output, the head's saved input (the final norm's output) and the final norm's saved input (the last block's
+    output); the FFN backward's gradients are two [N, ffn] (three when gated) and one [N, hidden]."""
+    ffn = tokens * ((3 if r.gated_ffn else 2) * r.ffn_width + r.hidden) * c
+    return act - min(act, head * FP32 + 2 * tokens * r.hidden * c), ffn
 
 
 def _no_grad_forward(r: ModelRoles, tokens: int, head: int, c: int, shifted: int = 0) -> int:
@@ -200,21 +223,28 @@ def _zo_buffers(s: Setting, r: ModelRoles, w: int) -> int:
 
 
 def _profiling(s: Setting, r: ModelRoles, act_all: int) -> int:
-    """hizfo/core/profiling.py: weights, one pass's activations (every tensor trainable), one int8 code per element,
-    and one tensor's gradient at a time (the blockwise head keeps no [N, V] logits for fp32 heads). Several
-    processes profile the whole model on the whole global batch on every rank (before it is sharded, so that every
-    rank selects what one process would): ``act_all`` is then the global batch's, and nothing is divided. With
-    ``profile_shards`` (``Setting.sharded_profile``): the shards and their codes, the root unit (embeddings, head)
-    gathered through the backward with its unsharded gradient, two blocks in flight and one block's unsharded
-    gradient before its reduce-scatter; ``act_all`` is the rank's rows'."""
+    """hizfo/core/profiling.py: weights, one int8 code per element, one tensor's gradient at a time (the blockwise
+    head keeps no [N, V] logits for fp32 heads), probe_step's ``Scratch`` (three fp32 chunks and a bool flag chunk,
+    made at full size on first use: 3.25 MiB on CPU, 52 MiB on CUDA) and the larger of one pass's activations (every
+    tensor trainable) and the last block's FFN backward (``_block_backward``: its gradients beside what is still
+    saved; measured on tiny-opt, where it sets the profile's peak). Several processes profile the whole model on the
+    whole global batch on every rank (before it is sharded, so that every rank selects what one process would):
+    ``act_all`` is then the global batch's, and nothing is divided. With ``profile_shards``
+    (``Setting.sharded_profile``): the shards and their codes, the root unit (embeddings, head) gathered through the
+    backward with its unsharded gradient, two blocks in flight and one block's unsharded gradient before its
+    reduce-scatter; ``act_all`` is the rank's rows'."""
     if s.method not in ("hizfo", "greentrainer"):
         return 0
-    w, _ = _dtypes(s.precision)
+    w, c = _dtypes(s.precision)
+    chunk = PROBE_CUDA if s.device == "cuda" else PROBE_CPU
+    scratch = 3 * chunk * FP32 + chunk + 8
+    tokens = s.batch * s.seq_len // (s.world_size if s.sharded_profile else 1)
+    left, ffn = _block_backward(r, act_all, tokens, tokens * r.vocab, c)
+    passes = max(act_all, left + ffn) + scratch + 2 * r.largest_any * FP32
     if not s.sharded_profile:
-        return r.total_numel * w + act_all + r.total_numel + 2 * r.largest_any * FP32
+        return r.total_numel * w + r.total_numel + passes
     n, root = s.world_size, r.total_numel - r.layers * r.block_numel
-    return (r.total_numel * w // n + r.total_numel // n + 2 * root * w + 3 * r.block_numel * w + act_all
-            + 2 * r.largest_any * FP32)
+    return r.total_numel * w // n + r.total_numel // n + 2 * root * w + 3 * r.block_numel * w + passes
 
 
 def _generation(s: Setting, r: ModelRoles) -> int:

@@ -181,3 +181,26 @@ def test_a_profile_on_the_shards_is_predicted_per_rank_and_named_where_it_fits()
     gpu = 80 * 10 ** 9
     assert smallest_world_size(shape, replace(s, world_size=1), gpu, True) is None
     assert smallest_world_size(shape, replace(s, world_size=1, profile_shards=True), gpu, True) == 2
+
+
+def test_terms_found_by_the_per_rank_breakdown(tiny):
+    """Named allocations the planner once missed (benchmarks/RESULTS_planner.md, "Per rank under FSDP2"): zo.py's
+    cached noise chunk is alive through Hi-ZFO's FO backward too; in a forward or backward FSDP2 holds two blocks and
+    the root unit unsharded, in the weights' dtype (no MixedPrecisionPolicy), and none at the AdamW step; the profile
+    holds probe_step's Scratch and the last block's FFN backward."""
+    from hizfo.core.memory_trace import activations_and_roles
+    MiB = 1 << 20
+    s = Setting(method="hizfo", method_cfg=(), batch=16, seq_len=80, device="cpu")
+    one = predict(tiny, s)
+    assert one.moment != "ZO forward" and one.training["zo_buffers"] == 415872 * 4      # |Θ_ZO| fp32, main thread
+    roles = activations_and_roles(tiny, s)[2]
+    root = roles.total_numel - roles.layers * roles.block_numel
+    for precision in ("fp32", "bf16-mixed"):
+        cell = replace(s, precision=precision, world_size=4, fsdp=True)
+        moments = memory._moments(cell, roles, activations_and_roles(tiny, cell)[0])
+        sharded = moments["optimizer step"]["weights"]
+        assert sharded == roles.total_numel * 4 // 4
+        for name in ("loss", "block backward", "ZO forward"):
+            assert moments[name]["weights"] - sharded == (2 * roles.block_numel + root) * 4, (precision, name)
+    # the profile: Scratch (3 fp32 chunks of 2^18 and a flag chunk) and the FFN backward, which sets its peak here
+    assert 28 * MiB < one.profiling < 29 * MiB                    # measured 26.96 MiB; 22.24 before both terms
