@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from hizfo.errors import ConfigError
 
@@ -177,12 +178,16 @@ def round_to(x: torch.Tensor, dtype: torch.dtype, generator: Optional[torch.Gene
 class MasterWeights:
     """fp32 masters of low-precision FO tensors (precision=bf16): the optimizer steps the masters, and the model's
     bf16 tensors are their round-to-nearest copies. A master is made from its tensor the first time the tensor
-    has a gradient (GreenTrainer's unselected candidates never get one)."""
+    has a gradient (GreenTrainer's unselected candidates never get one); under FSDP2, at once (4 bytes an element
+    of this rank's shards of every FO tensor, the candidates' too)."""
 
     def __init__(self, params: Sequence[torch.Tensor]) -> None:
         self.params = list(params)
-        # placeholders keep ndim, so hizfo.core.methods.no_decay sorts them as it sorts their tensors
-        self.masters = [torch.nn.Parameter(torch.empty([0] * p.ndim, dtype=torch.float32, device=p.device))
+        # placeholders keep ndim, so hizfo.core.methods.no_decay sorts them as it sorts their tensors; a sharded
+        # tensor's master is made at once, as a shard of its own: a plain placeholder cannot later take a DTensor
+        # (``.data = dtensor`` leaves a Parameter whose storage is not the shard's; indexing it crashed the process)
+        self.masters = [torch.nn.Parameter(p.detach().float()) if isinstance(p, DTensor)
+                        else torch.nn.Parameter(torch.empty([0] * p.ndim, dtype=torch.float32, device=p.device))
                         for p in self.params]
 
     @torch.no_grad()
@@ -227,9 +232,14 @@ class MasterWeights:
     def state_dict(self) -> list[Optional[torch.Tensor]]:
         return [m.detach().clone() if m.numel() else None for m in self.masters]
 
+    @torch.no_grad()
     def load_state_dict(self, state: list[Optional[torch.Tensor]]) -> None:
         for m, value in zip(self.masters, state):
-            if value is not None:
+            if value is None:
+                continue
+            if isinstance(m, DTensor):       # ``.data = dtensor`` leaves a DTensor as it was: copy into its shard
+                m.copy_(value)
+            else:
                 m.data = value.to(device=m.device, dtype=torch.float32)
 
 

@@ -38,7 +38,12 @@ RUNS = {"mezo": ["method=mezo", "method.max_steps=6"], "full_ft": ["method=full_
         "lora": ["method=lora"], "prefix": ["method=prefix"], "hizfo": ["method=hizfo"],
         "hizfo_loss": ["method=hizfo", "method.alpha_mode=loss"], "hizfo_random_dir": ["method=hizfo_random_dir"],
         "greentrainer": ["method=greentrainer", "task.options.n_train=32", "method.max_steps=6"],
-        "bilevel_zofo": ["method=bilevel_zofo"]}
+        "bilevel_zofo": ["method=bilevel_zofo"],
+        # the other precisions: autocast on fp32 weights (fp32 masters sharded), and bf16 weights with fp32 masters
+        # (FO) or the exact bf16 restore (ZO)
+        "hizfo_bf16_mixed": ["method=hizfo", "precision=bf16-mixed"],
+        "full_ft_bf16": ["method=full_ft", "precision=bf16"], "hizfo_bf16": ["method=hizfo", "precision=bf16"],
+        "mezo_bf16": ["method=mezo", "precision=bf16", "method.max_steps=6"]}
 RUNS = {name: [*extra, *[c for c in COMMON if c.split("=")[0] not in {e.split("=")[0] for e in extra}]]
         for name, extra in RUNS.items()}
 
@@ -78,8 +83,11 @@ def test_two_processes_take_the_same_steps_as_one(runs, name):
     assert two["zo_seeds"] == one["zo_seeds"]
     assert two["fo_names"] == one["fo_names"] and two["selections"] == one["selections"]   # the same selections
     # the global batch's mean token loss, up to fp32 forward noise: each rank pads its own slice (other matmul
-    # shapes) and the ranks' sums add in another order (measured: at most 1e-6 relative)
-    assert max(abs(a - b) / abs(a) for a, b in zip(one["losses"], two["losses"])) < 1e-5
+    # shapes) and the ranks' sums add in another order (measured: at most 1e-6 relative; bf16-mixed 1.3e-7). With
+    # bf16 weights that noise moves an element across a bf16 rounding boundary now and then, one ulp (2^-8
+    # relative) of a weight, so the losses part more (measured 2026-12-07: 4.8e-5 to 1.4e-4 relative)
+    bf16_weights = "precision=bf16" in RUNS[name]
+    assert max(abs(a - b) / abs(a) for a, b in zip(one["losses"], two["losses"])) < (5e-4 if bf16_weights else 1e-5)
     assert p1.keys() == p2.keys()
     # that noise reaches the weights: through AdamW's first steps (m/√v ≈ ±1 for a near-zero gradient, so an element
     # whose tiny gradient changes sign moves 2·lr the other way) and through ZO's g = ΔL / ε (× 1/ε). Measured, as a
@@ -94,8 +102,13 @@ def test_two_processes_take_the_same_steps_as_one(runs, name):
     assert moved - set(fresh) or moved, "the run changed no weight: the equality would prove nothing"
     mean_gap = sum(float((p1[k] - p2[k]).abs().mean()) for k in moved)
     mean_update = sum(float((p1[k] - fresh.get(k, torch.zeros_like(p1[k]))).abs().mean()) for k in moved)
-    assert mean_gap / mean_update < 2e-2, (mean_gap, mean_update)
-    assert two["metrics"] == one["metrics"] and two["predictions"] == one["predictions"]
+    # bf16 weights: an ulp flip is a fair share of a 4-step update (measured: Full FT 0.022, MeZO 0.019, Hi-ZFO
+    # 0.004, GreenTrainer 0.050); a rank stepping on its own slice alone would part them by the update's order
+    assert mean_gap / mean_update < (0.1 if bf16_weights else 2e-2), (mean_gap, mean_update)
+    assert two["metrics"] == one["metrics"]
+    # bf16 weights an ulp apart may pick another token somewhere (measured: MeZO's 6 steps, one prediction of 8
+    # differs, the metrics do not); fp32 weights decode alike
+    assert bf16_weights or two["predictions"] == one["predictions"]
 
 
 @pytest.mark.subprocess
