@@ -214,6 +214,8 @@ def _roles(short: ShortModel, params: list[Param], s: Setting, fo: set[str], zo:
         roles.largest_group = max(roles.largest_group, roles.zo_numel)
     if s.method == "hizfo" and s.cfg().get("zo_optimizer", "sgd") == "adamw":
         roles.extra_opt_numel = roles.zo_numel
+    if s.method == "greentrainer" and s.world_size > 1:
+        roles.master_numel = roles.total_numel   # sharded: every candidate's fp32 master made at once (MasterWeights)
     return roles
 
 

@@ -204,3 +204,15 @@ def test_terms_found_by_the_per_rank_breakdown(tiny):
             assert moments[name]["weights"] - sharded == (2 * roles.block_numel + root) * 4, (precision, name)
     # the profile: Scratch (3 fp32 chunks of 2^18 and a flag chunk) and the FFN backward, which sets its peak here
     assert 28 * MiB < one.profiling < 29 * MiB                    # measured 26.96 MiB; 22.24 before both terms
+
+
+def test_greentrainer_bf16_masters_cover_every_candidate_when_sharded(tiny):
+    """precision=bf16: one process makes a master at a tensor's first gradient (the selected ones); under FSDP2
+    every candidate's master is made at once (hizfo/core/precision.py, MasterWeights), so all of them count."""
+    s = Setting(method="greentrainer", method_cfg=(), batch=16, seq_len=80, device="cpu", precision="bf16")
+    one = predict(tiny, s).training["masters"]
+    two = predict(tiny, replace(s, world_size=2, fsdp=True)).training["masters"]
+    from hizfo.core.memory_trace import activations_and_roles
+    roles = activations_and_roles(tiny, s)[2]
+    assert one == sum(roles.fo_sizes) * 4 < roles.total_numel * 4
+    assert two == roles.total_numel * 4 // 2
