@@ -56,12 +56,7 @@ LONG_FILES: dict[str, str] = {
     "benchmarks/gpu_check.py": "baseline: one self-contained GPU acceptance script, run by path on the GPU node",
 }
 # test files over MAX_LINES lines: path -> why it is still one file (the list may only shrink)
-LONG_TEST_FILES: dict[str, str] = {
-    "tests/unit/test_analysis.py": "baseline: the paper tables, sweeps and figures rendered from fixture records",
-    "tests/unit/test_baselines.py": "baseline: one step test per comparison method",
-    "tests/unit/test_checkpoint.py": "baseline: save, damage, kill and resume of one process's checkpoints",
-    "tests/unit/test_precision.py": "baseline: bf16 numerics; crossed the cap with its tier markers",
-}
+LONG_TEST_FILES: dict[str, str] = {}
 MAX_FUNCTION_LINES = 60
 # non-test functions over MAX_FUNCTION_LINES lines ("path:Qualified.name"): why each is still one function.
 # The list may only shrink: a function that got short (or went) must leave it.
