@@ -152,6 +152,10 @@ def _run_in_world(prepared: Prepared, world: distributed.World) -> dict[str, Any
     distributed.agree(error)                           # the other ranks stop too, in one line on rank 0
     try:                    # every way out frees the lock (its files go; checkpoints stay for a resume)
         return _locked_run(prepared, checkpointer, world)
+    except Exception as exc:            # another rank's failure (loading, training): a note for rank 0's record
+        if not world.is_main and checkpointer is not None and not getattr(exc, "reported", False):
+            note_failure(checkpointer.folder, world.rank, exc)
+        raise
     finally:
         if checkpointer is not None:
             checkpointer.close()
@@ -186,8 +190,6 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
         if world.is_main:                                     # ... naming the rank that failed first
             peers = earlier_failures(checkpointer.folder, failed_at) if checkpointer is not None else []
             _record_failure(spec, exc, meters, prov, peers)
-        elif checkpointer is not None:
-            note_failure(checkpointer.folder, world.rank, exc)
         tracker.finish(failed=True)
         raise
     if not world.is_main:
