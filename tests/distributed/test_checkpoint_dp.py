@@ -144,7 +144,9 @@ def test_a_signal_to_one_rank_stops_every_rank_after_one_checkpoint(tmp_path):
     both write the step's checkpoint and pass SIGTERM on, so no rank trains on into a collective the other left;
     the relaunch resumes from that checkpoint and ends ok."""
     results = tmp_path / "runs"
-    long = [a if not a.startswith("method.max_steps=") else "method.max_steps=400" for a in ARGS]
+    # long enough that the signal, sent once step 3's checkpoint exists, comes many steps before the end (a step is
+    # ~0.1 s here); short enough that the relaunch, which trains the rest, stays cheap
+    long = [a if not a.startswith("method.max_steps=") else "method.max_steps=100" for a in ARGS]
     proc = launch(2, results, args=long)
     deadline = time.monotonic() + 240
     while not list((tmp_path / "checkpoints").rglob("manifest.json")):
