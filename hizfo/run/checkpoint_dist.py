@@ -188,6 +188,19 @@ def check_shapes(path: Path, live: dict[str, torch.Tensor], saved_world: int, wo
             raise refusal
 
 
+def _unmade_masters(path: Path, keys: list[str]) -> dict[str, torch.Tensor]:
+    """precision=bf16: fp32 masters the checkpoint holds that this run has not made (several processes make every
+    master at once, one process a tensor's at its first gradient, so a GreenTrainer candidate never selected has
+    one only in the former): a tensor of the saved shape for DCP to fill, which ``MasterWeights.load_state_dict``
+    then takes as the master (it equals its tensor in fp32, as the master one process would make)."""
+    keys = [key for key in keys if "masters" in key.split("/")]
+    if not keys:
+        return {}
+    stored = dcp.FileSystemReader(path / DCP_DIR).read_metadata().state_dict_metadata
+    return {key: torch.empty(tuple(stored[f"method.{key}"].size), dtype=torch.float32)
+            for key in keys if f"method.{key}" in stored}
+
+
 def read_distributed(path: Path, method: Any, state: Any, meters: Any, zo_seeds: Optional[torch.Generator],
                      config_hash: str, run_folder: Path, world: World) -> None:
     """Every rank: the method's parameters and state from the DCP files (resharded to this world size), this rank's
@@ -198,6 +211,7 @@ def read_distributed(path: Path, method: Any, state: Any, meters: Any, zo_seeds:
     prime_optimizers(method, info.get("stepped"))
     live = split_tensors(method.state_dict())[1]           # tensors of this run's shards to load into, in place
     wanted = join_keys(skeleton)
+    live.update(_unmade_masters(path, [key for key in wanted if key not in live]))
     missing = [key for key in wanted if key not in live]
     if missing:
         raise ConfigError(f"checkpoint: {path} holds method state this run has no place for ({missing[:3]})")

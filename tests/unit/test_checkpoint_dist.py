@@ -128,3 +128,21 @@ def test_a_bf16_runs_fp32_masters_resume_through_the_distributed_layout(tmp_path
     resumed.step()                                              # the next step is the uninterrupted run's
     for a, b in zip(saved.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_masters_made_at_once_by_several_processes_resume_in_one(tmp_path: Path):
+    """Several processes make every bf16 tensor's master at once (FSDP2 shards), one process a tensor's at its first
+    gradient: a checkpoint holding the master of a tensor that never stepped (GreenTrainer's unselected candidate)
+    resumes in one process, whose master of it is still a placeholder (before: 'no place for' that master)."""
+    saved = _Bf16Method()
+    saved.trainer.masters.materialize(saved.trainer.masters.masters)         # as under FSDP2: all at once
+    saved.model.bias.requires_grad_(False)                                   # the bias never steps
+    saved.step()
+    (tmp_path / "step-1").mkdir()
+    write_shards(tmp_path / "step-1", saved, Meters(), None, World())
+    write_state(tmp_path / "step-1", saved, LoopState(step=1), "hash", "periodic", World(size=2))
+    resumed = _Bf16Method()
+    resumed.model.bias.requires_grad_(False)
+    read_distributed(tmp_path / "step-1", resumed, LoopState(), Meters(), None, "hash", tmp_path, World())
+    for a, b in zip(saved.trainer.masters.masters, resumed.trainer.masters.masters):
+        assert torch.equal(a, b) and b.dtype == torch.float32 and b.numel() > 0
