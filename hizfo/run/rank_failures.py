@@ -41,30 +41,42 @@ def note_failure(folder: Path, rank: int, exc: BaseException) -> None:
 def note_stop(folder: Path, rank: int, error: str, trace: str = "") -> None:
     """Why rank ``rank`` stops (best effort: a failing disk adds nothing)."""
     note = {"rank": rank, "time": time.time(), "error": error, "traceback": trace}
+    if not folder.is_dir():                          # rank 0 removed it (the run ended): nothing to tell, no debris
+        return
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / _NOTE.format(rank=rank), note)
     except OSError:
         pass
 
 
+CLOCK_SLACK_S = 2.0      # nodes' clocks may differ a little: a note up to this much "after" rank 0's failure counts
+
+
 def earlier_failures(folder: Path, before: float) -> list[RankFailure]:
-    """The notes of ranks that failed before ``before``, oldest first; every note found is removed."""
+    """The notes of ranks that failed before ``before`` (within CLOCK_SLACK_S), oldest first; those are removed.
+    Never raises: rank 0 is writing its failed record."""
     found = []
-    for path in sorted(folder.glob(_NOTE_GLOB)) if folder.is_dir() else []:
+    try:
+        paths = sorted(folder.glob(_NOTE_GLOB)) if folder.is_dir() else []
+    except OSError:
+        paths = []
+    for path in paths:
         try:
             note = json.loads(path.read_text())
-            found.append(RankFailure(int(note["rank"]), float(note["time"]), str(note["error"]),
-                                     str(note.get("traceback", ""))))
+            failure = RankFailure(int(note["rank"]), float(note["time"]), str(note["error"]),
+                                  str(note.get("traceback", "")))
+            if failure.time <= before + CLOCK_SLACK_S:
+                found.append(failure)
+                path.unlink(missing_ok=True)
         except (OSError, ValueError, KeyError, TypeError):
             pass                                       # half a note (its rank died writing it): nothing to say
-        path.unlink(missing_ok=True)
-    return sorted((f for f in found if f.time <= before), key=lambda f: f.time)
+    return sorted(found, key=lambda f: f.time)
 
 
 def clear_notes(folder: Path) -> None:
-    """Forget the notes an earlier attempt of the run left (rank 0, once it holds the run's lock)."""
-    for path in folder.glob(_NOTE_GLOB) if folder.is_dir() else []:
+    """Forget the notes an earlier attempt of the run left (rank 0, once it holds the run's lock), and the temp
+    files of notes whose rank died writing them."""
+    for path in [*folder.glob(_NOTE_GLOB), *folder.glob(f".{_NOTE_GLOB}*")] if folder.is_dir() else []:
         path.unlink(missing_ok=True)
 
 

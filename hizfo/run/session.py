@@ -153,7 +153,8 @@ def _run_in_world(prepared: Prepared, world: distributed.World) -> dict[str, Any
     try:                    # every way out frees the lock (its files go; checkpoints stay for a resume)
         return _locked_run(prepared, checkpointer, world)
     except Exception as exc:            # another rank's failure (loading, training): a note for rank 0's record
-        if not world.is_main and checkpointer is not None and not getattr(exc, "reported", False):
+        # (not a ConfigError: every rank meets those alike, and rank 0 reports its own in one line)
+        if not (world.is_main or checkpointer is None or isinstance(exc, ConfigError)):
             note_failure(checkpointer.folder, world.rank, exc)
         raise
     finally:

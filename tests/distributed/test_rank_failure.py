@@ -15,6 +15,17 @@ from tests.distributed.test_data_parallel import ENV, _free_port
 pytestmark = [pytest.mark.distributed, pytest.mark.subprocess]
 
 
+def _reap(procs: list[subprocess.Popen]) -> None:
+    """Kill what a failed or timed-out test left running: each process's children (torchrun starts its workers in
+    sessions of their own), then the process."""
+    for proc in procs:
+        if proc.poll() is None:
+            children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            for pid in [*children, str(proc.pid)]:
+                subprocess.run(["kill", "-KILL", pid], check=False)
+            proc.communicate(timeout=60)
+
+
 def test_a_failure_on_rank_1_is_the_cause_in_rank_0s_record(tmp_path):
     results = tmp_path / "runs"
     args = [a if not a.startswith("method.max_steps=") else "method.max_steps=400" for a in ARGS]
@@ -22,8 +33,12 @@ def test_a_failure_on_rank_1_is_the_cause_in_rank_0s_record(tmp_path):
            "tests/distributed/failing_run.py", *args, f"results_dir={results}",
            f"hydra.run.dir={tmp_path / 'out'}"]
     env = {**ENV, "HIZFO_TEST_FAIL_RANK": "1", "HIZFO_TEST_FAIL_STEP": "5", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        launcher.communicate(timeout=300)
+    finally:
+        _reap([launcher])
+    assert launcher.returncode != 0
     (path,) = results.rglob("seed0.json")
     record = json.loads(path.read_text())
     assert record["status"] == "failed", record["status"]
@@ -50,7 +65,10 @@ def test_a_rank_preempted_during_evaluation_is_named_and_the_relaunch_ends_ok(tm
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     ranks = [start(r, HIZFO_TEST_SIGNAL_RANK="1") for r in (0, 1)]
-    said = [p.communicate(timeout=300) for p in ranks]
+    try:
+        said = [p.communicate(timeout=300) for p in ranks]
+    finally:
+        _reap(ranks)
     assert ranks[1].returncode == -15 and ranks[0].returncode != 0, said[0][1][-2000:]
     (path,) = results.rglob("seed0.json")
     failed = json.loads(path.read_text())
@@ -59,6 +77,9 @@ def test_a_rank_preempted_during_evaluation_is_named_and_the_relaunch_ends_ok(tm
         "checkpoint, step 6, and evaluates again); then rank 0: "), failed["error"]
     port = str(_free_port())
     ranks = [start(r) for r in (0, 1)]
-    said = [p.communicate(timeout=300) for p in ranks]
+    try:
+        said = [p.communicate(timeout=300) for p in ranks]
+    finally:
+        _reap(ranks)
     assert [p.returncode for p in ranks] == [0, 0], said[0][1][-2000:]
     assert "at step 6\n" in said[0][0] + said[0][1] and json.loads(path.read_text())["status"] == "ok"
