@@ -132,8 +132,10 @@ def _moments(s: Setting, r: ModelRoles, act: int) -> dict[str, dict[str, int]]:
     whole = r.zo_numel if s.precision == "bf16" and shard > 1 else 0
     weights = (r.total_numel - whole) * w // shard + whole * w
     monitor = sum(min(n, MONITOR_SAMPLE) for n in r.fo_sizes) * 8
-    optimizer = (2 * fo * FP32 + 2 * r.extra_opt_numel * FP32) // shard + monitor
-    masters = (r.master_numel * FP32) // shard if s.precision == "bf16" else 0
+    # Bilevel-ZOFO's whole bf16 θ keeps its fp32 master, upper AdamW moments and ZO gradient whole too
+    rep = whole if s.method == "bilevel_zofo" else 0
+    optimizer = (2 * fo * FP32 + 2 * (r.extra_opt_numel - rep) * FP32) // shard + 2 * rep * FP32 + monitor
+    masters = ((r.master_numel - rep) * FP32) // shard + rep * FP32 if s.precision == "bf16" else 0
     tokens = s.batch * s.seq_len // s.world_size
     head = tokens * r.vocab
     # zo.py's noise chunk is cached per thread once made: alive in every moment of the step, not just the ZO forward
@@ -148,7 +150,7 @@ def _moments(s: Setting, r: ModelRoles, act: int) -> dict[str, dict[str, int]]:
     if fo:
         moments.update(_backward_moments(s, r, act, running, tokens, head, c))
         step_tmp = (r.largest_group * FP32 if s.device == "cuda" else 2 * r.largest_fo * FP32) // shard
-        grads = (fo + r.extra_grad_numel) * FP32 // shard
+        grads = (fo + r.extra_grad_numel - rep) * FP32 // shard + rep * FP32
         moments["optimizer step"] = {**base, "grads": grads, "temporaries": step_tmp}
     if zo and r.zo_forward:
         held = fo * w // shard if s.method == "hizfo" else 0         # Hi-ZFO: Θ_FO's grads live through L_ZO

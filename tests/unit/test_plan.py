@@ -216,3 +216,15 @@ def test_greentrainer_bf16_masters_cover_every_candidate_when_sharded(tiny):
     roles = activations_and_roles(tiny, s)[2]
     assert one == sum(roles.fo_sizes) * 4 < roles.total_numel * 4
     assert two == roles.total_numel * 4 // 2
+
+
+def test_bilevel_zofo_bf16_keeps_the_backbones_state_whole_when_sharded(tiny):
+    """precision=bf16 under FSDP2: Bilevel-ZOFO's backbone θ stays whole on every rank (ZOParams' virtual mode),
+    and so do its fp32 master, the upper AdamW's moments over it and its ZO gradient: none of them is 1/N."""
+    from hizfo.core.memory_trace import activations_and_roles
+    s = Setting(method="bilevel_zofo", method_cfg=(), batch=16, seq_len=80, device="cpu", precision="bf16")
+    two = replace(s, world_size=2, fsdp=True)
+    roles = activations_and_roles(tiny, two)[2]
+    step = memory._moments(two, roles, activations_and_roles(tiny, two)[0])["optimizer step"]
+    theta = roles.zo_numel * 4
+    assert step["masters"] >= theta and step["grads"] >= theta and step["optimizer"] >= 2 * theta
