@@ -268,15 +268,10 @@ class ChangeMonitor:
         self._before = [t.detach().reshape(-1)[self._indices(k, t)].clone() if t.numel() else None
                         for k, t in enumerate(tensors)]
 
-    def after(self, tensors: Sequence[torch.Tensor]) -> Optional[float]:
-        """The estimated share of elements (of the tensors sampled in ``before``) whose value changed."""
-        changed, total = self.counts(tensors)
-        return changed / total if total else None
-
     @torch.no_grad()
     def counts(self, tensors: Sequence[torch.Tensor]) -> tuple[float, float]:
-        """The estimated number of elements that changed, and the number of elements: sums that add up over
-        several ranks' shards. The counts add up on each tensor's device and are read once per device: on CUDA
+        """The estimated number of elements (of the tensors sampled in ``before``) whose value changed, and the
+        number of elements: sums that add up over several ranks' shards (their ratio: the changed share). The counts add up on each tensor's device and are read once per device: on CUDA
         one synchronisation per step, not one per tensor (a step of Θ_FO has hundreds of tensors)."""
         counts: dict[torch.device, torch.Tensor] = {}
         total = 0

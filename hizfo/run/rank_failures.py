@@ -3,10 +3,11 @@
 Only rank 0 writes records. When another rank raises (its own bug, a bad batch, an out-of-memory), rank 0 learns of
 it only as a lost peer in its next collective ("Connection closed by peer", an NCCL timeout), and its failed record
 would name that symptom, not the cause. So a failing rank other than 0 leaves a note in the run's checkpoint folder
-(shared by every rank, as the checkpoints are) before it exits: its rank, the time and the error (or the signal that stopped it after training). Rank 0, failing
-after it, puts the notes of ranks that failed before it first in the record. A rank killed outright (SIGKILL, the
+(shared by every rank, as the checkpoints are) before it exits: its rank, the time and the error (or the signal
+that stopped it after training). Rank 0, failing after it, puts the notes of ranks that failed before it first in
+the record. A rank killed outright (SIGKILL, the
 OOM killer, a lost node) leaves no note: the record then names the lost peer, and the launcher's report names the
-rank. Rank 0 clears old notes when it takes the run's lock, and removes the notes it has read.
+rank. Rank 0 clears old notes when it takes the run's lock, and removes the notes it has used.
 """
 from __future__ import annotations
 

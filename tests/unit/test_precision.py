@@ -341,17 +341,18 @@ def test_bf16_fo_masters_resume_exactly_from_their_state_dict():
 
 
 def test_change_monitor_weights_each_tensor_by_its_size():
-    """ChangeMonitor.after: the changed share of all elements, each tensor's sampled share weighted by its size."""
+    """ChangeMonitor.counts: the changed elements of all, each tensor's sampled share weighted by its size."""
     small, large = torch.zeros(10), torch.zeros(100)
     monitor = ChangeMonitor(sample=20)                   # small: every element; large: 20 sampled positions
     monitor.before([small, large])
     small[:3] = 1.0                                      # 3 of 10 changed
     large += 1.0                                         # all 100 changed
-    assert monitor.after([small, large]) == pytest.approx((3 + 100) / 110)
+    changed, total = monitor.counts([small, large])
+    assert total == 110 and changed / total == pytest.approx((3 + 100) / 110)
     monitor.before([small, large])
-    assert monitor.after([small, large]) == 0.0          # nothing moved
+    assert monitor.counts([small, large]) == (0.0, 110.0)     # nothing moved
     monitor.before([torch.zeros(0)])
-    assert monitor.after([torch.zeros(0)]) is None       # nothing to measure
+    assert monitor.counts([torch.zeros(0)]) == (0.0, 0.0)     # nothing to measure
 
 
 @pytest.mark.slow
