@@ -11,6 +11,11 @@ class ConfigError(ValueError):
     """A config value is out of range or names something that does not exist."""
 
 
+class PeerFailed(RuntimeError):
+    """Another rank failed a step every rank takes (writing its part of a checkpoint): this rank stops too. Rank 0
+    leaves a failed record naming that rank's error; the failed rank's own note adds its traceback."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite, or stayed far above where it started (``divergence_factor``)."""
 

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from hizfo.errors import ConfigError
+from hizfo.errors import ConfigError, PeerFailed
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -264,7 +264,8 @@ def from_main(value: Any) -> Any:
 
 def agree_all(error: Optional[Exception]) -> None:
     """Any rank's failure of a step every rank takes (writing its part of a checkpoint), raised on every rank: a
-    failed rank raises its own error; the others a ConfigError naming it, printed by rank 0 only."""
+    failed rank raises its own error; the others ``PeerFailed`` naming it (a run failure: rank 0 leaves a failed
+    record), printed by rank 0 only."""
     world = current()
     if world.size == 1 or not dist.is_initialized():
         if error is not None:
@@ -276,9 +277,9 @@ def agree_all(error: Optional[Exception]) -> None:
         raise error
     failed = [rank for rank, e in enumerate(errors) if e is not None]
     if failed:
-        quiet = ConfigError(f"rank {failed[0]} failed: {errors[failed[0]]}")
-        quiet.reported = not world.is_main                    # type: ignore[attr-defined]
-        raise quiet
+        peer = PeerFailed(f"rank {failed[0]} failed: {errors[failed[0]]}")
+        peer.reported = not world.is_main                     # type: ignore[attr-defined]
+        raise peer
 
 
 def rank_device(device: torch.device, world: World) -> torch.device:

@@ -274,7 +274,12 @@ class Checkpointer:
             write_shards(tmp, method, meters, zo_seeds, self.world)
         except Exception as exc:                        # noqa: BLE001 (every rank hears of it below)
             error = exc
-        distributed.agree_all(error)
+        try:
+            distributed.agree_all(error)
+        except Exception:
+            if tmp is not None and self.world.is_main:  # no half-written folder left behind
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if self.world.is_main:
             try:
                 write_state(tmp, method, state, self.config_hash, reason, self.world)

@@ -1,23 +1,26 @@
 """``run.py`` with one rank made to fail: the rank named by HIZFO_TEST_FAIL_RANK raises ValueError before the step
 numbered HIZFO_TEST_FAIL_STEP (a bug, a bad batch, an out-of-memory on that rank alone); or, with
 HIZFO_TEST_SIGNAL_RANK, that rank sends itself SIGTERM as its evaluation starts (a preemption of one rank after
-training). For the tests only.
+training); or, with HIZFO_TEST_FULL_DISK_RANK, that rank's disk is full when it writes its part of a checkpoint.
+For the tests only.
 
     torchrun --nproc_per_node 2 tests/distributed/failing_run.py <run.py's arguments>
 """
 from __future__ import annotations
 
+import errno
 import os
 import runpy
 import signal
 import sys
 from pathlib import Path
 
-from hizfo.run import loop
+from hizfo.run import checkpoint, loop
 
 ROOT = Path(__file__).resolve().parents[2]
 _step = loop.Training._step
 _evaluate = loop.evaluate
+_write_shards = checkpoint.write_shards
 
 
 def _is_rank(variable: str) -> bool:
@@ -38,8 +41,15 @@ def signalled_evaluate(*args: object, **kwargs: object) -> object:
     return _evaluate(*args, **kwargs)
 
 
+def full_disk_shards(*args: object, **kwargs: object) -> None:
+    _write_shards(*args, **kwargs)
+    if _is_rank("HIZFO_TEST_FULL_DISK_RANK"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
 if __name__ == "__main__":
     loop.Training._step = failing_step                     # type: ignore[method-assign]
     loop.evaluate = signalled_evaluate                     # type: ignore[assignment]
+    checkpoint.write_shards = full_disk_shards             # type: ignore[assignment]
     sys.argv = [str(ROOT / "run.py"), *sys.argv[1:]]
     runpy.run_path(str(ROOT / "run.py"), run_name="__main__")

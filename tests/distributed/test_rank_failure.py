@@ -3,6 +3,7 @@ rank's error first, not only the lost connection rank 0 saw next (hizfo/run/rank
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -46,6 +47,29 @@ def test_a_failure_on_rank_1_is_the_cause_in_rank_0s_record(tmp_path):
                                       "then rank 0: "), record["error"]
     assert "rank 1:\n" in record["traceback"] and "failing_step" in record["traceback"]
     assert not list((tmp_path / "checkpoints").rglob("rank-*.failed")), "rank 0 left the notes it read"
+
+
+def test_a_full_disk_on_rank_1_at_a_checkpoint_leaves_a_failed_record_naming_it(tmp_path):
+    """Rank 1 cannot write its part of the step-3 checkpoint (ENOSPC): every rank stops; rank 0's failed record
+    names rank 1's error (it was a ConfigError with no record before), and no half-written folder is left."""
+    results = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "tests/distributed/failing_run.py", *ARGS, f"results_dir={results}", f"hydra.run.dir={tmp_path / 'out'}"]
+    env = {**ENV, "HIZFO_TEST_FULL_DISK_RANK": "1", "PYTHONPATH": str(ROOT)}
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = launcher.communicate(timeout=300)
+    finally:
+        _reap([launcher])
+    assert launcher.returncode != 0
+    (path,) = results.rglob("seed0.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "failed" and record["failed_step"] is None, record
+    cause = re.compile(r"rank 1 failed( first)?: OSError: \[Errno 28\] No space left on device")
+    assert cause.search(record["error"]), record["error"]        # " first": rank 1's note was there in time
+    assert any(line.startswith("failed: ") and cause.search(line) for line in err.splitlines()), err[-3000:]
+    folders = [p.name for p in (tmp_path / "checkpoints").rglob("*") if p.is_dir()]
+    assert not [name for name in folders if name.startswith((".tmp", "step-"))], folders
 
 
 def test_a_rank_preempted_during_evaluation_is_named_and_the_relaunch_ends_ok(tmp_path):
