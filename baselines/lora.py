@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from hizfo.core.distributed import data_parallel_loss, shard
+from hizfo.core.distributed import current, data_parallel_loss, shard
 from hizfo.config import MethodConfig
 from hizfo.registry import LoRAConfig, build_config, check_lora_values  # noqa: F401  (bilevel_zofo's import)
 from hizfo.errors import ConfigError
@@ -89,8 +89,12 @@ class PeftAdapterMethod:
         return self.trainer.lr()
 
     def state_dict(self) -> dict[str, Any]:
-        # the adapter weights travel with the optimizer state: a prefix encoder lives outside loaded.model
+        # one process: the adapter weights also travel with the optimizer state (a prefix encoder lives outside
+        # loaded.model). Several: they are parameters of eval_model(), which the checkpoint's DCP files hold
+        # sharded, and peft's helper would run a prefix encoder on its FSDP2 shard (a DTensor) and fail
         from peft import get_peft_model_state_dict
+        if current().size > 1:
+            return self.trainer.state_dict()
         return {**self.trainer.state_dict(),
                 "adapter": {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft_model).items()}}
 

@@ -163,3 +163,18 @@ def test_a_signal_to_one_rank_stops_every_rank_after_one_checkpoint(tmp_path):
     assert saved["reason"] == "SIGTERM" and saved["world_size"] == 2
     said = "".join(finish(launch(2, results, args=long)))
     assert f"at step {saved['step']}\n" in said and record(results)["status"] == "ok"
+
+
+def test_prefix_tuning_under_two_processes_resumes_bit_exact(tmp_path):
+    """peft's prefix encoder is FSDP2-sharded like the rest: the checkpoint holds it through DCP (peft's own
+    state-dict helper would run the encoder on its shard and fail, as every 2-process prefix run once did at its
+    end-of-training checkpoint), and a run killed after its first checkpoint resumes to the uninterrupted weights."""
+    args = ["method=prefix", *(a for a in ARGS if a != "method=hizfo")]
+    finish(launch(2, tmp_path / "a" / "runs", args=args))
+    killed = launch(2, tmp_path / "b" / "runs", args=args)
+    kill_after_first_checkpoint(killed, tmp_path / "b" / "checkpoints")
+    assert "resumed from " in "".join(finish(launch(2, tmp_path / "b" / "runs", args=args)))
+    whole, resumed = record(tmp_path / "a" / "runs"), record(tmp_path / "b" / "runs")
+    assert whole["status"] == resumed["status"] == "ok"
+    assert resumed["final_params_sha256"] == whole["final_params_sha256"]
+    assert resumed["curve"]["train_loss"] == whole["curve"]["train_loss"]
