@@ -29,6 +29,13 @@ class DivergenceWatch:
                                                f"({self.first_loss:.4g}) for {self.patience} steps")
 
 
+    def replay(self, losses: list[float]) -> None:
+        """Take up a resumed run's watch where it stood: its reference loss and its count of steps above, from the
+        losses of the steps already taken (each of which passed the check)."""
+        for step, loss in enumerate(losses, start=1):
+            self.check(step, loss)
+
+
 def divergence_watch(factor: float, patience: int) -> DivergenceWatch:
     """A checked ``DivergenceWatch`` from the run's ``divergence_factor`` / ``divergence_patience``."""
     if not (factor >= 0 and math.isfinite(factor)):

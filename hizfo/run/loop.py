@@ -150,8 +150,7 @@ class Training:
         if self.checkpoint is not None and self.checkpoint.restore(self.method, self.state, self.meters,
                                                                    self.zo_seeds) and distributed.current().is_main:
             tqdm.write(f"resumed from {self.checkpoint.path} at step {self.state.step}")
-        if self.state.losses:
-            self.options.divergence.first_loss = self.state.losses[0]   # a resumed run keeps its reference loss
+        self.options.divergence.replay(self.state.losses)    # a resumed run keeps its reference loss and count
 
     def _epoch(self, bar: Any) -> bool:
         """The current epoch's remaining batches; True when the planned steps are done within it."""

@@ -257,6 +257,23 @@ def test_a_slowly_rising_loss_is_stopped_by_the_factor_and_patience():
         off.check(2, float("nan"))
 
 
+def test_a_resumed_watch_stops_at_the_step_an_uninterrupted_one_stops():
+    """A run resumed after step k replays its k losses (LoopState.losses) into a fresh watch: it keeps the first
+    loss and the count of steps above, so it stops where the uninterrupted run would (a count restarted at 0 gave
+    a resumed run up to `patience` more steps)."""
+    from hizfo.errors import TrainingDiverged
+    from hizfo.run.divergence import DivergenceWatch
+    losses = [2.0, 3.0, 25.0, 30.0, 21.0, 22.0, 40.0]                  # above 20 from step 3: stops at step 7
+    for k in range(len(losses)):
+        watch = DivergenceWatch(factor=10.0, patience=5)
+        watch.replay(losses[:k])
+        assert watch.first_loss == (losses[0] if k else None)
+        for step in range(k + 1, len(losses)):
+            watch.check(step, losses[step - 1])
+        with pytest.raises(TrainingDiverged, match="step 7 stayed above"):
+            watch.check(7, losses[6])
+
+
 @pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("override,key", [
