@@ -28,7 +28,7 @@ from hizfo.core.device import pick_device, seed_everything
 from hizfo.core.methods import Method, method_traits
 from hizfo.core.models import LoadedModel
 from hizfo.core.precision import check_precision, use_precision
-from hizfo.errors import ConfigError, PeerFailed, one_line
+from hizfo.errors import ConfigError, PeerFailed, TrainingDiverged, one_line
 from hizfo.registry import register_schemas
 from hizfo.run.checkpoint import Checkpointer
 from hizfo.run.checkpoint_files import tensors_sha256
@@ -153,9 +153,9 @@ def _run_in_world(prepared: Prepared, world: distributed.World) -> dict[str, Any
     try:                    # every way out frees the lock (its files go; checkpoints stay for a resume)
         return _locked_run(prepared, checkpointer, world)
     except Exception as exc:            # another rank's failure (loading, training): a note for rank 0's record
-        # (not a ConfigError: every rank meets those alike, and rank 0 reports its own in one line; not PeerFailed:
-        # the rank that failed leaves the note)
-        if not (world.is_main or checkpointer is None or isinstance(exc, (ConfigError, PeerFailed))):
+        # (not a ConfigError or a divergence: every rank meets those alike, from the same all-reduced numbers, and
+        # rank 0 reports its own; not PeerFailed: the rank that failed leaves the note)
+        if not (world.is_main or checkpointer is None or isinstance(exc, (ConfigError, PeerFailed, TrainingDiverged))):
             note_failure(checkpointer.folder, world.rank, exc)
         raise
     finally:
