@@ -89,7 +89,7 @@ def test_a_two_process_run_profiles_on_the_shards_when_asked(tmp_path, method, e
                         "task.options.n_eval=8", "num_threads=1", "logger=none", f"results_dir={tmp_path / 'runs'}",
                         f"hydra.run.dir={tmp_path / 'out'}", *extra])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "(each of 2 processes its" in proc.stderr
+    assert "(each of 2 processes up to " in proc.stderr
     (path,) = (tmp_path / "runs").rglob("seed0.json")
     record = json.loads(path.read_text())
     assert record["status"] == "ok" and record["partition"]["fo_names"]
