@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh --dev) and run the whole test suite: unit tests, then the slow integration tests
 # (the default run end to end, multiruns, checkpoint/resume, a real one-node Slurm, the real SmolLM2 model).
-# Usage: bash scripts/test.sh [pytest args] (the slowest 20 tests are listed at the end). FAST=1 runs the fast tier:
+# Usage: bash scripts/test.sh [pytest args] (the slowest 20 tests are listed at the end, by wall seconds and by CPU
+# seconds: tests/cpu_times.py, robust on a shared box). FAST=1 runs the fast tier:
 # tests/unit without the tests marked slow or distributed (pyproject.toml), under 3 minutes on the 2-core box;
 # run whole (no pytest args), it also fails if a module of hizfo/, baselines/, analysis/ or scripts/ is loaded by
 # no fast test (tests/tier_trace.py; HIZFO_FAST_TRACE=tests/fast_tier.txt rewrites the committed map).

@@ -69,6 +69,8 @@ def read_until(fd: int, marker: bytes, timeout: float) -> bytes:
 
 
 def pytest_configure(config):
+    from tests.cpu_times import CpuTimes
+    config.pluginmanager.register(CpuTimes(), "hizfo-cpu-times")
     # a whole fast-tier run (scripts/test.sh with FAST=1) records which modules its tests load (tests/tier_trace.py)
     if os.environ.get("HIZFO_FAST_TRACE"):
         from tests.tier_trace import ModuleTrace

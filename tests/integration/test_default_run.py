@@ -19,19 +19,19 @@ def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env)
 
 
-def test_default_run_learns_the_toy_task_and_logs_to_wandb(tmp_path):
+def test_default_run_learns_the_toy_task_and_logs_to_wandb(default_run):
+    """The README's default run (tests/integration/conftest.py): it learns, and W&B offline holds every step."""
     from hizfo.run.tracking import read_offline_run
-    proc = _run(f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out")
-    assert proc.returncode == 0, proc.stderr[-3000:]      # its speed is measured in the README, not asserted here
-    (path,) = (tmp_path / "results").rglob("seed0.json")
+    assert default_run.returncode == 0, default_run.output[-3000:]    # its speed is in the README, not asserted
+    (path,) = (default_run.folder / "runs").rglob("seed0.json")
     record = json.loads(path.read_text())
     assert record["status"] == "ok" and record["config"]["method"]["name"] == "hizfo"
     metrics = record["metrics"]
     assert metrics["rouge1"] >= metrics["before_rouge1"] + 20, metrics
-    assert f"record: {path}" in proc.stdout
-    wandb_line = next(line for line in proc.stdout.splitlines() if line.startswith("wandb: "))
+    assert f"record: {path}" in default_run.output
+    wandb_line = next(line for line in default_run.output.splitlines() if line.startswith("wandb: "))
     run_dir = wandb_line.split("wandb: ", 1)[1].strip()
-    assert run_dir.startswith(str(tmp_path / "out"))
+    assert run_dir.startswith(str(default_run.folder / "out"))
     logged = read_offline_run(run_dir)
     losses = [row["train/loss"] for row in logged["history"] if "train/loss" in row]
     assert len(losses) == record["costs"]["steps"]

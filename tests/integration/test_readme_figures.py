@@ -7,45 +7,21 @@ floating-point sums differs, so figures may move a little: ROUGE within 1 point,
 """
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import ROOT
+from tests.integration.conftest import metrics_of, readme_default_run
 
-pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]     # the run: tests/integration/conftest.py
 TOLERANCE = {"exact_match": 3.0, "before_exact_match": 3.0}
 DEFAULT_TOLERANCE = 1.0
 
 
-def metrics_of(line: str) -> dict[str, float]:
-    """``metrics: a=1.00, b=2.00, ...`` -> {a: 1.0, b: 2.0} (a trailing ``...`` is ignored)."""
-    return {k: float(v) for k, v in re.findall(r"([\w@]+)=(-?[\d.]+)", line.split("metrics:", 1)[1])}
-
-
-def readme_default_run() -> tuple[list[str], dict[str, float]]:
-    """The overrides of the README's ``python run.py ...`` default-run command and its quoted metrics."""
-    text = (ROOT / "README.md").read_text()
-    command = re.search(r"ends like this \(`python run\.py([^`]*)`", text)
-    assert command, "README: the default run's command is not quoted as `python run.py ...`"
-    (line,) = [ln for ln in text.splitlines() if ln.startswith("metrics: ")][:1]
-    return command.group(1).split(), metrics_of(line)
-
-
-def test_readme_default_run_metrics_reproduce(tmp_path):
-    overrides, quoted = readme_default_run()
+def test_readme_default_run_metrics_reproduce(default_run):
+    _, quoted = readme_default_run()
     assert {"rouge1", "before_rouge1"} <= set(quoted), quoted
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    env.pop("TQDM_DISABLE", None)                          # the bars on, as a user sees them: metrics on its own line
-    proc = subprocess.run([sys.executable, "run.py", *overrides, "logger=none", f"results_dir={tmp_path}/runs",
-                           f"hydra.run.dir={tmp_path}/out"], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    printed = [ln for ln in proc.stdout.splitlines() if ln.startswith("metrics: ")]
-    assert len(printed) == 1, proc.stdout[-3000:]            # `grep '^metrics'` finds it in a merged log
+    assert default_run.returncode == 0, default_run.output[-3000:]
+    printed = [ln for ln in default_run.output.splitlines() if ln.startswith("metrics: ")]
+    assert len(printed) == 1, default_run.output[-3000:]    # `grep '^metrics'` finds it in a merged log
     measured = metrics_of(printed[0])
     for key, value in quoted.items():
         tolerance = TOLERANCE.get(key, DEFAULT_TOLERANCE)
