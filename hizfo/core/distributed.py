@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -73,6 +74,18 @@ def launched_rank() -> int:
         return int(os.environ.get("RANK") or slurm_rendezvous().get("RANK", "0"))
     except ValueError:
         return 0
+
+
+REPORT_WAIT_S = 10.0
+
+
+def wait_while_rank_0_reports() -> None:
+    """A rank other than 0 stopping on an error that rank 0 reports (a bad config: every rank finds it alike)
+    waits before it exits: torchrun stops every other rank once one exits, and rank 0 may not have printed its
+    line yet (a two-process test lost it now and then on a busy box). Rank 0's exit ends the wait (torchrun's
+    SIGTERM); without torchrun (srun) the rank exits after ``REPORT_WAIT_S``."""
+    if launched_world_size() > 1 and launched_rank() != 0:
+        time.sleep(REPORT_WAIT_S)
 
 
 def launched_world_size() -> int:

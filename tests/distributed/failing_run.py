@@ -1,8 +1,8 @@
 """``run.py`` with one rank made to fail: the rank named by HIZFO_TEST_FAIL_RANK raises ValueError before the step
 numbered HIZFO_TEST_FAIL_STEP (a bug, a bad batch, an out-of-memory on that rank alone); or, with
 HIZFO_TEST_SIGNAL_RANK, that rank sends itself SIGTERM as its evaluation starts (a preemption of one rank after
-training); or, with HIZFO_TEST_FULL_DISK_RANK, that rank's disk is full when it writes its part of a checkpoint.
-For the tests only.
+training); or, with HIZFO_TEST_FULL_DISK_RANK, that rank's disk is full when it writes its part of a checkpoint;
+or, with HIZFO_TEST_SLOW_RANK, that rank takes 3 s longer over its config checks. For the tests only.
 
     torchrun --nproc_per_node 2 tests/distributed/failing_run.py <run.py's arguments>
 """
@@ -13,14 +13,16 @@ import os
 import runpy
 import signal
 import sys
+import time
 from pathlib import Path
 
-from hizfo.run import checkpoint, loop
+from hizfo.run import checkpoint, loop, session
 
 ROOT = Path(__file__).resolve().parents[2]
 _step = loop.Training._step
 _evaluate = loop.evaluate
 _write_shards = checkpoint.write_shards
+_check_world = session.check_world
 
 
 def _is_rank(variable: str) -> bool:
@@ -47,7 +49,14 @@ def full_disk_shards(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+def slow_check_world(*args: object, **kwargs: object) -> str:
+    if _is_rank("HIZFO_TEST_SLOW_RANK"):
+        time.sleep(3)
+    return _check_world(*args, **kwargs)
+
+
 if __name__ == "__main__":
+    session.check_world = slow_check_world                 # type: ignore[assignment]
     loop.Training._step = failing_step                     # type: ignore[method-assign]
     loop.evaluate = signalled_evaluate                     # type: ignore[assignment]
     checkpoint.write_shards = full_disk_shards             # type: ignore[assignment]

@@ -72,6 +72,21 @@ def test_a_full_disk_on_rank_1_at_a_checkpoint_leaves_a_failed_record_naming_it(
     assert not [name for name in folders if name.startswith((".tmp", "step-"))], folders
 
 
+def test_a_bad_config_is_said_by_rank_0_even_when_rank_1_finds_it_first(tmp_path):
+    """Every rank finds a bad config alike and only rank 0 says it; rank 1, done first, used to exit at once, and
+    torchrun then stopped rank 0 before its line (lost now and then on a busy box; always with rank 0 3 s slower).
+    Rank 1 now waits while rank 0 reports."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "tests/distributed/failing_run.py", "task.batch_size=3", "method.max_steps=2", "logger=none",
+           "num_threads=1", f"results_dir={tmp_path / 'runs'}", f"hydra.run.dir={tmp_path / 'out'}"]
+    env = {**ENV, "HIZFO_TEST_SLOW_RANK": "0", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "task.batch_size: the global batch 3 does not split over 2 processes" in errors[0], \
+        proc.stderr[-3000:]
+
+
 def test_a_rank_preempted_during_evaluation_is_named_and_the_relaunch_ends_ok(tmp_path):
     """Two processes started as srun starts a multi-node step (Slurm's variables, no torchrun to stop the others):
     rank 1 gets SIGTERM as evaluation starts and stops at once; rank 0 fails in its next collective, and its
