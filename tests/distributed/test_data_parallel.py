@@ -81,6 +81,7 @@ def test_two_processes_take_the_same_steps_as_one(runs, name):
     (one, p1), (two, p2) = load(runs, name, 1), load(runs, name, 2)
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert two["zo_seeds"] == one["zo_seeds"]
+    assert two["checkpoints"] == one["checkpoints"] == [f"step-{len(one['losses']):08d}"]   # each wrote its end
     assert two["fo_names"] == one["fo_names"] and two["selections"] == one["selections"]   # the same selections
     # the global batch's mean token loss, up to fp32 forward noise: each rank pads its own slice (other matmul
     # shapes) and the ranks' sums add in another order (measured: at most 1e-6 relative; bf16-mixed 1.3e-7). With
@@ -106,10 +107,17 @@ def test_two_processes_take_the_same_steps_as_one(runs, name):
     # bf16 weights: an ulp flip is a fair share of a 4-step update (measured: Full FT 0.022, MeZO 0.019, Hi-ZFO
     # 0.004, GreenTrainer 0.050); a rank stepping on its own slice alone would part them by the update's order
     assert mean_gap / mean_update < (0.1 if bf16_weights else 2e-2), (mean_gap, mean_update)
-    assert two["metrics"] == one["metrics"]
-    # bf16 weights an ulp apart may pick another token somewhere (measured: MeZO's 6 steps, one prediction of 8
-    # differs, the metrics do not); fp32 weights decode alike
-    assert bf16_weights or two["predictions"] == one["predictions"]
+    # bf16 weights an ulp apart may pick another token somewhere, and where depends on the CPU (measured: on an
+    # emulated-bf16 Zen 3, MeZO's 6 steps, one prediction of 8 differed and no metric; on a Zen 4 with
+    # AVX512-BF16, MeZO 4 of 8 (repetitive text either way, every metric equal) and Full FT 1 of 8, ROUGE-1 39.05
+    # against 40.71). So there each metric may move only by what the differing predictions can move it (a
+    # per-example score of 0 to 100, averaged): a prediction scored against another example's reference would
+    # break that. fp32 weights decode alike
+    n = len(one["predictions"])
+    differ = sum(a != b for a, b in zip(one["predictions"], two["predictions"]))
+    assert len(two["predictions"]) == n and (bf16_weights or differ == 0), (differ, two["predictions"])
+    assert all(abs(two["metrics"][k] - v) <= 100 * differ / n + 1e-9 for k, v in one["metrics"].items()), \
+        (differ, one["metrics"], two["metrics"])
 
 
 @pytest.mark.subprocess

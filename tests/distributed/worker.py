@@ -32,17 +32,28 @@ def local_bytes(method: Any) -> dict[str, int]:
 
 def one_run(out: Path, overrides: list[str]) -> None:
     from hizfo.core import distributed
+    from hizfo.run.checkpoint import Checkpointer
     from hizfo.run.loop import LoopOptions, train_and_evaluate
     from hizfo.run.meters import Meters
     from hizfo.run.session import RunInputs, compose, load, prepare
 
+    overrides = [*overrides, f"results_dir={out / 'runs'}"]            # the checkpoints' folder: beside the results
     cfg = compose(overrides)
     prepared = prepare(cfg, RunInputs(overrides=tuple(overrides)))
     world = distributed.init(prepared.backend)
     device = torch.device("cpu")
     loaded, _ = load(cfg, prepared.method, prepared.task, device)
-    result = train_and_evaluate(prepared.method, cfg.method, loaded, prepared.task,
-                                LoopOptions.from_run_config(cfg, device), Meters())
+    # as run.py: the end-of-training checkpoint (every_steps past the run's end: that one only, at any world size),
+    # which asks the method for its state_dict() with the model sharded
+    checkpointer = Checkpointer.for_run(prepared.spec, every_steps=10**6, world=world)
+    try:
+        result = train_and_evaluate(prepared.method, cfg.method, loaded, prepared.task,
+                                    LoopOptions.from_run_config(cfg, device), Meters(), checkpoint=checkpointer)
+        saved = [p.name for p in checkpointer.checkpoints()]
+        if world.is_main:
+            checkpointer.discard()
+    finally:
+        checkpointer.close()
     memory: list[Any] = [None] * world.size
     mine = local_bytes(prepared.method)
     if world.size > 1:
@@ -57,7 +68,7 @@ def one_run(out: Path, overrides: list[str]) -> None:
             "world_size": world.size, "losses": result.losses, "zo_seeds": result.zo_seeds,
             "metrics": result.metrics, "predictions": result.predictions, "history": result.history,
             "rank_bytes": memory, "fo_names": result.summary.partition.get("fo_names"),
-            "selections": result.summary.details.get("selections")}))
+            "selections": result.summary.details.get("selections"), "checkpoints": saved}))
 
 
 def main(out: Path, runs: dict[str, list[str]]) -> None:
