@@ -82,6 +82,7 @@ def test_two_processes_take_the_same_steps_as_one(runs, name):
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert two["zo_seeds"] == one["zo_seeds"]
     assert two["checkpoints"] == one["checkpoints"] == [f"step-{len(one['losses']):08d}"]   # each wrote its end
+    assert one["restored_exactly"] and two["restored_exactly"]        # and read it back into the trained method
     assert two["fo_names"] == one["fo_names"] and two["selections"] == one["selections"]   # the same selections
     # the global batch's mean token loss, up to fp32 forward noise: each rank pads its own slice (other matmul
     # shapes) and the ranks' sums add in another order (measured: at most 1e-6 relative; bf16-mixed 1.3e-7). With

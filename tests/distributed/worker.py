@@ -33,7 +33,7 @@ def local_bytes(method: Any) -> dict[str, int]:
 def one_run(out: Path, overrides: list[str]) -> None:
     from hizfo.core import distributed
     from hizfo.run.checkpoint import Checkpointer
-    from hizfo.run.loop import LoopOptions, train_and_evaluate
+    from hizfo.run.loop import LoopOptions, LoopState, train_and_evaluate
     from hizfo.run.meters import Meters
     from hizfo.run.session import RunInputs, compose, load, prepare
 
@@ -50,6 +50,17 @@ def one_run(out: Path, overrides: list[str]) -> None:
         result = train_and_evaluate(prepared.method, cfg.method, loaded, prepared.task,
                                     LoopOptions.from_run_config(cfg, device), Meters(), checkpoint=checkpointer)
         saved = [p.name for p in checkpointer.checkpoints()]
+        # and loads it back, as a resume does, into the method, its weights zeroed first: they must come back bit
+        # for bit
+        model = prepared.method.eval_model()
+        trained = {name: t.clone() for name, t in distributed.whole_parameters(model)}
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+        restored = checkpointer.restore(prepared.method, LoopState(), Meters(), None)
+        back = distributed.full_parameters(prepared.method.eval_model())
+        restored_exactly = restored and trained.keys() == back.keys() and all(
+            torch.equal(trained[name], back[name]) for name in trained)
         if world.is_main:
             checkpointer.discard()
     finally:
@@ -68,7 +79,8 @@ def one_run(out: Path, overrides: list[str]) -> None:
             "world_size": world.size, "losses": result.losses, "zo_seeds": result.zo_seeds,
             "metrics": result.metrics, "predictions": result.predictions, "history": result.history,
             "rank_bytes": memory, "fo_names": result.summary.partition.get("fo_names"),
-            "selections": result.summary.details.get("selections"), "checkpoints": saved}))
+            "selections": result.summary.details.get("selections"), "checkpoints": saved,
+            "restored_exactly": restored_exactly}))
 
 
 def main(out: Path, runs: dict[str, list[str]]) -> None:
