@@ -85,8 +85,7 @@ def partition_model(model: nn.Module, batch: Batch, rho: float, lr: float, weigh
     # an FSDP2-sharded model (several processes): each rank profiles its rows on its shards (hizfo/core/profiling.py)
     sharded = any(isinstance(p, DTensor) for _, p in named)
     world = distributed.current()
-    split = (f" (each of {world.size} processes up to {len(distributed.rank_slice(range(batch_size), world))} "
-             f"rows)" if sharded else "")
+    split = f" (each of {world.size} processes up to {-(-batch_size // world.size)} rows)" if sharded else ""
     progress(f"profiling: importance of {len(order)} tensors (eq. 7) on one batch of {batch_size} x {seq_len} "
              f"tokens{split} (2 forward + 2 backward passes) ...")
     device = next(iter(by_name.values())).device
