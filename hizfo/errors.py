@@ -13,7 +13,8 @@ class ConfigError(ValueError):
 
 class PeerFailed(RuntimeError):
     """Another rank failed a step every rank takes (writing its part of a checkpoint): this rank stops too. Rank 0
-    leaves a failed record naming that rank's error; the failed rank's own note adds its traceback."""
+    leaves a failed record naming that rank's error, and the failed rank's note (hizfo/run/rank_failures.py) adds
+    its traceback where it could be written."""
 
 
 class TrainingDiverged(RuntimeError):

@@ -33,11 +33,13 @@ from types import FrameType
 from typing import Any, Optional
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from hizfo.core import distributed
 from hizfo.core.distributed import World
 from hizfo.errors import ConfigError
-from hizfo.run.checkpoint_dist import check_readable, is_distributed, read_distributed, write_shards, write_state
+from hizfo.run.checkpoint_dist import (check_readable, is_distributed, own_failure, read_distributed, write_shards,
+                                       write_state)
 from hizfo.run.checkpoint_files import (MANIFEST, TMP_PREFIX, Parsed, apply_checkpoint, fsync_dir, parse_checkpoint,
                                         verify_checkpoint, write_checkpoint)
 from hizfo.run.locks import RunLock
@@ -272,6 +274,8 @@ class Checkpointer:
         error = None
         try:
             write_shards(tmp, method, meters, zo_seeds, self.world)
+        except CheckpointException as exc:              # a rank's failure in DCP's own write, handed to every rank
+            error = own_failure(exc, self.world.rank)
         except Exception as exc:                        # noqa: BLE001 (every rank hears of it below)
             error = exc
         try:

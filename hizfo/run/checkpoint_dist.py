@@ -27,10 +27,11 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from hizfo.core.distributed import World
 from hizfo.core.precision import MasterWeights
-from hizfo.errors import ConfigError
+from hizfo.errors import ConfigError, one_line
 from hizfo.run.checkpoint_files import (FORMAT_VERSION, capture_rng, checked_state, fsync_dir, manifest_files,
                                         restore_loop, restore_rng, unique_parameters, write_manifest)
 
@@ -133,6 +134,17 @@ def join_keys(skeleton: Any) -> list[str]:
     return []
 
 
+def own_failure(exc: CheckpointException, rank: int) -> Optional[Exception]:
+    """DCP hands one rank's failure to every rank, as ``CheckpointException`` (a BaseException, which no
+    ``except Exception`` sees): this rank's own exception where it is the one that failed, else None (the rank that
+    failed then names itself to the others: ``distributed.agree_all``)."""
+    own = exc.failures.get(rank)
+    if own is None:
+        return None
+    error = own[0]
+    return error if isinstance(error, Exception) else RuntimeError(one_line(error))
+
+
 def write_shards(folder: Path, method: Any, meters: Any, zo_seeds: Optional[torch.Generator], world: World) -> None:
     """This rank's part of a checkpoint in ``folder`` (a temp directory rank 0 made): its DCP shard of the model's
     unique parameters and of the method's tensors (a collective: every rank calls it), then its RNG states and
@@ -217,7 +229,11 @@ def read_distributed(path: Path, method: Any, state: Any, meters: Any, zo_seeds:
         raise ConfigError(f"checkpoint: {path} holds method state this run has no place for ({missing[:3]})")
     states = {"model": unique_parameters(method.eval_model()), "method": {key: live[key] for key in wanted}}
     check_shapes(path, states["method"], info["world_size"], world)
-    dcp.load(states, checkpoint_id=path / DCP_DIR)
+    try:
+        dcp.load(states, checkpoint_id=path / DCP_DIR)
+    except CheckpointException as exc:                    # every rank gets it: each fails alike, rank 0 records
+        rank, (error, _) = next(iter(sorted(exc.failures.items(), key=lambda kv: kv[0])))
+        raise RuntimeError(f"checkpoint: {path}: rank {rank} could not read it: {one_line(error)}") from None
     method.load_state_dict(join_tensors(skeleton, states["method"]))
     rank = world.rank if info.get("world_size") == world.size else 0
     own = torch.load(path / f"rank-{rank}.pt", map_location="cpu", weights_only=True)

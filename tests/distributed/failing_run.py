@@ -1,8 +1,9 @@
 """``run.py`` with one rank made to fail: the rank named by HIZFO_TEST_FAIL_RANK raises ValueError before the step
 numbered HIZFO_TEST_FAIL_STEP (a bug, a bad batch, an out-of-memory on that rank alone); or, with
 HIZFO_TEST_SIGNAL_RANK, that rank sends itself SIGTERM as its evaluation starts (a preemption of one rank after
-training); or, with HIZFO_TEST_FULL_DISK_RANK, that rank's disk is full when it writes its part of a checkpoint;
-or, with HIZFO_TEST_SLOW_RANK, that rank takes 3 s longer over its config checks. For the tests only.
+training); or, with HIZFO_TEST_FULL_DISK_RANK, that rank's disk is full when it writes its part of a checkpoint
+(HIZFO_TEST_FULL_DISK_AT: ``shard``, in DCP's own write of its shard, or ``rng``, its RNG states after it); or,
+with HIZFO_TEST_SLOW_RANK, that rank takes 3 s longer over its config checks. For the tests only.
 
     torchrun --nproc_per_node 2 tests/distributed/failing_run.py <run.py's arguments>
 """
@@ -15,6 +16,8 @@ import signal
 import sys
 import time
 from pathlib import Path
+
+from torch.distributed.checkpoint import FileSystemWriter
 
 from hizfo.run import checkpoint, loop, session
 
@@ -43,10 +46,23 @@ def signalled_evaluate(*args: object, **kwargs: object) -> object:
     return _evaluate(*args, **kwargs)
 
 
+_write_data = FileSystemWriter.write_data
+
+
+def full_disk() -> bool:
+    return _is_rank("HIZFO_TEST_FULL_DISK_RANK")
+
+
 def full_disk_shards(*args: object, **kwargs: object) -> None:
     _write_shards(*args, **kwargs)
-    if _is_rank("HIZFO_TEST_FULL_DISK_RANK"):
+    if full_disk() and os.environ.get("HIZFO_TEST_FULL_DISK_AT") == "rng":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def full_disk_write_data(*args: object, **kwargs: object) -> object:
+    if full_disk() and os.environ.get("HIZFO_TEST_FULL_DISK_AT") == "shard":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return _write_data(*args, **kwargs)
 
 
 def slow_check_world(*args: object, **kwargs: object) -> str:
@@ -60,5 +76,6 @@ if __name__ == "__main__":
     loop.Training._step = failing_step                     # type: ignore[method-assign]
     loop.evaluate = signalled_evaluate                     # type: ignore[assignment]
     checkpoint.write_shards = full_disk_shards             # type: ignore[assignment]
+    FileSystemWriter.write_data = full_disk_write_data     # type: ignore[method-assign]
     sys.argv = [str(ROOT / "run.py"), *sys.argv[1:]]
     runpy.run_path(str(ROOT / "run.py"), run_name="__main__")

@@ -49,13 +49,16 @@ def test_a_failure_on_rank_1_is_the_cause_in_rank_0s_record(tmp_path):
     assert not list((tmp_path / "checkpoints").rglob("rank-*.failed")), "rank 0 left the notes it read"
 
 
-def test_a_full_disk_on_rank_1_at_a_checkpoint_leaves_a_failed_record_naming_it(tmp_path):
-    """Rank 1 cannot write its part of the step-3 checkpoint (ENOSPC): every rank stops; rank 0's failed record
-    names rank 1's error (it was a ConfigError with no record before), and no half-written folder is left."""
+@pytest.mark.parametrize("where", ["shard", "rng"])
+def test_a_full_disk_on_rank_1_at_a_checkpoint_leaves_a_failed_record_naming_it(tmp_path, where):
+    """Rank 1 cannot write its part of the step-3 checkpoint (ENOSPC), in DCP's write of its shard or in its RNG
+    states after it: every rank stops; rank 0's failed record names rank 1's error, and no half-written folder is
+    left. (Before: DCP's failure, a BaseException, escaped every handler, a traceback on each rank and no record;
+    the other, a ConfigError, one line and no record.)"""
     results = tmp_path / "runs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "tests/distributed/failing_run.py", *ARGS, f"results_dir={results}", f"hydra.run.dir={tmp_path / 'out'}"]
-    env = {**ENV, "HIZFO_TEST_FULL_DISK_RANK": "1", "PYTHONPATH": str(ROOT)}
+    env = {**ENV, "HIZFO_TEST_FULL_DISK_RANK": "1", "HIZFO_TEST_FULL_DISK_AT": where, "PYTHONPATH": str(ROOT)}
     launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _, err = launcher.communicate(timeout=300)
