@@ -46,6 +46,9 @@ class PeftAdapterMethod:
 
     config_class: type = MethodConfig
     data_parallel = True        # FSDP2: each rank its slice of the global batch, its shard of every tensor
+    # peft's state-dict helper works on FSDP2 shards: LoRA's reads the adapter weights; Prefix-Tuning's runs the
+    # prompt encoder, which fails on a shard
+    adapter_state_on_shards = True
 
     def __init__(self, **cfg: Any) -> None:
         self.cfg = build_config(self.config_class, cfg)        # checks the values (the schema's __post_init__)
@@ -89,11 +92,11 @@ class PeftAdapterMethod:
         return self.trainer.lr()
 
     def state_dict(self) -> dict[str, Any]:
-        # one process: the adapter weights also travel with the optimizer state (a prefix encoder lives outside
-        # loaded.model). Several: they are parameters of eval_model(), which the checkpoint's DCP files hold
-        # sharded, and peft's helper would run a prefix encoder on its FSDP2 shard (a DTensor) and fail
+        # the adapter weights also travel with the optimizer state (a prefix encoder lives outside loaded.model);
+        # several processes, where peft's helper cannot read them from the shards (adapter_state_on_shards): they
+        # are parameters of eval_model(), which the checkpoint's DCP files hold sharded anyway
         from peft import get_peft_model_state_dict
-        if current().size > 1:
+        if current().size > 1 and not self.adapter_state_on_shards:
             return self.trainer.state_dict()
         return {**self.trainer.state_dict(),
                 "adapter": {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft_model).items()}}

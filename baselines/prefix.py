@@ -30,6 +30,7 @@ class PrefixTuning(PeftAdapterMethod):
     """Prefix key/values trained with AdamW; the backbone is frozen."""
 
     config_class = PrefixConfig
+    adapter_state_on_shards = False     # peft runs the prompt encoder to save it: on an FSDP2 shard, it fails
 
     @property
     def reserved_positions(self) -> int:
