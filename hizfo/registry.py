@@ -262,7 +262,7 @@ def hub_sources() -> dict[str, dict[str, Any]]:
     return found
 
 
-_REGISTERED: Optional[tuple[Any, ...]] = None      # what register_schemas stored last, in this process
+_STORED = "_hizfo_schemas"          # register_schemas' note on the ConfigStore of what it stored there
 
 
 def register_schemas() -> None:
@@ -271,13 +271,11 @@ def register_schemas() -> None:
     (``hub_sources``) and each task's evaluation protocols as ``/task_protocols/<task>`` (hizfo.config
     TASK_PROTOCOLS). Safe to call more than once: a second call with the same schemas and task yamls stores nothing
     (a compose calls it, and storing took about a third of a compose's time)."""
-    global _REGISTERED
     from hydra.core.config_store import ConfigStore
     cs = ConfigStore.instance()
-    key = (id(cs), tuple((name, id(schema)) for name, schema in METHODS.items()),
-           tuple((name, id(protocols)) for name, protocols in TASK_PROTOCOLS.items()),
+    key = (tuple(METHODS.items()), repr(TASK_PROTOCOLS),
            tuple((path.name, path.stat().st_mtime_ns) for path in sorted(TASK_CONF.glob("*.yaml"))))
-    if key == _REGISTERED:
+    if getattr(cs, _STORED, None) == key:         # on the store itself: a new ConfigStore has none
         return
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
@@ -289,4 +287,4 @@ def register_schemas() -> None:
         cs.store(group="task_hub", name=name, node=sources)
     for name, protocols in TASK_PROTOCOLS.items():
         cs.store(group="task_protocols", name=name, node={p: c.as_config() for p, c in protocols.items()})
-    _REGISTERED = key
+    setattr(cs, _STORED, key)

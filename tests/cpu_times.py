@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from typing import Generator
 
 import pytest
 
@@ -28,12 +29,12 @@ class CpuTimes:
         self.spent: dict[str, float] = {}
 
     @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: object):
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: object) -> Generator[None, None, None]:
         before = cpu_seconds()
         yield
         self.spent[item.nodeid] = cpu_seconds() - before
 
-    def pytest_terminal_summary(self, terminalreporter: object) -> None:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self.spent:
             return
         folders: dict[str, float] = defaultdict(float)

@@ -76,7 +76,7 @@ def launched_rank() -> int:
         return 0
 
 
-REPORT_WAIT_S = 10.0
+REPORT_WAIT_S = 20.0
 
 
 def wait_while_rank_0_reports() -> None:

@@ -28,11 +28,10 @@ class DivergenceWatch:
             raise TrainingDiverged(step, loss, f"stayed above {self.factor:g} x the first loss "
                                                f"({self.first_loss:.4g}) for {self.patience} steps")
 
-
     def replay(self, losses: list[float]) -> None:
         """Take up a resumed run's watch where it stood: its reference loss and its count of steps above, from the
         losses of the steps already taken (each of which passed the check)."""
-        for step, loss in enumerate(losses, start=1):
+        for step, loss in enumerate(losses):            # numbered as the loop numbers them (from 0)
             self.check(step, loss)
 
 

@@ -117,6 +117,7 @@ def test_two_processes_take_the_same_steps_as_one(runs, name):
     n = len(one["predictions"])
     differ = sum(a != b for a, b in zip(one["predictions"], two["predictions"]))
     assert len(two["predictions"]) == n and (bf16_weights or differ == 0), (differ, two["predictions"])
+    assert two["metrics"].keys() == one["metrics"].keys()
     assert all(abs(two["metrics"][k] - v) <= 100 * differ / n + 1e-9 for k, v in one["metrics"].items()), \
         (differ, one["metrics"], two["metrics"])
 
@@ -147,6 +148,7 @@ def test_each_rank_holds_its_share(runs, name, most):
 @pytest.mark.parametrize("overrides, says", [
     (["method=mezo", "task.batch_size=3"], "task.batch_size: the global batch 3 does not split over 2 processes"),
     (["method=mezo", "backend=nccl"], "backend: nccl needs CUDA"),
+    (["method=bogus"], "method=bogus"),                                   # Hydra's composition error
 ])
 def test_bad_input_under_torchrun_is_one_line_from_rank_0(tmp_path, overrides, says):
     proc = torchrun(2, ["run.py", "method.max_steps=2", "logger=none", "num_threads=1",

@@ -66,7 +66,7 @@ def test_cpu_smoke_runs_the_matrix_and_reports_the_injected_failure(tmp_path):
     assert summary == report["summary"]
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert "| full_ft/fp32+injected (injected) | failed |" in markdown and summary in markdown
-    assert seconds < 150, seconds                    # a budget: 51-56 s of wall-clock on the shared 2-core box
+    assert seconds < 150, seconds                    # a budget (measured: 29.6 s of CPU, Zen 4, AVX512-BF16)
 
 
 @pytest.mark.subprocess
