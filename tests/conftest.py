@@ -48,6 +48,13 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """The README's default run, once per session (tests/readme_run.py)."""
+    from tests.readme_run import run_default
+    return run_default(tmp_path_factory.mktemp("default_run"))
+
+
 def read_until(fd: int, marker: bytes, timeout: float) -> bytes:
     """Bytes from a pipe until ``marker`` shows up (a progress bar ends no line, so no readline)."""
     seen = b""

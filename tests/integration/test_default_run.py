@@ -20,7 +20,7 @@ def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def test_default_run_learns_the_toy_task_and_logs_to_wandb(default_run):
-    """The README's default run (tests/integration/conftest.py): it learns, and W&B offline holds every step."""
+    """The README's default run (tests/readme_run.py): it learns, and W&B offline holds every step."""
     from hizfo.run.tracking import read_offline_run
     assert default_run.returncode == 0, default_run.output[-3000:]    # its speed is in the README, not asserted
     (path,) = (default_run.folder / "runs").rglob("seed0.json")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import metrics_of, readme_default_run
+from tests.readme_run import metrics_of, readme_default_run
 
-pytestmark = [pytest.mark.slow, pytest.mark.subprocess]     # the run: tests/integration/conftest.py
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]     # the run: tests/readme_run.py
 TOLERANCE = {"exact_match": 3.0, "before_exact_match": 3.0}
 DEFAULT_TOLERANCE = 1.0
 

@@ -1,6 +1,8 @@
-"""The README's default run, run once for the tests that read it (tests/integration/test_readme_figures.py: the
-figures the README quotes; test_default_run.py: the record and what W&B logged). It runs as a user's does: the
-README's command, W&B offline (the default logger), progress bars on, stdout and stderr in one stream."""
+"""The README's default run, run once (the ``default_run`` fixture, tests/conftest.py) for the tests that read it
+(tests/integration/test_readme_figures.py: the figures the README quotes; test_default_run.py: the record and what
+W&B logged). It runs as a user's does: the README's command, W&B offline (the default logger), progress bars on,
+stdout and stderr in one stream. Not a conftest.py: a second module named ``conftest`` would shadow the one the
+unit tests import from."""
 from __future__ import annotations
 
 import os
@@ -9,8 +11,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import ROOT
 
@@ -36,9 +36,7 @@ class DefaultRun:
     folder: Path            # results_dir is folder/runs, Hydra's run folder (W&B's files) folder/out
 
 
-@pytest.fixture(scope="session")
-def default_run(tmp_path_factory: pytest.TempPathFactory) -> DefaultRun:
-    folder = tmp_path_factory.mktemp("default_run")
+def run_default(folder: Path) -> DefaultRun:
     overrides, _ = readme_default_run()
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     env.pop("TQDM_DISABLE", None)                          # the bars on, as a user sees them
