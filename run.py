@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hizfo.run.cli import call_main, config_error_in
 from hizfo.run.runspec import derive_variant  # noqa: F401  (re-exported: the variant of a command line)
-from hizfo.core.distributed import launched_rank, wait_while_rank_0_reports
+from hizfo.core.distributed import say_from_rank_0
 from hizfo.registry import register_schemas
 from hizfo.run.session import VERSION_BASE, RunInputs, run
 
@@ -39,9 +39,7 @@ def main(cfg: DictConfig) -> None:
     except Exception as exc:
         config_error = config_error_in(exc)
         if config_error is not None:
-            if launched_rank() == 0:                          # under torchrun: one line, from rank 0
-                print(f"error: {config_error}", file=sys.stderr)
-            wait_while_rank_0_reports()
+            say_from_rank_0(f"error: {config_error}")          # under torchrun: one line, from rank 0
             exc.reported = True                               # call_main prints nothing more
         elif not getattr(exc, "reported", False):
             traceback.print_exc()

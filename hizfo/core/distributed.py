@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,12 +80,14 @@ def launched_rank() -> int:
 REPORT_WAIT_S = 20.0
 
 
-def wait_while_rank_0_reports() -> None:
-    """A rank other than 0 stopping on an error that rank 0 reports (a bad config: every rank finds it alike)
-    waits before it exits: torchrun stops every other rank once one exits, and rank 0 may not have printed its
-    line yet (a two-process test lost it now and then on a busy box). Rank 0's exit ends the wait (torchrun's
-    SIGTERM); without torchrun (srun) the rank exits after ``REPORT_WAIT_S``."""
-    if launched_world_size() > 1 and launched_rank() != 0:
+def say_from_rank_0(line: str) -> None:
+    """An error every rank finds alike (a bad config), said once: rank 0 prints ``line``; any other rank waits
+    before it exits, since torchrun stops every other rank once one exits and rank 0 may not have printed yet (a
+    two-process test lost the line now and then on a busy box). Rank 0's exit ends the wait (torchrun's SIGTERM);
+    without torchrun (srun) the rank exits after ``REPORT_WAIT_S``."""
+    if launched_rank() == 0:
+        print(line, file=sys.stderr, flush=True)
+    elif launched_world_size() > 1:
         time.sleep(REPORT_WAIT_S)
 
 

@@ -142,10 +142,8 @@ def _call(main: Callable[[], None]) -> int:
             raise
         line = composition_error_line(exc)
         if line is not None:                               # every rank of a torchrun launch finds it alike
-            from hizfo.core.distributed import launched_rank, wait_while_rank_0_reports
-            if launched_rank() == 0:
-                print(f"error: {line}", file=sys.stderr)
-            wait_while_rank_0_reports()
+            from hizfo.core.distributed import say_from_rank_0
+            say_from_rank_0(f"error: {line}")
             return 2
         config_error = config_error_in(exc)
         from hizfo.run.sweep_summary import sweep_active
