@@ -3,7 +3,9 @@ a 2-process run killed mid-epoch resumes bit-exact; one process resumes a 2-proc
 record of an N-process run is rank 0's alone and has the one-process run's config hash.
 
 Hi-ZFO exercises every kind of state at once: Θ_FO sharded by FSDP2 with its AdamW moments, Θ_ZO replicated, the
-profiling's selection, the ZO seed generator."""
+profiling's selection, the ZO seed generator. Every other method's checkpoint at 1 and 2 processes (Prefix-Tuning's
+sharded prefix encoder, which once failed its end-of-training checkpoint, among them) is written and read back into
+zeroed weights and zeroed optimizer state, bit for bit, by tests/distributed/worker.py."""
 from __future__ import annotations
 
 import json
@@ -146,7 +148,7 @@ def test_a_signal_to_one_rank_stops_every_rank_after_one_checkpoint(tmp_path):
     results = tmp_path / "runs"
     # long enough that the signal, sent once step 3's checkpoint exists, comes many steps before the end (a step is
     # ~0.1 s here); short enough that the relaunch, which trains the rest, stays cheap
-    long = [a if not a.startswith("method.max_steps=") else "method.max_steps=100" for a in ARGS]
+    long = [a if not a.startswith("method.max_steps=") else "method.max_steps=40" for a in ARGS]
     proc = launch(2, results, args=long)
     deadline = time.monotonic() + 240
     while not list((tmp_path / "checkpoints").rglob("manifest.json")):
@@ -163,18 +165,3 @@ def test_a_signal_to_one_rank_stops_every_rank_after_one_checkpoint(tmp_path):
     assert saved["reason"] == "SIGTERM" and saved["world_size"] == 2
     said = "".join(finish(launch(2, results, args=long)))
     assert f"at step {saved['step']}\n" in said and record(results)["status"] == "ok"
-
-
-def test_prefix_tuning_under_two_processes_resumes_bit_exact(tmp_path):
-    """peft's prefix encoder is FSDP2-sharded like the rest: the checkpoint holds it through DCP (peft's own
-    state-dict helper would run the encoder on its shard and fail, as every 2-process prefix run once did at its
-    end-of-training checkpoint), and a run killed after its first checkpoint resumes to the uninterrupted weights."""
-    args = ["method=prefix", *(a for a in ARGS if a != "method=hizfo")]
-    finish(launch(2, tmp_path / "a" / "runs", args=args))
-    killed = launch(2, tmp_path / "b" / "runs", args=args)
-    kill_after_first_checkpoint(killed, tmp_path / "b" / "checkpoints")
-    assert "resumed from " in "".join(finish(launch(2, tmp_path / "b" / "runs", args=args)))
-    whole, resumed = record(tmp_path / "a" / "runs"), record(tmp_path / "b" / "runs")
-    assert whole["status"] == resumed["status"] == "ok"
-    assert resumed["final_params_sha256"] == whole["final_params_sha256"]
-    assert resumed["curve"]["train_loss"] == whole["curve"]["train_loss"]

@@ -30,6 +30,37 @@ def local_bytes(method: Any) -> dict[str, int]:
     return {"params": size(params), "grads": size(trained), "optimizer": size(local(t) for t in state)}
 
 
+def method_state(method: Any) -> dict[str, torch.Tensor]:
+    """This rank's part of every tensor of ``method.state_dict()`` (what a checkpoint holds besides weights)."""
+    from hizfo.core.distributed import local
+    from hizfo.run.checkpoint_dist import split_tensors
+    return {key: local(t).clone() for key, t in split_tensors(method.state_dict())[1].items()}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def zero_method_state(method: Any) -> dict[str, torch.Tensor]:
+    """The method's state tensors as they are, then every one of them zeroed through ``load_state_dict``; refuses
+    a state that zeroing left as it was (the comparison after the restore would prove nothing)."""
+    from hizfo.run.checkpoint_dist import join_tensors, split_tensors
+    before = method_state(method)
+    skeleton, tensors = split_tensors(method.state_dict())
+    method.load_state_dict(join_tensors(skeleton, {k: torch.zeros_like(t) for k, t in tensors.items()}))
+    assert not any(t.any() for t in method_state(method).values()), "the method's state did not take the zeros"
+    return before
+
+
+def all_ranks(flag: bool) -> bool:
+    """``flag`` on every rank (one process: itself)."""
+    if not torch.distributed.is_initialized():
+        return flag
+    both = torch.tensor([int(flag)])
+    torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MIN)
+    return bool(both.item())
+
+
 def one_run(out: Path, overrides: list[str]) -> None:
     from hizfo.core import distributed
     from hizfo.run.checkpoint import Checkpointer
@@ -50,17 +81,17 @@ def one_run(out: Path, overrides: list[str]) -> None:
         result = train_and_evaluate(prepared.method, cfg.method, loaded, prepared.task,
                                     LoopOptions.from_run_config(cfg, device), Meters(), checkpoint=checkpointer)
         saved = [p.name for p in checkpointer.checkpoints()]
-        # and loads it back, as a resume does, into the method, its weights zeroed first: they must come back bit
-        # for bit
+        # and loads it back, as a resume does, into the method, its weights and its state (optimizer moments, fp32
+        # masters) zeroed first: they must come back bit for bit, on every rank
         model = prepared.method.eval_model()
         trained = {name: t.clone() for name, t in distributed.whole_parameters(model)}
+        state = zero_method_state(prepared.method)
         with torch.no_grad():
             for p in model.parameters():
                 p.zero_()
         restored = checkpointer.restore(prepared.method, LoopState(), Meters(), None)
         back = distributed.full_parameters(prepared.method.eval_model())
-        restored_exactly = restored and trained.keys() == back.keys() and all(
-            torch.equal(trained[name], back[name]) for name in trained)
+        restored_exactly = restored and same(trained, back) and all_ranks(same(state, method_state(prepared.method)))
         if world.is_main:
             checkpointer.discard()
     finally:
@@ -80,7 +111,7 @@ def one_run(out: Path, overrides: list[str]) -> None:
             "metrics": result.metrics, "predictions": result.predictions, "history": result.history,
             "rank_bytes": memory, "fo_names": result.summary.partition.get("fo_names"),
             "selections": result.summary.details.get("selections"), "checkpoints": saved,
-            "restored_exactly": restored_exactly}))
+            "restored_exactly": restored_exactly, "state_tensors": len(state)}))
 
 
 def main(out: Path, runs: dict[str, list[str]]) -> None:

@@ -26,6 +26,12 @@ def test_gloo_on_cuda_under_several_processes_is_refused(monkeypatch):
     assert pick_backend("gloo", "cuda") == "gloo"
 
 
+def test_nccl_without_cuda_is_refused(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^backend: nccl needs CUDA GPUs and this machine has none; use backend=gloo"):
+        pick_backend("nccl", "cpu")
+
+
 def test_an_unknown_backend_is_named():
     with pytest.raises(ConfigError, match="backend: 'mpi' is not one of"):
         pick_backend("mpi", "cpu")
