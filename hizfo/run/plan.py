@@ -6,8 +6,10 @@ processes") and without. ``-m`` expands comma lists and an experiment preset's g
 weights: the model's shape comes from its config (hizfo/core/shapes.py).
 
 Planner keys (not run keys): plan.gpu_gb (default 80), plan.world_size (1), plan.fsdp (true when world_size > 1),
-plan.device (cuda), plan.threads (1), plan.enforce (true; false: report only, exit 0), plan.tflops (100: the
-sustained TFLOP/s per device the rough time per epoch assumes), plan.train_examples (the task's train split size).
+plan.device (cuda), plan.threads (1), plan.enforce (true: exit 1 when the config, or a cell of the grid, does not
+fit plan.gpu_gb at plan.world_size, so ``python -m hizfo.run.plan ... && sbatch ...`` submits only what fits; false:
+report only, exit 0), plan.tflops (100: the sustained TFLOP/s per device the rough time per epoch assumes),
+plan.train_examples (the task's train split size). Bad input: one line, exit 2.
 """
 from __future__ import annotations
 
@@ -136,19 +138,23 @@ def main(argv: Optional[list[str]] = None) -> int:
             cfg = compose(overrides)
             shape, s, pred = plan_config(cfg, options)
             print("\n".join(describe(cfg, shape, s, pred, options)))
-            return 0
+            line = fits_line(pred, s, int(options.gpu_gb * GiB), shape, f"at world size {options.world_size}",
+                             "plan.enforce=false: report only")
+            if line:
+                print(line)
+            return 1 if line and options.enforce else 0
         rows, failing = [], []
         for cell in grid(overrides):
             shape, s, pred = plan_config(compose(cell), options)
             rows.append((cell, s, pred))
-            line = fits_line(pred, s, int(options.gpu_gb * GiB), shape, " ".join(cell))
+            line = fits_line(pred, s, int(options.gpu_gb * GiB), shape, " ".join(cell), "plan.enforce=false: report only")
             if line:
                 failing.append(line)
         print("\n".join(table(rows, options.gpu_gb)))
         print(f"{len(failing)} of {len(rows)} cells do not fit a {options.gpu_gb:g} GB GPU at world size "
               f"{options.world_size}" + (":" if failing else ""))
         print("\n".join(f"  {f}" for f in failing))
-        return 0
+        return 1 if failing and options.enforce else 0
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -74,42 +74,77 @@ def plan_config(cfg: Any, options: PlanOptions) -> tuple[ModelShape, Setting, Pr
     return shape, s, predict(shape, s)
 
 
-def fits_line(pred: Prediction, s: Setting, gpu_bytes: int, shape: ModelShape, what: str) -> Optional[str]:
-    """None when the peak fits; else one line naming the prediction, the GPU memory and what would fit."""
+def fits_line(pred: Prediction, s: Setting, gpu_bytes: int, shape: ModelShape, what: str,
+              override: str = "HIZFO_PLAN_ENFORCE=0 to run anyway") -> Optional[str]:
+    """None when the peak fits; else one line naming the prediction, the GPU memory, what would fit and how to go
+    on anyway (``override``)."""
     if pred.peak <= gpu_bytes:
         return None
     n = smallest_world_size(shape, replace(s, world_size=1), gpu_bytes, fsdp=True)
     fix = f"world size {n} with FSDP2 fits" if n else "no world size dividing the batch fits"
+    if s.method in ("hizfo", "greentrainer") and not s.profile_shards:     # the whole-model profile may set it
+        m = smallest_world_size(shape, replace(s, world_size=1, profile_shards=True), gpu_bytes, fsdp=True)
+        if m and (n is None or m < n):
+            fix += f"; world size {m} with FSDP2 and profile_shards=true fits"
     if s.precision == "fp32":
         low = predict(shape, replace(s, precision="bf16"))
         if low.peak <= gpu_bytes:
             fix += "; precision=bf16 fits on one"
     return (f"{what}: predicted peak {pred.peak / GiB:.1f} GiB per GPU ({pred.peak_phase}) exceeds the "
-            f"{gpu_bytes / GiB:.1f} GiB GPU; {fix} (HIZFO_PLAN_ENFORCE=0 to run anyway)")
+            f"{gpu_bytes / GiB:.1f} GiB GPU; {fix} ({override})")
 
 
 def check_memory_fits(cfg: Any, device: Any, world_size: int = 1, total_bytes: Optional[int] = None) -> int:
     """Refuse (ConfigError) a CUDA run whose predicted per-GPU peak at ``world_size`` processes (FSDP2 when more
-    than one) exceeds the device's memory (``total_bytes``, else the device's own); on CPU warn when the
-    prediction exceeds the free RAM. HIZFO_PLAN_ENFORCE=0 turns the refusal into a warning. Returns the predicted
-    per-device peak in bytes (the record keeps it beside the measured one)."""
-    kind = getattr(device, "type", str(device))
-    options = PlanOptions(device="cuda" if kind == "cuda" else "cpu", world_size=world_size)
+    than one) exceeds the device's memory (``total_bytes``, else the device's own). HIZFO_PLAN_ENFORCE=0 turns the
+    refusal into a warning. Returns the predicted per-device peak in bytes (the record keeps it beside the measured
+    one)."""
+    import torch
+    options = PlanOptions(device="cuda", world_size=world_size)
     shape, s, pred = plan_config(cfg, options)
-    if kind == "cuda":
-        import torch
-        total = total_bytes if total_bytes is not None else torch.cuda.get_device_properties(device).total_memory
-        line = fits_line(pred, s, total, shape, f"model {shape.name} method {s.method} on {world_size} GPU(s)")
-        if line and os.environ.get("HIZFO_PLAN_ENFORCE", "1").lower() not in ("0", "false"):
-            raise ConfigError(line)
-        if line:
-            print(f"warning: {line}", file=sys.stderr)
-        return int(pred.peak)
-    free = _free_ram()
-    if free is not None and pred.peak > free:
-        print(f"warning: predicted peak {pred.peak / GiB:.1f} GiB exceeds the {free / GiB:.1f} GiB of free RAM",
-              file=sys.stderr)
+    total = total_bytes if total_bytes is not None else torch.cuda.get_device_properties(device).total_memory
+    line = fits_line(pred, s, total, shape, f"model {shape.name} method {s.method} on {world_size} GPU(s)")
+    if line and os.environ.get("HIZFO_PLAN_ENFORCE", "1").lower() not in ("0", "false"):
+        raise ConfigError(line)
+    if line:
+        print(f"warning: {line}", file=sys.stderr)
     return int(pred.peak)
+
+
+# a CPU run asks the planner only for a model of at least this many parameters (about 1 s of its time): a real
+# model's load takes far longer, and the tiny models of tests and toy runs do not pay it
+CPU_PLAN_MIN_PARAMS = 50_000_000
+
+
+def approximate_parameters(shape: ModelShape) -> Optional[int]:
+    """12·L·H² + V·H from the shape's config keys (OPT, BLOOM, Llama-like names); None when they are not there."""
+    kw = dict(shape.kwargs)
+    hidden = kw.get("hidden_size") or kw.get("n_embd")
+    layers = kw.get("num_hidden_layers") or kw.get("n_layer")
+    if not (hidden and layers):
+        return None
+    return 12 * int(layers) * int(hidden) ** 2 + int(kw.get("vocab_size", 0)) * int(hidden)
+
+
+def warn_over_free_ram(cfg: Any, processes: int = 1, free: Optional[int] = None) -> Optional[str]:
+    """On CPU: the warning line (also printed) when the predicted peak of the ``processes`` runs on this machine
+    exceeds its free RAM (``free``, else /proc/meminfo's MemAvailable); None when it fits, when the model is under
+    ``CPU_PLAN_MIN_PARAMS`` or when the free RAM is unknown. A warning, not a refusal: RSS and swap make CPU memory
+    softer than a GPU's."""
+    shape = model_shape(cfg.model)
+    size = approximate_parameters(shape)
+    free = free if free is not None else _free_ram()
+    if free is None or (size is not None and size < CPU_PLAN_MIN_PARAMS):
+        return None
+    _, s, pred = plan_config(cfg, PlanOptions(device="cpu", world_size=processes, fsdp=processes > 1))
+    if pred.peak * processes <= free:
+        return None
+    each = f" ({processes} processes, {pred.peak / GiB:.1f} GiB each)" if processes > 1 else ""
+    line = (f"warning: model {shape.name} method {s.method}: predicted peak {pred.peak * processes / GiB:.1f} GiB"
+            f"{each} ({pred.peak_phase}) exceeds the {free / GiB:.1f} GiB of free RAM; the run may be killed for "
+            f"memory (python -m hizfo.run.plan plan.device=cpu ... shows the breakdown)")
+    print(line, file=sys.stderr)
+    return line
 
 
 def _free_ram() -> Optional[int]:

@@ -13,6 +13,7 @@ launcher's checkpoint cadence) comes in ``RunInputs``; ``run.py`` builds it from
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -265,12 +266,18 @@ def _record_failure(spec: RunSpec, exc: Exception, meters: Meters, prov: dict[st
 
 
 def _planned_peak(cfg: DictConfig, device: Any, world: distributed.World) -> Optional[int]:
-    """On CUDA, before the model loads: will it fit? The planner's per-GPU peak at this world size (bytes), or one
-    line, decided by rank 0 and obeyed by every rank (hizfo/run/plan_fit.py). None elsewhere (a CPU run does not
-    ask: the planner's trace costs seconds, which every tiny run would pay)."""
+    """Before the model loads: will it fit? On CUDA the planner's per-GPU peak at this world size (bytes), or one
+    line, decided by rank 0 and obeyed by every rank (hizfo/run/plan_fit.py). On CPU, rank 0 warns when the
+    processes of this machine are predicted over its free RAM, and None: the record's CPU peak is the process's
+    resident high-water mark, not comparable with a tensor prediction."""
+    from hizfo.run.plan_fit import check_memory_fits, warn_over_free_ram
     if device.type != "cuda":
+        if world.is_main:
+            try:
+                warn_over_free_ram(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
+            except ConfigError:                 # a shape not known offline: the load says what is missing
+                pass
         return None
-    from hizfo.run.plan_fit import check_memory_fits
     planned, error = None, None
     if world.is_main:
         try:

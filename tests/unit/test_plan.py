@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -228,3 +229,83 @@ def test_bilevel_zofo_bf16_keeps_the_backbones_state_whole_when_sharded(tiny):
     step = memory._moments(two, roles, activations_and_roles(tiny, two)[0])["optimizer step"]
     theta = roles.zo_numel * 4
     assert step["masters"] >= theta and step["grads"] >= theta and step["optimizer"] >= 2 * theta
+
+
+def test_a_cpu_run_over_the_free_ram_is_warned_before_it_loads(monkeypatch, capsys):
+    """On CPU the run asks the planner too (hizfo/run/session.py ``_planned_peak``) and warns, rank 0 alone, when the
+    processes of the machine are predicted over its free RAM; a tiny model is not asked (its run would pay the
+    planner's second for nothing), and the record keeps no CPU prediction (its CPU peak is an RSS)."""
+    from hizfo.core import distributed
+    from hizfo.core.memory import GiB
+    from hizfo.core.shapes import model_shape
+    from hizfo.run import plan_fit
+    from hizfo.run.session import _planned_peak
+    from tests.conftest import compose
+    cfg = compose(["model=opt-1.3b", "method=full_ft", "task=scitldr", "logger=none"])
+    assert plan_fit.approximate_parameters(model_shape(cfg.model)) == 12 * 24 * 2048**2 + 50272 * 2048   # ~1.3e9
+    monkeypatch.setattr(plan_fit, "_free_ram", lambda: 4 * GiB)
+    assert _planned_peak(cfg, torch.device("cpu"), distributed.World()) is None
+    err = capsys.readouterr().err
+    assert err.startswith("warning: model opt-1.3b method full_ft: predicted peak ") and "exceeds the 4.0 GiB" in err
+    one = plan_fit.warn_over_free_ram(cfg, 1, free=10**15)
+    assert one is None and not capsys.readouterr().err                           # it fits: nothing said
+    _, _, pred = plan_fit.plan_config(cfg, plan_fit.PlanOptions(device="cpu", world_size=2, fsdp=True))
+    two = plan_fit.warn_over_free_ram(cfg, 2, free=int(pred.peak * 1.5))        # one process's would fit; two not
+    assert two is not None and f"(2 processes, {pred.peak / GiB:.1f} GiB each)" in two
+    assert capsys.readouterr().err == two + "\n"
+    _planned_peak(cfg, torch.device("cpu"), distributed.World(rank=1, size=2))    # rank 1 says nothing
+    assert not capsys.readouterr().err
+    tiny_cfg = compose(["model=tiny-opt", "method=full_ft", "logger=none"])
+    assert plan_fit.warn_over_free_ram(tiny_cfg, 1, free=1) is None            # under CPU_PLAN_MIN_PARAMS: not asked
+
+
+def test_the_report_gives_the_breakdown_and_exits_1_for_a_config_that_does_not_fit(capsys):
+    """``python -m hizfo.run.plan``: the parts of the training peak, the phase that sets the peak, the world sizes
+    that fit; exit 1 when the config does not fit at plan.world_size (plan.enforce=false: 0), so a script can gate
+    its submission on it."""
+    from hizfo.run.plan import main
+    cell = ["model=opt-13b", "method=full_ft", "task=scitldr", "logger=none"]
+    assert main(cell) == 1
+    out = capsys.readouterr().out
+    for part in ("weights", "grads", "optimizer", "masters", "activations", "zo_buffers", "temporaries"):
+        assert re.search(rf"^  {part} +[\d.]+ GiB$", out, re.M), (part, out)
+    assert re.search(r"^peak: [\d.]+ GiB, set by (training|profiling|generation)$", out, re.M)
+    assert re.search(r"^80 GB GPUs, with FSDP2 sharding: world size \d+ fits$", out, re.M)
+    assert "at world size 1: predicted peak" in out and "(plan.enforce=false: report only)" in out
+    assert "rough time per epoch" in out
+    assert main([*cell, "plan.enforce=false"]) == 0
+    assert main(["model=opt-350m", "method=full_ft", "task=scitldr", "logger=none"]) == 0       # fits: exit 0
+    capsys.readouterr()
+    assert main(["model=opt-13b", "method=hizfo", "task=scitldr", "logger=none"]) == 1
+    # the whole-model profile sets Hi-ZFO's peak at any world size; the line names what does fit
+    assert "no world size dividing the batch fits; world size 2 with FSDP2 and profile_shards=true fits" in \
+        capsys.readouterr().out
+
+
+def test_a_grid_prints_one_row_per_cell_and_lists_every_cell_that_does_not_fit(capsys):
+    from hizfo.run.plan import main
+    assert main(["-m", "model=opt-350m,opt-13b", "method=full_ft,hizfo", "task=scitldr", "logger=none"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    rows = [line for line in out if line.startswith("| model=")]
+    assert len(rows) == 4 and sum(line.endswith("| no |") for line in rows) == 2, out      # OPT-13B's two
+    assert "2 of 4 cells do not fit a 80 GB GPU at world size 1:" in out
+    failing = [line for line in out if line.startswith("  model=opt-13b")]
+    assert len(failing) == 2 and all("predicted peak" in line for line in failing)
+
+
+@pytest.mark.slow
+def test_the_plan_of_a_config_that_ran_uses_its_records_partition(default_run):
+    """Hi-ZFO's Θ_FO needs a profile; after the run, its ok record's partition stands in for the planner's stated
+    assumption (the cost-only worst case), and the report says which it used."""
+    from hizfo.run.plan_fit import PlanOptions, plan_config
+    from tests.conftest import compose
+    from tests.readme_run import readme_default_run
+    overrides, _ = readme_default_run()
+    (path,) = (default_run.folder / "runs").rglob("seed0.json")
+    stored = json.loads(path.read_text())["partition"]["fo_names"]
+    cfg = compose([*overrides, f"results_dir={default_run.folder}/runs"])
+    _, s, pred = plan_config(cfg, PlanOptions(device="cpu"))
+    assert s.selection == tuple(stored) and pred.selection == "a record's stored partition"
+    assert set(pred.fo_names) == set(stored)
+    _, s, pred = plan_config(compose([*overrides, f"results_dir={default_run.folder}/elsewhere"]), PlanOptions())
+    assert s.selection is None and pred.selection.startswith("cost-only worst case")
