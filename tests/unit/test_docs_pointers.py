@@ -165,3 +165,16 @@ def test_the_frozen_docs_are_still_there_and_still_frozen():
     # a frozen doc that no longer exists, or that the scan would pass, leaves the list
     for name in FROZEN_DOCS:
         assert (ROOT / name).is_file() and broken(ROOT / name), name
+
+
+USER_DOCS = ["README.md", "experiments/README.md", *(f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md"))),
+             *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "results").glob("*/README.md")))]
+
+
+@pytest.mark.parametrize("name", USER_DOCS)
+def test_a_user_doc_with_python_commands_says_which_python(name: str):
+    """A bare ``python ...`` fails outside the venv (no hydra, no torch) or runs another interpreter's packages: a
+    user's doc that shows one says to activate the venv or call its python."""
+    text = (ROOT / name).read_text()
+    if re.search(r"(^|[`\s])python (-m |run\.py|scripts/)", text, re.M):
+        assert ".venv/bin/activate" in text or ".venv/bin/python" in text, name
