@@ -55,3 +55,20 @@ def test_a_progress_bar_in_a_log_writes_a_whole_line_every_n_updates(monkeypatch
     import re
     assert [re.search(r"(\d+)/10 ", line).group(1) for line in lines] == ["0", "4", "8", "10"], lines
     assert all(line.startswith("eval:") and "ex" in line for line in lines)
+
+
+def test_debug_fast_composes_a_short_greedy_run_under_its_own_variant():
+    """debug=fast (conf/debug/fast.yaml): a few steps and a small greedy evaluation on any model and task, its
+    records apart from full runs (the variant), and any key still settable after it."""
+    from omegaconf import OmegaConf
+    from hizfo.run.runspec import RunSpec
+    from tests.conftest import compose
+    base = ["model=smollm2-135m", "task=pydoc", "logger=none"]
+    full, fast = compose(base), compose([*base, "debug=fast"])
+    assert fast.method.max_steps == 4 and fast.task.generation.num_beams == 1 and fast.task.limit == 8
+    assert fast.task.train_limit == 16 and fast.task.generation.max_new_tokens == 24
+    assert full.task.generation.num_beams > 1 and full.method.max_steps != 4     # what it shortens
+    spec = lambda cfg, o: RunSpec.build(OmegaConf.to_container(cfg, resolve=True), o)      # noqa: E731
+    assert "debug=fast" in str(spec(fast, [*base, "debug=fast"]).path)
+    assert spec(fast, [*base, "debug=fast"]).path != spec(full, base).path
+    assert compose([*base, "debug=fast", "method.max_steps=20"]).method.max_steps == 20
