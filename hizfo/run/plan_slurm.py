@@ -64,14 +64,9 @@ def job_layout(launcher: Any) -> tuple[int, int]:
 
 
 def compose_cell(overrides: list[str]) -> Any:
-    """A cell's run config: inside run.py's @hydra.main (the callback) through its initialised Hydra, which a second
-    initialisation would refuse; elsewhere hizfo.run.session.compose."""
-    from hydra.core.global_hydra import GlobalHydra
-    if GlobalHydra.instance().is_initialized():
-        from hydra import compose
-        return compose(config_name="config", overrides=list(overrides))
-    from hizfo.run.session import compose as session_compose
-    return session_compose(overrides)
+    """A cell's run config (hizfo.run.session.compose, through run.py's Hydra when the pre-flight runs inside it)."""
+    from hizfo.run.session import compose
+    return compose(overrides)
 
 
 def cell_problem(overrides: list[str], gpu_bytes: int, world: int, spread: int) -> Optional[str]:

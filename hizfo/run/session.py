@@ -49,9 +49,14 @@ VERSION_BASE = "1.3"          # run.py's @hydra.main uses the same
 
 
 def compose(overrides: Iterable[str] = (), *, hydra: bool = False) -> DictConfig:
-    """The run config ``python run.py <overrides>`` composes (``hydra=True``: with its ``hydra`` node kept)."""
+    """The run config ``python run.py <overrides>`` composes (``hydra=True``: with its ``hydra`` node kept). Inside
+    run.py's @hydra.main (a launcher's callback, say) through its initialised Hydra, which refuses a second
+    initialisation."""
     from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     register_schemas()
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=VERSION_BASE):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
 

@@ -296,3 +296,16 @@ def test_the_multinode_launcher_asks_one_task_per_gpu():
     from hizfo.run.session import compose
     launcher = compose(["launcher=slurm_multinode"], hydra=True).hydra.launcher
     assert launcher.nodes == 2 and launcher.tasks_per_node == launcher.gpus_per_node == 8
+
+
+def test_a_cell_composes_inside_an_initialised_hydra_as_the_callback_does():
+    """The pre-flight runs inside run.py's @hydra.main, where a second initialisation is refused: the one composer
+    (hizfo.run.session.compose) goes through the Hydra in force, and gives what it gives outside."""
+    from hydra import initialize_config_dir
+    from hizfo.run.plan_slurm import compose_cell
+    from hizfo.run.session import CONF_DIR, VERSION_BASE, compose
+    cell = ["model=opt-13b", "method=hizfo", "task=scitldr"]
+    outside = compose(cell)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=VERSION_BASE):
+        inside = compose_cell(cell)
+    assert inside == outside and inside.model.name == "opt-13b"

@@ -285,6 +285,11 @@ def test_only_the_entry_point_reads_hydras_global_state():
 def test_one_composer():
     # hizfo.run.session.compose is the one place a config is composed outside run.py's @hydra.main
     assert set(_files_naming({"initialize_config_dir", "initialize"})) == {"hizfo/run/session.py"}
+    # and the one caller of Hydra's compose (inside run.py's @hydra.main too: a launcher's callback asks it)
+    callers = {str(path.relative_to(ROOT)) for path in _python_files() for node in ast.walk(_tree(path))
+               if isinstance(node, ast.ImportFrom) and node.module == "hydra"
+               and "compose" in {a.name for a in node.names}}
+    assert callers == {"hizfo/run/session.py"}, callers
 
 
 def test_the_scan_sees_imports():
