@@ -24,7 +24,8 @@ from analysis.loading import Report, load_records
 from analysis.study.stats import difference_interval, t_interval
 
 DEFAULT_OUT = Path("outputs") / "compare"        # gitignored: nothing committed is written unless asked
-COST_COLUMNS = {"mem_gb": "memory (GB)", "train_seconds": "train (s)"}
+# mem_over_planned: measured peak / the planner's prediction, where a CUDA run recorded one (hizfo/run/plan_fit.py)
+COST_COLUMNS = {"mem_gb": "memory (GB)", "mem_over_planned": "memory / planned", "train_seconds": "train (s)"}
 
 
 class CompareError(ValueError):

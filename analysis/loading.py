@@ -129,6 +129,7 @@ def _row(path: Path, record: RunRecord) -> dict[str, Any]:
         "config_hash": record.config_hash, "created": str(created),
         "source": provenance.get("source", "run"), "environment": environment_label(provenance),
         "memory_kind": costs.memory_kind or None, "mem_gb": _number(costs.peak_memory_gb),
+        "mem_over_planned": _measured_over_planned(costs.peak_memory_gb, provenance),
         "train_seconds": seconds, "time_h": seconds / 3600 if seconds is not None else None,
         "partition": record.partition, "curve": record.curve, "segments": costs.segments,
         "epochs": _number(config["method"].get("epochs")), "max_steps": _number(config["method"].get("max_steps")),
@@ -144,6 +145,13 @@ def _row(path: Path, record: RunRecord) -> dict[str, Any]:
         if number is not None:
             row[f"metric.{key}"] = number
     return row
+
+
+def _measured_over_planned(peak_gb: Any, provenance: dict[str, Any]) -> Optional[float]:
+    """A CUDA run's measured peak (``max_memory_allocated``, GiB) over the planner's prediction for it
+    (``provenance.planned_peak_bytes``, hizfo/run/session.py): how good the planner was; None without both."""
+    measured, planned = _number(peak_gb), _number(provenance.get("planned_peak_bytes"))
+    return measured * 2**30 / planned if measured is not None and planned else None
 
 
 def environment_label(provenance: dict[str, Any]) -> Optional[str]:

@@ -46,6 +46,7 @@ def test_compare_tables_the_arms_of_an_ad_hoc_sweep_with_paired_differences(tmp_
     write_sweep(tmp_path / "runs")
     assert main(["--results", str(tmp_path / "runs"), "--against", "full_ft", "--out", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
+    assert "memory / planned" not in out                                # no record holds a prediction
     lines = out.splitlines()
     assert "## smollm2-135m × pydoc" in lines
     first = lines.index(next(l for l in lines if l.startswith("Paired differences against full_ft")))
@@ -105,3 +106,23 @@ def test_tables_name_the_records_they_leave_out_and_why(tmp_path):
     assert len(left) == 3, report.warnings                          # full_ft, hizfo, mezo
     mezo = next(w for w in left if "/mezo:" in w)
     assert "smollm2-135m/pydoc/mezo: no table has smollm2-135m × pydoc" in mezo and "seed2.json" in mezo
+
+
+def test_a_gpu_records_prediction_is_shown_beside_its_measured_peak(tmp_path, capsys):
+    """A CUDA run keeps the planner's per-GPU peak (provenance.planned_peak_bytes) beside max_memory_allocated; the
+    arm's table shows measured / planned, so a sweep on GPUs says how good the planner was."""
+    write_sweep(tmp_path / "runs")
+    for path, measured_gib, planned_gib in [("full_ft/default/seed0.json", 45.0, 50.0),
+                                            ("full_ft/default/seed1.json", 46.0, 50.0)]:
+        record_path = tmp_path / "runs" / "smollm2-135m" / "pydoc" / path
+        record = json.loads(record_path.read_text())
+        record["costs"]["peak_memory_gb"] = measured_gib
+        record["provenance"]["planned_peak_bytes"] = int(planned_gib * 2**30)
+        record_path.write_text(json.dumps(record))
+    assert main(["--results", str(tmp_path / "runs"), "--out", str(tmp_path / "plots")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = cells(next(line for line in lines if line.startswith("| arm ")))
+    row = {cells(line)[0]: cells(line) for line in lines if line.startswith("| ")}
+    column = header.index("memory / planned")
+    assert row["full_ft"][column] == "0.91 ± 0.13"                     # 0.90 and 0.92: t(0.975, 1) · 0.01 = 0.127
+    assert row["mezo"][column] == "–"                                   # no prediction recorded
