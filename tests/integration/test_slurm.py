@@ -104,6 +104,23 @@ def test_a_two_method_sweep_runs_as_a_job_array_and_a_relaunch_trains_nothing(sl
     assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json")} == stamps
 
 
+def test_a_failed_slurm_job_reaches_the_terminal_with_its_error_and_its_log(slurm, tmp_path):
+    """The sweep's summary on the submitting terminal names a job that failed on the cluster: its error, where its
+    log is (submitit's .err under the sweep's .submitit/) and that log's last lines; the sweep exits non-zero."""
+    sweep_dir = tmp_path / "multirun"
+    proc = run_sweep(slurm, *launcher_args(slurm, sweep_dir), "method=full_ft", "seed=1,-1", *SMALL,
+                     "method.max_steps=2", f"results_dir={tmp_path / 'runs'}")
+    assert proc.returncode != 0, (proc.stdout + proc.stderr)[-4000:]
+    summary = proc.stdout[proc.stdout.index("sweep summary:"):].splitlines()
+    assert summary[0].startswith("sweep summary: 2 jobs: 1 ok, 1 failed, 0 skipped"), summary
+    failed = next(i for i, line in enumerate(summary) if " failed " in line and "seed=-1" in line)
+    assert summary[failed + 2] == "       error: ConfigError: seed: must be >= 0, got -1", summary
+    log = Path(summary[failed + 3].split("log: ")[1].split(" (last lines)")[0])
+    log = log if log.is_absolute() else ROOT / log
+    assert log.is_file() and log.name.endswith("_log.err") and sweep_dir / ".submitit" in log.parents, summary
+    assert "       | error: seed: must be >= 0, got -1" in summary[failed + 4:], summary
+
+
 def test_sigusr1_mid_run_checkpoints_requeues_and_the_requeued_job_resumes(slurm, tmp_path):
     results = tmp_path / "runs"
     sweep_dir = tmp_path / "multirun"
