@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import sys
-import traceback
 from pathlib import Path
 
 import hydra
@@ -14,9 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from hizfo.run.cli import call_main, config_error_in
+from hizfo.run.cli import call_main, end_failed_run
 from hizfo.run.runspec import derive_variant  # noqa: F401  (re-exported: the variant of a command line)
-from hizfo.core.distributed import say_from_rank_0
 from hizfo.registry import register_schemas
 from hizfo.run.session import VERSION_BASE, RunInputs, run
 
@@ -37,15 +35,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg, inputs_from_hydra())
     except Exception as exc:
-        config_error = config_error_in(exc)
-        if config_error is not None:
-            say_from_rank_0(f"error: {config_error}")          # under torchrun: one line, from rank 0
-            exc.reported = True                               # call_main prints nothing more
-        elif not getattr(exc, "reported", False):
-            traceback.print_exc()
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        sys.exit(2 if config_error is not None else 1)
+        end_failed_run(exc, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,22 @@ def interrupted_line(exc: KeyboardInterrupt) -> str:
     return "interrupted (Ctrl-C): no checkpoint written (no training step was under way)"
 
 
+def end_failed_run(exc: Exception, multirun: bool) -> None:
+    """run.py's answer to a run that raised: a config error is one line (from rank 0 under torchrun), any other error
+    its traceback unless already reported; then exit 2 or 1, or, in a multirun, re-raise so Hydra's sweep goes on to
+    the next job and the sweep's summary counts this one failed."""
+    from hizfo.core.distributed import say_from_rank_0
+    config_error = config_error_in(exc)
+    if config_error is not None:
+        say_from_rank_0(f"error: {config_error}")
+        exc.reported = True                                   # type: ignore[attr-defined]  (call_main: nothing more)
+    elif not getattr(exc, "reported", False):
+        traceback.print_exc()
+    if multirun:
+        raise exc
+    sys.exit(2 if config_error is not None else 1)
+
+
 def call_main(main: Callable[[], None]) -> int:
     """Call a ``@hydra.main`` function; return the exit status (2: bad config, 1: a run failed, 130: Ctrl-C,
     0: all ran). A sweep's summary (hizfo/run/sweep_summary.py) is printed last, whichever way it ended."""

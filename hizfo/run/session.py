@@ -202,16 +202,22 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
         raise
     if not world.is_main:
         return {"status": "ok", "rank": world.rank}     # its checkpointer only stops listening (rank 0 discards)
+    return _finish_ok(prepared, result, meters, prov, tracker, final_sha, checkpointer)
+
+
+def _finish_ok(prepared: Prepared, result: LoopResult, meters: Meters, prov: dict[str, Any], tracker: Any,
+               final_sha: str, checkpointer: Optional[Checkpointer]) -> dict[str, Any]:
+    """Rank 0, after a run that trained and evaluated: the ok record, then the checkpoint folder goes."""
     try:
         record = write_ok_record(prepared, result, meters, prov, tracker, final_sha)
     except OSError as exc:                  # a full disk, say: the trained run waits in its checkpoint
         tracker.finish(failed=True)
-        raise _unwritten_record(exc, spec, checkpointer) from exc
+        raise _unwritten_record(exc, prepared.spec, checkpointer) from exc
     if checkpointer is not None:
         checkpointer.discard()
     where = tracker.location or "not logged (logger=none)"
     tracker.finish()
-    print_summary(result.metrics, record, spec.path, where)
+    print_summary(result.metrics, record, prepared.spec.path, where)
     return record.to_json()
 
 
