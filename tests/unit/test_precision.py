@@ -373,3 +373,20 @@ def test_bilevel_zofo_in_bf16_keeps_its_theta_updates_in_fp32_masters():
         bits = p.detach().float().view(torch.int32)
         assert bool(((bits == below) | (bits == below + 65536)).all())
     # without masters (the same Adam straight on bf16 θ) most steps of 2e-5 round away: see the FO test below
+
+
+def test_a_forward_without_grad_keeps_no_bf16_copies_of_the_weights():
+    """bf16-mixed: a ZO loss (no grad) autocasts without autocast's weight-cast cache, which held a bf16 copy of every
+    weight that requires grad to the end of the forward (MeZO at OPT-125m's shape: 236 MiB, benchmarks/
+    RESULTS_planner.md); a forward with grad keeps it (its backward reuses the casts). The outputs are the same."""
+    from hizfo.core.precision import Precision
+    layer = torch.nn.Linear(64, 64)
+    x = torch.randn(4, 64)
+    mixed = Precision("bf16-mixed")
+    with torch.no_grad(), mixed.compute_context(x.device):
+        assert not torch.is_autocast_cache_enabled()
+        without = layer(x)
+    with mixed.compute_context(x.device):
+        assert torch.is_autocast_cache_enabled()
+        with_grad = layer(x)
+    assert without.dtype == torch.bfloat16 and torch.equal(without, with_grad.detach())
