@@ -22,16 +22,25 @@ def one_run(results, extra: tuple[str, ...] = ()) -> dict:
     return run(compose(overrides), RunInputs(overrides=tuple(overrides)))
 
 
-def test_a_full_disk_at_the_ok_record_keeps_the_trained_run_for_the_relaunch(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("full_at", ["record", "predictions"])
+def test_a_full_disk_at_the_ok_record_keeps_the_trained_run_for_the_relaunch(tmp_path, monkeypatch, capsys, full_at):
+    """The disk fills at the ok record's own write, or at the predictions file written just before it."""
+    from hizfo.run import session
     reference = one_run(tmp_path / "reference" / "runs")
-    write = records.RunRecord.write
+    write, write_predictions = records.RunRecord.write, session.write_jsonl_atomic
 
     def full_disk(self, path):
         if self.status == "ok":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return write(self, path)
 
-    monkeypatch.setattr(records.RunRecord, "write", full_disk)
+    def full_disk_predictions(path, rows):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    if full_at == "record":
+        monkeypatch.setattr(records.RunRecord, "write", full_disk)
+    else:
+        monkeypatch.setattr(session, "write_jsonl_atomic", full_disk_predictions)
     results = tmp_path / "full" / "runs"
     with pytest.raises(RecordNotWritten):
         one_run(results)
@@ -43,6 +52,7 @@ def test_a_full_disk_at_the_ok_record_keeps_the_trained_run_for_the_relaunch(tmp
     assert kept.name == "step-00000005"                 # the end of training, beyond the every-2 cadence
 
     monkeypatch.setattr(records.RunRecord, "write", write)
+    monkeypatch.setattr(session, "write_jsonl_atomic", write_predictions)
     again = one_run(results)
     out = capsys.readouterr()
     assert "resumed from " in out.out + out.err and "at step 5" in out.out + out.err

@@ -271,6 +271,8 @@ def test_a_bad_data_row_or_file_ends_in_one_line_naming_it(unclean_runs, overrid
                                                            if line.startswith("error:")]
     assert result["stderr"].strip().splitlines()[-1].startswith(f"error: {expected}"), result["stderr"][-2000:]
     assert "Traceback" not in result["stderr"] and not list(where.rglob("*.json"))
+    assert not result["model_loaded"], "the model loaded before the data was refused"
+    assert not (where / "checkpoints").exists(), "the checkpoint folder was locked before the data was refused"
 
 
 @pytest.mark.slow
