@@ -45,7 +45,10 @@ def test_default_run_learns_the_toy_task_and_logs_to_wandb(default_run):
 
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
 def test_two_method_multirun_writes_two_records(tmp_path, launcher):
-    args = ["-m", "method=full_ft,ft_top2", "logger=none", f"results_dir={tmp_path}/results",
+    """A local multirun: one ok record per job; with Hydra's basic launcher, W&B (offline) too, each job's run in
+    the sweep's group (its folder's last two parts, hizfo/run/tracking.py run_group), typed by its method."""
+    logger = "logger=wandb" if launcher == "basic" else "logger=none"
+    args = ["-m", "method=full_ft,ft_top2", logger, f"results_dir={tmp_path}/results",
             "task.options.n_train=64", "task.options.n_eval=8", "method.max_steps=5",
             f"hydra.sweep.dir={tmp_path}/multirun"]
     if launcher == "submitit_local":
@@ -55,3 +58,8 @@ def test_two_method_multirun_writes_two_records(tmp_path, launcher):
     records = sorted((tmp_path / "results").rglob("seed0.json"))
     assert [p.parts[-3] for p in records] == ["ft_top2", "full_ft"]
     assert all(json.loads(p.read_text())["status"] == "ok" for p in records)
+    if launcher == "basic":
+        from hizfo.run.tracking import read_offline_runs
+        runs = read_offline_runs(tmp_path / "multirun").values()
+        assert sorted(run["job_type"] for run in runs) == ["ft_top2", "full_ft"]
+        assert {run["group"] for run in runs} == {"/".join((tmp_path / "multirun").parts[-2:])}
