@@ -41,6 +41,9 @@ def test_default_run_learns_the_toy_task_and_logs_to_wandb(default_run):
     assert logged["summary"]["costs/peak_memory_gb"] == pytest.approx(record["costs"]["peak_memory_gb"])
     assert logged["summary"]["costs/train_seconds"] == pytest.approx(record["costs"]["train_seconds"])
     assert logged["config"]["method"]["name"] == "hizfo"
+    # Hydra's job log of a single run holds what the terminal showed (hizfo/run/sweep_summary.py tees into it)
+    log = (default_run.folder / "out" / "run.log").read_text()
+    assert f"record: {path}" in log and next(l for l in log.splitlines() if l.startswith("metrics: "))
 
 
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
