@@ -72,3 +72,33 @@ def test_debug_fast_composes_a_short_greedy_run_under_its_own_variant():
     assert "debug=fast" in str(spec(fast, [*base, "debug=fast"]).path)
     assert spec(fast, [*base, "debug=fast"]).path != spec(full, base).path
     assert compose([*base, "debug=fast", "method.max_steps=20"]).method.max_steps == 20
+
+
+FAKE_PYTHON = """#!/bin/sh
+echo "$*" >> "$(dirname "$0")/../calls.txt"
+case "$1" in -c) echo "hizfo env ready: (fake)";; esac
+"""
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("first, second", [([], ["--dev"]), (["--dev"], [])])
+def test_test_sh_after_setup_sh_only_checks(tmp_path, first, second):
+    """scripts/test.sh calls setup.sh --dev; after a plain setup.sh (or the other way round) it must only check, not
+    install again: with a lock both make the same environment and share one stamp. A stand-in interpreter records
+    what the script asks of it (nothing is installed)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    env = {**os.environ, "HIZFO_VENV": str(venv)}
+
+    def setup(args: list[str]) -> list[str]:
+        (venv / "calls.txt").unlink(missing_ok=True)
+        proc = subprocess.run(["bash", "scripts/setup.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0 and "hizfo env ready" in proc.stdout, proc.stderr
+        return (venv / "calls.txt").read_text().splitlines()
+
+    assert any(call.startswith("-m pip install") for call in setup(first))      # the first call installs
+    assert [call for call in setup(second) if not call.startswith("-c ")] == []  # the second only checks
