@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -229,7 +230,7 @@ def _gather_the_end(prepared: Prepared, world: distributed.World, meters: Meters
     return tensors_sha256(distributed.whole_parameters(prepared.method.eval_model()))
 
 
-def load(cfg: DictConfig, method: Method, task: Task, device: Any) -> tuple[LoadedModel, dict[str, Any]]:
+def load(cfg: DictConfig, method: Method, task: Task, device: torch.device) -> tuple[LoadedModel, dict[str, Any]]:
     """The model on its device, checked against the task's lengths; and the run's provenance."""
     from hizfo.core.models import load_model      # looked up at call time: tests/run_many.py counts the loads
     model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
@@ -276,7 +277,7 @@ def _record_failure(spec: RunSpec, exc: Exception, meters: Meters, prov: dict[st
     exc.reported = True                                        # type: ignore[attr-defined]
 
 
-def _planned_peak(cfg: DictConfig, device: Any, world: distributed.World) -> Optional[int]:
+def _planned_peak(cfg: DictConfig, device: torch.device, world: distributed.World) -> Optional[int]:
     """Before the model loads: will it fit? On CUDA the planner's per-GPU peak at this world size (bytes), or one
     line, decided by rank 0 and obeyed by every rank (hizfo/run/plan_fit.py). On CPU, rank 0 warns when the
     processes of this machine are predicted over its free RAM, and None: the record's CPU peak is the process's
