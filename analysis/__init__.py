@@ -10,5 +10,5 @@
 Two packages over shared rooms: analysis/paper/ (the paper's tables and figures) and analysis/study/ (the CPU
 studies), both over analysis.loading (records), analysis.cells (cell lookups), analysis.specs (shared names),
 analysis.render (tables as Markdown / LaTeX) and analysis.figures (plots on disk). The study imports nothing from
-analysis.paper (tests/unit/test_structure.py).
+analysis.paper (tests/unit/project/test_structure.py).
 """

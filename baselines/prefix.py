@@ -5,7 +5,7 @@ reparameterisation MLP, AdamW 2e-5 with linear decay, 5 epochs.
 
 Generation with left padding: a left-padded batch gives the same next-token scores as each prompt alone, and those
 equal the training-time forward's last-position logits (peft prepends the prefix's attention mask and the models
-derive positions from it); tests/unit/test_baselines.py checks it for tiny OPT, Qwen2 and BLOOM.
+derive positions from it); tests/unit/baselines/test_baselines.py checks it for tiny OPT, Qwen2 and BLOOM.
 
 transformers 5.24 renamed generate()'s cache argument from ``past_key_values`` to ``cache`` (the old name is
 deprecated until 5.40). peft 0.21.2's ``PeftModelForCausalLM.prepare_inputs_for_generation`` still injects the

@@ -230,7 +230,7 @@ def save_random_weights(scale: Scale, out: Path) -> list[str]:
 
 def run_cell(cell: Cell, scale: Scale, out: Path, model: list[str]) -> dict[str, Any]:
     """``hizfo.run.session.run`` on the config ``python run.py <overrides>`` composes (as
-    tests/unit/test_paper_tasks_on_tiny_models.py does): the record it wrote, or the failed record, or a dict with
+    tests/unit/tasks/test_paper_tasks_on_tiny_models.py does): the record it wrote, or the failed record, or a dict with
     the error."""
     from omegaconf import OmegaConf
 

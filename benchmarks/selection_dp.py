@@ -199,7 +199,7 @@ def main() -> None:
                   f"{importance[gt_mask].sum() / importance[mask].sum():.4f} of the exact optimum")
 
     # quality of the approximate DP on small random instances (exact optimum from select_tensors,
-    # itself checked against brute force in tests/unit/test_selection.py)
+    # itself checked against brute force in tests/unit/core/test_selection.py)
     print("small random instances (quantised costs, budget = 60% of the total):")
     for n in (10, 20, 40, 80):
         ratios = []

@@ -5,7 +5,7 @@ the values its check allows.
 
 Each yaml in conf/<group>/ names its schema in its defaults list (``- /schema/<group>@_here_: <name>``),
 so every key it sets is checked against the dataclass below; it sets only what differs from the defaults here
-(tests/unit/test_config_yamls.py).
+(tests/unit/base/test_config_yamls.py).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One resumable slice of a CPU study, run from a git worktree pinned at the study's commit, so that every run of a
 # study that takes several sessions runs the same code whatever main has become since (the records say which commit:
-# provenance git_sha; tests/unit/test_study2_claims.py checks that every study-2 record ran the pinned code).
+# provenance git_sha; tests/unit/apps/test_study2_claims.py checks that every study-2 record ran the pinned code).
 #
 #   bash scripts/study_slice.sh smollm2_study2_cpu 41f457d1fe39a5aa7c73c5e4a260971b52e1db1f --hours 2
 #

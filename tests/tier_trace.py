@@ -4,7 +4,7 @@ Registered by tests/conftest.py when ``HIZFO_FAST_TRACE`` names a file (scripts/
 ``FAST=1`` run). A module counts for a test file when importing that file, or running one of its selected tests
 (fixtures included), first loads it in this process; code run in a subprocess counts for nothing. At the end the
 session fails if a module of ``PACKAGES`` was loaded by no selected test, and the map (module, one test file that
-loaded it) is written to the named file; ``tests/fast_tier.txt`` is that map, checked by tests/unit/test_tiers.py.
+loaded it) is written to the named file; ``tests/fast_tier.txt`` is that map, checked by tests/unit/project/test_tiers.py.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 This module is the one place that names the grids and the tables. ``scripts/gen_experiment_grids.py`` writes each
 grid's ``hydra.sweeper.params`` (``sweeper_params``) into ``conf/experiment/<name>.yaml`` and ``<name>_cpu.yaml``
-(creating a preset that is not there yet), and ``tests/unit/test_presets.py`` fails when a committed yaml differs
+(creating a preset that is not there yet), and ``tests/unit/apps/test_presets.py`` fails when a committed yaml differs
 from what it writes. A spec's layout facts (layout, costs, extra quantities, row labels, notes, plot) are what
 analysis.paper.tables and analysis.paper.sweeps read: neither names a table.
 """
@@ -70,7 +70,7 @@ TABLE2_METHODS = ("zero_shot", "full_ft", "lora", "greentrainer", "mezo", "bilev
 TABLE3_METHODS = ("full_ft", "lora", "greentrainer", "hizfo")
 RHO_VALUES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 TABLE5_ALPHAS = (0.1, 0.0)
-# both readings of α; under `update`, α = 0 is the ZO-off control (bit-identical, tests/unit/test_controls.py)
+# both readings of α; under `update`, α = 0 is the ZO-off control (bit-identical, tests/unit/core/test_controls.py)
 ALPHA_READINGS = ("hizfo", "hizfo_alpha_loss")
 LR_RATIOS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)

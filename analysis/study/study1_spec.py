@@ -2,10 +2,10 @@
 one owner of their arm files.
 
 ``scripts/gen_study1_arms.py`` writes from here each arm's ``conf/study_arm/<name>.yaml`` and each preset's
-``+study_arm`` list; ``--check`` (tests/unit/test_study_arms.py) fails when a file differs. The arms are study 2's
+``+study_arm`` list; ``--check`` (tests/unit/apps/test_study_arms.py) fails when a file differs. The arms are study 2's
 shape (``ArmSpec`` in analysis/study/study2_spec.py, whose rules file stays as it was committed), so an arm is its
 task, method, seeds and method keys, and its variant is derived from the keys. The CPU study's runs are frozen
-(tests/unit/test_study_cpu_preset.py): an arm here composes to exactly the config its records hold.
+(tests/unit/apps/test_study_cpu_preset.py): an arm here composes to exactly the config its records hold.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ Every block of a decoder has the same parameters and runs the same ops, so a pla
   counted once per pattern with the copy's block 1 (memoised per shape, dtype, tokens and precision).
 
 A block's input is made to need a gradient, where the full model's would, by a forward pre-hook (``detach()``
-``.requires_grad_()``: same storage). tests/unit/test_plan.py checks the fast count against the full forward's on a
+``.requires_grad_()``: same storage). tests/unit/run/test_plan.py checks the fast count against the full forward's on a
 5-block tiny shape for every method.
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ What is kept between the passes is one byte per element (¼ of fp32 weights):
     unit grows to η·(1 + λ·max|w0|)/127 and Δw/η takes any value in between, so rounding to nearest would bias a
     tensor's I_k by up to (1 + λ·max|w0|)/254 of Σ|η·g1|; there q is rounded stochastically instead (dithered,
     seeded per tensor so profiling replays): E[d] = Δw, |d − Δw| < unit, and I_k carries no rounding bias, only
-    zero-mean noise of at most unit·‖g1‖₂ (tests/unit/test_profiling.py checks both).
+    zero-mean noise of at most unit·‖g1‖₂ (tests/unit/core/test_profiling.py checks both).
   * bf16 / fp16 weights: a step of ~η is far below their spacing and rounding to nearest would lose it, so
     w1 = SR(w0 + Δw) (stochastic rounding, unbiased), and the code is the move in grid steps,
     ordinal(w1) − ordinal(w0), undone in integers (|steps| > 127: verbatim). I_k uses w1 − w0.

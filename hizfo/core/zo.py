@@ -265,7 +265,7 @@ class ZOParams:
     leaves θ bit-identical. u here is drawn per tensor in fp32 (tensor k, chunk c seeded by (seed, k, c)), so
     each module can regenerate its own tensors' noise alone. This relies on a parameter being read inside the
     forward of a module that holds it (true of the supported families: OPT, BLOOM, Qwen2, Llama, and of peft's
-    LoRA layers); tests/unit/test_precision.py checks the losses against an in-place perturbation.
+    LoRA layers); tests/unit/core/test_precision.py checks the losses against an in-place perturbation.
     """
 
     def __init__(self, params: Sequence[torch.Tensor], model: Optional[nn.Module] = None,

@@ -3,7 +3,7 @@
 A ``RunSpec`` is built once from the composed config. It owns the variant (the folder between method and seed:
 its format, how long it may be, how a path appears in it, and its parser), every path of the run (record,
 predictions, checkpoint folder), the config hash that says "same computation", and resume compatibility. run.py,
-the records, the checkpointer and analysis all ask it; no other list of keys exists (tests/unit/test_runspec.py
+the records, the checkpointer and analysis all ask it; no other list of keys exists (tests/unit/run/test_runspec.py
 scans hizfo/, baselines/, analysis/ and benchmarks/ for one).
 
 How one override appears in a variant: ``key=value``. A path names where data lives, not what a run computes, and

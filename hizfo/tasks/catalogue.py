@@ -1,6 +1,6 @@
 """Every task's scores, torch-free: the keys its ``score()`` returns, which a table shows, their header and decimals,
 and the task's display name. The one owner of these facts: analysis (the paper's tables and sweeps, the studies)
-reads them here, and tests/unit/test_task_catalogue.py runs each task's ``score`` against its entry. A task
+reads them here, and tests/unit/tasks/test_task_catalogue.py runs each task's ``score`` against its entry. A task
 without an entry is refused (``entry``), never shown as another task's score.
 """
 from __future__ import annotations

@@ -161,7 +161,7 @@ def said_once_by_rank_0(proc: subprocess.CompletedProcess, says: str, runs: Path
 def test_a_composition_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
     """Hydra's own error (an unknown method), said by rank 0 alone. The run's config checks (a global batch the
     world size does not divide, nccl without CUDA: hizfo/run/session.py check_world) report through the same
-    helper: tests/distributed/test_rank_failure.py launches one with rank 0 the slower, tests/unit/test_world_checks.py
+    helper: tests/distributed/test_rank_failure.py launches one with rank 0 the slower, tests/unit/run/test_world_checks.py
     checks each."""
     proc = torchrun(2, ["run.py", "method.max_steps=2", "logger=none", "num_threads=1", "method=bogus",
                         f"results_dir={tmp_path / 'runs'}", f"hydra.run.dir={tmp_path / 'out'}"])

@@ -1,6 +1,6 @@
 """ZO noise on FSDP2's sharded parameters (hizfo/core/zo.py): two processes (gloo on CPU, one thread each) hold
 Shard(0) DTensors, uneven and empty shards included, and perturb them through ``ZOParams``; gathered, every tensor
-is what one process computes on the whole tensors, bit for bit. Single-process checks: tests/unit/test_zo_shards.py.
+is what one process computes on the whole tensors, bit for bit. Single-process checks: tests/unit/core/test_zo_shards.py.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.test_resume import (CLI_SMALL, TOTAL_STEPS, assert_same_run, newest_step, only_record,
                                            run_cli, start_cli, wait_for_step)
-from tests.unit.test_checkpoint import damage
+from tests.unit.run.test_checkpoint import damage
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 

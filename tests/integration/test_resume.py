@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, compose
-from tests.unit.test_checkpoint import RESUME_CASES, check_resume_is_exact, closing  # noqa: F401  (fixture)
+from tests.unit.run.test_checkpoint import RESUME_CASES, check_resume_is_exact, closing  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
