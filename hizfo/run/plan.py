@@ -21,7 +21,8 @@ from hizfo.core.memory import GiB, Prediction, Setting, smallest_world_size
 from hizfo.core.shapes import ModelShape
 from hizfo.errors import ConfigError
 # the one config's verdict lives in plan_fit (the run asks it too); re-exported for the report's callers
-from hizfo.run.plan_fit import PlanOptions, fits_line, plan_config, setting_of, stored_selection  # noqa: F401
+from hizfo.run.plan_fit import (PlanOptions, fits_line, fits_with_shard_profile, plan_config,  # noqa: F401
+                                 setting_of, stored_selection)
 
 PLAN_KEYS = {"gpu_gb": float, "world_size": int, "fsdp": bool, "device": str, "threads": int, "enforce": bool,
              "tflops": float, "train_examples": int}
@@ -80,12 +81,10 @@ def describe(cfg: Any, shape: ModelShape, s: Setting, pred: Prediction, options:
         layout = "with FSDP2 sharding" if fsdp else "data parallel, unsharded"
         lines.append(f"{options.gpu_gb:g} GB GPUs, {layout}: " + (f"world size {n} fits" if n else
                      f"no world size dividing the global batch {s.batch} fits"))
-        if fsdp and s.method in ("hizfo", "greentrainer") and not s.profile_shards and (
-                n is None or n > 1):                       # the whole-model profile sets the peak: say what shards do
-            m = smallest_world_size(shape, replace(s, world_size=1, profile_shards=True), gpu, fsdp)
-            if m and (n is None or m < n):
-                lines.append(f"{options.gpu_gb:g} GB GPUs, with FSDP2 sharding and profile_shards=true (the profile "
-                             f"on the shards, one process's selection up to summation order): world size {m} fits")
+        m = fits_with_shard_profile(shape, s, gpu, n) if fsdp else None   # the whole-model profile sets the peak
+        if m:
+            lines.append(f"{options.gpu_gb:g} GB GPUs, with FSDP2 sharding and profile_shards=true (the profile "
+                         f"on the shards, one process's selection up to summation order): world size {m} fits")
     return lines
 
 

@@ -74,6 +74,16 @@ def plan_config(cfg: Any, options: PlanOptions) -> tuple[ModelShape, Setting, Pr
     return shape, s, predict(shape, s)
 
 
+def fits_with_shard_profile(shape: ModelShape, s: Setting, gpu_bytes: int, whole: Optional[int]) -> Optional[int]:
+    """The least FSDP2 world size that fits with ``profile_shards=true``, where only that helps: Hi-ZFO or
+    GreenTrainer profiling the whole model, and fewer processes than ``whole`` (the world size that fits without it,
+    None: none) needs."""
+    if s.method not in ("hizfo", "greentrainer") or s.profile_shards or whole == 1:
+        return None
+    m = smallest_world_size(shape, replace(s, world_size=1, profile_shards=True), gpu_bytes, fsdp=True)
+    return m if m and (whole is None or m < whole) else None
+
+
 def fits_line(pred: Prediction, s: Setting, gpu_bytes: int, shape: ModelShape, what: str,
               override: str = "HIZFO_PLAN_ENFORCE=0 to run anyway") -> Optional[str]:
     """None when the peak fits; else one line naming the prediction, the GPU memory, what would fit and how to go
@@ -82,10 +92,9 @@ def fits_line(pred: Prediction, s: Setting, gpu_bytes: int, shape: ModelShape, w
         return None
     n = smallest_world_size(shape, replace(s, world_size=1), gpu_bytes, fsdp=True)
     fix = f"world size {n} with FSDP2 fits" if n else "no world size dividing the batch fits"
-    if s.method in ("hizfo", "greentrainer") and not s.profile_shards:     # the whole-model profile may set it
-        m = smallest_world_size(shape, replace(s, world_size=1, profile_shards=True), gpu_bytes, fsdp=True)
-        if m and (n is None or m < n):
-            fix += f"; world size {m} with FSDP2 and profile_shards=true fits"
+    m = fits_with_shard_profile(shape, s, gpu_bytes, n)       # the whole-model profile may set the peak
+    if m:
+        fix += f"; world size {m} with FSDP2 and profile_shards=true fits"
     if s.precision == "fp32":
         low = predict(shape, replace(s, precision="bf16"))
         if low.peak <= gpu_bytes:
