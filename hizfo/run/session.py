@@ -131,10 +131,14 @@ def run(cfg: DictConfig, inputs: RunInputs = RunInputs()) -> dict[str, Any]:
     """One run: validate, build, train, evaluate, record. Returns the record written (as JSON)."""
     prepared = prepare(cfg, inputs)
     world = distributed.init(prepared.backend)         # under torchrun: every rank joins here, after the checks
+    finished = False
     try:
-        return _run_in_world(prepared, world)
+        record = _run_in_world(prepared, world)
+        finished = True
+        return record
     finally:
-        distributed.shutdown()
+        del prepared                                    # the model (FSDP2's hold on the group) goes before the group
+        distributed.shutdown(finished)
 
 
 def _run_in_world(prepared: Prepared, world: distributed.World) -> dict[str, Any]:

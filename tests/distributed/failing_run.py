@@ -3,13 +3,17 @@ numbered HIZFO_TEST_FAIL_STEP (a bug, a bad batch, an out-of-memory on that rank
 HIZFO_TEST_SIGNAL_RANK, that rank sends itself SIGTERM as its evaluation starts (a preemption of one rank after
 training); or, with HIZFO_TEST_FULL_DISK_RANK, that rank's disk is full when it writes its part of a checkpoint
 (HIZFO_TEST_FULL_DISK_AT: ``shard``, in DCP's own write of its shard, or ``rng``, its RNG states after it); or,
-with HIZFO_TEST_SLOW_RANK, that rank takes 3 s longer over its config checks. For the tests only.
+with HIZFO_TEST_SLOW_RANK, that rank takes 3 s longer over its config checks. With HIZFO_TEST_COUNT_AT_EXIT, every
+rank says as it exits how many FSDP2 modules are still alive (a run's end must leave none to the interpreter's
+teardown: hizfo/core/distributed.py, ``shutdown``). For the tests only.
 
     torchrun --nproc_per_node 2 tests/distributed/failing_run.py <run.py's arguments>
 """
 from __future__ import annotations
 
+import atexit
 import errno
+import gc
 import os
 import runpy
 import signal
@@ -71,7 +75,15 @@ def slow_check_world(*args: object, **kwargs: object) -> str:
     return _check_world(*args, **kwargs)
 
 
+def say_fsdp_modules_alive() -> None:
+    from torch.distributed.fsdp import FSDPModule
+    alive = sum(1 for o in gc.get_objects() if isinstance(o, FSDPModule))    # what is alive now, no collection
+    print(f"rank {os.environ.get('RANK')}: FSDP2 modules alive at exit: {alive}", file=sys.stderr, flush=True)
+
+
 if __name__ == "__main__":
+    if os.environ.get("HIZFO_TEST_COUNT_AT_EXIT"):
+        atexit.register(say_fsdp_modules_alive)
     session.check_world = slow_check_world                 # type: ignore[assignment]
     loop.Training._step = failing_step                     # type: ignore[method-assign]
     loop.evaluate = signalled_evaluate                     # type: ignore[assignment]

@@ -14,7 +14,9 @@ import torch
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.distributed
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+# PYTHONFAULTHANDLER: a rank that crashes (a signal, an abort in C++) prints where its Python was
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+       "PYTHONFAULTHANDLER": "1"}
 
 
 def _free_port() -> int:
@@ -55,7 +57,7 @@ def worker(out: Path, nproc: int) -> None:
                               env=ENV, capture_output=True, text=True, timeout=600)
     else:
         proc = torchrun(nproc, ["-m", "tests.distributed.worker", str(out), runs], timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-6000:]       # torchrun's own summary takes the last 2,500 or so
 
 
 @pytest.fixture(scope="module")

@@ -117,11 +117,13 @@ def one_run(out: Path, overrides: list[str]) -> None:
 def main(out: Path, runs: dict[str, list[str]]) -> None:
     from hizfo.core import distributed
     torch.set_num_threads(1)
+    finished = False
     try:
         for name, overrides in runs.items():
             one_run(out / name, overrides)
+        finished = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(finished)                # as a run ends (hizfo/run/session.py)
 
 
 if __name__ == "__main__":
