@@ -12,7 +12,8 @@ Closed form over hizfo/core/costs.py's per-tensor shapes, for what this framewor
   zo_buffers   hizfo/core/zo.py's noise chunk: 2^20 fp32 per CPU thread, 2^24 fp32 on CUDA (CHUNK_CPU/CHUNK_CUDA),
                cached per thread once made, so alive through every moment of a step that has a ZO part
   temporaries  the head's backward (four [N, V] fp32 tensors at once: the loss's and log_softmax's gradients and
-               the shifted logits' slice backward, as traced on tiny-opt), the no-grad forward's logits,
+               the shifted logits' slice backward, as traced on tiny-opt), the no-grad forward's loss (the logits,
+               their fp32 copy under bf16 compute and cross_entropy's log_softmax output: ``_no_grad_forward``),
                and AdamW's step (torch's foreach path on CUDA allocates sqrt(exp_avg_sq) for a whole param group;
                the CPU single-tensor path two of the largest tensor)
 
@@ -145,7 +146,7 @@ def _moments(s: Setting, r: ModelRoles, act: int) -> dict[str, dict[str, int]]:
     running = {**base, "weights": weights + _gathered(s, r, w)}
     shifted = r.largest_zo * w + min(CHUNK_CUDA if s.device == "cuda" else CHUNK_CPU, r.largest_zo) * FP32 \
         if zo and w == 2 else 0                                       # virtual mode: one module's θ + εu at a time
-    fwd_tmp = _no_grad_forward(r, tokens, head, c, shifted)
+    fwd_tmp = _no_grad_forward(r, tokens, head, w, c, shifted)
     moments: dict[str, dict[str, int]] = {}
     if fo:
         moments.update(_backward_moments(s, r, act, running, tokens, head, c))
@@ -196,16 +197,30 @@ def _block_backward(r: ModelRoles, act: int, tokens: int, head: int, c: int) -> 
     return act - min(act, head * FP32 + 2 * tokens * r.hidden * c), ffn
 
 
-def _no_grad_forward(r: ModelRoles, tokens: int, head: int, c: int, shifted: int = 0) -> int:
-    """What a no-grad training forward (a ZO loss) holds beyond the weights: the KV cache transformers builds (the
-    training forward does not pass use_cache=False: K and V of every block, in compute dtype), and the larger of its
-    widest block point (the FFN's input and activation outputs, 3 under a gated FFN, with the residual stream and
-    the normed input) and the loss (the logits and, under bf16 compute, their fp32 copy: MemTracker sees no
-    log_softmax output beside them in a no-grad forward), or, under bf16 weights, ``shifted``: the module whose
-    θ + εu (and its fp32 chunk copy) is largest, alive only during that module's forward."""
-    kv = 2 * r.layers * tokens * r.kv_width * c
-    ffn = tokens * ((3 if r.gated_ffn else 2) * r.ffn_width + 3 * r.hidden) * c
-    return kv + max(ffn, head * (c + (FP32 if c != FP32 else 0)), shifted)
+def _no_grad_forward(r: ModelRoles, tokens: int, head: int, w: int, c: int, shifted: int = 0) -> int:
+    """What a no-grad training forward (a ZO loss) holds beyond the weights (traced per tensor on tiny-opt, OPT-125m
+    and SmolLM2-135M; benchmarks/RESULTS_planner.md, MeZO): the KV cache transformers builds (the training forward
+    does not pass use_cache=False) plus the largest of FFN, loss and shifted.
+
+    KV cache   K and V of every block in compute dtype c; K in the residual stream's dtype w where K is rotated
+               (llama, qwen2: the two gated families here): the rotary cos/sin are cast to the stream's dtype
+               (transformers' LlamaRotaryEmbedding, ``cos.to(dtype=x.dtype)``), fp32 under bf16-mixed, and
+               bf16 K times fp32 cos promotes to fp32
+    FFN        its input and activation outputs (3 under a gated FFN) in c, beside 4 [N, hidden] in w: the
+               embeddings' output (a local of the model's forward), the block's input, the post-attention residual
+               and the normed input (OPT: its position embeddings instead); embeddings are not autocast, so under
+               bf16-mixed that stream is fp32
+    loss       the logits in c, their fp32 copy under bf16 compute (ForCausalLMLoss's ``logits.float()``) and
+               cross_entropy's log_softmax output, [N, V] fp32 (aten's cross_entropy_loss is log_softmax, then
+               nll_loss). A TorchDispatchMode does not see that output under inference_mode, where
+               cross_entropy_loss reaches it as one op: traces made while MeZO's loss ran under inference_mode lacked
+               it, and so did this model
+    shifted    under bf16 weights, the module whose θ + εu (and its fp32 chunk copy) is largest, alive only
+               during that module's forward
+    """
+    kv = r.layers * tokens * r.kv_width * ((w if r.gated_ffn else c) + c)
+    ffn = tokens * ((3 if r.gated_ffn else 2) * r.ffn_width * c + 4 * r.hidden * w)
+    return kv + max(ffn, head * (c + (FP32 if c != FP32 else 0) + FP32), shifted)
 
 
 def _zo_buffers(s: Setting, r: ModelRoles, w: int) -> int:

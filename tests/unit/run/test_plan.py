@@ -22,7 +22,7 @@ ALLOC = json.loads((ROOT / "benchmarks" / "planner_alloc.json").read_text())["ce
 TOLERANCE = 0.17       # the largest |predicted / measured - 1| of any committed cell (benchmarks/RESULTS_planner.md)
 # cells past it, each an open modelling error stated in RESULTS_planner.md, at its committed ratio (a change either
 # way, a fix included, fails here until the file and this list say so)
-KNOWN_MISSES = {"smollm2-135m mezo bf16": 0.812}     # one fp32 [N, V] more in the no-grad loss than OPT's: not found
+KNOWN_MISSES: dict[str, float] = {}      # none since MeZO's no-grad loss counts cross_entropy's log_softmax output
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,15 @@ def test_every_method_and_precision_within_the_stated_error(shapes):
     assert {name: round(ratios[name], 3) for name in KNOWN_MISSES} == KNOWN_MISSES
     assert {c["method"] for c in TRACES} == {"full_ft", "ft_top2", "lora", "prefix", "greentrainer", "mezo",
                                              "bilevel_zofo", "hizfo"}
+
+
+@pytest.mark.slow
+def test_mezo_within_3_percent_of_every_committed_trace(shapes):
+    """MeZO's peak is its no-grad loss at the real vocabularies (the logits, their fp32 copy under bf16 compute and
+    cross_entropy's log_softmax output, [N, V] fp32) and its widest FFN point on tiny-opt, in every precision; each
+    was 13-19 % under while the model lacked the log_softmax output (benchmarks/RESULTS_planner.md, MeZO)."""
+    ratios = {name: round(r, 3) for name, r in _ratios(shapes) if " mezo " in f" {name} "}
+    assert len(ratios) == 10 and all(abs(r - 1) <= 0.03 for r in ratios.values()), ratios
 
 
 @pytest.mark.slow
