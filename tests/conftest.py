@@ -55,6 +55,17 @@ def default_run(tmp_path_factory):
     return run_default(tmp_path_factory.mktemp("default_run"))
 
 
+def finished_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoints under ``folder`` renamed into place (``step-N/`` with its manifest), oldest step first, while
+    a run writes there: not the ``.tmp-step-N-*`` folder whose manifest is written just before its rename, and none
+    yet when a folder renamed mid-scan makes ``rglob`` raise (Python 3.11 catches only PermissionError there)."""
+    try:
+        found = [p.parent for p in folder.rglob("manifest.json") if p.parent.name.startswith("step-")]
+    except FileNotFoundError:
+        return []
+    return sorted(found, key=lambda step: int(step.name.split("-")[1]))
+
+
 def read_until(fd: int, marker: bytes, timeout: float) -> bytes:
     """Bytes from a pipe until ``marker`` shows up (a progress bar ends no line, so no readline)."""
     seen = b""

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.distributed.test_data_parallel import ENV, _free_port
+from tests.conftest import ROOT, finished_checkpoints
+from tests.distributed.test_data_parallel import ENV, torchrun_prefix
 
 pytestmark = [pytest.mark.distributed, pytest.mark.subprocess]
 ARGS = ["method=hizfo", "method.max_steps=12", "checkpoint_every=3", "task.options.n_eval=8", "num_threads=1",
@@ -30,8 +30,7 @@ ARGS = ["method=hizfo", "method.max_steps=12", "checkpoint_every=3", "task.optio
 def launch(nproc: int, results: Path, *extra: str, args: list[str] = ARGS, script: str = "run.py",
            env: dict[str, str] = ENV) -> subprocess.Popen:
     hydra = f"hydra.run.dir={results.parent / ('out-' + results.name)}"
-    prefix = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                                                  str(nproc), "--master_port", str(_free_port())]
+    prefix = [sys.executable] if nproc == 1 else torchrun_prefix(nproc)
     return subprocess.Popen([*prefix, script, *args, f"results_dir={results}", hydra, *extra], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -51,14 +50,14 @@ def kill_after_first_checkpoint(proc: subprocess.Popen, checkpoints: Path) -> Pa
     """SIGKILL the launcher and both workers as soon as a checkpoint's manifest exists: a run that dies
     mid-epoch, between two checkpoints, with no chance to clean up."""
     deadline = time.monotonic() + 240
-    while not list(checkpoints.rglob("manifest.json")):
+    while not finished_checkpoints(checkpoints):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     for pid in [*workers, str(proc.pid)]:             # torchrun starts its workers in sessions of their own
         subprocess.run(["kill", "-KILL", pid], check=False)
     proc.communicate(timeout=60)
-    return next(checkpoints.rglob("manifest.json")).parent
+    return finished_checkpoints(checkpoints)[-1]
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +162,7 @@ def test_a_signal_to_one_rank_stops_every_rank_after_one_checkpoint(tmp_path):
     long = [a if not a.startswith("method.max_steps=") else "method.max_steps=40" for a in ARGS]
     proc = launch(2, results, args=long)
     deadline = time.monotonic() + 240
-    while not list((tmp_path / "checkpoints").rglob("manifest.json")):
+    while not finished_checkpoints(tmp_path / "checkpoints"):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
     os.kill(_worker_of_rank(proc, 1), signal.SIGTERM)

@@ -26,9 +26,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_prefix(nproc: int) -> list[str]:
+    """``torchrun`` on this host, its rendezvous on a port it binds itself (``--standalone``): a port found free
+    here and bound there seconds later could have been taken in between."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+
+
 def torchrun(nproc: int, module: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(_free_port()), *module]
+    command = [*torchrun_prefix(nproc), *module]
     return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 

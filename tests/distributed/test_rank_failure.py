@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.distributed.test_checkpoint_dp import ARGS
-from tests.distributed.test_data_parallel import ENV, _free_port, said_once_by_rank_0
+from tests.distributed.test_data_parallel import ENV, _free_port, said_once_by_rank_0, torchrun_prefix
 
 pytestmark = [pytest.mark.distributed, pytest.mark.subprocess]
 
@@ -30,8 +30,7 @@ def _reap(procs: list[subprocess.Popen]) -> None:
 def test_a_failure_on_rank_1_is_the_cause_in_rank_0s_record(tmp_path):
     results = tmp_path / "runs"
     args = [a if not a.startswith("method.max_steps=") else "method.max_steps=400" for a in ARGS]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "tests/distributed/failing_run.py", *args, f"results_dir={results}",
+    cmd = [*torchrun_prefix(2), "tests/distributed/failing_run.py", *args, f"results_dir={results}",
            f"hydra.run.dir={tmp_path / 'out'}"]
     env = {**ENV, "HIZFO_TEST_FAIL_RANK": "1", "HIZFO_TEST_FAIL_STEP": "5", "PYTHONPATH": str(ROOT)}
     launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -56,8 +55,8 @@ def test_a_full_disk_on_rank_1_at_a_checkpoint_leaves_a_failed_record_naming_it(
     left. (Before: DCP's failure, a BaseException, escaped every handler, a traceback on each rank and no record;
     the other, a ConfigError, one line and no record.)"""
     results = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "tests/distributed/failing_run.py", *ARGS, f"results_dir={results}", f"hydra.run.dir={tmp_path / 'out'}"]
+    cmd = [*torchrun_prefix(2), "tests/distributed/failing_run.py", *ARGS, f"results_dir={results}",
+           f"hydra.run.dir={tmp_path / 'out'}"]
     env = {**ENV, "HIZFO_TEST_FULL_DISK_RANK": "1", "HIZFO_TEST_FULL_DISK_AT": where, "PYTHONPATH": str(ROOT)}
     launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -79,9 +78,8 @@ def test_a_bad_config_is_said_by_rank_0_even_when_rank_1_finds_it_first(tmp_path
     """Every rank finds a bad config alike and only rank 0 says it; rank 1, done first, used to exit at once, and
     torchrun then stopped rank 0 before its line (lost now and then on a busy box; always with rank 0 3 s slower).
     Rank 1 now waits while rank 0 reports."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "tests/distributed/failing_run.py", "task.batch_size=3", "method.max_steps=2", "logger=none",
-           "num_threads=1", f"results_dir={tmp_path / 'runs'}", f"hydra.run.dir={tmp_path / 'out'}"]
+    cmd = [*torchrun_prefix(2), "tests/distributed/failing_run.py", "task.batch_size=3", "method.max_steps=2",
+           "logger=none", "num_threads=1", f"results_dir={tmp_path / 'runs'}", f"hydra.run.dir={tmp_path / 'out'}"]
     env = {**ENV, "HIZFO_TEST_SLOW_RANK": "0", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     said_once_by_rank_0(proc, "task.batch_size: the global batch 3 does not split over 2 processes", tmp_path / "runs")

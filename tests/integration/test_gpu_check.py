@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 ENV = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def gpu_check(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def gpu_check(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=ENV)
 
@@ -66,7 +66,10 @@ def test_cpu_smoke_runs_the_matrix_and_reports_the_injected_failure(tmp_path):
     assert summary == report["summary"]
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert "| full_ft/fp32+injected (injected) | failed |" in markdown and summary in markdown
-    assert seconds < 150, seconds                    # a budget (measured: 29.6 s of CPU, Zen 4, AVX512-BF16)
+    # a budget: 29.6 s of CPU measured on a Zen 4 (AVX512-BF16), about 75 s on a Zen 3 that emulates bf16, where a
+    # busy sibling hyperthread stretches CPU seconds too
+    from hizfo.core.precision import cpu_has_native_bf16
+    assert seconds < (150 if cpu_has_native_bf16() else 300), seconds
 
 
 @pytest.mark.subprocess

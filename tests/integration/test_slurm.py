@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, finished_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
@@ -126,15 +126,17 @@ def test_sigusr1_mid_run_checkpoints_requeues_and_the_requeued_job_resumes(slurm
     sweep_dir = tmp_path / "multirun"
     env = slurm_env(slurm)
     proc = subprocess.Popen([sys.executable, "run.py", "-m", *launcher_args(slurm, sweep_dir), "method=full_ft",
-                             *SMALL, "task.options.n_train=64", "method.max_steps=40", "checkpoint_every=2",
+                             *SMALL, "task.options.n_train=64", "method.max_steps=400", "checkpoint_every=2",
                              f"results_dir={results}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # 400 steps of about 10 ms: the signal reaches a run still training (at 40, the 38 steps after the first
+    # checkpoint took about 0.4 s, a window a stalled test process could miss)
     try:
         checkpoints = tmp_path / "checkpoints"
         deadline = time.time() + 600
-        while not list(checkpoints.rglob("step-*")) and time.time() < deadline and proc.poll() is None:
+        while not finished_checkpoints(checkpoints) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        assert list(checkpoints.rglob("step-*")), "no checkpoint appeared"
+        assert finished_checkpoints(checkpoints), "no checkpoint appeared"
         job_ids = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=env).stdout.split()
         assert len(job_ids) == 1, job_ids
         subprocess.run(["scancel", "--signal=USR1", job_ids[0]], check=True, env=env)
@@ -149,7 +151,7 @@ def test_sigusr1_mid_run_checkpoints_requeues_and_the_requeued_job_resumes(slurm
     assert "Requeued job" in logs, logs[-6000:]
     assert "resumed from" in logs, logs[-6000:]
     record = json.loads(next(results.rglob("*.json")).read_text())
-    assert record["status"] == "ok" and record["costs"]["steps"] == 40
+    assert record["status"] == "ok" and record["costs"]["steps"] == 400
     assert not checkpoints.exists() or not list(checkpoints.rglob("step-*"))
 
 

@@ -69,9 +69,16 @@ def train(method_name: str, checkpointer=None, extra: tuple[str, ...] = ()):
     from hizfo.core.precision import use_precision
     cfg, method, task, loaded = build(method_name, extra)
     meters = Meters()
-    with use_precision(cfg.precision):
-        options = LoopOptions(torch.device("cpu"), seed=cfg.seed, train_dropout=cfg.train_dropout)
-        result = train_and_evaluate(method, cfg.method, loaded, task, options, meters, checkpoint=checkpointer)
+    # one thread whatever the tests before left: the runs compared bit for bit here once differed at two threads
+    # (Hi-ZFO's profile, tests/integration/test_resume.py)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with use_precision(cfg.precision):
+            options = LoopOptions(torch.device("cpu"), seed=cfg.seed, train_dropout=cfg.train_dropout)
+            result = train_and_evaluate(method, cfg.method, loaded, task, options, meters, checkpoint=checkpointer)
+    finally:
+        torch.set_num_threads(previous)
     return result, params_sha256(method.eval_model()), meters
 
 
