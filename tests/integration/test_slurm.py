@@ -126,11 +126,12 @@ def test_sigusr1_mid_run_checkpoints_requeues_and_the_requeued_job_resumes(slurm
     sweep_dir = tmp_path / "multirun"
     env = slurm_env(slurm)
     proc = subprocess.Popen([sys.executable, "run.py", "-m", *launcher_args(slurm, sweep_dir), "method=full_ft",
-                             *SMALL, "task.options.n_train=64", "method.max_steps=400", "checkpoint_every=2",
+                             *SMALL, "task.options.n_train=320", "method.max_steps=200", "checkpoint_every=2",
                              f"results_dir={results}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    # 400 steps of about 10 ms: the signal reaches a run still training (at 40, the 38 steps after the first
-    # checkpoint took about 0.4 s, a window a stalled test process could miss)
+    # 200 steps (80 an epoch) of about 23 ms with their checkpoints, 4.7 s of training: the signal reaches a run
+    # still training (at 40 steps, the 38 after the first checkpoint took under a second, a window a stalled test
+    # process could miss)
     try:
         checkpoints = tmp_path / "checkpoints"
         deadline = time.time() + 600
@@ -151,7 +152,7 @@ def test_sigusr1_mid_run_checkpoints_requeues_and_the_requeued_job_resumes(slurm
     assert "Requeued job" in logs, logs[-6000:]
     assert "resumed from" in logs, logs[-6000:]
     record = json.loads(next(results.rglob("*.json")).read_text())
-    assert record["status"] == "ok" and record["costs"]["steps"] == 400
+    assert record["status"] == "ok" and record["costs"]["steps"] == 200
     assert not checkpoints.exists() or not list(checkpoints.rglob("step-*"))
 
 
