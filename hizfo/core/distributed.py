@@ -13,6 +13,7 @@ element) (hizfo/core/zo.py), never on the rank.
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import gc
 import os
@@ -130,21 +131,27 @@ def current() -> World:
 
 
 def init(backend: str) -> World:
-    """Join the process group ``torchrun`` describes (idempotent); one process: nothing to join."""
+    """Join the process group ``torchrun`` describes, once per process: the runs of a Hydra sweep under torchrun
+    (one process runs every job) share it, and it is left at exit (``leave``); one process: nothing to join."""
     if launched_world_size() == 1:
         return World()
     os.environ.update(slurm_rendezvous())              # a Slurm step of several tasks: the env:// variables
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
+        atexit.register(leave)
+    elif dist.get_backend() != backend:
+        raise ConfigError(f"backend: this process's group is {dist.get_backend()} (an earlier job of the sweep); "
+                          f"a sweep under torchrun keeps one backend, launch {backend} on its own")
     return current()
 
 
-def shutdown(finished: bool = False) -> None:
-    """Leave the process group (every rank at the end of a run, also after a failure). After a ``finished`` run the
-    ranks first meet, so none leaves while another still speaks to it; then each collects its cyclic garbage, where
-    FSDP2's modules keep the group and their collectives' work alive: left to the interpreter's teardown, those
-    ended a rank in ``terminate called without an active exception`` about once in a dozen 2-process runs
-    (tests/distributed/spawn.py found it first). The caller drops its own references to the model before."""
+def end_run(finished: bool = False) -> None:
+    """A run's end on every rank, also after a failure. After a ``finished`` run the ranks first meet, so none goes
+    on while another still speaks to it; then each collects its cyclic garbage, where FSDP2's modules keep the group
+    and their collectives' work alive: left to the interpreter's teardown, those ended a rank in ``terminate called
+    without an active exception`` about once in a dozen 2-process runs (tests/distributed/spawn.py found it first).
+    The caller drops its references to the model first. The group stays for the process's next run: made again on
+    torchrun's store, it read the last one's stale addresses (a sweep's second job hung in its init, 3 in 4)."""
     if not (dist.is_available() and dist.is_initialized()):
         return
     if finished:
@@ -153,7 +160,13 @@ def shutdown(finished: bool = False) -> None:
         except RuntimeError:           # a peer that failed after the last collective: its own exit status says so
             pass
     gc.collect()
-    dist.destroy_process_group()
+
+
+def leave() -> None:
+    """Leave the process group (at exit, before the interpreter's teardown; idempotent)."""
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def rank_slice(indices: Sequence[int], world: World) -> list[int]:

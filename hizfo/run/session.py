@@ -137,8 +137,8 @@ def run(cfg: DictConfig, inputs: RunInputs = RunInputs()) -> dict[str, Any]:
         finished = True
         return record
     finally:
-        del prepared                                    # the model (FSDP2's hold on the group) goes before the group
-        distributed.shutdown(finished)
+        del prepared                                    # the model (FSDP2's hold on the group) goes first
+        distributed.end_run(finished)
 
 
 def _run_in_world(prepared: Prepared, world: distributed.World) -> dict[str, Any]:

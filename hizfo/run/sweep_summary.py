@@ -13,6 +13,7 @@ timeouts) is refused in one line here, before anything is submitted.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -227,6 +228,13 @@ def refuse_unchecked_slurm(config: DictConfig) -> None:
         raise SystemExit(2)
 
 
+def _reports() -> bool:
+    """Whether this process logs and summarises a sweep's jobs: rank 0 of a job that several processes run
+    (``torchrun run.py -m``, or a Slurm job of several tasks), and every one-process job."""
+    from hizfo.core.distributed import launched_rank
+    return launched_rank() == 0
+
+
 class SweepSummary(_HydraCallback):
     """Hydra callback: tee each job's output into its log, record each job's outcome, summarise the sweep."""
 
@@ -241,6 +249,9 @@ class SweepSummary(_HydraCallback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         refuse_unchecked_slurm(config)
+        if not _reports():                          # rank 0 alone reports a sweep that every rank runs
+            logging.getLogger("hydra").setLevel(logging.WARNING)      # Hydra's "Launching N jobs" lines too
+            return
         _WATCHES.append(SweepWatch(sweep_dir=Path(str(config.hydra.sweep.dir)), started=time.time()))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -249,6 +260,8 @@ class SweepSummary(_HydraCallback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._started = time.time()
+        if not _reports():
+            return
         path = job_log_path(config)
         path.parent.mkdir(parents=True, exist_ok=True)
         log = open(path, "a", encoding="utf-8")           # closed in on_job_end
@@ -261,7 +274,7 @@ class SweepSummary(_HydraCallback):
             log.close()
             self._streams = None
         from hydra.types import RunMode
-        if OmegaConf.select(config, "hydra.mode", default=None) != RunMode.MULTIRUN:
+        if OmegaConf.select(config, "hydra.mode", default=None) != RunMode.MULTIRUN or not _reports():
             return
         overrides = list(job_return.overrides or [])
         record = record_path_of(job_return.cfg, overrides)

@@ -5,7 +5,7 @@ training); or, with HIZFO_TEST_FULL_DISK_RANK, that rank's disk is full when it 
 (HIZFO_TEST_FULL_DISK_AT: ``shard``, in DCP's own write of its shard, or ``rng``, its RNG states after it); or,
 with HIZFO_TEST_SLOW_RANK, that rank takes 3 s longer over its config checks. With HIZFO_TEST_COUNT_AT_EXIT, every
 rank says as it exits how many FSDP2 modules are still alive (a run's end must leave none to the interpreter's
-teardown: hizfo/core/distributed.py, ``shutdown``). For the tests only.
+teardown: hizfo/core/distributed.py, ``end_run``). For the tests only.
 
     torchrun --nproc_per_node 2 tests/distributed/failing_run.py <run.py's arguments>
 """

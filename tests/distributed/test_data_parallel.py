@@ -175,6 +175,21 @@ def test_a_composition_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
     said_once_by_rank_0(proc, "method=bogus", tmp_path / "runs")
 
 
+@pytest.mark.subprocess
+def test_a_sweep_under_torchrun_runs_every_job_in_one_group_and_rank_0_reports_it(tmp_path):
+    """``torchrun run.py -m``: each rank's one process runs every job, all in the group it joined for the first
+    (made again for the second job, the group read the first one's stale addresses on torchrun's store and hung in
+    its init, 3 times in 4); Hydra's launch lines and the sweep's summary come from rank 0 alone."""
+    proc = torchrun(2, ["run.py", "-m", "method=mezo,full_ft", "method.max_steps=2", "task.options.n_eval=4",
+                        "logger=none", "num_threads=1", f"results_dir={tmp_path / 'runs'}",
+                        f"hydra.sweep.dir={tmp_path / 'sweep'}"], timeout=180)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("*.json")]
+    assert len(records) == 2 and all(r["status"] == "ok" and r["provenance"]["world_size"] == 2 for r in records)
+    said = proc.stdout + proc.stderr
+    assert said.count("Launching 2 jobs locally") == 1 and said.count("sweep summary: 2 jobs: 2 ok") == 1, said[-3000:]
+
+
 def test_slurm_steps_of_several_tasks_give_the_rendezvous():
     from hizfo.core.distributed import first_host, slurm_rendezvous
     step = {"SLURM_STEP_NUM_TASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",

@@ -123,7 +123,8 @@ def main(out: Path, runs: dict[str, list[str]]) -> None:
             one_run(out / name, overrides)
         finished = True
     finally:
-        distributed.shutdown(finished)                # as a run ends (hizfo/run/session.py)
+        distributed.end_run(finished)                 # as a run ends (hizfo/run/session.py)
+        distributed.leave()                           # as the process exits
 
 
 if __name__ == "__main__":
