@@ -216,3 +216,14 @@ def test_a_noise_buffer_made_under_fake_tensors_is_not_reused_outside():
             assert zo._buffer(64, torch.float32, torch.device("cpu")).fake_mode is mode
     real = zo._buffer(64, torch.float32, torch.device("cpu"))
     assert not isinstance(real, FakeTensor) and real.numel() == 64
+
+
+def test_a_sweep_job_asking_another_backend_than_the_processs_group_is_one_line(monkeypatch, gloo_one_process):
+    """The group lives as long as the process (a sweep under torchrun runs every job in it): a job that asks for
+    another backend is refused in one line, and one that asks for the same gets the group as it is."""
+    from hizfo.core import distributed
+    from hizfo.errors import ConfigError
+    monkeypatch.setenv("WORLD_SIZE", "2")                  # as torchrun says it; the group here is of one
+    assert distributed.init("gloo").backend == "gloo"
+    with pytest.raises(ConfigError, match="^backend: this process's group is gloo"):
+        distributed.init("nccl")
