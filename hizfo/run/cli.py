@@ -114,15 +114,17 @@ def interrupted_line(exc: KeyboardInterrupt) -> str:
 def end_failed_run(exc: Exception, multirun: bool) -> None:
     """run.py's answer to a run that raised: a config error is one line (from rank 0 under torchrun), any other error
     its traceback unless already reported; then exit 2 or 1, or, in a multirun, re-raise so Hydra's sweep goes on to
-    the next job and the sweep's summary counts this one failed."""
-    from hizfo.core.distributed import say_from_rank_0
+    the next job and the sweep's summary counts this one failed. A sweep under torchrun goes on only past a config
+    error (every rank finds it alike, before any collective): after any other failure the ranks' collectives may no
+    longer pair up in the one group the jobs share, so every rank exits (the relaunch skips the jobs done)."""
+    from hizfo.core.distributed import launched_world_size, say_from_rank_0
     config_error = config_error_in(exc)
     if config_error is not None:
         say_from_rank_0(f"error: {config_error}")
         exc.reported = True                                   # type: ignore[attr-defined]  (call_main: nothing more)
     elif not getattr(exc, "reported", False):
         traceback.print_exc()
-    if multirun:
+    if multirun and (config_error is not None or launched_world_size() == 1):
         raise exc
     sys.exit(2 if config_error is not None else 1)
 

@@ -27,11 +27,13 @@ def _reap(procs: list[subprocess.Popen]) -> None:
             proc.communicate(timeout=60)
 
 
-def test_a_failure_on_rank_1_is_the_cause_in_rank_0s_record(tmp_path):
+def test_a_failure_on_rank_1_is_the_cause_in_rank_0s_record_and_ends_the_sweep(tmp_path):
+    """Rank 1 fails at step 5 of a sweep's first job: rank 0's record of that job names it, and the sweep ends there
+    (its ranks' collectives may no longer pair up in the group the jobs share): no second job, a non-zero exit."""
     results = tmp_path / "runs"
     args = [a if not a.startswith("method.max_steps=") else "method.max_steps=400" for a in ARGS]
-    cmd = [*torchrun_prefix(2), "tests/distributed/failing_run.py", *args, f"results_dir={results}",
-           f"hydra.run.dir={tmp_path / 'out'}"]
+    cmd = [*torchrun_prefix(2), "tests/distributed/failing_run.py", "-m", "seed=0,1", *args,
+           f"results_dir={results}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     env = {**ENV, "HIZFO_TEST_FAIL_RANK": "1", "HIZFO_TEST_FAIL_STEP": "5", "PYTHONPATH": str(ROOT)}
     launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -39,7 +41,8 @@ def test_a_failure_on_rank_1_is_the_cause_in_rank_0s_record(tmp_path):
     finally:
         _reap([launcher])
     assert launcher.returncode != 0
-    (path,) = results.rglob("seed0.json")
+    (path,) = results.rglob("*.json")                     # the first job's, not the second's
+    assert path.name == "seed0.json"
     record = json.loads(path.read_text())
     assert record["status"] == "failed", record["status"]
     assert record["error"].startswith("rank 1 failed first: ValueError: injected failure on rank 1 at step 5; "
@@ -64,7 +67,8 @@ def test_a_full_disk_on_rank_1_at_a_checkpoint_leaves_a_failed_record_naming_it(
     finally:
         _reap([launcher])
     assert launcher.returncode != 0
-    (path,) = results.rglob("seed0.json")
+    (path,) = results.rglob("*.json")                     # the first job's, not the second's
+    assert path.name == "seed0.json"
     record = json.loads(path.read_text())
     assert record["status"] == "failed" and record["failed_step"] is None, record
     cause = re.compile(r"rank 1 failed( first)?: OSError: \[Errno 28\] No space left on device")
