@@ -19,6 +19,7 @@ import gc
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -146,12 +147,10 @@ def init(backend: str) -> World:
 
 
 def end_run(finished: bool = False) -> None:
-    """A run's end on every rank, also after a failure. After a ``finished`` run the ranks first meet, so none goes
-    on while another still speaks to it; then each collects its cyclic garbage, where FSDP2's modules keep the group
-    and their collectives' work alive: left to the interpreter's teardown, those ended a rank in ``terminate called
-    without an active exception`` about once in a dozen 2-process runs (tests/distributed/spawn.py found it first).
-    The caller drops its references to the model first. The group stays for the process's next run: made again on
-    torchrun's store, it read the last one's stale addresses (a sweep's second job hung in its init, 3 in 4)."""
+    """A run's end on every rank, also after a failure: after a ``finished`` run the ranks meet, so none goes on while
+    another still speaks to it; each collects its cyclic garbage (the caller drops the model first), where FSDP2's
+    modules hold the group and their collectives' work: left to the interpreter's teardown, they aborted a rank
+    (``terminate called without an active exception``) now and then. The group stays for a sweep's next job."""
     if not (dist.is_available() and dist.is_initialized()):
         return
     if finished:
@@ -360,16 +359,17 @@ def shard(model: nn.Module, replicate: Sequence[torch.Tensor] = ()) -> nn.Module
     from torch.distributed.fsdp import FSDPModule, fully_shard
     if isinstance(model, FSDPModule):                      # sharded already (a profile that ran on the shards)
         return model
-
     from hizfo.core.models import decoder_layers
     device_type = "cuda" if world.backend == "nccl" else "cpu"
     mesh = init_device_mesh(device_type, (world.size,))
     ignored = {p for p in replicate if isinstance(p, nn.Parameter)} or None
     for block in decoder_layers(model):
         fully_shard(block, mesh=mesh, ignored_params=ignored)
-    # the root too reshards after every forward (FSDP2 keeps it whole by default, expecting a backward to follow):
-    # a forward without backward (a ZO stream) would otherwise leave stale whole copies that the next forward
-    # reads after the optimizer has stepped the shards
+    # FSDP2 warns (each rank, each run) that a block returns a view, lest an in-place op on it skip its hook: none
+    # here does (2 processes take one process's steps, every method: tests/distributed/test_data_parallel.py)
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor", category=UserWarning)
+    # the root too reshards after every forward (FSDP2 keeps it whole, expecting a backward): a forward without
+    # backward (a ZO stream) would leave stale whole copies, read by the next forward after the optimizer step
     fully_shard(model, mesh=mesh, ignored_params=ignored, reshard_after_forward=True)
     return model
 
