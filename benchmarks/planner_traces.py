@@ -7,15 +7,18 @@ method object from hizfo/registry.py, sets it up as the loop would, runs one war
 masters exist), and traces the next step with ``torch.distributed._tools.mem_tracker.MemTracker``. The peak snapshot
 splits into Parameter, Gradient, Optstate (everything made inside optimizer.step, its temporaries too), Activation
 (made in a forward, or outside any module), Temp (made in a backward) and Other (tensors passed to track_external:
-here the fp32 masters).
+here the fp32 masters and zo.py's noise chunk cached by the warm-up; before 2026-12-08 that chunk was not
+tracked, and a step that did not allocate it again, a Bilevel-ZOFO lower step or Hi-ZFO's FO backward, missed it).
 
 What the harness changes, and why: a fake tensor has no value, so ``float()`` / ``.item()`` of one return 1.0 (the
 losses and the ZO step seed); Hi-ZFO's and GreenTrainer's selection comes from the planner's cost-only worst case
 (profiling reads values, e.g. ``torch.unique``, so it cannot run on fake tensors); Bilevel-ZOFO warms up past its
 first upper step (the traced step is then a lower step with the upper AdamW's state alive); peft's adapter move
-(``Module.to``) is skipped as in the planner; MemTracker refuses a second forward of the root module in one step,
-so a subclass lets Hi-ZFO's and MeZO's second forward through. Noise chunks made in hizfo/core/zo.py's worker
-threads are invisible to MemTracker (dispatch modes are thread-local).
+(``Module.to``) is skipped as in the planner, and the adapters' new modules are put in eval mode as
+hizfo/run/loop.py does after setup (until 2026-12-08 LoRA's dropout ran in train mode in the traces); MemTracker
+refuses a second forward of the root module in one step, so a subclass lets Hi-ZFO's and MeZO's second forward
+through. Noise chunks made in hizfo/core/zo.py's worker threads are invisible to MemTracker (dispatch modes are
+thread-local).
 """
 from __future__ import annotations
 
@@ -117,6 +120,7 @@ def build_method(name: str, fm: Any, s: Setting, batch: dict, stream: Any) -> An
         method.setup(ctx)
     finally:
         nn.Module.to = move
+    method.eval_model().train(False)      # as hizfo/run/loop.py: peft's new modules (LoRA's dropout) follow the mode
     return method
 
 
@@ -136,6 +140,13 @@ def _externals(method: Any) -> tuple[list, list]:
         if m is not None:
             masters += m.masters
     return optims, masters
+
+
+def _cached_chunks(mode: Any) -> list:
+    """hizfo/core/zo.py's noise chunks this cell's warm-up left cached in the main thread (made before the traced
+    step, so MemTracker would see one only if the step allocated it again: Other, as the masters)."""
+    from hizfo.core import zo
+    return [b for k, b in getattr(zo._local, "bufs", {}).items() if k[2] is mode]
 
 
 def trace_cell(shape: ModelShape, name: str, precision: str, batch: int, seq_len: int) -> dict[str, Any]:
@@ -158,7 +169,7 @@ def trace_cell(shape: ModelShape, name: str, precision: str, batch: int, seq_len
                 method.train_step(one)
             optims, masters = _externals(method)
             tracker = tracker_class()()
-            tracker.track_external(fm.model, *optims, *masters)
+            tracker.track_external(fm.model, *optims, *masters, *_cached_chunks(fm.mode))
             with tracker:
                 method.train_step(one)
             peak = tracker.get_tracker_snapshot("peak")

@@ -177,16 +177,35 @@ def _backward_moments(s: Setting, r: ModelRoles, act: int, base: dict[str, int],
                       ) -> dict[str, dict[str, int]]:
     """The FO step's moments around the backward (as MemTracker traces them on tiny-opt and OPT-125m):
 
-    loss             the saved activations and the logits (plus their fp32 copy under bf16 compute)
+    loss             the saved activations and the logits (plus their fp32 copy under bf16 compute, and what the
+                     model's output holds under autocast: ``_loss_held``)
     head backward    the saved activations and two [N, V] fp32 tensors (log_softmax's and the logits' gradients)
     block backward   the last block's FFN backward: two [N, ffn] (three when gated) and one [N, hidden] in compute
                      dtype, once the loss's log_softmax output and the final norm's saved input and output have
                      been freed
     """
     left, ffn = _block_backward(r, act, tokens, head, c)
-    return {"loss": {**base, "activations": act, "temporaries": head * (c + (FP32 if c != FP32 else 0))},
+    loss = head * (c + (FP32 if c != FP32 else 0)) + _loss_held(s, r, tokens, c)
+    return {"loss": {**base, "activations": act, "temporaries": loss},
             "head backward": {**base, "activations": act, "temporaries": 2 * head * FP32},
             "block backward": {**base, "activations": left, "temporaries": ffn}}
+
+
+def _loss_held(s: Setting, r: ModelRoles, tokens: int, c: int) -> int:
+    """What the model's output keeps alive to the loss under autocast (fp32 weights, bf16 compute) that autograd
+    does not save (traced per tensor on tiny-opt, benchmarks/RESULTS_planner.md, 2026-12-08): the final norm's output,
+    [N, hidden] fp32 (the head saves its bf16 cast; the output's last_hidden_state holds it), and under Prefix-Tuning
+    the KV cache: transformers' DynamicCache.update concatenates peft's fp32 prefix with the block's bf16 K and V
+    (torch.cat promotes to fp32) and keeps the [rows, P + T] result of every block, of which sdpa saves bf16 casts.
+    Freed with the output after the loss: the peak only where the head is small beside them (tiny-opt)."""
+    w = _dtypes(s.precision)[0]
+    if w == c:
+        return 0
+    held = tokens * r.hidden * w
+    if s.method == "prefix":
+        rows = max(1, s.batch // s.world_size)
+        held += 2 * r.layers * (tokens + rows * int(s.cfg().get("num_virtual_tokens", 20))) * r.kv_width * FP32
+    return held
 
 
 def _block_backward(r: ModelRoles, act: int, tokens: int, head: int, c: int) -> tuple[int, int]:
