@@ -19,6 +19,10 @@ from hizfo.errors import ConfigError
 from hizfo.run.runspec import RunSpec
 from tests.conftest import compose
 
+# one torch thread whatever the tests before left (conftest's fixture): runs compared bit for bit here once
+# differed at two threads (Hi-ZFO's profile, tests/integration/test_resume.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # 16 examples / batch 4 = 4 steps an epoch; 6 steps cross one epoch boundary
 TOTAL_STEPS = 6
 SMALL = ["logger=none", "train_dropout=true", "task.options.n_train=16", "task.batch_size=4", "task.options.n_eval=4",
@@ -69,16 +73,9 @@ def train(method_name: str, checkpointer=None, extra: tuple[str, ...] = ()):
     from hizfo.core.precision import use_precision
     cfg, method, task, loaded = build(method_name, extra)
     meters = Meters()
-    # one thread whatever the tests before left: the runs compared bit for bit here once differed at two threads
-    # (Hi-ZFO's profile, tests/integration/test_resume.py)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with use_precision(cfg.precision):
-            options = LoopOptions(torch.device("cpu"), seed=cfg.seed, train_dropout=cfg.train_dropout)
-            result = train_and_evaluate(method, cfg.method, loaded, task, options, meters, checkpoint=checkpointer)
-    finally:
-        torch.set_num_threads(previous)
+    with use_precision(cfg.precision):
+        options = LoopOptions(torch.device("cpu"), seed=cfg.seed, train_dropout=cfg.train_dropout)
+        result = train_and_evaluate(method, cfg.method, loaded, task, options, meters, checkpoint=checkpointer)
     return result, params_sha256(method.eval_model()), meters
 
 
