@@ -3,12 +3,14 @@ arm, learning-curve plots, and the records it could not place (with why).
 
     python -m analysis.compare --results results/runs                        # every arm, mean ± 95 % CI over seeds
     python -m analysis.compare --results results/runs --against full_ft      # + paired differences vs Full FT
+                                  # (full_ft: that arm, or the one variant of full_ft there, e.g. full_ft [debug=fast])
     python -m analysis.compare --results multirun/... --out outputs/compare  # where the curve plots go
 
 An *arm* is a method and its variant (``hizfo``, ``hizfo [method.rho=0.2]``); seeds of an arm are pooled. The
 paired difference of an arm is taken seed by seed against the reference arm of the same model and task (the seeds
-both have), with a 95 % t interval. Unlike ``analysis.tables`` (the paper's fixed templates), nothing here expects
-particular methods, models or tasks. Bad input (no records, an unknown reference arm): one line, exit 2.
+both have), with a 95 % t interval. Arms whose records share a config_hash (the same computation under two
+variant names) are one arm, under the shorter name. Unlike ``analysis.tables`` (the paper's fixed templates),
+nothing here expects particular methods, models or tasks. Bad input (no records, an unknown reference arm): one line, exit 2.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class Placed:
     """The records placed in an arm (ok, with at least one metric) and those left out, each with why."""
     frame: pd.DataFrame
     left_out: list[tuple[str, str]] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)        # arms folded into another: same config_hash
 
 
 def arm_label(method: str, variant: Any) -> str:
@@ -61,10 +64,50 @@ def place(frame: pd.DataFrame, report: Report) -> Placed:
         else:
             keep.append(index)
     placed = frame.loc[keep].copy()
+    merged: list[str] = []
     if not placed.empty:
-        placed["arm"] = [arm_label(m, v) for m, v in zip(placed["method"], placed["variant"])]
+        labels = [arm_label(m, v) for m, v in zip(placed["method"], placed["variant"])]
+        placed["arm"], merged = merge_same_config(labels, list(placed["config_hash"]))
         placed = placed.sort_values("created").drop_duplicates(["model", "task", "arm", "seed"], keep="last")
-    return Placed(placed, left_out)
+    return Placed(placed, left_out, merged)
+
+
+def merge_same_config(labels: list[str], hashes: list[Any]) -> tuple[list[str], list[str]]:
+    """One arm for labels whose records share a config_hash (``hizfo [method.rho=0.6]`` is ``hizfo``: the same
+    computation under another name), named by its shortest label; and a line per label merged away."""
+    parent = {label: label for label in labels}
+
+    def root(label: str) -> str:
+        while parent[label] != label:
+            label = parent[label]
+        return label
+
+    first: dict[Any, str] = {}
+    for label, key in zip(labels, hashes):
+        if key is None or (isinstance(key, float) and pd.isna(key)):
+            continue
+        a, b = root(first.setdefault(key, label)), root(label)
+        if a != b:
+            keep, gone = sorted((a, b), key=lambda name: (len(name), name))
+            parent[gone] = keep
+    merged = sorted(f"{label} merged into {root(label)} (same config_hash)" for label in parent
+                    if root(label) != label)
+    return [root(label) for label in labels], merged
+
+
+def resolve_reference(against: str, arms: list[str], results: Path) -> str:
+    """The reference arm: ``against`` itself, else the one arm of that method (``full_ft`` -> ``full_ft [debug=fast]``
+    when that is its only variant here); bad input raises CompareError naming the arms."""
+    if against in arms:
+        return against
+    variants = [arm for arm in arms if arm.partition(" [")[0] == against]
+    if len(variants) == 1:
+        return variants[0]
+    if variants:
+        raise CompareError(f"--against: {against} has {len(variants)} variants in {results}; name one: "
+                           + "; ".join(repr(v) for v in variants))
+    listing = ", ".join(arms[:12]) + (f", … ({len(arms)} in all)" if len(arms) > 12 else "")
+    raise CompareError(f"--against: no arm '{against}' in {results}; arms: {listing}")
 
 
 def group_metrics(group: pd.DataFrame) -> list[str]:
@@ -158,11 +201,10 @@ def compare(results: Path, against: Optional[str], out_dir: Optional[Path]) -> l
     if frame.empty:
         raise CompareError(f"--results: no usable records under {results} "
                            f"({len(placed.left_out)} file(s) could not be placed)")
-    if against is not None and against not in known_arms(frame):
-        arms = known_arms(frame)
-        listing = ", ".join(arms[:12]) + (f", … ({len(arms)} in all)" if len(arms) > 12 else "")
-        raise CompareError(f"--against: no arm '{against}' in {results}; arms: {listing}")
+    if against is not None:
+        against = resolve_reference(against, known_arms(frame), results)
     lines = [f"# Arms under {results}", ""]
+    lines += [f"- {line}" for line in placed.merged] + ([""] if placed.merged else [])
     for (model, task), group in sorted(frame.groupby(["model", "task"]), key=lambda item: item[0]):
         lines += [f"## {model} × {task}", ""] + arm_table(group) + [""]
         if against is not None:

@@ -32,6 +32,7 @@ def write_sweep(root: Path) -> None:
         record["config"]["model"]["name"], record["config"]["task"]["name"] = "smollm2-135m", "pydoc"
         record["config"]["method"] = {"name": method, "_target_": f"x.{method}", "epochs": 1, "alpha_mode": "update"}
         record["metrics"] = {"rougeL": score}
+        record["config_hash"] = f"{method}-{seed}"          # one computation per record (compare merges equal ones)
         record["curve"] = {"every": 1, "train_loss": [[1, 3.0 + seed], [2, 2.0 + seed]], "eval": []}
         path = root / "smollm2-135m" / "pydoc" / method / "default" / f"seed{seed}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,3 +127,61 @@ def test_a_gpu_records_prediction_is_shown_beside_its_measured_peak(tmp_path, ca
     column = header.index("memory / planned")
     assert row["full_ft"][column] == "0.91 ± 0.13"                     # 0.90 and 0.92: t(0.975, 1) · 0.01 = 0.127
     assert row["mezo"][column] == "–"                                   # no prediction recorded
+
+
+def rename_variant(root: Path, method: str, variant: str, *, same_config: bool = True) -> None:
+    """Move an arm's records under another variant; same_config keeps their config_hash (the variant only reports)."""
+    for path in sorted((root / "smollm2-135m" / "pydoc" / method / "default").glob("seed*.json")):
+        record = json.loads(path.read_text())
+        record["config"]["variant"] = variant
+        if not same_config:
+            record["config_hash"] += "-other"
+        target = root / "smollm2-135m" / "pydoc" / method / variant / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(record))
+        path.unlink()
+
+
+def test_against_names_a_method_whose_only_variant_is_not_the_default(tmp_path, capsys):
+    """A README reader's sweep runs under debug=fast: `--against full_ft` means `full_ft [debug=fast]`."""
+    write_sweep(tmp_path / "runs")
+    rename_variant(tmp_path / "runs", "full_ft", "debug=fast", same_config=False)
+    assert main(["--results", str(tmp_path / "runs"), "--against", "full_ft", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| arm − full_ft [debug=fast] | paired seeds | rougeL |" in out
+    assert "| mezo | 3 | -10.00 [-12.48, -7.52] |" in out
+
+
+def test_against_a_method_with_two_variants_asks_for_one(tmp_path, capsys):
+    """Two variants and no default: which is the reference is the user's call (with a default, it is the default)."""
+    write_sweep(tmp_path / "runs")
+    template = tmp_path / "runs" / "smollm2-135m" / "pydoc" / "full_ft" / "default" / "seed0.json"
+    record = json.loads(template.read_text())
+    record["config"]["variant"], record["config_hash"] = "method.lr=0.001", "0123456789abcdef"
+    other = template.parent.parent / "method.lr=0.001" / "seed0.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps(record))
+    assert main(["--results", str(tmp_path / "runs"), "--against", "full_ft", "--no-plots"]) == 0   # the default
+    capsys.readouterr()
+    rename_variant(tmp_path / "runs", "full_ft", "debug=fast", same_config=False)
+    assert main(["--results", str(tmp_path / "runs"), "--against", "full_ft", "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--against: full_ft has 2 variants" in err
+    assert "'full_ft [debug=fast]'; 'full_ft [method.lr=0.001]'" in err
+
+
+def test_arms_whose_records_share_a_config_hash_are_one_arm(tmp_path, capsys):
+    """hizfo's seed 0 also ran under a variant name that changes nothing (same config_hash): one arm, two seeds."""
+    write_sweep(tmp_path / "runs")
+    runs = tmp_path / "runs" / "smollm2-135m" / "pydoc" / "hizfo"
+    record = json.loads((runs / "default" / "seed0.json").read_text())
+    record["config"]["variant"] = "method.rho=0.6"
+    (runs / "method.rho=0.6").mkdir()
+    (runs / "method.rho=0.6" / "seed0.json").write_text(json.dumps(record))
+    rename_variant(tmp_path / "runs", "mezo", "method.eps=0.01", same_config=False)   # a real variant: kept apart
+    assert main(["--results", str(tmp_path / "runs"), "--no-plots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "- hizfo [method.rho=0.6] merged into hizfo (same config_hash)" in lines
+    row = {cells(line)[0]: cells(line) for line in lines if line.startswith("| ")}
+    assert "hizfo [method.rho=0.6]" not in row and row["hizfo"][1] == "2"
+    assert row["mezo [method.eps=0.01]"][1] == "3" and "mezo" not in row
