@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
-from hizfo.run.sweep_summary import refuse_unchecked_slurm
+from hizfo.run.sweep_summary import note_submitted, refuse_unchecked_slurm
 
 DEFAULT_PREFIX = "hizfo"
 
@@ -75,7 +75,23 @@ class NamedSlurmLauncher(SlurmLauncher):
                              Singleton.get_state()))
             for index, job in zip(indices, executor.map_array(self, *zip(*args))):
                 jobs[index] = job
-        return [jobs[index].results()[0] for index in range(len(job_overrides))]
+        ordered = [jobs[index] for index in range(len(job_overrides))]
+        note_submitted(ordered)
+        return collect_results(ordered, job_overrides)
+
+
+def collect_results(jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]]) -> list[JobReturn]:
+    """Every job's result, waiting for each: a job that ended returning nothing (killed, out of memory,
+    ``os._exit``) is a failed result with submitit's error, and the jobs after it are still waited for (before,
+    its exception stopped the wait and the summary counted jobs still running as lost)."""
+    results = []
+    for job, overrides in zip(jobs, job_overrides):
+        try:
+            results.append(job.results()[0])
+        except Exception as exc:                           # noqa: BLE001 - submitit's UncompletedJobError and kin
+            failed = JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=exc)
+            results.append(failed)
+    return results
 
 
 def _base_conf() -> Any:

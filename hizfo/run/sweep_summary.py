@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Callable, Iterable, Optional, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -141,12 +141,35 @@ def read_outcomes(sweep_dir: Path, since: float) -> list[JobOutcome]:
     return sorted(outcomes, key=lambda o: o.num)
 
 
-def lost_jobs(sweep_dir: Path, outcomes: list[JobOutcome], since: float) -> list[JobOutcome]:
-    """Submitit jobs that left an error log but no status file (killed, out of memory, a crash in Python)."""
+_SUBMITTED: dict[str, Any] = {}        # submitit jobs this process submitted, by their error log's path
+
+
+def note_submitted(jobs: Iterable[Any]) -> None:
+    """Remember submitit jobs (hizfo/run/slurm_launcher.py), so that the summary can ask whether each ended."""
+    for job in jobs:
+        _SUBMITTED[str(Path(job.paths.stderr).resolve())] = job
+
+
+def job_ended(err: Path) -> bool:
+    """Whether submitit says the job of this error log ended; a log of a job this process cannot ask about
+    (another launcher's) counts as ended, as a finished sweep's are."""
+    job = _SUBMITTED.get(str(err.resolve()))
+    if job is None:
+        return True
+    try:
+        return bool(job.done())
+    except Exception:                                      # noqa: BLE001 - squeue/sacct unreachable: cannot tell
+        return True
+
+
+def lost_jobs(sweep_dir: Path, outcomes: list[JobOutcome], since: float,
+              ended: Callable[[Path], bool] = job_ended) -> list[JobOutcome]:
+    """Submitit jobs that ended with an error log but no status file (killed, out of memory, a crash in Python);
+    a job still running is not lost (its .err exists from its start)."""
     known = {str(Path(o.slurm_log).resolve()) for o in outcomes if o.slurm_log}
     lost = []
     for err in sorted((sweep_dir / ".submitit").glob("*/*_log.err")):
-        if str(err.resolve()) in known or err.stat().st_mtime < since - 1:
+        if str(err.resolve()) in known or err.stat().st_mtime < since - 1 or not ended(err):
             continue
         lost.append(JobOutcome(num=-1, overrides=[], status="failed", slurm_log=str(err),
                                error=f"the job ended without a status (killed, or crashed): see {err.parent.name}"))
