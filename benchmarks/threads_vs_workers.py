@@ -23,9 +23,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _job(model, tokenizer, steps: int, generate: int) -> tuple[float, float]:
@@ -60,9 +57,11 @@ def worker(threads: int, jobs: int, steps: int, generate: int) -> None:
     torch.set_num_threads(threads)
     from omegaconf import OmegaConf
     from hizfo.core.models import load_model
-    spec = OmegaConf.load(ROOT / "conf" / "model" / "smollm2-135m.yaml")    # the one place its sources are named
-    loaded = load_model(spec.name, spec.family, hub_id=spec.hub_id, gguf_file=spec.gguf_file,
-                        pip_package=spec.pip_package, precision="bf16-mixed")
+    from hizfo.run.session import compose
+    # the model config as run.py composes it (the one composer), not conf/model/*.yaml read raw
+    kwargs = OmegaConf.to_container(compose(["model=smollm2-135m"]).model, resolve=True)
+    kwargs.pop("_target_")
+    loaded = load_model(**kwargs, precision="bf16-mixed")
     model, tokenizer = loaded.model, loaded.tokenizer
     model.train()
     print("ready", flush=True)
