@@ -101,6 +101,7 @@ class Prediction:
     selection: str = ""
     notes: list[str] = field(default_factory=list)
     fo_names: frozenset = frozenset()
+    moments: dict[str, dict[str, int]] = field(default_factory=dict)   # every moment of the step (the report's)
 
     @property
     def training_peak(self) -> int:
@@ -314,7 +315,8 @@ def predict(shape: ModelShape, s: Setting) -> Prediction:
     moments = _moments(s, roles, act)
     moment = max(moments, key=lambda k: sum(moments[k].values()))
     pred = Prediction(training=moments[moment], moment=moment, profiling=_profiling(s, roles, act_all),
-                      generation=_generation(s, roles), selection=roles.selection_note, fo_names=roles.fo_names)
+                      generation=_generation(s, roles), selection=roles.selection_note, fo_names=roles.fo_names,
+                      moments=moments)
     if s.method == "greentrainer":
         pred.notes.append("GreenTrainer re-selects every 2 epochs; AdamW state then also covers earlier selections")
     return pred

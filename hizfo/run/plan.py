@@ -5,7 +5,9 @@ and the smallest world size that fits a GPU, with FSDP2 sharding (the distribute
 processes") and without. ``-m`` expands comma lists and an experiment preset's grid (``experiment=table3``) and prints one row per cell. Never loads
 weights: the model's shape comes from its config (hizfo/core/shapes.py).
 
-Planner keys (not run keys): plan.gpu_gb (default 80), plan.world_size (1), plan.fsdp (true when world_size > 1),
+Planner keys (not run keys: run.py refuses them; a run's own check is switched off by HIZFO_PLAN_ENFORCE=0):
+plan.gpu_gb (default 80: a vendor's size, compared as torch reports it less a headroom, hizfo/run/plan_gpu.py),
+plan.world_size (1, a divisor of the global batch), plan.fsdp (true when world_size > 1),
 plan.device (cuda), plan.threads (1), plan.enforce (true: exit 1 when the config, or a cell of the grid, does not
 fit plan.gpu_gb at plan.world_size, so ``python -m hizfo.run.plan ... && sbatch ...`` submits only what fits; false:
 report only, exit 0), plan.tflops (100: the sustained TFLOP/s per device the rough time per epoch assumes),
@@ -21,8 +23,9 @@ from hizfo.core.memory import GiB, Prediction, Setting, smallest_world_size
 from hizfo.core.shapes import ModelShape
 from hizfo.errors import ConfigError
 # the one config's verdict lives in plan_fit (the run asks it too); re-exported for the report's callers
-from hizfo.run.plan_fit import (PlanOptions, fits_line, fits_with_shard_profile, plan_config,  # noqa: F401
-                                 setting_of, stored_selection)
+from hizfo.run.plan_fit import (PlanOptions, fits_line, fits_with_shard_profile, measured_like,  # noqa: F401
+                                 plan_config, setting_of, stored_selection)
+from hizfo.run.plan_gpu import Gpu
 
 PLAN_KEYS = {"gpu_gb": float, "world_size": int, "fsdp": bool, "device": str, "threads": int, "enforce": bool,
              "tflops": float, "train_examples": int}
@@ -63,29 +66,53 @@ def split_args(argv: list[str]) -> tuple[bool, PlanOptions, list[str]]:
 def describe(cfg: Any, shape: ModelShape, s: Setting, pred: Prediction, options: PlanOptions) -> list[str]:
     """The one-config report."""
     g = lambda b: f"{b / GiB:.2f}"                                          # noqa: E731
+    gpu = options.gpu()
     lines = [f"model {shape.name} (shape from {shape.source}), method {s.method}, precision {s.precision}, "
              f"batch {s.batch} x {s.seq_len} tokens, world size {s.world_size}"
-             f"{' (FSDP2)' if s.fsdp else ''}, device {s.device}",
-             f"training peak per device: {g(pred.training_peak)} GiB at the {pred.moment}:"]
-    lines += [f"  {k:<12} {g(v):>9} GiB" for k, v in pred.training.items()]
-    lines.append(f"profiling peak {g(pred.profiling)} GiB; generation peak {g(pred.generation)} GiB "
-                 f"(beam {s.beams}, eval batch {s.eval_batch})")
-    lines.append(f"peak: {g(pred.peak)} GiB, set by {pred.peak_phase}")
+             f"{' (FSDP2)' if s.fsdp else ''}, device {s.device}"]
+    lines += breakdown(pred)
+    lines.append(f"profiling peak {g(pred.profiling)} GiB")
+    lines.append(f"generation peak {g(pred.generation)} GiB (beam {s.beams}, eval batch {s.eval_batch})")
+    lines.append(f"peak: {g(pred.peak)} GiB, set by {pred.peak_phase}; training and profiling (what a record's "
+                 f"measured peak covers): {g(measured_like(pred))} GiB")
     if pred.selection:
         lines.append(f"selection: {pred.selection}")
     lines += [f"note: {n}" for n in pred.notes]
     lines.append(epoch_line(cfg, shape, s, pred, options))
-    gpu = int(options.gpu_gb * GiB)
+    where = f"{options.gpu_gb:g} GB GPUs ({gpu.usable_bytes / GiB:.2f} GiB usable)"
     for fsdp in (True, False):
-        n = smallest_world_size(shape, replace(s, world_size=1), gpu, fsdp)
+        n = smallest_world_size(shape, replace(s, world_size=1), gpu.usable_bytes, fsdp)
         layout = "with FSDP2 sharding" if fsdp else "data parallel, unsharded"
-        lines.append(f"{options.gpu_gb:g} GB GPUs, {layout}: " + (f"world size {n} fits" if n else
+        lines.append(f"{where}, {layout}: " + (f"world size {n} fits" if n else
                      f"no world size dividing the global batch {s.batch} fits"))
-        m = fits_with_shard_profile(shape, s, gpu, n) if fsdp else None   # the whole-model profile sets the peak
+        m = fits_with_shard_profile(shape, s, gpu.usable_bytes, n) if fsdp else None   # the whole-model profile
         if m:
-            lines.append(f"{options.gpu_gb:g} GB GPUs, with FSDP2 sharding and profile_shards=true (the profile "
-                         f"on the shards, one process's selection up to summation order): world size {m} fits")
+            lines.append(f"{where}, with FSDP2 sharding and profile_shards=true (the profile on the shards, one "
+                         f"process's selection up to summation order): world size {m} fits")
     return lines
+
+
+def breakdown(pred: Prediction) -> list[str]:
+    """The training peak's moment by category, beside the backward's largest moment where another moment (at
+    OPT-13B the AdamW step, which holds no activations) sets the peak: the activations show either way."""
+    g = lambda b: f"{b / GiB:.2f}"                                          # noqa: E731
+    backward = [m for m in ("loss", "head backward", "block backward") if m in pred.moments]
+    other = max(backward, key=lambda m: sum(pred.moments[m].values())) if backward else None
+    if other is None or other == pred.moment:
+        lines = [f"training peak per device: {g(pred.training_peak)} GiB at the {pred.moment}:"]
+        return lines + [f"  {k:<12} {g(v):>9} GiB" for k, v in pred.training.items()]
+    lines = [f"training peak per device: {g(pred.training_peak)} GiB at the {pred.moment}; the backward's largest "
+             f"moment ({other}): {g(sum(pred.moments[other].values()))} GiB",
+             f"  {'GiB':<12} {pred.moment:>16} {other:>16}"]
+    return lines + [f"  {k:<12} {g(v):>16} {g(pred.moments[other][k]):>16}" for k, v in pred.training.items()]
+
+
+def check_world_size(s: Setting, key: str = "plan.world_size") -> None:
+    """A distributed run splits the global batch evenly over its ranks: a world size must divide it."""
+    if s.batch % s.world_size:
+        allowed = ", ".join(str(n) for n in range(1, s.batch + 1) if s.batch % n == 0)
+        raise ConfigError(f"{key}: {s.world_size} does not divide the global batch {s.batch} (task.batch_size); "
+                          f"allowed: {allowed}")
 
 
 def epoch_line(cfg: Any, shape: ModelShape, s: Setting, pred: Prediction, options: PlanOptions) -> str:
@@ -118,14 +145,14 @@ def grid(overrides: list[str]) -> list[list[str]]:
     return sweep_cells(overrides, {str(k): v for k, v in (cfg.hydra.sweeper.get("params") or {}).items()})
 
 
-def table(rows: Iterable[tuple[list[str], Setting, Prediction]], gpu_gb: float) -> list[str]:
+def table(rows: Iterable[tuple[list[str], Setting, Prediction]], gpu: Gpu) -> list[str]:
     head = "| cell | training GiB | profiling GiB | generation GiB | peak GiB (phase) | fits |"
     out = [head, "|" + "---|" * 6]
     for overrides, s, p in rows:
         cell = " ".join(o for o in overrides if o.split("=")[0] in ("model", "method", "task", "precision"))
-        fits = "yes" if p.peak <= gpu_gb * GiB else "no"
-        out.append(f"| {cell} | {p.training_peak / GiB:.1f} | {p.profiling / GiB:.1f} | {p.generation / GiB:.1f} | "
-                   f"{p.peak / GiB:.1f} ({p.peak_phase}) | {fits} |")
+        fits = "yes" if gpu.fits(p.peak) else "no"
+        out.append(f"| {cell} | {p.training_peak / GiB:.2f} | {p.profiling / GiB:.2f} | {p.generation / GiB:.2f} | "
+                   f"{p.peak / GiB:.2f} ({p.peak_phase}) | {fits} |")
     return out
 
 
@@ -133,11 +160,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         from hizfo.run.session import compose
         multi, options, overrides = split_args(list(sys.argv[1:] if argv is None else argv))
+        gpu = options.gpu()
         if not multi:
             cfg = compose(overrides)
             shape, s, pred = plan_config(cfg, options)
+            check_world_size(s)
             print("\n".join(describe(cfg, shape, s, pred, options)))
-            line = fits_line(pred, s, int(options.gpu_gb * GiB), shape, f"at world size {options.world_size}",
+            line = fits_line(pred, s, gpu, shape, f"at world size {options.world_size}",
                              "plan.enforce=false: report only")
             if line:
                 print(line)
@@ -145,13 +174,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows, failing = [], []
         for cell in grid(overrides):
             shape, s, pred = plan_config(compose(cell), options)
+            check_world_size(s, f"plan.world_size (cell {' '.join(cell)})")
             rows.append((cell, s, pred))
-            line = fits_line(pred, s, int(options.gpu_gb * GiB), shape, " ".join(cell), "plan.enforce=false: report only")
+            line = fits_line(pred, s, gpu, shape, " ".join(cell), "plan.enforce=false: report only")
             if line:
                 failing.append(line)
-        print("\n".join(table(rows, options.gpu_gb)))
-        print(f"{len(failing)} of {len(rows)} cells do not fit a {options.gpu_gb:g} GB GPU at world size "
-              f"{options.world_size}" + (":" if failing else ""))
+        print("\n".join(table(rows, gpu)))
+        print(f"{len(failing)} of {len(rows)} cells do not fit a {options.gpu_gb:g} GB GPU ({gpu.text()}) at world "
+              f"size {options.world_size}" + (":" if failing else ""))
         print("\n".join(f"  {f}" for f in failing))
         return 1 if failing and options.enforce else 0
     except ConfigError as exc:

@@ -11,6 +11,7 @@ from typing import Any, Optional
 from hizfo.core.memory import GiB, Prediction, Setting, predict, smallest_world_size
 from hizfo.core.shapes import ModelShape, model_shape
 from hizfo.errors import ConfigError
+from hizfo.run.plan_gpu import Gpu, spread_of
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,10 @@ class PlanOptions:
     enforce: bool = True
     tflops: float = 100.0              # the rough time estimate's sustained throughput per device
     train_examples: Optional[int] = None
+
+    def gpu(self) -> Gpu:
+        """The GPU ``gpu_gb`` names: a vendor's size (80: H100 80GB), as torch would report it (plan_gpu.py)."""
+        return Gpu.of_size(self.gpu_gb)
 
     def check(self) -> None:
         if not self.gpu_gb > 0:
@@ -84,40 +89,65 @@ def fits_with_shard_profile(shape: ModelShape, s: Setting, gpu_bytes: int, whole
     return m if m and (whole is None or m < whole) else None
 
 
-def fits_line(pred: Prediction, s: Setting, gpu_bytes: int, shape: ModelShape, what: str,
+def fits_line(pred: Prediction, s: Setting, gpu: Gpu, shape: ModelShape, what: str,
               override: str = "HIZFO_PLAN_ENFORCE=0 to run anyway") -> Optional[str]:
-    """None when the peak fits; else one line naming the prediction, the GPU memory, what would fit and how to go
-    on anyway (``override``)."""
-    if pred.peak <= gpu_bytes:
+    """None when the peak fits ``gpu`` (hizfo/run/plan_gpu.py: its usable memory, over its device_map=auto
+    spread); else one line naming the prediction, the GPU memory, what would fit and how to go on anyway
+    (``override``). The planner, the Slurm pre-flight and the CUDA run all decide here."""
+    if gpu.fits(pred.peak):
         return None
-    n = smallest_world_size(shape, replace(s, world_size=1), gpu_bytes, fsdp=True)
+    usable = gpu.usable_bytes
+    if gpu.spread > 1:                          # one process over device_map=auto's GPUs: FSDP2 sizes do not apply
+        low = s.precision == "fp32" and gpu.fits(predict(shape, replace(s, precision="bf16")).peak)
+        return (f"{what}: predicted peak {gpu.per_gpu(pred.peak) / GiB:.2f} GiB per GPU ({pred.peak / GiB:.2f} GiB "
+                f"over device_map=auto's {gpu.spread} GPUs; {pred.peak_phase}) exceeds {gpu.text()}; "
+                f"{'precision=bf16 fits; ' if low else ''}more GPUs a node or tasks_per_node with FSDP2 "
+                f"(python -m hizfo.run.plan names the world size) ({override})")
+    n = smallest_world_size(shape, replace(s, world_size=1), usable, fsdp=True)
     fix = f"world size {n} with FSDP2 fits" if n else "no world size dividing the batch fits"
-    m = fits_with_shard_profile(shape, s, gpu_bytes, n)       # the whole-model profile may set the peak
+    m = fits_with_shard_profile(shape, s, usable, n)          # the whole-model profile may set the peak
     if m:
         fix += f"; world size {m} with FSDP2 and profile_shards=true fits"
     if s.precision == "fp32":
         low = predict(shape, replace(s, precision="bf16"))
-        if low.peak <= gpu_bytes:
+        if low.peak <= usable:
             fix += "; precision=bf16 fits on one"
-    return (f"{what}: predicted peak {pred.peak / GiB:.1f} GiB per GPU ({pred.peak_phase}) exceeds the "
-            f"{gpu_bytes / GiB:.1f} GiB GPU; {fix} ({override})")
+    return (f"{what}: predicted peak {pred.peak / GiB:.2f} GiB per GPU ({pred.peak_phase}) exceeds "
+            f"{gpu.text()}; {fix} ({override})")
 
 
-def check_memory_fits(cfg: Any, device: Any, world_size: int = 1, total_bytes: Optional[int] = None) -> int:
+def check_memory_fits(cfg: Any, device: Any, world_size: int = 1, total_bytes: Optional[int] = None,
+                      device_count: Optional[int] = None) -> int:
     """Refuse (ConfigError) a CUDA run whose predicted per-GPU peak at ``world_size`` processes (FSDP2 when more
-    than one) exceeds the device's memory (``total_bytes``, else the device's own). HIZFO_PLAN_ENFORCE=0 turns the
-    refusal into a warning. Returns the predicted per-device peak in bytes (the record keeps it beside the measured
-    one)."""
+    than one; one process with model.device_map=auto: over the ``device_count`` GPUs it sees) exceeds the usable
+    memory of the device (``total_bytes``, else the device's own, less plan_gpu.HEADROOM_GIB). HIZFO_PLAN_ENFORCE=0
+    turns the refusal into a warning. Returns ``measured_like``: the predicted peak of what the record's measured
+    peak covers (the record keeps it beside the measured one)."""
     import torch
     options = PlanOptions(device="cuda", world_size=world_size)
     shape, s, pred = plan_config(cfg, options)
     total = total_bytes if total_bytes is not None else torch.cuda.get_device_properties(device).total_memory
-    line = fits_line(pred, s, total, shape, f"model {shape.name} method {s.method} on {world_size} GPU(s)")
+    gpus = device_count if device_count is not None else torch.cuda.device_count()
+    gpu = Gpu(int(total), spread_of(cfg, world_size, gpus))
+    line = fits_line(pred, s, gpu, shape, f"model {shape.name} method {s.method} on {world_size} GPU(s)")
     if line and os.environ.get("HIZFO_PLAN_ENFORCE", "1").lower() not in ("0", "false"):
         raise ConfigError(line)
     if line:
         print(f"warning: {line}", file=sys.stderr)
-    return int(pred.peak)
+    return gpu.per_gpu(measured_like(pred))
+
+
+def measured_like(pred: Prediction) -> int:
+    """The prediction a record's measured peak is compared with: training and profiling. The measured peak is
+    read when training ends (hizfo/run/loop.py), before the final evaluation's generation, which the prediction's
+    ``peak`` includes (``planned_phases`` keeps it apart)."""
+    return max(pred.training_peak, pred.profiling)
+
+
+def planned_phases(pred: Prediction) -> dict[str, int]:
+    """What a record can keep of the prediction, like for like: ``planned_peak_bytes`` (training and profiling,
+    ``measured_like``) and ``planned_generation_bytes`` (the final evaluation's, not in the measured peak)."""
+    return {"planned_peak_bytes": measured_like(pred), "planned_generation_bytes": int(pred.generation)}
 
 
 # a CPU run asks the planner only for a model of at least this many parameters (about 1 s of its time): a real

@@ -4,45 +4,24 @@ the partition's nodes, before sbatch.
 GPU memory comes from ``hydra.callbacks.slurm_preflight.gpu_gb`` when set (a site key: conf/launcher/site.example.yaml),
 else from the gres type of the partition's nodes (``gpu:h100:8`` → H100 → 80 GB, ``gpu:a100_80gb:4`` → 80: a size in
 the type's name wins over the table); the smallest over the partition's nodes, since a job may land on any of them.
+A vendor's size is compared as torch reports it, less the same headroom as the planner and the CUDA run's own check
+(hizfo/run/plan_gpu.py).
 A partition whose GPU type is unknown is not checked (one warning names the key to set).
 
 How a job spreads a model over GPUs, from the launcher: ``tasks_per_node × nodes`` processes (torchrun) are a world of
 that size with FSDP2 sharding (the planner's distributed layout); one process with ``gpus_per_node > 1`` and
-``model.device_map=auto`` splits the model over the node's GPUs (counted as the peak over the GPU count: rough,
-accelerate balances by layers); otherwise the whole run is on one GPU.
+``model.device_map=auto`` splits the model over the node's GPUs (plan_gpu.spread_of, as the CUDA run counts it:
+the peak over the GPU count, rough, accelerate balances by layers); otherwise the whole run is on one GPU.
 """
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import replace
 from typing import Any, Optional
 
 from hizfo.errors import ConfigError
+from hizfo.run.plan_gpu import Gpu, gres_memory_gb, spread_of
 
-# memory per GPU in GB as vendors state it (binary for HBM: counted as GiB) of the gres type names sites commonly use; a100 and v100 name
-# their smaller variants (sites type the larger ones e.g. a100_80gb, v100_32g: the size in the name wins)
-GPU_MEMORY_GB = {"h100": 80, "h200": 141, "gh200": 96, "a100": 40, "a800": 80, "h800": 80, "v100": 16, "v100s": 32,
-                 "l40s": 48, "l40": 48, "a40": 48, "a6000": 48, "rtx6000": 24, "a10": 24, "a30": 24, "l4": 24,
-                 "t4": 16, "p100": 16, "mi210": 64, "mi250": 64, "mi250x": 64, "mi300x": 192, "b200": 180}
 ENFORCE_ENV = "HIZFO_PLAN_ENFORCE"
-
-
-def gpu_type_memory_gb(gres: str) -> Optional[float]:
-    """The smallest per-GPU memory (GB) among the typed GPUs of a ``%G`` field; None when a GPU's type is unknown
-    (or not given: ``gpu:4``)."""
-    sizes = []
-    for item in re.sub(r"\([^)]*\)", "", gres).split(","):
-        parts = item.strip().split(":")
-        if parts[0] != "gpu":
-            continue
-        kind = parts[1].lower() if len(parts) > 2 else ""
-        named = re.search(r"(\d+)\s*g", kind)
-        size = float(named.group(1)) if named else GPU_MEMORY_GB.get(re.split(r"[-_]", kind)[0])
-        if size is None:
-            return None
-        sizes.append(size)
-    return min(sizes) if sizes else None
 
 
 def partition_gpu_gb(nodes: list[Any], partition: Optional[str]) -> tuple[Optional[float], str]:
@@ -52,7 +31,7 @@ def partition_gpu_gb(nodes: list[Any], partition: Optional[str]) -> tuple[Option
     gpus = [n for n in pool if n.gpus > 0]
     if not gpus:
         return None, ""
-    sizes = [gpu_type_memory_gb(n.gres) for n in gpus]
+    sizes = [gres_memory_gb(n.gres) for n in gpus]
     gres = " ".join(sorted({n.gres for n in gpus}))
     return (None, gres) if any(s is None for s in sizes) else (min(sizes), gres)     # type: ignore[type-var]
 
@@ -69,23 +48,14 @@ def compose_cell(overrides: list[str]) -> Any:
     return compose(overrides)
 
 
-def cell_problem(overrides: list[str], gpu_bytes: int, world: int, spread: int) -> Optional[str]:
-    """None when the cell fits; else one line naming it, its predicted per-GPU peak, the GPU memory and what fits."""
-    from hizfo.core.memory import GiB, predict
+def cell_problem(overrides: list[str], gpu: Gpu, world: int, spread: int) -> Optional[str]:
+    """None when the cell fits; else one line naming it, its predicted per-GPU peak, the GPU memory and what fits
+    (hizfo/run/plan_fit.py's ``fits_line``, which the CUDA run's own check asks too)."""
     from hizfo.run.plan_fit import PlanOptions, fits_line, plan_config
     cfg = compose_cell(overrides)
     shape, s, pred = plan_config(cfg, PlanOptions(world_size=world))
-    spread = spread if cfg.model.get("device_map") == "auto" else 1
-    if pred.peak // spread <= gpu_bytes:
-        return None
-    name = " ".join(overrides) or "(the default config)"
-    if spread == 1:
-        return fits_line(pred, s, gpu_bytes, shape, name)
-    low = predict(shape, replace(s, precision="bf16")).peak // spread <= gpu_bytes if s.precision == "fp32" else False
-    return (f"{name}: predicted peak {pred.peak / spread / GiB:.1f} GiB per GPU ({pred.peak / GiB:.1f} GiB over "
-            f"device_map=auto's {spread} GPUs) exceeds the {gpu_bytes / GiB:.1f} GiB GPU; "
-            f"{'precision=bf16 fits; ' if low else ''}more GPUs a node or tasks_per_node with FSDP2 "
-            f"(python -m hizfo.run.plan names the world size)")
+    return fits_line(pred, s, Gpu(gpu.total_bytes, spread_of(cfg, world, spread)), shape,
+                     " ".join(overrides) or "(the default config)")
 
 
 def enforced(plan_enforce: bool) -> bool:
@@ -103,16 +73,15 @@ def memory_problems(config: Any, nodes: list[Any], gpu_gb: Optional[float]) -> t
                          f"hydra.callbacks.slurm_preflight.gpu_gb=GB (conf/launcher/site.yaml)"] if gres else [])
     elif not gpu_gb > 0:
         raise ConfigError(f"hydra.callbacks.slurm_preflight.gpu_gb: must be > 0, got {gpu_gb}")
-    from hizfo.core.memory import GiB
-    gpu_bytes = int(gpu_gb * GiB)                 # HBM sizes are binary: "80 GB" is 80 GiB, as plan.gpu_gb
+    gpu = Gpu.of_size(gpu_gb)                     # a vendor's size, as torch reports it (hizfo/run/plan_gpu.py)
     world, spread = job_layout(launcher)
     task = list(config.hydra.overrides.get("task") or [])
     from hizfo.run.plan import sweep_cells
     cells = sweep_cells(task, dict(config.hydra.sweeper.get("params") or {}))
-    problems = [p for p in (cell_problem(c, gpu_bytes, world, spread) for c in cells) if p]
+    problems = [p for p in (cell_problem(c, gpu, world, spread) for c in cells) if p]
     if problems:
-        problems.append(f"{len(problems)} of {len(cells)} cells cannot fit {gpu_bytes / GiB:.1f} GiB GPUs at world "
-                        f"size {world}; {ENFORCE_ENV}=0 or hydra.callbacks.slurm_preflight.plan_enforce=false "
+        problems.append(f"{len(problems)} of {len(cells)} cells cannot fit {gpu.text()} at world size "
+                        f"{world}; {ENFORCE_ENV}=0 or hydra.callbacks.slurm_preflight.plan_enforce=false "
                         f"submits them anyway")
     return problems, []
 

@@ -236,8 +236,8 @@ def _sweep(partition: str, cells: list[str]):
 
 
 def test_gres_types_name_their_gpu_memory():
-    from hizfo.run.plan_slurm import gpu_type_memory_gb
-    assert [gpu_type_memory_gb(g) for g in ("gpu:h100:8(S:0-1)", "gpu:a100_80gb:4", "gpu:a100:2,gpu:v100:1",
+    from hizfo.run.plan_gpu import gres_memory_gb
+    assert [gres_memory_gb(g) for g in ("gpu:h100:8(S:0-1)", "gpu:a100_80gb:4", "gpu:a100:2,gpu:v100:1",
                                             "gpu:4", "gpu:weird:2", "(null)")] == [80, 80, 16, None, None, None]
 
 
@@ -254,10 +254,11 @@ def test_every_cell_of_a_sweep_that_cannot_fit_the_partitions_gpus_is_refused_at
     assert exited.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("error: ") for line in err), err
-    assert all("model=opt-13b" in line and "exceeds the 80.0 GiB GPU" in line and "world size" in line and
+    assert all("model=opt-13b" in line and "exceeds the 78.19 GiB usable of a 79.19 GiB GPU" in line and "world size" in line and
                "predicted peak" in line for line in err[:2]), err
     assert "method=full_ft" in err[0] and "method=hizfo" in err[1]
-    assert err[2].startswith("error: 2 of 4 cells cannot fit 80.0 GiB GPUs at world size 1")
+    assert err[2].startswith("error: 2 of 4 cells cannot fit the 78.19 GiB usable of a 79.19 GiB GPU (1.00 GiB "
+                             "headroom) at world size 1")
     monkeypatch.setenv("HIZFO_PLAN_ENFORCE", "0")                # overridden: warned, submitted
     SlurmPreflight(checkpoint_minutes=30).on_multirun_start(config)
     assert capsys.readouterr().err.count("warning: ") == 3
@@ -276,7 +277,9 @@ def test_a_stated_gpu_size_and_an_unknown_gres_type(tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit):
         SlurmPreflight(checkpoint_minutes=30, gpu_gb=24).on_multirun_start(config)
     err = capsys.readouterr().err.strip().splitlines()
-    assert "exceeds the 24.0 GiB GPU" in err[0] and "precision=bf16" in err[0] or "world size" in err[0], err
+    # a 24 GB GPU as torch reports it (23.76 GiB), less the headroom; the line names what would fit
+    assert "exceeds the 22.76 GiB usable of a 23.76 GiB GPU" in err[0] and \
+        ("precision=bf16" in err[0] or "world size" in err[0]), err
     SlurmPreflight(checkpoint_minutes=30, gpu_gb=24, plan_enforce=False).on_multirun_start(config)
     assert capsys.readouterr().err.startswith("warning: model=opt-1.3b")
     with pytest.raises(ConfigError, match="gpu_gb: must be > 0"):
