@@ -138,12 +138,20 @@ def init(backend: str) -> World:
         return World()
     os.environ.update(slurm_rendezvous())              # a Slurm step of several tasks: the env:// variables
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        device = group_device(backend)
+        if device is not None:                         # before the first collective (agree's object broadcast)
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, device_id=device)
         atexit.register(leave)
     elif dist.get_backend() != backend:
         raise ConfigError(f"backend: this process's group is {dist.get_backend()} (an earlier job of the sweep); "
                           f"a sweep under torchrun keeps one backend, launch {backend} on its own")
     return current()
+
+
+def group_device(backend: str) -> Optional[torch.device]:
+    """nccl's GPU for this rank, ``cuda:LOCAL_RANK`` (else every rank's object broadcasts use GPU 0); gloo: None."""
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if backend == "nccl" else None
 
 
 def end_run(finished: bool = False) -> None:
@@ -242,16 +250,8 @@ def data_parallel_losses(losses: Sequence[float], batch: dict[str, torch.Tensor]
     return global_means([loss * tokens for loss in losses], tokens, world)
 
 
-def evaluation_split(model: nn.Module) -> World:
-    """The ranks evaluation splits its batches over: all of them. A whole model evaluates each rank's share alone;
-    a sharded one in ``lockstep`` (every forward all-gathers its blocks, so every rank runs
-    the same number of forwards: ``my_share(..., even=True)`` pads the shorter shares with stand-in batches)."""
-    return current()
-
-
 def lockstep(model: nn.Module) -> bool:
-    """Whether ``model``'s forwards are collectives every rank must run alike: FSDP2 blocks, under several
-    processes."""
+    """Whether ``model``'s forwards are collectives every rank must run alike: FSDP2 blocks, several processes."""
     from torch.distributed.fsdp import FSDPModule
     return current().size > 1 and any(isinstance(m, FSDPModule) for m in model.modules())
 

@@ -48,7 +48,7 @@ def generate(model: torch.nn.Module, loaded: LoadedModel, task: Task, examples: 
     # tokens), and rank 0 gathers them; one process: every batch. A sharded model runs in lockstep: transformers'
     # synced_gpus keeps every rank stepping until all have finished (an all-reduce per new token), and a rank
     # with fewer batches takes its extra turns on a stand-in batch whose output it drops
-    split = distributed.evaluation_split(model)
+    split = distributed.current()              # every rank takes a share
     together = distributed.lockstep(model)
     starts = distributed.my_share(list(range(0, len(examples), batch_size)), split, even=together)
     # counts examples (not batches), so its rate and ETA are per example; leave=True: the bar ends its line
@@ -97,7 +97,7 @@ def eval_loss(model: torch.nn.Module, encoded: list[dict[str, list[int]]], task:
     size = task.cfg.eval_batch_size
     if task.cfg.group_by_length:                 # a sum over tokens: the order only changes the padding
         encoded = sorted(encoded, key=lambda e: -len(e["input_ids"]))
-    split = distributed.evaluation_split(model)
+    split = distributed.current()              # every rank takes a share
     together = distributed.lockstep(model)            # a sharded model: every rank as many forwards (stand-ins)
     for start in distributed.my_share(list(range(0, len(encoded), size)), split, even=together):
         batch = {k: v.to(device) for k, v in collate_train(encoded[start or 0:(start or 0) + size],

@@ -167,6 +167,26 @@ def preflight_problems(launcher: Any, checkpoint_minutes: Optional[float]) -> li
     return problems
 
 
+def batch_problems(config: Any) -> list[str]:
+    """Every cell of the sweep whose global batch (``task.batch_size``) its job's ranks (tasks_per_node x nodes)
+    cannot split, one line each, before sbatch: such a job would queue, start and stop at its first check."""
+    from hizfo.run.plan import sweep_cells
+    from hizfo.run.plan_slurm import compose_cell, job_layout
+    world, _ = job_layout(config.hydra.launcher)
+    if world == 1 or not config.hydra.get("overrides"):
+        return []
+    cells = sweep_cells(list(config.hydra.overrides.get("task") or []),
+                        dict(config.hydra.sweeper.get("params") or {}))
+    problems = []
+    for cell in cells:
+        batch = int(compose_cell(cell).task.batch_size)
+        if batch % world:
+            problems.append(f"{' '.join(cell) or '(the default config)'}: task.batch_size={batch} does not split "
+                            f"over the job's {world} ranks (tasks_per_node x nodes); use a multiple of {world} "
+                            f"(task.batch_size is the global batch) or fewer ranks")
+    return problems
+
+
 def check_ranks_per_gpu(tasks_per_node: Optional[int], gpus_per_node: Optional[int]) -> None:
     """Several tasks per node are the ranks of one run (launcher=slurm_multinode): one per GPU, so on a GPU partition
     their number must equal the GPUs per node (a CPU partition, gpus_per_node 0 or null, runs gloo ranks)."""
@@ -231,9 +251,8 @@ class SlurmPreflight(_HydraCallback):
         launcher = config.hydra.launcher
         if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
             return
-        problems = preflight_problems(launcher, self.checkpoint_minutes)
-        if not problems:
-            problems = self.memory(config)   # plans every cell: only once the job itself can be placed
+        problems = preflight_problems(launcher, self.checkpoint_minutes) + batch_problems(config)
+        problems += self.memory(config)      # every cell planned, whatever else is wrong: one message for all
         if problems:
             # every problem in one message, one line each; Hydra turns a callback's Exception into a warning and
             # submits anyway, so the sweep stops here

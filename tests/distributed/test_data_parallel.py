@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ COMMON = ["method.max_steps=4", "task.options.n_eval=8", "num_threads=1", "logge
 RUNS = {"mezo": ["method=mezo", "method.max_steps=6"], "full_ft": ["method=full_ft"], "ft_top2": ["method=ft_top2"],
         "lora": ["method=lora"], "prefix": ["method=prefix"], "hizfo": ["method=hizfo"],
         "hizfo_loss": ["method=hizfo", "method.alpha_mode=loss"], "hizfo_random_dir": ["method=hizfo_random_dir"],
+        "hizfo_zo_off": ["method=hizfo_zo_off"],
         "greentrainer": ["method=greentrainer", "task.options.n_train=32", "method.max_steps=6"],
         "bilevel_zofo": ["method=bilevel_zofo"],
         # the other precisions: autocast on fp32 weights (fp32 masters sharded), and bf16 weights with fp32 masters
@@ -106,8 +108,14 @@ def test_two_processes_take_the_same_steps_as_one(runs, name):
     # whose tiny gradient changes sign moves 2·lr the other way) and through ZO's g = ΔL / ε (× 1/ε). Measured, as a
     # share of the largest weight: 1e-5 to 1e-4 (LoRA's zero-initialised B the most); a rank that stepped on its
     # own slice alone (no reduction) or read stale weights moves every tensor by O(its update)
+    # (measured 2026-12-08, AMD EPYC family 25 model 1, fp32: at most 9.4e-4 of the largest weight, LoRA; 1.5e-5 the
+    # others but Hi-ZFO's loss-mode alpha, 1.4e-4). ZO's parameters cannot agree to 1e-6: g = ΔL / 2ε turns a 1e-7
+    # loss gap into a 1e-4 one in g (MeZO's whole model: 4.5e-5 of its norm apart, every rank's copy identical)
     largest = max(float(p.abs().max()) for p in p1.values())
-    assert max(float((p1[k] - p2[k]).abs().max()) for k in p1) / largest < 2e-2
+    assert max(float((p1[k] - p2[k]).abs().max()) for k in p1) / largest < (2e-2 if bf16_weights else 1e-2)
+    # and every rank holds the same whole model, bit for bit: the replicated ZO tensors, each rank stepping its own
+    # copy from the all-reduced losses, must not drift apart (rank 0's copy alone cannot show that)
+    assert len(set(two["rank_param_hashes"])) == 1 and len(two["rank_param_hashes"]) == 2
     fresh = _fresh_weights()
     # what the run trained: the backbone's tensors that moved, and an adapter's own (LoRA, prefix: not in the
     # backbone, so their size stands for their update: an upper bound where they start at zero)
@@ -116,8 +124,10 @@ def test_two_processes_take_the_same_steps_as_one(runs, name):
     mean_gap = sum(float((p1[k] - p2[k]).abs().mean()) for k in moved)
     mean_update = sum(float((p1[k] - fresh.get(k, torch.zeros_like(p1[k]))).abs().mean()) for k in moved)
     # bf16 weights: an ulp flip is a fair share of a 4-step update (measured: Full FT 0.022, MeZO 0.019, Hi-ZFO
-    # 0.004, GreenTrainer 0.050); a rank stepping on its own slice alone would part them by the update's order
-    assert mean_gap / mean_update < (0.1 if bf16_weights else 2e-2), (mean_gap, mean_update)
+    # 0.004, GreenTrainer 0.050); fp32 (measured 2026-12-08): at most 2.4e-4 (MeZO), 1.3e-4 (Hi-ZFO's loss-mode
+    # alpha), 1e-4 (GreenTrainer), under 5e-5 the rest; a rank stepping on its own slice alone would part them by
+    # the update's order
+    assert mean_gap / mean_update < (0.1 if bf16_weights else 5e-3), (mean_gap, mean_update)
     # bf16 weights an ulp apart may pick another token somewhere, and where depends on the CPU (measured: on an
     # emulated-bf16 Zen 3, MeZO's 6 steps, one prediction of 8 differed and no metric; on a Zen 4 with
     # AVX512-BF16, MeZO 4 of 8 (repetitive text either way, every metric equal) and Full FT 1 of 8, ROUGE-1 39.05
@@ -141,8 +151,8 @@ def test_the_runs_reach_what_they_prove(runs):
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize("name, most", [("full_ft", 0.5), ("hizfo", 1.0), ("greentrainer", 0.5),
-                                             ("bilevel_zofo", 0.5)])
+@pytest.mark.parametrize("name, most", [("full_ft", 0.5), ("hizfo", 0.5), ("greentrainer", 0.5),
+                                             ("bilevel_zofo", 0.5), ("mezo", 0.5)])
 def test_each_rank_holds_its_share(runs, name, most):
     one, _ = load(runs, name, 1)
     two, _ = load(runs, name, 2)
@@ -157,7 +167,8 @@ def test_each_rank_holds_its_share(runs, name, most):
 def said_once_by_rank_0(proc: subprocess.CompletedProcess, says: str, runs: Path) -> None:
     """A bad input under torchrun: a non-zero exit, one error line saying ``says``, no worker's traceback
     (torchrun's own report of the failed ranks follows, in its own frames) and no record."""
-    assert proc.returncode != 0
+    assert proc.returncode == 1         # torchrun's own exit for any failed rank; its summary names rank 0's 2
+    assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s*\n\s*exitcode\s*: 2 ", proc.stderr), proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and says in errors[0], proc.stderr[-3000:]
     assert f'File "{ROOT / "hizfo"}' not in proc.stderr and f'File "{ROOT / "run.py"}' not in proc.stderr

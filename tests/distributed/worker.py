@@ -37,6 +37,17 @@ def method_state(method: Any) -> dict[str, torch.Tensor]:
     return {key: local(t).clone() for key, t in split_tensors(method.state_dict())[1].items()}
 
 
+def params_sha256(params: dict[str, torch.Tensor]) -> str:
+    """One hash of every tensor's name, dtype and bytes, in name order."""
+    import hashlib
+    digest = hashlib.sha256()
+    for name in sorted(params):
+        t = params[name].detach().contiguous().cpu()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())      # bf16 too: its raw bytes
+    return digest.hexdigest()
+
+
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -103,6 +114,14 @@ def one_run(out: Path, overrides: list[str]) -> None:
     else:
         memory = [mine]
     params = distributed.full_parameters(prepared.method.eval_model())      # every rank gathers
+    # every rank's whole model, hashed: the replicated tensors (ZO's Θ, updated in place on each rank from the
+    # all-reduced losses) must not drift apart, which rank 0's copy alone cannot show
+    hashes: list[Any] = [None] * world.size
+    mine_hash = params_sha256(params)
+    if world.size > 1:
+        torch.distributed.all_gather_object(hashes, mine_hash)
+    else:
+        hashes = [mine_hash]
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         torch.save({n: p.clone() for n, p in params.items()}, out / "params.pt")
@@ -111,7 +130,7 @@ def one_run(out: Path, overrides: list[str]) -> None:
             "metrics": result.metrics, "predictions": result.predictions, "history": result.history,
             "rank_bytes": memory, "fo_names": result.summary.partition.get("fo_names"),
             "selections": result.summary.details.get("selections"), "checkpoints": saved,
-            "restored_exactly": restored_exactly, "state_tensors": len(state)}))
+            "restored_exactly": restored_exactly, "state_tensors": len(state), "rank_param_hashes": hashes}))
 
 
 def main(out: Path, runs: dict[str, list[str]]) -> None:

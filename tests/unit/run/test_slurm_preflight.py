@@ -312,3 +312,25 @@ def test_a_cell_composes_inside_an_initialised_hydra_as_the_callback_does():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=VERSION_BASE):
         inside = compose_cell(cell)
     assert inside == outside and inside.model.name == "opt-13b"
+
+
+def test_a_cell_whose_global_batch_the_jobs_ranks_cannot_split_is_refused_before_sbatch(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """2 nodes x 2 ranks = 4 ranks: the toy task's batch 4 splits, batch 6 does not; every such cell is named in the
+    one message (with the other problems), exit 2, before any job queues."""
+    from hizfo.run.slurm_preflight import SlurmPreflight, batch_problems
+    fake_sinfo(tmp_path, monkeypatch)
+    config = _sweep("debug", ["task.batch_size=4,6,8"])
+    config.hydra.overrides.task = ["task.batch_size=4,6,10", "logger=none"]
+    config.hydra.launcher.nodes, config.hydra.launcher.tasks_per_node = 2, 2
+    config.hydra.launcher.cpus_per_task, config.hydra.launcher.gpus_per_node = 1, 0
+    problems = batch_problems(config)
+    assert [p.split(":")[0] for p in problems] == ["task.batch_size=6 logger=none", "task.batch_size=10 logger=none"]
+    assert "does not split over the job's 4 ranks" in problems[0] and "multiple of 4" in problems[0]
+    with pytest.raises(SystemExit) as exited:
+        SlurmPreflight(checkpoint_minutes=30).on_multirun_start(config)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("does not split over the job's 4 ranks") == 2 and "error: task.batch_size=6" in err, err
+    config.hydra.launcher.tasks_per_node = 1                     # one rank a node, 2 nodes: 6 and 10 split
+    assert batch_problems(config) == []

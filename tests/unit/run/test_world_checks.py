@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from hizfo.core.distributed import World, pick_backend
+import inspect
+
+import torch
+
+from hizfo.core import distributed
+from hizfo.core.distributed import World, group_device, pick_backend
 from hizfo.errors import ConfigError
 from hizfo.run.batching import BatchStream, check_every_rank_has_rows
 
@@ -30,6 +35,16 @@ def test_nccl_without_cuda_is_refused(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(ConfigError, match=r"^backend: nccl needs CUDA GPUs and this machine has none; use backend=gloo"):
         pick_backend("nccl", "cpu")
+
+
+def test_nccl_binds_each_rank_to_its_own_gpu_before_the_group_exists(monkeypatch):
+    # nccl places an object broadcast's tensor on the current CUDA device: unbound, every rank would use GPU 0
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert group_device("nccl") == torch.device("cuda", 3)
+    assert group_device("gloo") is None
+    source = inspect.getsource(distributed.init)    # bound before the group's first collective, passed to it
+    assert source.index("torch.cuda.set_device(device)") < source.index("init_process_group(backend=backend, "
+                                                                        "device_id=device)")
 
 
 def test_an_unknown_backend_is_named():
