@@ -149,7 +149,10 @@ def _row(path: Path, record: RunRecord) -> dict[str, Any]:
 
 def _measured_over_planned(peak_gb: Any, provenance: dict[str, Any]) -> Optional[float]:
     """A CUDA run's measured peak (``max_memory_allocated``, GiB) over the planner's prediction for it
-    (``provenance.planned_peak_bytes``, hizfo/run/session.py): how good the planner was; None without both."""
+    (``provenance.planned_peak_bytes``, hizfo/run/session.py): how good the planner was; None without both. Like
+    for like: both are training's and profiling's peak (hizfo/run/plan_fit.py ``measured_like``; the measured one
+    is read before every evaluation, hizfo/run/loop.py); generation's prediction, where a record keeps it, is
+    ``planned_generation_bytes``, which no measured peak covers."""
     measured, planned = _number(peak_gb), _number(provenance.get("planned_peak_bytes"))
     return measured * 2**30 / planned if measured is not None and planned else None
 

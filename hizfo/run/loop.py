@@ -206,6 +206,8 @@ class Training:
                 epoch_metrics, _ = evaluate(method, self.loaded, self.task, device)
                 entry["metrics"] = epoch_metrics
                 self.log(state.step, {f"eval/{k}": v for k, v in epoch_metrics.items()})
+        if device.type == "cuda":      # the measured peak is training's and profiling's, as the planned one (plan_fit)
+            self.meters.reset_peak(device)
         if len(entry) > 2:
             state.epoch_evals.append(entry)
             if "eval_loss" in entry:                                   # W&B: on the step axis, beside the curve

@@ -121,8 +121,14 @@ def check_memory_fits(cfg: Any, device: Any, world_size: int = 1, total_bytes: O
     """Refuse (ConfigError) a CUDA run whose predicted per-GPU peak at ``world_size`` processes (FSDP2 when more
     than one; one process with model.device_map=auto: over the ``device_count`` GPUs it sees) exceeds the usable
     memory of the device (``total_bytes``, else the device's own, less plan_gpu.HEADROOM_GIB). HIZFO_PLAN_ENFORCE=0
-    turns the refusal into a warning. Returns ``measured_like``: the predicted peak of what the record's measured
-    peak covers (the record keeps it beside the measured one)."""
+    turns the refusal into a warning. Returns the per-GPU prediction of what the record's measured peak covers,
+    training and profiling (``check_memory_phases`` adds generation's)."""
+    return check_memory_phases(cfg, device, world_size, total_bytes, device_count)["planned_peak_bytes"]
+
+
+def check_memory_phases(cfg: Any, device: Any, world_size: int = 1, total_bytes: Optional[int] = None,
+                        device_count: Optional[int] = None) -> dict[str, int]:
+    """``check_memory_fits``'s check; returns ``planned_phases`` per GPU, for a record's provenance."""
     import torch
     options = PlanOptions(device="cuda", world_size=world_size)
     shape, s, pred = plan_config(cfg, options)
@@ -134,19 +140,19 @@ def check_memory_fits(cfg: Any, device: Any, world_size: int = 1, total_bytes: O
         raise ConfigError(line)
     if line:
         print(f"warning: {line}", file=sys.stderr)
-    return gpu.per_gpu(measured_like(pred))
+    return {key: gpu.per_gpu(value) for key, value in planned_phases(pred).items()}
 
 
 def measured_like(pred: Prediction) -> int:
     """The prediction a record's measured peak is compared with: training and profiling. The measured peak is
-    read when training ends (hizfo/run/loop.py), before the final evaluation's generation, which the prediction's
-    ``peak`` includes (``planned_phases`` keeps it apart)."""
+    read when training ends and before each epoch's evaluation (hizfo/run/loop.py), never over the evaluation's
+    generation, which the prediction's ``peak`` includes (``planned_phases`` keeps it apart)."""
     return max(pred.training_peak, pred.profiling)
 
 
 def planned_phases(pred: Prediction) -> dict[str, int]:
     """What a record can keep of the prediction, like for like: ``planned_peak_bytes`` (training and profiling,
-    ``measured_like``) and ``planned_generation_bytes`` (the final evaluation's, not in the measured peak)."""
+    ``measured_like``) and ``planned_generation_bytes`` (evaluation's, not in the measured peak)."""
     return {"planned_peak_bytes": measured_like(pred), "planned_generation_bytes": int(pred.generation)}
 
 

@@ -125,4 +125,7 @@ def test_the_record_keeps_the_prediction_of_what_its_measured_peak_covers():
     assert check_memory_fits(cfg, torch.device("cuda"), 1, total_bytes=10 ** 15, device_count=1) == pred.training_peak
     assert planned_phases(pred) == {"planned_peak_bytes": pred.training_peak,
                                     "planned_generation_bytes": pred.generation}
+    from hizfo.run.plan_fit import check_memory_phases
+    assert check_memory_phases(cfg, torch.device("cuda"), 1, total_bytes=10 ** 15, device_count=1) == \
+        planned_phases(pred)
 
