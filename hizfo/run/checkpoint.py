@@ -16,6 +16,8 @@ picks the checkpoint to resume and manages the folders; every rank writes its sh
 (``hizfo.run.checkpoint_dist``, through torch.distributed.checkpoint). Whether to checkpoint after a step is agreed
 by one all-reduce (a signal may reach one rank only, a time-based cadence may fall due on one only); the end of
 training always writes one, since a signal during evaluation cannot start a collective write from its handler.
+One process writes one at the end of training too, ``checkpoint_every=0`` included: the trained run waits in it
+until the ok record is written (a full disk then costs an evaluation, not the training).
 
 Preemption signals reach the checkpointer through ``hizfo.run.signals.RELAY``; Slurm's pre-submission checks live in
 ``hizfo.run.slurm_preflight``. See docs/slurm.md.
@@ -217,12 +219,24 @@ class Checkpointer:
                 self._deliver_pending()
             return
         self._signal.in_training = False
-        if self.every_steps or self.every_minutes is not None:
+        if self.every_steps or self.every_minutes is not None or self._signal.pending is not None:
             self.save(method, state, meters, zo_seeds, reason=self._signal.reason or "end of training")
             self._deliver_pending()
-        elif self._signal.pending is not None:
-            self.save(method, state, meters, zo_seeds, reason=self._signal.reason)
-            self._deliver_pending()
+        elif state.step > 0:                # checkpoint_every=0 too: the trained run waits here for its record
+            self._keep_until_recorded(method, state, meters, zo_seeds)
+
+    def _keep_until_recorded(self, method: Any, state: Any, meters: Any, zo_seeds: Optional[torch.Generator]) -> None:
+        """One process, no cadence asked for: the end-of-training checkpoint all the same, so a full disk at the
+        ok record costs an evaluation, not the training (``discard`` removes it once the record is written). Left
+        out of ``train_seconds`` (a default run's costs stay as they were); a disk that refuses it is a warning."""
+        try:
+            with meters.paused("train_seconds", torch.device("cpu")):     # paused() only reads the clock
+                self.save(method, state, meters, zo_seeds, reason="end of training")
+        except OSError as exc:
+            print(f"warning: checkpoint: the end-of-training checkpoint could not be written to {self.folder} "
+                  f"({type(exc).__name__}: {exc}); the run goes on, but a record the disk refuses would lose its "
+                  f"training", file=sys.stderr, flush=True)
+        self._deliver_pending()             # a signal that came during the save
 
     def save(self, method: Any, state: Any, meters: Any, zo_seeds: Optional[torch.Generator],
              reason: str = "periodic") -> Path:

@@ -8,13 +8,14 @@ that for the call (unless the user set it: then they get Hydra's full traces), c
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
 import traceback
 from typing import Callable, Optional
 
-from hizfo.errors import ConfigError
+from hizfo.errors import ConfigError, one_line
 from hizfo.run.runspec import GROUPS
 
 INTERNAL_GROUPS = ("tuning", "study_arm")         # composed by the presets themselves, never picked by a user
@@ -123,10 +124,26 @@ def end_failed_run(exc: Exception, multirun: bool) -> None:
         say_from_rank_0(f"error: {config_error}")
         exc.reported = True                                   # type: ignore[attr-defined]  (call_main: nothing more)
     elif not getattr(exc, "reported", False):
-        traceback.print_exc()
+        report_unreported(exc)
     if multirun and (config_error is not None or launched_world_size() == 1):
         raise exc
     sys.exit(2 if config_error is not None else 1)
+
+
+def report_unreported(exc: BaseException) -> None:
+    """A failure nothing has reported yet: a full disk (or quota) anywhere in its chain in one line, since no
+    traceback tells the user more than "free space"; anything else its traceback."""
+    cause: Optional[BaseException] = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen and \
+            not (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)):
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or id(cause) in seen:
+        traceback.print_exc()
+        return
+    print(f"failed: the disk is full ({one_line(cause)}); free space and run the same command again",
+          file=sys.stderr)
 
 
 def call_main(main: Callable[[], None]) -> int:
@@ -168,7 +185,7 @@ def _call(main: Callable[[], None]) -> int:
         if config_error is not None and not getattr(exc, "reported", False):
             print(f"error: {config_error}", file=sys.stderr)
         elif not getattr(exc, "reported", False) and not sweep_active():   # a sweep's summary shows its jobs' errors
-            traceback.print_exc()
+            report_unreported(exc)
         return 2 if config_error is not None else 1
     finally:
         if not user_wants_traces:

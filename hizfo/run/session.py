@@ -202,7 +202,8 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
         failed_at = time.time()
         if world.is_main:                                     # ... naming the rank that failed first
             peers = earlier_failures(checkpointer.folder, failed_at) if checkpointer is not None else []
-            _record_failure(spec, exc, meters, prov, peers)
+            _record_failure(spec, exc, meters, prov, peers,
+                            checkpoint=checkpointer.latest() if checkpointer is not None else None)
         tracker.finish(failed=True)
         raise
     if not world.is_main:
@@ -263,9 +264,10 @@ def _no_tracker() -> Tracker:
 
 
 def _record_failure(spec: RunSpec, exc: Exception, meters: Meters, prov: dict[str, Any],
-                    peers: Sequence[RankFailure] = ()) -> None:
+                    peers: Sequence[RankFailure] = (), checkpoint: Optional[Path] = None) -> None:
     """A failed record for ``exc`` (never in place of an ok one), one line on stderr; ``exc`` marked reported.
-    ``peers``: other ranks that failed before rank 0 (hizfo/run/rank_failures.py): the first one is the cause."""
+    ``peers``: other ranks that failed before rank 0 (hizfo/run/rank_failures.py): the first one is the cause.
+    ``checkpoint``: the newest one kept, named in the line when the disk refuses the record as well."""
     error = first_cause(one_line(exc), list(peers)) or one_line(exc)
     tracebacks = [f"rank {p.rank}:\n{p.traceback}" for p in peers] + [traceback.format_exc()]
     record = RunRecord(status="failed", config=spec.config, config_hash=spec.config_hash,
@@ -273,12 +275,21 @@ def _record_failure(spec: RunSpec, exc: Exception, meters: Meters, prov: dict[st
                        failed_step=getattr(exc, "step", None), traceback="\n".join(tracebacks))
     current = RunRecord.read(spec.path)
     kept_ok = current is not None and current.status == "ok"
-    if not kept_ok:
-        record.write(spec.path)
     where = (f"the ok record at {spec.path} was kept (overwrite=true: no failed record replaces it)" if kept_ok
              else f"record at {spec.path}")
+    if not kept_ok:
+        try:
+            record.write(spec.path)
+        except OSError as unwritten:        # a full disk: one line, not a traceback (cli.py prints none then)
+            where = f"no record could be written to {spec.path} ({one_line(unwritten)}); {kept_training(checkpoint)}"
     print(f"failed: {error}; {where}", file=sys.stderr)
     exc.reported = True                                        # type: ignore[attr-defined]
+
+
+def kept_training(checkpoint: Optional[Path]) -> str:
+    """What a failed run left for its relaunch, in words."""
+    return (f"the run's checkpoint {checkpoint} was kept: run the same command again to resume from it"
+            if checkpoint is not None else "no checkpoint was kept")
 
 
 def _planned_peak(cfg: DictConfig, device: torch.device, world: distributed.World) -> Optional[int]:
@@ -309,7 +320,8 @@ def _unwritten_record(exc: OSError, spec: RunSpec, checkpointer: Optional[Checkp
     latest = checkpointer.latest() if checkpointer is not None else None
     kept = (f"the trained run is kept in {latest}; free space and run the same command again to evaluate and "
             f"record it without retraining" if latest is not None else
-            "no checkpoint holds the trained run (checkpoint_every=0): run it again once there is space")
+            "no checkpoint holds the trained run (its end-of-training one could not be written either): run it "
+            "again once there is space")
     error = RecordNotWritten(f"the ok record {spec.path} could not be written ({one_line(exc)}); {kept}")
     print(f"failed: {error}", file=sys.stderr)
     error.reported = True                                      # type: ignore[attr-defined]
@@ -338,8 +350,20 @@ def write_ok_record(prepared: Prepared, result: LoopResult, meters: Meters, prov
                                      **{f"costs/{k}": v for k, v in vars(costs).items()
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)}})
     write_jsonl_atomic(spec.predictions_path, prediction_rows(task.examples("eval"), result.predictions))
-    record.write(spec.path)
+    try:
+        record.write(spec.path)
+    except OSError:                     # no predictions without their record: the relaunch writes both
+        _remove_quietly(spec.predictions_path)
+        raise
     return record
+
+
+def _remove_quietly(path: Path) -> None:
+    """Delete ``path`` if it is there; a disk that refuses even that leaves it (the relaunch replaces it)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def print_summary(metrics: dict[str, Any], record: RunRecord, path: Path, where: str) -> None:

@@ -12,9 +12,10 @@ import pytest
 from hizfo.run import records
 from hizfo.run.session import RecordNotWritten, RunInputs, compose, run
 
-pytestmark = pytest.mark.slow
-SMALL = ["method=full_ft", "method.max_steps=5", "checkpoint_every=2", "logger=none", "num_threads=1",
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+SMALL = ["method=full_ft", "method.max_steps=5", "logger=none", "num_threads=1",
          "task.options.n_eval=4", "task.generation.max_new_tokens=3", "eval_before_training=false"]
+ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 
 
 def one_run(results, extra: tuple[str, ...] = ()) -> dict:
@@ -22,11 +23,29 @@ def one_run(results, extra: tuple[str, ...] = ()) -> dict:
     return run(compose(overrides), RunInputs(overrides=tuple(overrides)))
 
 
+def count_steps(monkeypatch) -> list[int]:
+    """Every training step taken from now on, by its step number (a relaunch that retrains takes some)."""
+    from hizfo.run.loop import Training
+    taken: list[int] = []
+    step = Training._step
+
+    def counted(self, batch, bar):
+        taken.append(self.state.step + 1)
+        return step(self, batch, bar)
+
+    monkeypatch.setattr(Training, "_step", counted)
+    return taken
+
+
+@pytest.mark.parametrize("cadence", ["checkpoint_every=2", "checkpoint_every=0"])
 @pytest.mark.parametrize("full_at", ["record", "predictions"])
-def test_a_full_disk_at_the_ok_record_keeps_the_trained_run_for_the_relaunch(tmp_path, monkeypatch, capsys, full_at):
-    """The disk fills at the ok record's own write, or at the predictions file written just before it."""
+def test_a_full_disk_at_the_ok_record_keeps_the_trained_run_for_the_relaunch(tmp_path, monkeypatch, capsys, full_at,
+                                                                             cadence):
+    """The disk fills at the ok record's own write, or at the predictions file written just before it; with a
+    checkpoint cadence or none (the default, checkpoint_every=0: the end-of-training checkpoint is written all the
+    same, and removed once the record is)."""
     from hizfo.run import session
-    reference = one_run(tmp_path / "reference" / "runs")
+    reference = one_run(tmp_path / "reference" / "runs", (cadence,))
     write, write_predictions = records.RunRecord.write, session.write_jsonl_atomic
 
     def full_disk(self, path):
@@ -43,22 +62,79 @@ def test_a_full_disk_at_the_ok_record_keeps_the_trained_run_for_the_relaunch(tmp
         monkeypatch.setattr(session, "write_jsonl_atomic", full_disk_predictions)
     results = tmp_path / "full" / "runs"
     with pytest.raises(RecordNotWritten):
-        one_run(results)
+        one_run(results, (cadence,))
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failed: ")]
     assert len(lines) == 1 and "No space left on device" in lines[0] and "step-00000005" in lines[0], lines
     assert "without retraining" in lines[0]
     assert not list(results.rglob("seed0.json"))
     (kept,) = (tmp_path / "full" / "checkpoints").rglob("step-*")
-    assert kept.name == "step-00000005"                 # the end of training, beyond the every-2 cadence
+    assert kept.name == "step-00000005"                 # the end of training, beyond the every-2 cadence or none
+    assert not list(results.rglob("*.predictions.jsonl"))    # none without its record
 
     monkeypatch.setattr(records.RunRecord, "write", write)
     monkeypatch.setattr(session, "write_jsonl_atomic", write_predictions)
-    again = one_run(results)
+    taken = count_steps(monkeypatch)
+    again = one_run(results, (cadence,))
     out = capsys.readouterr()
     assert "resumed from " in out.out + out.err and "at step 5" in out.out + out.err
     assert again["status"] == "ok"
-    assert again["costs"]["n_backward"] == reference["costs"]["n_backward"]    # no step trained twice
+    assert taken == [] and again["costs"]["segments"] == 2       # the relaunch trained no step
+    assert again["costs"]["n_backward"] == reference["costs"]["n_backward"]
+    assert len(list(results.rglob("*.predictions.jsonl"))) == 1
     for key in ("final_params_sha256", "metrics", "curve", "config_hash"):
         assert again[key] == reference[key], key
     assert json.loads(next(results.rglob("seed0.json")).read_text())["status"] == "ok"
     assert not list((tmp_path / "full" / "checkpoints").rglob("step-*"))     # discarded once recorded
+
+
+@pytest.mark.parametrize("checkpoints", ["kept", "refused"])
+def test_a_disk_that_refuses_every_record_ends_in_one_line_naming_what_was_kept(tmp_path, monkeypatch, capsys,
+                                                                                checkpoints):
+    """The end-of-training checkpoint, the ok record, the predictions and the failed record all refused (the
+    periodic checkpoints written or refused too): no traceback, one line saying no record was written and which
+    checkpoint the relaunch resumes from (or that none was kept), exit status 1."""
+    from hizfo.run import checkpoint as checkpoint_module, cli, session
+    write_checkpoint = checkpoint_module.write_checkpoint
+
+    def refused(*args, **kwargs):
+        raise ENOSPC
+
+    def periodic_only(folder, method, state, meters, zo_seeds, config_hash, reason):
+        if reason == "end of training" or checkpoints == "refused":
+            raise ENOSPC
+        return write_checkpoint(folder, method, state, meters, zo_seeds, config_hash, reason)
+
+    monkeypatch.setattr(records.RunRecord, "write", refused)
+    monkeypatch.setattr(session, "write_jsonl_atomic", refused)
+    monkeypatch.setattr(checkpoint_module, "write_checkpoint", periodic_only)
+    results = tmp_path / "runs"
+    assert cli._call(lambda: one_run(results, ("checkpoint_every=2",))) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("failed: ")]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "no record could be written" in lines[0]
+    if checkpoints == "kept":
+        assert "step-00000004 was kept" in lines[0] and "resume" in lines[0], lines
+        assert [p.name for p in (tmp_path / "checkpoints").rglob("step-*")] == ["step-00000004"]
+    else:
+        assert "no checkpoint was kept" in lines[0], lines
+    assert not list(results.rglob("*.json*"))
+
+
+def test_a_full_disk_nobody_reported_is_one_line_and_anything_else_its_traceback(capsys):
+    """cli.py's last word on an unreported failure: ENOSPC anywhere in its chain is one line, no traceback."""
+    from hizfo.run.cli import report_unreported
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/full/x.json")
+        except OSError:
+            raise RuntimeError("while saving")
+    except RuntimeError as exc:
+        report_unreported(exc)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("failed: the disk is full (OSError: [Errno 28]"), err
+    try:
+        raise OSError(errno.EACCES, "Permission denied")
+    except OSError as exc:
+        report_unreported(exc)
+    assert "Traceback" in capsys.readouterr().err
