@@ -7,11 +7,12 @@ score the untrained model, train (``Training``: set-up, restore, epochs of steps
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from tqdm.auto import tqdm
 
+from hizfo.config import MethodConfig
 from hizfo.core import distributed
 from hizfo.core.methods import Batch, Method, MethodSummary, TrainContext
 from hizfo.core.models import LoadedModel
@@ -21,6 +22,9 @@ from hizfo.run.evaluation import eval_loss, evaluate, evaluate_model_only, input
 from hizfo.run.meters import Meters
 from hizfo.run.progress import progress
 from hizfo.tasks.base import Task, check_fits
+
+if TYPE_CHECKING:                     # for the signature only: loop.py loads without the checkpoint stack
+    from hizfo.run.checkpoint import Checkpointer
 
 ZO_SEED_OFFSET = 424242        # the run's generator of ZO step seeds: seed + 424242
 Log = Callable[[int, dict[str, float]], None]
@@ -214,8 +218,9 @@ class Training:
                 self.log(state.step, {"eval/loss": entry["eval_loss"], "eval/epoch": state.epoch})
 
 
-def train_and_evaluate(method: Method, method_cfg: Any, loaded: LoadedModel, task: Task, options: LoopOptions,
-                       meters: Meters, log: Optional[Log] = None, checkpoint: Optional[Any] = None) -> LoopResult:
+def train_and_evaluate(method: Method, method_cfg: MethodConfig, loaded: LoadedModel, task: Task,
+                       options: LoopOptions, meters: Meters, log: Optional[Log] = None,
+                       checkpoint: Optional[Checkpointer] = None) -> LoopResult:
     """Set the method up, train it for its epochs (or ``max_steps``), then evaluate by generation."""
     device = options.device
     trains = method_cfg.max_steps != 0                               # max_steps 0: evaluation only
