@@ -65,7 +65,7 @@ class Setting:
     threads: int = 1                   # CPU: ZO noise chunks run one per thread
     train_dropout: bool = False
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    selection: Optional[tuple[str, ...]] = None   # Θ_FO names from a record; None: the cost-only worst case
+    selection: Optional[tuple[str, ...]] = None   # Θ_FO names from a record; None: the cost-only heuristic
     profile_shards: bool = False       # the run key: Hi-ZFO / GreenTrainer profile on FSDP2's shards
 
     @property

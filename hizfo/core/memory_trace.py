@@ -5,8 +5,8 @@ model (hizfo/core/memory_blocks.py; ``saved_bytes`` on the whole model is the sl
 Roles follow the methods' own code: Full FT every tensor (baselines/full_ft.py), FT-Top2 the top blocks
 (``decoder_layers``), LoRA / Prefix the peft adapters (their configs as baselines/lora.py and baselines/prefix.py
 build them), MeZO every tensor by ZO, Bilevel-ZOFO both LoRA adapters by backprop and the backbone by ZO with an
-upper AdamW over both, Hi-ZFO / GreenTrainer the selection: a record's stored Θ_FO, else the cost-only worst case
-(``cost_only_selection``).
+upper AdamW over both, Hi-ZFO / GreenTrainer the selection: a record's stored Θ_FO, else the cost-only heuristic
+(``cost_only_selection``: the most parameters ρ allows; not shown to bound the selection's memory).
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def model_params(model: nn.Module) -> list[Param]:
 def fo_zo(params: list[Param], s: Setting, select: Callable[[float, int], list[str]], layers: int
           ) -> tuple[set[str], set[str], str]:
     """(Θ_FO names, Θ_ZO names, how Θ_FO was chosen) for the method over the model's tensors (``select(rho,
-    buckets)``: the cost-only worst case)."""
+    buckets)``: the cost-only heuristic)."""
     names = [q.name for q in params]
     cfg = s.cfg()
     if s.method == "full_ft":
@@ -142,8 +142,8 @@ def fo_zo(params: list[Param], s: Setting, select: Callable[[float, int], list[s
             fo, note = set(s.selection) & set(names), "a record's stored partition"
         else:
             fo = set(select(float(cfg.get("rho", 0.6)), int(cfg.get("buckets", 1000))))
-            note = (f"cost-only worst case for rho {cfg.get('rho', 0.6)} (the DP with importance proportional to "
-                    f"size: the most parameters the budget allows)")
+            note = (f"cost-only heuristic for rho {cfg.get('rho', 0.6)} (the DP with importance proportional to "
+                    f"size: the most parameters the budget allows; not a bound on the selection's memory)")
         zo = set(names) - fo if s.method == "hizfo" and cfg.get("zo_update", "estimate") != "disabled" else set()
         return fo, zo, note
     if s.method == "zero_shot":

@@ -319,7 +319,7 @@ def test_a_grid_prints_one_row_per_cell_and_lists_every_cell_that_does_not_fit(c
 @pytest.mark.slow
 def test_the_plan_of_a_config_that_ran_uses_its_records_partition(default_run):
     """Hi-ZFO's Θ_FO needs a profile; after the run, its ok record's partition stands in for the planner's stated
-    assumption (the cost-only worst case), and the report says which it used."""
+    assumption (the cost-only heuristic), and the report says which it used."""
     from hizfo.run.plan_fit import PlanOptions, plan_config
     from tests.conftest import compose
     from tests.readme_run import readme_default_run
@@ -331,4 +331,4 @@ def test_the_plan_of_a_config_that_ran_uses_its_records_partition(default_run):
     assert s.selection == tuple(stored) and pred.selection == "a record's stored partition"
     assert set(pred.fo_names) == set(stored)
     _, s, pred = plan_config(compose([*overrides, f"results_dir={default_run.folder}/elsewhere"]), PlanOptions())
-    assert s.selection is None and pred.selection.startswith("cost-only worst case")
+    assert s.selection is None and pred.selection.startswith("cost-only heuristic")
