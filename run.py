@@ -6,19 +6,24 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from hizfo.run.entry_interrupts import end_start_up, finished_interrupt, guard_after_finish, guard_start_up
 
-from hizfo.run.cli import call_main, end_failed_run
-from hizfo.run.runspec import derive_variant  # noqa: F401  (re-exported: the variant of a command line)
-from hizfo.registry import register_schemas
-from hizfo.run.session import VERSION_BASE, RunInputs, run
+guard_start_up()                                  # Ctrl-C during the imports below (~14 s): one line, exit 130
+import hydra                                      # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode                   # noqa: E402
+from omegaconf import DictConfig, OmegaConf       # noqa: E402
+
+from hizfo.registry import register_schemas      # noqa: E402
+from hizfo.run.cli import call_main, end_failed_run  # noqa: E402
+from hizfo.run.session import VERSION_BASE, RunInputs, run  # noqa: E402
+from hizfo.run.sweep_summary import record_path_of  # noqa: E402
 
 register_schemas()
+end_start_up()
 
 
 def inputs_from_hydra() -> RunInputs:
@@ -32,11 +37,18 @@ def inputs_from_hydra() -> RunInputs:
 
 @hydra.main(version_base=VERSION_BASE, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    inputs, started = inputs_from_hydra(), time.time()
     try:
-        run(cfg, inputs_from_hydra())
+        run(cfg, inputs)
+    except KeyboardInterrupt as exc:              # after the ok record (W&B finishing): say the run had finished
+        raise finished_interrupt(exc, record_path_of(cfg, list(inputs.overrides)), started)
     except Exception as exc:
         end_failed_run(exc, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
+    if inputs.sweep_dir is None:
+        guard_after_finish()                      # Hydra's clean-up of a single run is left
 
 
 if __name__ == "__main__":
-    sys.exit(call_main(main))                     # Hydra's own errors too: one line, exit 2 (hizfo/run/cli.py)
+    code = call_main(main)                        # Hydra's own errors too: one line, exit 2 (hizfo/run/cli.py)
+    guard_after_finish()                          # a Ctrl-C in the clean-up (W&B, atexit): one line, exit 130
+    sys.exit(code)

@@ -14,13 +14,16 @@ import io
 import json
 import sys
 import time
-
+from pathlib import Path
 
 
 def main() -> None:
+    import hydra
+
     import hizfo.core.models
     import run as entry
     from hizfo.run.cli import call_main
+    from hizfo.run.session import VERSION_BASE
 
     real_load = hizfo.core.models.load_model
     calls: list[str] = []
@@ -30,8 +33,9 @@ def main() -> None:
         return real_load(*args, **kwargs)
 
     hizfo.core.models.load_model = load_model        # run.py imports it from the module at call time
-    # Hydra looks for conf/ beside the task function's file when its module is __main__, as under `python run.py`
-    entry.main.__wrapped__.__module__ = "__main__"
+    # run.py's task function under Hydra as `python run.py` has it, conf/ named by its absolute path
+    task = hydra.main(version_base=VERSION_BASE, config_path=str(Path(entry.__file__).parent / "conf"),
+                      config_name="config")(entry.main.__wrapped__)
     for line in sys.stdin:
         sys.argv = ["run.py", *json.loads(line)]
         calls.clear()
@@ -39,7 +43,7 @@ def main() -> None:
         start = time.perf_counter()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             try:
-                status = call_main(entry.main)
+                status = call_main(task)
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else 1
         print(json.dumps({"args": sys.argv[1:], "status": status, "stderr": err.getvalue(), "stdout": out.getvalue(),

@@ -70,7 +70,7 @@ def expand_jobs(params: dict[str, str]) -> list[list[str]]:
 
 def job_cell(job: list[str], sweep_key: str | None) -> tuple[str, str, str, float | None]:
     """The (model label, task, method, swept value) a job fills, read as analysis reads its record."""
-    from run import derive_variant
+    from hizfo.run.runspec import derive_variant
     values = dict(item.split("=", 1) for item in job)
     variant = derive_variant(job + ["experiment=x"])
     swept = float(values[f"method.{sweep_key}"]) if sweep_key else None
@@ -220,7 +220,7 @@ def test_every_sweep_value_composes(hydra_conf: None, name: str, scale: str) -> 
 
 
 def _job_config(preset: str, job: list[str]) -> dict[str, Any]:
-    from run import derive_variant
+    from hizfo.run.runspec import derive_variant
     config = OmegaConf.to_container(compose_preset(preset, job), resolve=True)
     config["variant"] = derive_variant(job)
     return config

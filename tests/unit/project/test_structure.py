@@ -246,8 +246,10 @@ def test_no_function_over_the_limit_except_the_named_ones():
 
 
 def test_the_entry_point_is_short():
+    """run.py is an entry point, not a library: its two functions, 54 lines in all when this was last tightened."""
     lengths = _function_lengths(ROOT / "run.py")
-    assert _line_count(ROOT / "run.py") <= 60 and max(lengths.values()) <= 25, lengths
+    assert set(lengths) == {"inputs_from_hydra", "main"}, lengths
+    assert _line_count(ROOT / "run.py") <= 55 and max(lengths.values()) <= 10, lengths
 
 
 def _python_files() -> list[Path]:
@@ -296,7 +298,7 @@ def test_one_composer():
 
 def test_the_scan_sees_imports():
     # the scan must see module-level and lazy imports, or every check above would pass on an empty graph
-    assert GRAPH["run"] >= {"hizfo.registry", "hizfo.run.runspec", "hizfo.run.session"}
+    assert GRAPH["run"] >= {"hizfo.registry", "hizfo.run.entry_interrupts", "hizfo.run.session"}
     assert "hizfo.run.loop" in GRAPH["hizfo.run.session"]
     assert "hizfo.errors" in GRAPH["hizfo.tasks.base"]
     assert "hizfo.core.zo" in GRAPH["hizfo.core.hybrid"]

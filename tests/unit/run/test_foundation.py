@@ -88,7 +88,7 @@ def test_atomic_write_keeps_the_old_record_when_writing_fails(tmp_path):
 
 
 def test_variant_comes_from_overrides_that_change_the_computation():
-    from run import derive_variant
+    from hizfo.run.runspec import derive_variant
     assert derive_variant(["method=hizfo", "logger=none", "results_dir=/x", "seed=3"]) == "default"
     assert derive_variant(["method.rho=0.2", "method=hizfo", "task.limit=5"]) == "method.rho=0.2,task.limit=5"
 
