@@ -2,8 +2,12 @@
 
 One W&B run per record, across resumes: its id is derived from the run's identity (``stable_run_id``: the record's
 path and config hash) and it is opened with ``resume="allow"``, so a preempted and requeued job logs into the run it
-started. Offline, each process writes its own ``offline-run-<time>-<id>`` folder; ``wandb sync`` uploads them into
-that one run, and ``read_offline_runs`` reads them back as one (the later process wins a step both logged).
+started. Offline, each process writes its own ``offline-run-<time>-<id>`` folder, all with that one id, and
+``read_offline_runs`` reads them back as one run holding every step (the later process wins a step both logged;
+tests/unit/run/test_wandb_resume.py). Not verified (no W&B server here): what ``wandb sync`` of several folders of
+one id makes on the server. wandb 0.31's ``wandb sync --help`` only says a run's files are synced one after another
+in order of start time; W&B's tracker reports a later folder replacing the earlier one's history
+(wandb/wandb#3841, open; wandb/wandb#5865).
 Runs of a sweep or preset share a ``group`` (``run_group``), their ``job_type`` is the method; every
 ``memory_every`` steps the process's (or the GPU's) memory is logged as ``memory/*``.
 """
@@ -35,14 +39,33 @@ def stable_run_id(record_path: str | Path, config_hash: str) -> str:
     return f"hz-{digest[:20]}"
 
 
+GROUP_CHARS = 128           # W&B's longest group name
+
+
 def run_group(experiment: Optional[str], sweep_dir: Optional[str | Path]) -> Optional[str]:
-    """A run's W&B group: its preset (``experiment=...``), else its sweep (``multirun/<date>/<time>``), else none."""
+    """A run's W&B group: its preset (``experiment=...``), else its sweep's command line (``sweep_command``: the
+    same when the same sweep is launched again, in a new folder), else the sweep folder (``<date>/<time>``)."""
     if experiment:
         return str(experiment)
     if sweep_dir:
         parts = Path(sweep_dir).parts
-        return "/".join(parts[-2:]) if len(parts) >= 2 else str(sweep_dir)
+        return sweep_command(sweep_dir) or ("/".join(parts[-2:]) if len(parts) >= 2 else str(sweep_dir))
     return None
+
+
+def sweep_command(sweep_dir: str | Path) -> Optional[str]:
+    """``method=full_ft,hizfo seed=0,1``: the sweep's overrides, sorted, from the ``multirun.yaml`` that Hydra's
+    sweeper writes into the sweep folder before any job starts (on Slurm too: the folder is shared); a name over
+    W&B's limit keeps its start and a hash of the whole. None without that file or overrides."""
+    from omegaconf import OmegaConf
+    try:
+        overrides = OmegaConf.select(OmegaConf.load(Path(sweep_dir) / "multirun.yaml"), "hydra.overrides.task")
+    except (OSError, ValueError):                       # no such file (a sweep folder made by hand), or not YAML
+        return None
+    text = " ".join(sorted(str(item) for item in overrides or ()))
+    if len(text) > GROUP_CHARS:
+        text = f"{text[:GROUP_CHARS - 14]}… {hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return text or None
 
 
 def memory_now() -> dict[str, float]:
@@ -65,8 +88,9 @@ def memory_now() -> dict[str, float]:
 
 def options_from_config(name: str, config: dict[str, Any], sweep_dir: Optional[str] = None) -> dict[str, Any]:
     """What a run's resolved config says of its W&B run: the stable id (from the record's path and config hash),
-    the group (``logger.group``, else the preset or the sweep folder, which run.py reads from Hydra), the job type
-    (the method), the memory series and W&B's system stats. A config without these keys (a test's) gives none."""
+    the group (``logger.group``, else the preset or the sweep's command line; run.py reads the sweep from Hydra),
+    the job type (the method), the memory series and W&B's system stats. A config without these keys (a test's)
+    gives none."""
     from hizfo.run.runspec import config_hash
     logger = config.get("logger") or {}
     method = config.get("method") or {}

@@ -97,3 +97,30 @@ def test_run_py_preempted_then_resumed_is_one_wandb_run_holding_every_step(tmp_p
         assert any("eval/loss" in row for row in run["history"])
     assert any("memory/rss_gb" in row for row in run["history"])
     assert run["job_type"] == "full_ft"
+
+
+def test_a_relaunched_sweep_keeps_its_wandb_group(tmp_path):
+    """The group is the sweep's command line (Hydra's multirun.yaml in the sweep folder), not the folder's time:
+    the same sweep launched again, into a new folder, groups with the first."""
+    from omegaconf import OmegaConf
+
+    from hizfo.run.tracking import GROUP_CHARS, run_group
+
+    def sweep(folder: str, overrides: list[str]) -> Path:
+        path = tmp_path / "multirun" / "2026-12-08" / folder
+        path.mkdir(parents=True)
+        OmegaConf.save({"hydra": {"overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": overrides}}},
+                       path / "multirun.yaml")
+        return path
+
+    first = sweep("01-00-00", ["seed=0,1", "method=full_ft,hizfo"])
+    again = sweep("02-00-00", ["method=full_ft,hizfo", "seed=0,1"])
+    other = sweep("03-00-00", ["method=full_ft,hizfo", "seed=2,3"])
+    assert run_group(None, first) == run_group(None, again) == "method=full_ft,hizfo seed=0,1"
+    assert run_group(None, other) == "method=full_ft,hizfo seed=2,3"
+    assert run_group("table3", first) == "table3"                              # a preset names its group
+    (tmp_path / "multirun" / "2026-12-08" / "04-00-00").mkdir()
+    assert run_group(None, tmp_path / "multirun" / "2026-12-08" / "04-00-00") == "2026-12-08/04-00-00"
+    long = [f"method.lr={x}" for x in range(0, 400, 7)]
+    a, b = run_group(None, sweep("05-00-00", long)), run_group(None, sweep("06-00-00", long[:-1]))
+    assert len(a) <= GROUP_CHARS and len(b) <= GROUP_CHARS and a != b and a[:100] == b[:100]
