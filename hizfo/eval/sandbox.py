@@ -131,7 +131,8 @@ def require_opt_in(allow_code_execution: bool, task_name: str) -> None:
 RUNNER = Path(__file__).with_name("sandbox_runner.py")     # the trusted runner, run by path (stdlib only)
 RUNNER_IN_VIEW = "/hizfo-sandbox-runner.py"                # where the namespaces level binds it (read-only)
 UID_BASE = 1_900_000_000       # root: each program in flight runs as its own host uid from here, so RLIMIT_NPROC binds
-_UID_SLOTS = 64                # programs one evaluator may have in flight at once
+MAX_IN_FLIGHT = 64             # programs one evaluator may have in flight at once (task.options.sandbox_workers)
+_UID_SLOTS = MAX_IN_FLIGHT
 
 
 def _bwrap_command(view: RuntimeView, limits: SandboxLimits, privileged: bool) -> list[str]:
@@ -172,23 +173,25 @@ class _UidPool:
     another's RLIMIT_NPROC. The block depends on the evaluator's pid, so two evaluators rarely share one."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._free = list(range(_UID_SLOTS))
 
     @contextlib.contextmanager
     def take(self) -> Iterator[Optional[int]]:
+        """A uid of its own for one program; with every slot taken (several evaluators in one process), wait for
+        one to come back rather than fail an innocent program."""
         if os.geteuid() != 0:
             yield None                           # an unprivileged evaluator: the runner keeps its uid
             return
         with self._lock:                         # the least recently used: its last program is long gone
-            slot = self._free.pop(0) if self._free else None
-        if slot is None:
-            raise BlockingIOError(errno.EAGAIN, f"more than {_UID_SLOTS} programs in flight")
+            self._lock.wait_for(lambda: bool(self._free))
+            slot = self._free.pop(0)
         try:
             yield UID_BASE + (os.getpid() % (1 << 21)) * _UID_SLOTS + slot
         finally:
             with self._lock:
                 self._free.append(slot)
+                self._lock.notify()
 
 
 _UIDS = _UidPool()

@@ -34,6 +34,15 @@ def _exited(proc: subprocess.Popen) -> bool:
         return True
 
 
+def _readable(fds: list[int], seconds: float) -> list[int]:
+    """The descriptors among ``fds`` with something to read (or at their end) within ``seconds``: poll, not
+    select, which refuses a descriptor numbered 1024 or more (an evaluator with many files open)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    return [fd for fd, _ in poller.poll(max(0.0, seconds) * 1000)]
+
+
 def _read_some(sinks: dict[int, Sink], ready: list[int]) -> None:
     for fd in ready:
         if fd in sinks:
@@ -55,7 +64,7 @@ def drain(proc: subprocess.Popen, sinks: dict[int, Sink], seconds: float) -> boo
     try:
         while (left := deadline - time.monotonic()) > 0:
             watch = list(open_fds) + ([pidfd] if pidfd is not None else [])
-            ready, _, _ = select.select(watch, [], [], left if pidfd is not None else min(left, 0.005))
+            ready = _readable(watch, left if pidfd is not None else min(left, 0.005))
             _read_some(open_fds, ready)
             if (pidfd in ready) if pidfd is not None else _exited(proc):
                 return True
@@ -70,5 +79,5 @@ def drain_rest(sinks: dict[int, Sink], seconds: float = 2.0) -> None:
     open_fds = dict(sinks)
     deadline = time.monotonic() + seconds
     while open_fds and (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select(list(open_fds), [], [], left)
+        ready = _readable(list(open_fds), left)
         _read_some(open_fds, ready)

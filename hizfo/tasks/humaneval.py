@@ -16,7 +16,7 @@ from typing import Any, Optional
 from hizfo.errors import ConfigError
 from hizfo.eval.metrics import humaneval_results, pass_at_1
 from hizfo.eval.stopping import cut_at, find_stop
-from hizfo.eval.sandbox import ISOLATION_LEVELS, SandboxLimits, isolation_level, require_opt_in
+from hizfo.eval.sandbox import ISOLATION_LEVELS, MAX_IN_FLIGHT, SandboxLimits, isolation_level, require_opt_in
 from hizfo.tasks.base import Example
 from hizfo.tasks.hub import HubSource, HubTask, as_list
 from hizfo.tasks.templates import reasoning_example
@@ -57,6 +57,9 @@ class HumanEvalTask(HubTask):
         self.limits = SandboxLimits(timeout=float(opts.get("sandbox_timeout", 3.0)),
                                     memory_mb=int(opts.get("sandbox_memory_mb", 1024)))
         self.workers = opts.get("sandbox_workers")
+        if self.workers is not None and self.workers > MAX_IN_FLIGHT:    # the sandbox runs at most that many at once
+            raise ConfigError(f"task.options.sandbox_workers: must be a whole number from 1 to {MAX_IN_FLIGHT} or "
+                              f"null (one per core, at most 2), got {self.workers}")
         self.isolation = str(opts.get("sandbox_isolation", "auto"))
         if self.isolation not in ISOLATION_LEVELS:
             raise ConfigError(f"task.options.sandbox_isolation: must be one of {ISOLATION_LEVELS}, "

@@ -207,3 +207,62 @@ def test_os_layer_alone_cannot_write_host_files(tmp_path):
     code = "".join(f"try:\n    open({str(t)!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for t in targets)
     assert run_program(code, LIMITS).passed
     assert not any(t.exists() for t in targets)
+
+
+def test_a_program_past_the_uid_slots_waits_for_one_instead_of_failing(monkeypatch):
+    """Root: every uid slot taken (several evaluators in one process), the next program waits for a slot to come
+    back, then runs under it, instead of failing 'more than 64 programs in flight'."""
+    import contextlib
+    import threading
+    from hizfo.eval import sandbox
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 0)
+    pool = sandbox._UidPool()
+    got: list[int] = []
+    with contextlib.ExitStack() as held:
+        uids = [held.enter_context(pool.take()) for _ in range(sandbox.MAX_IN_FLIGHT)]
+
+        def one_more() -> None:
+            with pool.take() as uid:
+                got.append(uid)
+
+        waiter = threading.Thread(target=one_more, daemon=True)
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and got == []            # waits: no slot, no error
+    waiter.join(10)
+    assert not waiter.is_alive() and len(got) == 1 and got[0] in uids     # a slot freed, reused
+
+
+def test_the_pipes_are_read_when_their_descriptors_are_numbered_past_1024():
+    """An evaluator with many files open gets descriptors past select()'s 1024 limit: still read (poll)."""
+    import resource
+    import subprocess
+    import sys
+    from hizfo.eval.sandbox_pipes import Sink, drain, drain_rest
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if max(soft, hard if hard != resource.RLIM_INFINITY else 4096) < 1600:
+        pytest.skip("no descriptor past 1024 can be opened here")
+    if soft < 1600:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1600, hard))
+    proc = subprocess.Popen([sys.executable, "-c", "print('from the program')"], stdout=subprocess.PIPE)
+    high = os.dup2(proc.stdout.fileno(), 1500)
+    proc.stdout.close()
+    read_end, write_end = os.pipe()
+    later = os.dup2(read_end, 1501)
+    os.close(read_end)
+    try:
+        sinks = {high: Sink(100)}
+        assert drain(proc, sinks, 30.0) is True
+        drain_rest(sinks)
+        assert bytes(sinks[high].head) == b"from the program\n"
+        os.write(write_end, b"after the kill")
+        os.close(write_end)
+        rest = {later: Sink(100)}
+        drain_rest(rest)
+        assert bytes(rest[later].head) == b"after the kill"
+    finally:
+        proc.wait()
+        for fd in (high, later):
+            os.close(fd)
+        if soft < 1600:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
