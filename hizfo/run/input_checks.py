@@ -26,6 +26,7 @@ from hizfo.errors import ConfigError, one_line
 MAX_SEED = 2**63 - 1          # torch.manual_seed's signed 64-bit range (NumPy takes the seed modulo 2**32)
 ARCH_CONFIGS = {"opt": "OPTConfig", "bloom": "BloomConfig", "qwen2": "Qwen2Config", "llama": "LlamaConfig"}
 _SIZE = re.compile(r"(^num_|^n_|_size$|_dim$|_positions$|_embeddings$|heads$|layers?$)")
+_PROBABILITY = re.compile(r"(dropout$|_pdrop$|^layerdrop$)")   # torch refuses these past [0, 1] only at the load
 
 
 def check_finite(node: Any, where: str = "") -> None:
@@ -56,6 +57,8 @@ def _of_type(key: str, value: Any, default: Any) -> None:
         raise ConfigError(f"{key}: must be {kind}, got {value!r}")
     if kind == "a whole number" and _SIZE.search(key.rsplit(".", 1)[-1]) and value < 1:
         raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if kind == "a number" and _PROBABILITY.search(key.rsplit(".", 1)[-1]) and not 0 <= value <= 1:
+        raise ConfigError(f"{key}: must be a probability from 0 to 1, got {value}")
 
 
 def check_arch(model: Any) -> None:

@@ -57,8 +57,9 @@ def as_list(value: Any) -> list:
 
 
 def _check_rows(dataset, where: str, columns: tuple[str, ...], task_name: str, split: str,
-                schema_of: str) -> list[dict[str, Any]]:
-    """The rows as dicts, after checking the columns are there and the split is not empty."""
+                schema_of: str, list_columns: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """The rows as dicts, after checking the columns are there, each cell of its kind (``list_columns``: a list
+    of text, the others text) and the split not empty."""
     present = list(dataset.column_names)
     for column in columns:
         if column not in present:
@@ -69,12 +70,28 @@ def _check_rows(dataset, where: str, columns: tuple[str, ...], task_name: str, s
     rows = dataset.to_list()
     for index, row in enumerate(rows):
         for column in columns:
-            value = row[column]
-            if value is None or not isinstance(value, (str, list)):
-                kind = "null" if value is None else f"{type(value).__name__} {value!r:.40}, not text"
+            problem = _cell_problem(row[column], column in list_columns)
+            if problem is not None:
+                wanted = ", ".join(f"{c} as {'a list of text' if c in list_columns else 'text'}" for c in columns)
                 raise ConfigError(f"task {task_name}: {where}, {_row_name(where, index)}: column '{column}' is "
-                                  f"{kind}; every row of the {split} split needs {', '.join(columns)} as text")
+                                  f"{problem}; every row of the {split} split needs {wanted}")
     return rows
+
+
+def _cell_problem(value: Any, is_list: bool) -> Optional[str]:
+    """What is wrong with one cell, or None: a text column holds text; a list column a list of text (or, from a
+    CSV file, text: a JSON list or one item), each item text, never null or a number (the task would turn them
+    into the answers 'None' or '1')."""
+    if value is None:
+        return "null"
+    if not is_list:
+        return None if isinstance(value, str) else f"{type(value).__name__} {value!r:.40}, not text"
+    if not isinstance(value, (str, list)):
+        return f"{type(value).__name__} {value!r:.40}, not a list of text"
+    bad = next((item for item in as_list(value) if not isinstance(item, str)), "")
+    if isinstance(bad, str):
+        return None
+    return f"{value!r:.40}: an item is {'null' if bad is None else f'{type(bad).__name__} {bad!r:.20}'}, not text"
 
 
 def _row_name(where: str, index: int) -> str:
@@ -97,7 +114,7 @@ def _has_no_rows(file: Path) -> bool:
 
 
 def load_local_file(path: str, *, columns: tuple[str, ...], task_name: str, split: str,
-                    schema_of: str) -> list[dict[str, Any]]:
+                    schema_of: str, list_columns: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Rows of one local json / jsonl / csv / parquet file, checked against the columns the task needs."""
     import datasets
     file = Path(os.path.expanduser(path))
@@ -112,11 +129,11 @@ def load_local_file(path: str, *, columns: tuple[str, ...], task_name: str, spli
         if _has_no_rows(file):
             raise ConfigError(f"task {task_name}: the {split} split from {file} is empty") from exc
         raise ConfigError(f"task {task_name}: could not read {file} as {builder}: {one_line(exc)}") from exc
-    return _check_rows(dataset, str(file), columns, task_name, split, schema_of)
+    return _check_rows(dataset, str(file), columns, task_name, split, schema_of, list_columns)
 
 
 def load_hub_split(source: HubSource, *, columns: tuple[str, ...], task_name: str, split: str,
-                   data_dir: Optional[str] = None) -> list[dict[str, Any]]:
+                   data_dir: Optional[str] = None, list_columns: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Rows of one split from the hub (or a local copy of its repository), checked against the columns."""
     import datasets
     path = source.dataset
@@ -134,14 +151,14 @@ def load_hub_split(source: HubSource, *, columns: tuple[str, ...], task_name: st
     except Exception as exc:   # offline, missing, renamed, or script-only: all end the same way for the user
         if "scripts are no longer supported" in str(exc) and source.revision is None and not data_dir:
             return load_hub_split(replace(source, revision=PARQUET_EXPORT), columns=columns,
-                                  task_name=task_name, split=split)
+                                  task_name=task_name, split=split, list_columns=list_columns)
         hint = (f"pass task.data_files={{{split}: PATH}} (json, jsonl, csv or parquet with the columns "
                 f"{', '.join(columns)}) or task.data_dir=DIR")
         why = (f"the hub ({hub_endpoint()}) could not be reached within {probe_timeout():g} s and it is not cached"
                if unreachable else one_line(exc))
         raise ConfigError(f"task {task_name}: could not load the {split} split from {where}: {why}; "
                           f"offline? download it and {hint}") from exc
-    return _check_rows(dataset, where, columns, task_name, split, source.dataset)
+    return _check_rows(dataset, where, columns, task_name, split, source.dataset, list_columns)
 
 
 class HubTask(Task):
@@ -149,6 +166,9 @@ class HubTask(Task):
 
     sources: dict[str, HubSource] = {}  # the one owner of where each split lives (the yaml derives options.hub)
     columns: dict[str, tuple[str, ...]] = {}
+    # the columns a task reads as a list of text (as_list), every other column is text: webquestions' answers,
+    # scitldr's source sentences and targets (no other hub task has a column of these names); a task may narrow it
+    list_columns: frozenset[str] = frozenset({"answers", "source", "target"})
     options_schema = {**Task.options_schema, "hub": "dict"}
 
     @classmethod
@@ -182,9 +202,9 @@ class HubTask(Task):
         local = self.local_file(split)
         if local:
             return load_local_file(local, columns=columns, task_name=self.name, split=split,
-                                   schema_of=source.dataset)
+                                   schema_of=source.dataset, list_columns=self.list_columns)
         return load_hub_split(source, columns=columns, task_name=self.name, split=split,
-                              data_dir=self.cfg.data_dir)
+                              data_dir=self.cfg.data_dir, list_columns=self.list_columns)
 
     def to_example(self, row: dict[str, Any], split: str) -> Optional[Example]:
         """One row in the paper's template (A.3); None skips a row that cannot be used."""

@@ -153,6 +153,8 @@ UNCLEAN = [                                                # (override(s), the s
     ("+model.arch.bogus_key=1", "model.arch.bogus_key: not a setting of opt models (OPTConfig)"),
     ("model.arch.num_attention_heads=3", "model.arch.num_attention_heads: 3 heads do not divide the hidden size 128"),
     ("model.arch.num_hidden_layers=0", "model.arch.num_hidden_layers: must be >= 1, got 0"),
+    ("model.arch.dropout=2", "model.arch.dropout: must be a probability from 0 to 1, got 2"),
+    ("model.arch.attention_dropout=-0.1", "model.arch.attention_dropout: must be a probability from 0 to 1, got -0.1"),
     ("task.options.n_train=abc", "task.options.n_train: must be a whole number >= 1, got 'abc'"),
     ("+task.options.bogus=1", "task.options.bogus: not an option of task toy (its options: data_seed, n_eval, "),
     ("task=humaneval task.allow_code_execution=true task.options.code_stops=5",
@@ -161,6 +163,8 @@ UNCLEAN = [                                                # (override(s), the s
      "task.options.sandbox_timeout: must be a finite number, got inf"),
     ("task=humaneval task.allow_code_execution=true task.options.sandbox_workers=0",
      "task.options.sandbox_workers: must be a whole number >= 1 or null, got 0"),
+    ("task=humaneval task.allow_code_execution=true task.options.sandbox_workers=1000",
+     "task.options.sandbox_workers: must be a whole number from 1 to 64 or null (one per core, at most 2), got 1000"),
     ("task=gsm8k +task.data_files.validation=F", "task.data_files.validation: task gsm8k reads no split 'validation'"),
     # finite floats everywhere, and the run's own ranges
     ("method.alpha=inf", "method.alpha: must be a finite number, got inf"),
@@ -175,6 +179,7 @@ UNCLEAN = [                                                # (override(s), the s
 # bad data rows: one line naming the file and line (before the model loads once session.prepare calls
 # validation.check_before_load; until then right after it), exit 2, no record. {data}: the fixture's folder
 FIXTURE_DATA = f"task.data_files.eval={FIXTURES}/gsm8k/test.jsonl"
+WEBQ_DATA = f"task.data_files.eval={FIXTURES}/webquestions/test.jsonl"
 DATA_ROWS = [
     (f"task=gsm8k task.data_files.train={{data}}/ints.jsonl {FIXTURE_DATA}",
      "task gsm8k: {data}/ints.jsonl, line 2: column 'question' is int 1, not text"),
@@ -182,7 +187,14 @@ DATA_ROWS = [
      "task gsm8k: {data}/nulls.jsonl, line 1: column 'question' is null"),
     (f"task=gsm8k task.data_files.train={{data}}/unreadable.jsonl {FIXTURE_DATA}",
      "task gsm8k: could not read {data}/unreadable.jsonl as json: "),
+    (f"task=gsm8k task.data_files.train={{data}}/list_question.jsonl {FIXTURE_DATA}",
+     "task gsm8k: {data}/list_question.jsonl, line 2: column 'question' is list ['What is 1 + 1?'], not text"),
+    (f"task=webquestions task.data_files.train={{data}}/int_answers.jsonl {WEBQ_DATA}",
+     "task webquestions: {data}/int_answers.jsonl, line 2: column 'answers' is [1, 2]: an item is int 1, not text"),
+    (f"task=webquestions task.data_files.train={{data}}/null_answers.jsonl {WEBQ_DATA}",
+     "task webquestions: {data}/null_answers.jsonl, line 1: column 'answers' is [None]: an item is null, not text"),
 ]
+DATA_ROW_IDS = ["int field", "null field", "unreadable file", "list for text", "ints for texts", "null for text"]
 # skipped with one line that counts them (documented: docs/tasks.md "Pointing at local data")
 EMPTY_TARGETS = (f"task=webquestions task.data_files.train={{data}}/empty_answers.jsonl "
                  f"task.data_files.eval={FIXTURES}/webquestions/test.jsonl method.max_steps=1 task.limit=2")
@@ -225,12 +237,19 @@ def unclean_runs(tmp_path_factory):
 
 
 def write_bad_rows(folder):
-    """gsm8k rows with an int field (line 2) and a null field (line 1), a file that cannot be read, and
-    WebQuestions rows one of which has an empty answer list."""
+    """gsm8k rows with an int field (line 2), a null field (line 1) and a list for the question (line 2), a file
+    that cannot be read, and WebQuestions rows: one with an empty answer list, numbers or null for answers."""
     folder.mkdir()
     good = {"question": "What is 1 + 1?", "answer": "1 + 1 = 2\n#### 2"}
     (folder / "ints.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"question": 1, "answer": 2}) + "\n")
     (folder / "nulls.jsonl").write_text(json.dumps({**good, "question": None}) + "\n" + json.dumps(good) + "\n")
+    (folder / "list_question.jsonl").write_text(
+        json.dumps(good) + "\n" + json.dumps({**good, "question": [good["question"]]}) + "\n")
+    answered = {"question": "q?", "answers": ["a"]}
+    (folder / "int_answers.jsonl").write_text(
+        json.dumps(answered) + "\n" + json.dumps({"question": "r?", "answers": [1, 2]}) + "\n")
+    (folder / "null_answers.jsonl").write_text(
+        json.dumps({"question": "r?", "answers": [None]}) + "\n" + json.dumps(answered) + "\n")
     (folder / "empty_answers.jsonl").write_text(
         json.dumps({"question": "q?", "answers": []}) + "\n" + json.dumps({"question": "r?", "answers": ["a"]}) + "\n")
     unreadable = folder / "unreadable.jsonl"
@@ -262,7 +281,7 @@ def test_unclean_input_ends_in_one_line_and_exit_2(unclean_runs, override, expec
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.parametrize("override,expected", DATA_ROWS, ids=["int field", "null field", "unreadable file"])
+@pytest.mark.parametrize("override,expected", DATA_ROWS, ids=DATA_ROW_IDS)
 def test_a_bad_data_row_or_file_ends_in_one_line_naming_it(unclean_runs, override, expected):
     result, where = unclean_runs[override]
     expected = expected.replace("{data}", str(unclean_runs["{data}"]))
