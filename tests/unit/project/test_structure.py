@@ -34,6 +34,7 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "hizfo.run": "run",
     "baselines": "baselines",
     "run": "apps", "analysis": "apps", "benchmarks": "apps", "scripts": "apps",
+    "hizfo.plan": "apps",           # ``python -m hizfo.plan``: an entry point, as run.py is
 }
 # the modules that stay at hizfo's root, and why (a new one needs a reason too)
 ROOT_MODULES: dict[str, str] = {
@@ -42,6 +43,8 @@ ROOT_MODULES: dict[str, str] = {
     "hizfo.registry": "every method's config schema and the one table of methods; torch-free, so analysis reads "
                       "defaults without torch",
     "hizfo.hub_probe": "stdlib-only: is the Hub reachable; read by models (core) and tasks",
+    "hizfo.plan": "the planner's short entry point, ``python -m hizfo.plan`` (an app: it only calls "
+                  "hizfo.run.plan.main)",
     "hizfo.lockfile": "stdlib-only, run by path by scripts/setup.sh and scripts/update_lock.sh before anything "
                       "is installed",
 }

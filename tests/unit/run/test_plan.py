@@ -120,6 +120,15 @@ def test_bad_input_is_one_line_exit_2(capsys):
     assert len(err) == 3 and "plan.gpu_gb" in err[0] and "plan.world_size" in err[1] and "offline" in err[2]
 
 
+def test_python_m_hizfo_plan_is_the_planner(monkeypatch, capsys):
+    """``python -m hizfo.plan`` (the short name) runs the planner's entry point, its exit status included."""
+    import runpy
+    monkeypatch.setattr("sys.argv", ["hizfo.plan", "plan.gpu_gb=0", "logger=none"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("hizfo.plan", run_name="__main__")
+    assert exited.value.code == 2 and capsys.readouterr().err.strip().startswith("error: plan.gpu_gb")
+
+
 @pytest.mark.slow
 def test_a_cell_that_cannot_fit_is_refused_with_what_would(tiny):
     from hizfo.run.plan import fits_line
