@@ -220,7 +220,8 @@ class RunConfig:
     eval_every_epoch: bool = False
     eval_before_training: bool = False
     checkpoint_dir: Optional[str] = None  # None: <results_dir>/../checkpoints
-    checkpoint_every: int = 0            # steps between checkpoints; 0: only on a preemption signal
+    checkpoint_every: int = 0            # steps between checkpoints; 0: on a preemption signal, and one at the
+    #                                      end of training until the ok record is written (a full disk loses no run)
     experiment: Optional[str] = None     # the preset that launched this run, if any
     study_seeds: Optional[int] = None    # a study arm's number of seeds (scripts/run_study.py); reports only
     curve_every: int = 10                # the record's training-loss curve: one mean per this many steps

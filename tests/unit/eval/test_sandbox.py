@@ -233,6 +233,7 @@ def test_a_program_past_the_uid_slots_waits_for_one_instead_of_failing(monkeypat
     assert not waiter.is_alive() and len(got) == 1 and got[0] in uids     # a slot freed, reused
 
 
+@pytest.mark.subprocess
 def test_the_pipes_are_read_when_their_descriptors_are_numbered_past_1024():
     """An evaluator with many files open gets descriptors past select()'s 1024 limit: still read (poll)."""
     import resource
