@@ -184,10 +184,9 @@ def _locked_run(prepared: Prepared, checkpointer: Optional[Checkpointer], world:
         return done.to_json()
     device = distributed.rank_device(pick_device(cfg.device), world)
     options = LoopOptions.from_run_config(cfg, device)       # divergence_* checked before the model loads
-    planned = _planned_peak(cfg, device, world)
+    planned = _planned_phases(cfg, device, world)
     loaded, prov = load(cfg, prepared.method, prepared.task, device)
-    if planned is not None:
-        prov["planned_peak_bytes"] = planned                  # beside the measured peak: how good the planner was
+    prov.update(planned or {})            # beside the measured peak (like for like) and generation's, apart
     tracker = open_tracker(cfg, spec, prepared.inputs) if world.is_main else _no_tracker()
     meters = Meters()
     try:
@@ -292,12 +291,13 @@ def kept_training(checkpoint: Optional[Path]) -> str:
             if checkpoint is not None else "no checkpoint was kept")
 
 
-def _planned_peak(cfg: DictConfig, device: torch.device, world: distributed.World) -> Optional[int]:
-    """Before the model loads: will it fit? On CUDA the planner's per-GPU peak at this world size (bytes), or one
+def _planned_phases(cfg: DictConfig, device: torch.device, world: distributed.World) -> Optional[dict[str, int]]:
+    """Before the model loads: will it fit? On CUDA the planner's per-GPU peaks at this world size (bytes:
+    ``planned_peak_bytes``, training and profiling; ``planned_generation_bytes``), or one
     line, decided by rank 0 and obeyed by every rank (hizfo/run/plan_fit.py). On CPU, rank 0 warns when the
     processes of this machine are predicted over its free RAM, and None: the record's CPU peak is the process's
     resident high-water mark, not comparable with a tensor prediction."""
-    from hizfo.run.plan_fit import check_memory_fits, warn_over_free_ram
+    from hizfo.run.plan_fit import check_memory_phases, warn_over_free_ram
     if device.type != "cuda":
         if world.is_main:
             try:
@@ -308,7 +308,7 @@ def _planned_peak(cfg: DictConfig, device: torch.device, world: distributed.Worl
     planned, error = None, None
     if world.is_main:
         try:
-            planned = check_memory_fits(cfg, device, world.size)
+            planned = check_memory_phases(cfg, device, world.size)
         except ConfigError as exc:
             error = exc
     distributed.agree(error)

@@ -260,19 +260,19 @@ def test_bilevel_zofo_bf16_keeps_the_backbones_state_whole_when_sharded(tiny):
 
 
 def test_a_cpu_run_over_the_free_ram_is_warned_before_it_loads(monkeypatch, capsys):
-    """On CPU the run asks the planner too (hizfo/run/session.py ``_planned_peak``) and warns, rank 0 alone, when the
+    """On CPU the run asks the planner too (hizfo/run/session.py ``_planned_phases``) and warns, rank 0 alone, when the
     processes of the machine are predicted over its free RAM; a tiny model is not asked (its run would pay the
     planner's second for nothing), and the record keeps no CPU prediction (its CPU peak is an RSS)."""
     from hizfo.core import distributed
     from hizfo.core.memory import GiB
     from hizfo.core.shapes import model_shape
     from hizfo.run import plan_fit
-    from hizfo.run.session import _planned_peak
+    from hizfo.run.session import _planned_phases
     from tests.conftest import compose
     cfg = compose(["model=opt-1.3b", "method=full_ft", "task=scitldr", "logger=none"])
     assert plan_fit.approximate_parameters(model_shape(cfg.model)) == 12 * 24 * 2048**2 + 50272 * 2048   # ~1.3e9
     monkeypatch.setattr(plan_fit, "_free_ram", lambda: 4 * GiB)
-    assert _planned_peak(cfg, torch.device("cpu"), distributed.World()) is None
+    assert _planned_phases(cfg, torch.device("cpu"), distributed.World()) is None
     err = capsys.readouterr().err
     assert err.startswith("warning: model opt-1.3b method full_ft: predicted peak ") and "exceeds the 4.0 GiB" in err
     one = plan_fit.warn_over_free_ram(cfg, 1, free=10**15)
@@ -281,7 +281,7 @@ def test_a_cpu_run_over_the_free_ram_is_warned_before_it_loads(monkeypatch, caps
     two = plan_fit.warn_over_free_ram(cfg, 2, free=int(pred.peak * 1.5))        # one process's would fit; two not
     assert two is not None and f"(2 processes, {pred.peak / GiB:.1f} GiB each)" in two
     assert capsys.readouterr().err == two + "\n"
-    _planned_peak(cfg, torch.device("cpu"), distributed.World(rank=1, size=2))    # rank 1 says nothing
+    _planned_phases(cfg, torch.device("cpu"), distributed.World(rank=1, size=2))    # rank 1 says nothing
     assert not capsys.readouterr().err
     tiny_cfg = compose(["model=tiny-opt", "method=full_ft", "logger=none"])
     assert plan_fit.warn_over_free_ram(tiny_cfg, 1, free=1) is None            # under CPU_PLAN_MIN_PARAMS: not asked
