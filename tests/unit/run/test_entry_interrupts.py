@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_ctrl_c_while_run_py_imports_is_one_line_and_exit_130(tmp_path):
     proc = subprocess.Popen([sys.executable, "run.py", "logger=none", f"results_dir={tmp_path}"], cwd=ROOT, env=ENV,

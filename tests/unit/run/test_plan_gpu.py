@@ -40,6 +40,7 @@ def test_a_vendor_size_is_compared_as_torch_reports_it_less_the_headroom():
         [80, 80, 141, None]
 
 
+@pytest.mark.slow
 def test_one_cell_gets_one_verdict_from_the_planner_the_slurm_check_and_the_run(capsys, monkeypatch):
     """LoRA on OPT-13B (beam-4 generation, 79.25 GiB predicted) was "1 (at the edge)" for the planner's 80 GiB and
     refused by a real H100's 79.2 GiB: now all three compare against the same usable memory and refuse it on an
@@ -88,6 +89,7 @@ def test_device_map_auto_is_counted_over_the_gpus_by_the_run_and_by_slurm(monkey
     assert cell_problem(cell[:-1], gpu, 1, 2) is not None      # no device_map=auto: one GPU, whatever the node has
 
 
+@pytest.mark.slow
 def test_a_world_size_that_does_not_divide_the_global_batch_is_refused(capsys):
     from hizfo.run.plan import main
     cell = ["model=opt-350m", "method=full_ft", "task=scitldr", "logger=none"]

@@ -314,6 +314,7 @@ def test_a_cell_composes_inside_an_initialised_hydra_as_the_callback_does():
     assert inside == outside and inside.model.name == "opt-13b"
 
 
+@pytest.mark.slow
 def test_a_cell_whose_global_batch_the_jobs_ranks_cannot_split_is_refused_before_sbatch(tmp_path, monkeypatch,
                                                                                        capsys):
     """2 nodes x 2 ranks = 4 ranks: the toy task's batch 4 splits, batch 6 does not; every such cell is named in the
