@@ -18,12 +18,16 @@ from hizfo.run.signals import Interrupted
 
 ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+# Ctrl-C as a terminal delivers it, also where pytest itself runs with SIGINT ignored (a script's background job,
+# as CI may run it): a child inherits an ignored SIGINT, and the code rightly leaves it ignored
+DEFAULT_INT = ["env", "--default-signal=INT"]
 
 
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_ctrl_c_while_run_py_imports_is_one_line_and_exit_130(tmp_path):
-    proc = subprocess.Popen([sys.executable, "run.py", "logger=none", f"results_dir={tmp_path}"], cwd=ROOT, env=ENV,
+    proc = subprocess.Popen([*DEFAULT_INT, sys.executable, "run.py", "logger=none", f"results_dir={tmp_path}"],
+                            cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2.5)                      # past the interpreter's start, well inside the imports (10 s or more)
     proc.send_signal(signal.SIGINT)
@@ -40,7 +44,7 @@ def test_ctrl_c_in_the_clean_up_after_a_finished_run_says_so_in_one_line(tmp_pat
               "print('record: written')\n"
               "guard_after_finish()\n"
               "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))   # W&B's clean-up, interrupted\n")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=ENV, capture_output=True, text=True,
+    proc = subprocess.run([*DEFAULT_INT, sys.executable, "-c", script], cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 130 and proc.stdout == "record: written\n", (proc.returncode, proc.stderr)
     assert proc.stderr.strip() == FINISHED, proc.stderr

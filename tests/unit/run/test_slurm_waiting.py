@@ -5,8 +5,10 @@ says it ended. Real submitit jobs, on its LocalExecutor (separate processes, as 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 from hydra.core.utils import JobStatus
@@ -19,13 +21,17 @@ pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
 
 @pytest.fixture
-def executor(tmp_path, monkeypatch):
+def executor(tmp_path, monkeypatch) -> Iterator[Any]:
     submitit = pytest.importorskip("submitit")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr(sweep_summary, "_SUBMITTED", {})
     ex = submitit.LocalExecutor(folder=tmp_path / ".submitit" / "%j")
     ex.update_parameters(timeout_min=2)
-    return ex
+    # the jobs take SIGINT as a terminal's child does: LocalExecutor cancels with SIGINT, which a child would
+    # ignore where pytest itself runs with SIGINT ignored (a script's background job, as CI may run it)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield ex
+    signal.signal(signal.SIGINT, before)
 
 
 def test_a_dead_job_is_a_failed_result_the_rest_are_waited_for_and_only_ended_jobs_are_lost(executor, tmp_path):
@@ -51,9 +57,10 @@ def test_a_dead_job_is_a_failed_result_the_rest_are_waited_for_and_only_ended_jo
         assert lost_jobs(tmp_path, reported, since) == []      # a job with a status file is not lost twice
     finally:
         running.cancel()                                   # the sleeping process this test started
-    for _ in range(100):
+    for _ in range(600):                                       # a loaded box: up to a minute
         if running.done():
             break
         time.sleep(0.1)
+    assert running.done(), "the cancelled job is still running"
     assert {Path(o.slurm_log).name for o in lost_jobs(tmp_path, [], since)} == \
         ended | {Path(running.paths.stderr).name}
