@@ -228,9 +228,10 @@ class Checkpointer:
     def _keep_until_recorded(self, method: Any, state: Any, meters: Any, zo_seeds: Optional[torch.Generator]) -> None:
         """One process, no cadence asked for: the end-of-training checkpoint all the same, so a full disk at the
         ok record costs an evaluation, not the training (``discard`` removes it once the record is written). Left
-        out of ``train_seconds`` (a default run's costs stay as they were); a disk that refuses it is a warning."""
+        out of ``train_seconds`` and of the peak memory (a default run's costs stay as they were); a disk that
+        refuses it is a warning."""
         try:
-            with meters.paused("train_seconds", torch.device("cpu")):     # paused() only reads the clock
+            with meters.paused("train_seconds", torch.device("cpu")), meters.outside_peak():   # paused: the clock
                 self.save(method, state, meters, zo_seeds, reason="end of training")
         except OSError as exc:
             print(f"warning: checkpoint: the end-of-training checkpoint could not be written to {self.folder} "

@@ -78,6 +78,20 @@ class Meters:
             setattr(self, field_name, getattr(self, field_name) + time.perf_counter() - start)
 
     @contextmanager
+    def outside_peak(self) -> Iterator[None]:
+        """A block whose memory is not the run's (the serialisation buffers of a checkpoint a default run keeps until
+        its record is written): on CPU the peak so far is read before it and the high-water mark cleared after, so
+        the block reaches no later reading. CUDA's counter is left alone (the block allocates on the CPU)."""
+        cpu = self.memory_kind.startswith("cpu")
+        if cpu:
+            self.read_peak(torch.device("cpu"))
+        try:
+            yield
+        finally:
+            if cpu:
+                self.reset_peak(torch.device("cpu"))
+
+    @contextmanager
     def paused(self, field_name: str, device: torch.device) -> Iterator[None]:
         """Leave the wall-clock of the block out of a running ``timing`` (evaluation inside training)."""
         start = time.perf_counter()
