@@ -151,6 +151,44 @@ def check_partition(partition: Optional[str], gpus_per_node: Optional[int] = Non
                         gpus_per_node=gpus_per_node, tasks_per_node=tasks_per_node)
 
 
+def slurm_minutes(text: str) -> Optional[float]:
+    """A Slurm time limit as ``sinfo %l`` prints it, in minutes: ``45`` (MM), ``30:00`` (MM:SS), ``1:00:00``,
+    ``2-12`` (D-HH), ``1-00:30`` (D-HH:MM), ``1-00:00:00``; None for none (``infinite``, ``UNLIMITED``) or ``n/a``."""
+    days, _, clock = text.strip().rpartition("-")
+    try:
+        d = int(days) if days else 0
+        parts = [int(p) for p in clock.split(":")]
+    except ValueError:
+        return None
+    if days:
+        h, m, sec = (parts + [0, 0])[:3]
+    else:
+        h, m, sec = {1: [0, *parts, 0], 2: [0, *parts], 3: parts}.get(len(parts), [0, 0, 0])
+    return d * 1440 + h * 60 + m + sec / 60
+
+
+def check_partition_time(partition: Optional[str], timeout_min: float) -> None:
+    """``timeout_min`` must fit the time limit of the partition (the default one when none is named; of at least one
+    of a comma-separated list): a longer job is accepted by sbatch and then pends for ever (PartitionTimeLimit)."""
+    if shutil.which("sinfo") is None:
+        return                                  # no cluster: the partition check says so
+    out = subprocess.run(["sinfo", "-h", "-o", "%P|%l"], capture_output=True, text=True, timeout=60)
+    limits: dict[str, Optional[float]] = {}
+    default = None
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        name, sep, limit = line.strip().partition("|")
+        if sep:
+            limits[name.rstrip("*")] = slurm_minutes(limit)
+            default = name.rstrip("*") if name.endswith("*") else default
+    names = [p.strip() for p in str(partition).split(",")] if partition is not None else [default]
+    known = [limits[n] for n in names if n in limits]
+    if known and all(m is not None and timeout_min > m for m in known):
+        raise ConfigError(f"hydra.launcher.timeout_min={timeout_min:g} exceeds the time limit of partition "
+                          f"{','.join(n for n in names if n)} ({max(m for m in known if m is not None):g} min, "
+                          f"sinfo %l): the jobs would pend for ever; lower timeout_min (a requeued job resumes from "
+                          f"its checkpoint) or pick another partition")
+
+
 def preflight_problems(launcher: Any, checkpoint_minutes: Optional[float]) -> list[str]:
     """Every problem of a Slurm launcher config at once: the timeout, the partition, CPUs, memory and GPUs."""
     problems: list[str] = []
@@ -159,7 +197,8 @@ def preflight_problems(launcher: Any, checkpoint_minutes: Optional[float]) -> li
                   lambda: check_ranks_per_gpu(launcher.get("tasks_per_node"), launcher.get("gpus_per_node")),
                   lambda: check_partition(launcher.get("partition"), gpus_per_node=launcher.get("gpus_per_node"),
                                           cpus_per_task=launcher.get("cpus_per_task"), mem_gb=launcher.get("mem_gb"),
-                                          tasks_per_node=launcher.get("tasks_per_node"))):
+                                          tasks_per_node=launcher.get("tasks_per_node")),
+                  lambda: check_partition_time(launcher.get("partition"), float(launcher.timeout_min))):
         try:
             check()
         except ConfigError as exc:

@@ -50,13 +50,16 @@ misc|16|64000|mygpu:2
 """
 
 
-def fake_sinfo(tmp_path, monkeypatch, nodes: str = RECORDED_SINFO) -> None:
-    """A `sinfo` on PATH that answers the partition query and the node query (-N) from recorded text."""
+def fake_sinfo(tmp_path, monkeypatch, nodes: str = RECORDED_SINFO, limits: str = "") -> None:
+    """A `sinfo` on PATH that answers the partition query, the node query (-N) and the time-limit query (%l, empty
+    unless ``limits`` is given) from recorded text."""
     fake = tmp_path / "bin" / "sinfo"
     fake.parent.mkdir(exist_ok=True)
     (tmp_path / "nodes.txt").write_text(nodes)
+    (tmp_path / "limits.txt").write_text(limits)
     fake.write_text(f"""#!/bin/sh
 case "$*" in
+  *%l*) cat {tmp_path / 'limits.txt'} ;;
   *-N*) cat {tmp_path / 'nodes.txt'} ;;
   *) cut -d'|' -f1 {tmp_path / 'nodes.txt'} | tr -d '*' ;;
 esac
@@ -335,3 +338,22 @@ def test_a_cell_whose_global_batch_the_jobs_ranks_cannot_split_is_refused_before
     assert err.count("does not split over the job's 4 ranks") == 2 and "error: task.batch_size=6" in err, err
     config.hydra.launcher.tasks_per_node = 1                     # one rank a node, 2 nodes: 6 and 10 split
     assert batch_problems(config) == []
+
+
+def test_a_timeout_over_the_partitions_time_limit_is_refused_before_sbatch(tmp_path, monkeypatch):
+    """sbatch accepts a job longer than its partition's MaxTime, which then pends for ever (PartitionTimeLimit):
+    refused in one line naming the limit; the default partition when none is named; any of a list that fits."""
+    from hizfo.run.slurm_preflight import check_partition_time, slurm_minutes
+    assert [slurm_minutes(t) for t in ("45", "30:00", "1:00:00", "2-12", "1-00:30", "1-00:00:00", "infinite",
+                                       "UNLIMITED", "n/a")] == [45, 30, 60, 3600, 1470, 1440, None, None, None]
+    fake_sinfo(tmp_path, monkeypatch, limits="debug*|30:00\ngpu|2-00:00:00\nmisc|infinite\n")
+    with pytest.raises(ConfigError, match=r"^hydra.launcher.timeout_min=60 exceeds the time limit of partition "
+                                          r"debug \(30 min, sinfo %l\)"):
+        check_partition_time(None, 60)                     # the default partition
+    check_partition_time("gpu", 60)
+    check_partition_time("misc", 10**6)                    # no limit
+    check_partition_time("debug,gpu", 60)                  # gpu can take it
+    with pytest.raises(ConfigError, match="exceeds the time limit of partition gpu"):
+        check_partition_time("gpu", 3000)
+    fake_sinfo(tmp_path, monkeypatch)                      # a sinfo that prints no limits: nothing to check
+    check_partition_time(None, 10**6)
