@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-GiB = float(1 << 30)
+from hizfo.core.memory import GiB
 REPORTED_SHARE = 0.9899      # torch's total_memory (GiB) per vendor GB: H100 80GB 79.19, A100 40GB 39.59 (39.60 here)
 HEADROOM_GIB = 1.0           # kept free of the predicted peak on every GPU, by every check
 
