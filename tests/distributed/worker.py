@@ -37,17 +37,6 @@ def method_state(method: Any) -> dict[str, torch.Tensor]:
     return {key: local(t).clone() for key, t in split_tensors(method.state_dict())[1].items()}
 
 
-def params_sha256(params: dict[str, torch.Tensor]) -> str:
-    """One hash of every tensor's name, dtype and bytes, in name order."""
-    import hashlib
-    digest = hashlib.sha256()
-    for name in sorted(params):
-        t = params[name].detach().contiguous().cpu()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())      # bf16 too: its raw bytes
-    return digest.hexdigest()
-
-
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -117,7 +106,8 @@ def one_run(out: Path, overrides: list[str]) -> None:
     # every rank's whole model, hashed: the replicated tensors (ZO's Θ, updated in place on each rank from the
     # all-reduced losses) must not drift apart, which rank 0's copy alone cannot show
     hashes: list[Any] = [None] * world.size
-    mine_hash = params_sha256(params)
+    from hizfo.run.checkpoint_files import tensors_sha256
+    mine_hash = tensors_sha256(dict(sorted(params.items())))
     if world.size > 1:
         torch.distributed.all_gather_object(hashes, mine_hash)
     else:
